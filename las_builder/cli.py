@@ -1,0 +1,65 @@
+"""The ``las`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Build LAS and train LandSegmenter on it.")
+world_app = typer.Typer(no_args_is_help=True, help="Create and serve the offline world.")
+app.add_typer(world_app, name="world")
+
+
+class CliError(typer.Exit):
+    """Exit with a one-line message on stderr."""
+
+    def __init__(self, message: str) -> None:
+        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+        super().__init__(code=2)
+
+
+@world_app.command("create")
+def world_create(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the world into.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical files.")] = 0,
+    preset: Annotated[str, typer.Option(help="Size preset: demo or bench.")] = "demo",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Generate a deterministic offline world: truth, imagery, label products and STAC."""
+    from las_builder.world.create import create_world
+
+    try:
+        manifest = create_world(directory, seed=seed, preset=preset, progress=not quiet)
+    except (ValueError, FileExistsError) as err:
+        raise CliError(str(err)) from None
+    typer.echo(f"world written to {directory} ({len(manifest['regions'])} regions)")
+
+
+@world_app.command("serve")
+def world_serve(
+    directory: Annotated[Path, typer.Argument(help="A folder made by `las world create`.")],
+    server: Annotated[str, typer.Option(help="STAC API server: rustac or pgstac.")] = "rustac",
+    detach: Annotated[bool, typer.Option(help="Return once the servers are up.")] = False,
+) -> None:
+    """Serve a world: a STAC API and a range-request file server on 127.0.0.1."""
+    from las_builder.world.serve import ServeError, serve_world
+
+    try:
+        serve_world(directory, server=server, detach=detach)
+    except ServeError as err:
+        raise CliError(str(err)) from None
+
+
+@world_app.command("stop")
+def world_stop(
+    directory: Annotated[Path, typer.Argument(help="A world folder being served.")],
+) -> None:
+    """Stop the servers started by `las world serve`."""
+    from las_builder.world.serve import ServeError, stop_world
+
+    try:
+        stop_world(directory)
+    except ServeError as err:
+        raise CliError(str(err)) from None
