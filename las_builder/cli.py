@@ -23,7 +23,9 @@ class CliError(typer.Exit):
 @world_app.command("create")
 def world_create(
     directory: Annotated[Path, typer.Argument(help="Folder to write the world into.")],
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical files.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; the same seed gives identical files.")
+    ] = 0,
     preset: Annotated[str, typer.Option(help="Size preset: demo or bench.")] = "demo",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -42,12 +44,18 @@ def world_serve(
     directory: Annotated[Path, typer.Argument(help="A folder made by `las world create`.")],
     server: Annotated[str, typer.Option(help="STAC API server: rustac or pgstac.")] = "rustac",
     detach: Annotated[bool, typer.Option(help="Return once the servers are up.")] = False,
+    stac_port: Annotated[int, typer.Option(help="Port of the STAC API; 0 picks a free one.")] = 0,
+    assets_port: Annotated[
+        int, typer.Option(help="Port of the asset file server; 0 picks a free one.")
+    ] = 0,
 ) -> None:
     """Serve a world: a STAC API and a range-request file server on 127.0.0.1."""
     from las_builder.world.serve import ServeError, serve_world
 
     try:
-        serve_world(directory, server=server, detach=detach)
+        serve_world(
+            directory, server=server, detach=detach, stac_port=stac_port, assets_port=assets_port
+        )
     except ServeError as err:
         raise CliError(str(err)) from None
 

@@ -1,0 +1,1 @@
+"""The offline world: a generated, served stand-in for the public catalogs."""

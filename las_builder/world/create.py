@@ -1,0 +1,153 @@
+"""``las world create``: generate a deterministic offline world."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from las_builder import __version__
+from las_builder.world.cog import write_cog
+from las_builder.world.config import Region, load_biomes, load_preset, load_truth
+from las_builder.world.imagery import (
+    RegionImagery,
+    Scene,
+    render_naip,
+    render_sentinel1,
+    render_sentinel2,
+)
+from las_builder.world.labels import render_labels
+from las_builder.world.stac import write_stac
+from las_builder.world.truth import generate_truth, region_geobox
+
+WORLD_VERSION = 1
+MANIFEST = "world.json"
+
+
+def _truth_scene(region: Region, truth: np.ndarray, state: RegionImagery, world_dir: Path) -> Scene:
+    legend = load_truth()
+    href = Path("truth") / f"{region.id}.tif"
+    write_cog(world_dir / href, truth, state.truth_geobox, nodata=legend.nodata, categorical=True)
+    t = state.truth_geobox.transform
+    scene = Scene(
+        "las-world-truth",
+        f"truth-{region.id}",
+        dt.datetime(2021, 7, 1, tzinfo=dt.UTC),
+        state.truth_geobox,
+        {
+            "las:region": region.id,
+            "las:biome": region.biome,
+            "proj:epsg": state.truth_geobox.crs.epsg,
+        },
+    )
+    scene.assets["truth"] = {
+        "href": str(href),
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "title": "Ground-truth land cover",
+        "roles": ["data"],
+        "proj:shape": list(state.truth_geobox.shape.yx),
+        "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+        "classification:classes": [
+            {
+                "value": c.id,
+                "name": c.name,
+                "description": c.description,
+                "color-hint": c.color[1:].upper(),
+            }
+            for c in legend.classes
+        ],
+    }
+    return scene
+
+
+def _build_region(world_dir: Path, preset_name: str, region_index: int, seed: int) -> list[Scene]:
+    preset = load_preset(preset_name)
+    region = preset.regions[region_index]
+    legend = load_truth()
+    geobox = region_geobox(region, preset.region_size_m, preset.truth_resolution_m)
+    truth = generate_truth(region, geobox, load_biomes()[region.biome], legend, seed)
+    state = RegionImagery(region, truth, geobox, legend)
+    scenes = [_truth_scene(region, truth, state, world_dir)]
+    s2 = render_sentinel2(state, preset, world_dir, seed)
+    scenes += s2
+    scenes += render_sentinel1(state, preset, world_dir, seed)
+    if region.naip:
+        scenes += render_naip(state, preset, world_dir, seed)
+    scenes += render_labels(state, preset, s2, world_dir, seed)
+    for scene in scenes:
+        scene.cloud_mask = None  # not published; keep the pickles small
+    return scenes
+
+
+def create_world(
+    world_dir: Path,
+    seed: int = 0,
+    preset: str = "demo",
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Generate the offline world into ``world_dir``.
+
+    Args:
+        world_dir: Output folder; must not exist or be empty.
+        seed: Random seed. The same seed and preset give byte-identical files.
+        preset: Size preset name (``catalog/world/presets``).
+        progress: Show a progress bar.
+        workers: Processes to use (default: the number of CPUs, at most the regions).
+
+    Returns:
+        The manifest written to ``world_dir/world.json``.
+    """
+    spec = load_preset(preset)
+    world_dir = Path(world_dir)
+    if world_dir.exists() and any(world_dir.iterdir()):
+        raise FileExistsError(
+            f"{world_dir} exists and is not empty: choose a new folder or delete it"
+        )
+    world_dir.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(os.cpu_count() or 1, len(spec.regions))
+    scenes: list[Scene] = []
+    with Progress(
+        TextColumn("[bold]world[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} regions"),
+        TimeElapsedColumn(),
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task(f"{preset} seed {seed}", total=len(spec.regions))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [
+                pool.submit(_build_region, world_dir, preset, i, seed)
+                for i in range(len(spec.regions))
+            ]
+            for future in futures:  # in region order, so the result does not depend on timing
+                scenes += future.result()
+                bar.advance(task)
+    collections = write_stac(world_dir, scenes)
+    manifest = {
+        "las_world_version": WORLD_VERSION,
+        "generator": f"las-builder {__version__}",
+        "seed": seed,
+        "preset": preset,
+        "href_base": "asset hrefs in stac/items are relative to this folder",
+        "collections": collections,
+        "regions": [
+            {
+                **region.model_dump(),
+                "epsg": s.geobox.crs.epsg,
+                "bounds": list(s.geobox.boundingbox),
+                "truth": s.assets["truth"]["href"],
+            }
+            for region in spec.regions
+            for s in scenes
+            if s.collection == "las-world-truth" and s.properties["las:region"] == region.id
+        ],
+    }
+    (world_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest

@@ -1,0 +1,27 @@
+"""Shared fixtures: generated worlds and the real STAC fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from las_builder.world.create import create_world
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stac"
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny offline world (three regions), generated once per test session."""
+    path = tmp_path_factory.mktemp("world") / "tiny"
+    create_world(path, seed=7, preset="tiny", progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stac_fixtures() -> Path:
+    """The recorded public STAC JSON (../shared/fixtures/stac); skips when absent."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip("../shared/fixtures/stac is absent (a user's clone has no ../shared)")
+    return SHARED_FIXTURES
