@@ -12,6 +12,19 @@ world_app = typer.Typer(no_args_is_help=True, help="Create and serve the offline
 app.add_typer(world_app, name="world")
 
 
+def _register() -> None:
+    from las_builder.cli_build import build
+    from las_builder.cli_catalog import catalog_app
+    from las_builder.cli_plan import plan
+
+    app.command("plan")(plan)
+    app.command("build")(build)
+    app.add_typer(catalog_app, name="catalog", help="Check and extend the source catalog.")
+
+
+_register()
+
+
 class CliError(typer.Exit):
     """Exit with a one-line message on stderr."""
 

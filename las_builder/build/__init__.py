@@ -1,0 +1,1 @@
+"""Build LAS: plan -> find items -> read and reproject -> harmonise labels -> Zarr shards."""

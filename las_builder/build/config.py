@@ -1,0 +1,59 @@
+"""The build's view of a recipe: only what reading and writing a sample needs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from las_builder.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One label product to read: where it is served and which year (None: per scene)."""
+
+    product: str
+    collection: str
+    asset: str
+    year: int | None
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a shard task needs, picklable for dask.distributed workers."""
+
+    stac_url: str
+    start: dt.datetime
+    end: dt.datetime
+    size_px: int
+    resolution_m: float
+    max_nodata: float
+    s2_collection: str | None = "sentinel-2-l2a"
+    max_cloud: float = 60.0
+    s1_collection: str | None = "sentinel-1-rtc"
+    s1_units: str = "linear"
+    naip_collection: str | None = None
+    naip_factor: int = 10
+    labels: tuple[LabelSpec, ...] = field(default_factory=tuple)
+
+
+def config_from_recipe(recipe: Recipe) -> BuildConfig:
+    """The build configuration of a validated recipe."""
+    naip = recipe.imagery.naip
+    return BuildConfig(
+        stac_url=recipe.stac.url,
+        start=dt.datetime.combine(recipe.time.start, dt.time.min, tzinfo=dt.UTC),
+        end=dt.datetime.combine(recipe.time.end, dt.time.max, tzinfo=dt.UTC),
+        size_px=recipe.sample.size_px,
+        resolution_m=recipe.sample.resolution_m,
+        max_nodata=recipe.max_nodata,
+        s2_collection=recipe.imagery.sentinel_2.collection,
+        max_cloud=recipe.imagery.sentinel_2.max_cloud,
+        s1_collection=recipe.imagery.sentinel_1.collection,
+        s1_units=recipe.imagery.sentinel_1.units,
+        naip_collection=naip.collection if naip else None,
+        naip_factor=naip.factor if naip else 10,
+        labels=tuple(LabelSpec(s.product, s.collection, s.asset, s.year) for s in recipe.labels),
+    )

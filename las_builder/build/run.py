@@ -1,0 +1,229 @@
+"""``las build``: a Dask graph with one task per shard, resumable shard by shard."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import fsspec
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from shapely import wkb
+
+from las_builder import __version__
+from las_builder.build.config import BuildConfig
+from las_builder.build.read import DatasetCache, gdal_env
+from las_builder.build.sample import build_sample
+from las_builder.build.search import StacSearcher
+from las_builder.build.store import (
+    array_specs,
+    create_store,
+    index_part_path,
+    shard_done,
+    write_index_part,
+    write_shard,
+)
+from las_builder.stac import SceneItem
+
+log = logging.getLogger(__name__)
+
+
+def _search_shard(rows: list[dict[str, Any]], cfg: BuildConfig) -> dict[str, list[SceneItem]]:
+    """One search per collection for all the samples of a shard."""
+    searcher = StacSearcher(cfg.stac_url)
+    footprints = [row["geometry"] for row in rows]
+    found: dict[str, list[SceneItem]] = {}
+    if cfg.s2_collection:
+        found[cfg.s2_collection] = searcher.search(
+            cfg.s2_collection, footprints, cfg.start, cfg.end
+        )
+    if cfg.s1_collection:
+        # Sentinel-1 is matched to the Sentinel-2 date, which may sit at the window's edge.
+        margin = dt.timedelta(days=30)
+        found[cfg.s1_collection] = searcher.search(
+            cfg.s1_collection, footprints, cfg.start - margin, cfg.end + margin
+        )
+    if cfg.naip_collection:
+        found[cfg.naip_collection] = searcher.search(cfg.naip_collection, footprints)
+    for spec in cfg.labels:
+        if spec.collection not in found:
+            found[spec.collection] = searcher.search(spec.collection, footprints)
+    return found
+
+
+def build_shard(
+    shard: int,
+    rows: list[dict[str, Any]],
+    cfg: BuildConfig,
+    output: str,
+    n_samples: int,
+    samples_per_shard: int,
+) -> list[dict[str, Any]]:
+    """Build and write one shard; returns its index rows. Runs as one Dask task."""
+    start = shard * samples_per_shard
+    count = min(samples_per_shard, n_samples - start)
+    specs = array_specs(cfg)
+    arrays = {path: np.full((count, *s.shape), s.fill, dtype=s.dtype) for path, s in specs.items()}
+    index_rows = []
+    with gdal_env():
+        cache = DatasetCache()
+        try:
+            items = _search_shard(rows, cfg)
+            for row in rows:
+                outcome = build_sample(row, items, cfg, cache)
+                slot = row["plan_index"] - start
+                if outcome.status == "ok":
+                    for path, data in outcome.arrays.items():
+                        arrays[path][slot] = data
+                index_rows.append(
+                    {
+                        **{k: v for k, v in row.items() if k != "geometry"},
+                        "geometry": wkb.dumps(row["geometry"]),
+                        "status": outcome.status,
+                        "reason": outcome.reason,
+                        "zarr_index": row["plan_index"],
+                        **outcome.record,
+                    }
+                )
+        finally:
+            cache.close()
+    write_shard(f"{output}/las.zarr", start, arrays)
+    write_index_part(output, shard, index_rows)  # last: marks the shard complete
+    return index_rows
+
+
+def read_plan(output: str) -> gpd.GeoDataFrame:
+    """The plan written by ``las plan`` (``OUTPUT/plan.parquet``)."""
+    path = f"{output.rstrip('/')}/plan.parquet"
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if not fs.exists(fs_path):
+        raise FileNotFoundError(f"{path} not found: run `las plan RECIPE` first")
+    with fs.open(fs_path, "rb") as f:
+        return gpd.read_parquet(f)
+
+
+def build_status(output: str, plan: gpd.GeoDataFrame) -> dict[str, int]:
+    """Done / remaining shards and ok / skipped / failed samples of the finished shards."""
+    shards = sorted(set(int(s) for s in plan["shard"]))
+    done = [s for s in shards if shard_done(output, s)]
+    counts = {
+        "shards": len(shards),
+        "shards_done": len(done),
+        "shards_remaining": len(shards) - len(done),
+    }
+    statuses: dict[str, int] = {"ok": 0, "skipped": 0, "failed": 0}
+    for s in done:
+        with fsspec.open(index_part_path(output, s), "rb") as f:
+            part = pd.read_parquet(f, columns=["status"])
+        for status, n in part["status"].value_counts().items():
+            statuses[str(status)] = statuses.get(str(status), 0) + int(n)
+    return {**counts, **statuses}
+
+
+def run_build(
+    cfg: BuildConfig,
+    output: str,
+    samples_per_shard: int,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> gpd.GeoDataFrame:
+    """Build every unfinished shard of the plan and write ``index.parquet``.
+
+    Args:
+        cfg: Build configuration.
+        output: Output folder (local path or ``s3://``).
+        samples_per_shard: Samples per Zarr shard (the plan's ``shard`` column agrees).
+        workers: Start a dask.distributed LocalCluster with this many workers.
+        scheduler: Address of an existing dask.distributed scheduler to join.
+        on_shard: Called with (shard, index rows) as each shard finishes (progress).
+        attrs: Extra attributes for the store (recipe name ...).
+
+    Returns:
+        The index (one row per planned sample).
+    """
+    plan = read_plan(output)
+    n = len(plan)
+    create_store(
+        f"{output}/las.zarr",
+        n,
+        samples_per_shard,
+        cfg,
+        {"las_builder": __version__, **(attrs or {})},
+    )
+    records = plan.to_dict("records")
+    by_shard: dict[int, list[dict[str, Any]]] = {}
+    for row in records:
+        by_shard.setdefault(int(row["shard"]), []).append(row)
+    todo = [s for s in sorted(by_shard) if not shard_done(output, s)]
+    log.info("%d shards to build, %d already done", len(todo), len(by_shard) - len(todo))
+    tasks = [
+        dask.delayed(build_shard, pure=False)(s, by_shard[s], cfg, output, n, samples_per_shard)
+        for s in todo
+    ]
+    if scheduler or workers:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = (
+            None
+            if scheduler
+            else LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        )
+        client = Client(scheduler) if scheduler else Client(cluster)
+        try:
+            futures = client.compute(tasks)
+            future_shard = {f.key: s for f, s in zip(futures, todo, strict=True)}
+            for future in as_completed(futures):
+                rows = future.result()
+                if on_shard:
+                    on_shard(future_shard[future.key], rows)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    else:
+        from dask.callbacks import Callback
+
+        class _Progress(Callback):
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+                if on_shard and isinstance(result, list) and result and "plan_index" in result[0]:
+                    on_shard(int(result[0]["shard"]), result)
+
+        with _Progress():
+            dask.compute(*tasks, scheduler="threads")
+    return write_index(output)
+
+
+def write_index(output: str) -> gpd.GeoDataFrame:
+    """Concatenate the shard parts into ``OUTPUT/index.parquet`` (GeoParquet, plan order)."""
+    plan = read_plan(output)
+    parts = []
+    for s in sorted(set(int(v) for v in plan["shard"])):
+        if shard_done(output, s):
+            with fsspec.open(index_part_path(output, s), "rb") as f:
+                parts.append(pd.read_parquet(f))
+    frame = pd.concat(parts, ignore_index=True).sort_values("plan_index", kind="stable")
+    frame["geometry"] = frame["geometry"].map(wkb.loads)
+    index = gpd.GeoDataFrame(frame, geometry="geometry", crs="EPSG:4326").reset_index(drop=True)
+    with fsspec.open(f"{output.rstrip('/')}/index.parquet", "wb") as f:
+        index.to_parquet(f, index=False)
+    return index
+
+
+def summarise(index: gpd.GeoDataFrame) -> dict[str, Any]:
+    """Counts by status and the most common skip reasons."""
+    reasons = index.loc[index["status"] != "ok", "reason"].map(lambda r: r.split(":")[0])
+    return {
+        "samples": len(index),
+        **{k: int(v) for k, v in index["status"].value_counts().items()},
+        "reasons": json.loads(reasons.value_counts().to_json()),
+    }

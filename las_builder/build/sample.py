@@ -1,0 +1,241 @@
+"""Build one sample: choose scenes, read windows onto its GeoBox, map labels into LAS."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from odc.geo.geobox import GeoBox
+from rasterio.warp import Resampling
+from shapely.geometry.base import BaseGeometry
+
+from las_builder.build.config import BuildConfig, LabelSpec
+from las_builder.build.read import DatasetCache, ReadError, read_onto
+from las_builder.catalog import LAS_IGNORE, LAS_NODATA, UnknownCodeError, load_mapping
+from las_builder.catalog.labels import load_label_product
+from las_builder.consensus import agreement_fraction, consensus
+from las_builder.imagery import S2_BANDS, harmonize_s2, s1_to_units
+from las_builder.stac import SceneItem
+
+SCL_CLOUD = (3, 8, 9, 10)  # cloud shadow, cloud medium/high probability, thin cirrus
+
+
+class SampleSkipped(Exception):  # noqa: N818 - a skip is an outcome, not an error
+    """The sample cannot be built; the message is the reason recorded in the index."""
+
+
+@dataclass
+class SampleOutcome:
+    """The arrays and index fields of one sample (no arrays when skipped)."""
+
+    status: str
+    reason: str
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _covering(items: list[SceneItem], footprint: BaseGeometry) -> list[SceneItem]:
+    return [it for it in items if (fp := it.footprint()) is not None and fp.intersects(footprint)]
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
+def _choose_s2(
+    items: list[SceneItem], geobox: GeoBox, cfg: BuildConfig, cache: DatasetCache
+) -> tuple[SceneItem, np.ndarray, float, float]:
+    """The Sentinel-2 scene least cloudy (then least empty) over the sample itself."""
+    best: tuple[float, float, str] | None = None
+    chosen: tuple[SceneItem, np.ndarray, float, float] | None = None
+    for item in items:
+        scl = read_onto(cache.get(item.asset("SCL").href), geobox, nodata=0)[0]
+        valid = scl > 0
+        nodata_frac = 1.0 - float(valid.mean())
+        cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
+        key = (round(cloud_pct + 100 * nodata_frac, 6), nodata_frac, item.id)
+        if best is None or key < best:
+            best, chosen = key, (item, scl, cloud_pct, nodata_frac)
+    assert chosen is not None
+    return chosen
+
+
+def _read_s2(item: SceneItem, geobox: GeoBox, cache: DatasetCache) -> np.ndarray:
+    bands = []
+    for name in S2_BANDS:
+        ds = cache.get(item.asset(name).href)
+        bands.append(read_onto(ds, geobox, resampling=Resampling.bilinear, nodata=0)[0])
+    return harmonize_s2(np.stack(bands), item)
+
+
+def _read_labels(
+    spec: LabelSpec,
+    items: list[SceneItem],
+    geobox: GeoBox,
+    s2: SceneItem | None,
+    cache: DatasetCache,
+) -> tuple[np.ndarray, list[SceneItem]]:
+    """Native codes of a product on the GeoBox, mosaicked over every tile of the chosen date."""
+    legend = load_label_product(spec.product)
+    nodata = legend.nodata if legend.nodata is not None else 0
+    if spec.year is not None:
+        chosen = [it for it in items if (it.start_datetime or it.datetime).year == spec.year]
+    elif s2 is not None:
+        same = [it for it in items if it.properties.get("dynamicworld:s2_item") == s2.id]
+        day = [it for it in items if it.datetime.date() == s2.datetime.date()]
+        chosen = same or day
+    else:
+        chosen = []
+    out = np.full(geobox.shape.yx, nodata, dtype=legend.dtype)
+    for item in chosen:
+        data = read_onto(cache.get(item.asset(spec.asset).href), geobox, nodata=nodata)[0]
+        fill = out == nodata
+        out[fill] = data[fill]
+    return out, chosen
+
+
+def build_sample(
+    row: dict[str, Any],
+    items: dict[str, list[SceneItem]],
+    cfg: BuildConfig,
+    cache: DatasetCache,
+) -> SampleOutcome:
+    """Build one planned sample.
+
+    Args:
+        row: The sample's plan row (sample_id, geometry, epsg, transform, shape, ...).
+        items: Items found for the sample's shard, by collection id.
+        cfg: The build configuration.
+        cache: Open datasets of the shard.
+
+    Returns:
+        The outcome: ``ok`` with arrays, or ``skipped``/``failed`` with the reason.
+    """
+    from affine import Affine
+
+    geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
+    footprint: BaseGeometry = row["geometry"]
+    record: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        s2_item = None
+        if cfg.s2_collection:
+            candidates = [
+                it
+                for it in _covering(items.get(cfg.s2_collection, []), footprint)
+                if cfg.start <= it.datetime <= cfg.end
+            ]
+            if not candidates:
+                raise SampleSkipped(
+                    f"no {cfg.s2_collection} scene between {cfg.start:%Y-%m-%d} "
+                    f"and {cfg.end:%Y-%m-%d}"
+                )
+            s2_item, scl, cloud_pct, nodata_frac = _choose_s2(candidates, geobox, cfg, cache)
+            if nodata_frac > cfg.max_nodata:
+                raise SampleSkipped(
+                    f"too much nodata: {100 * nodata_frac:.1f}% of the best Sentinel-2 scene "
+                    f"{s2_item.id} > {100 * cfg.max_nodata:.0f}%"
+                )
+            if cloud_pct > cfg.max_cloud:
+                raise SampleSkipped(
+                    f"too cloudy: {cloud_pct:.1f}% cloud over the sample in the clearest scene "
+                    f"{s2_item.id} > {cfg.max_cloud:.0f}%"
+                )
+            arrays["sentinel-2"] = _read_s2(s2_item, geobox, cache)
+            arrays["sentinel-2-scl"] = scl
+            record.update(
+                s2_item=s2_item.id,
+                s2_datetime=_iso(s2_item.datetime),
+                cloud_pct=round(cloud_pct, 3),
+            )
+        if cfg.s1_collection:
+            s1 = _covering(items.get(cfg.s1_collection, []), footprint)
+            if s2_item is not None:
+                s1.sort(
+                    key=lambda it: (abs((it.datetime - s2_item.datetime).total_seconds()), it.id)
+                )
+            chosen = None
+            for item in s1:
+                vv = read_onto(
+                    cache.get(item.asset("vv").href),
+                    geobox,
+                    resampling=Resampling.bilinear,
+                    nodata=np.nan,
+                    dtype="float32",
+                )
+                if float(np.isnan(vv).mean()) <= cfg.max_nodata:
+                    vh = read_onto(
+                        cache.get(item.asset("vh").href),
+                        geobox,
+                        resampling=Resampling.bilinear,
+                        nodata=np.nan,
+                        dtype="float32",
+                    )
+                    chosen = item
+                    arrays["sentinel-1"] = s1_to_units(np.concatenate([vv, vh]), cfg.s1_units)
+                    break
+            if chosen is None:
+                raise SampleSkipped(f"no {cfg.s1_collection} scene covers the sample")
+            record.update(
+                s1_item=chosen.id,
+                s1_datetime=_iso(chosen.datetime),
+                s1_orbit_state=chosen.orbit_state,
+            )
+        if cfg.naip_collection:
+            fine = geobox.zoom_out(1 / cfg.naip_factor)
+            record["naip_item"] = None
+            for item in _covering(items.get(cfg.naip_collection, []), footprint):
+                if item.footprint() is not None and item.footprint().contains(footprint):
+                    image = read_onto(
+                        cache.get(item.asset("image").href),
+                        fine,
+                        resampling=Resampling.average,
+                        nodata=0,
+                        dtype="uint8",
+                    )
+                    arrays["naip"] = image
+                    record.update(naip_item=item.id, naip_datetime=_iso(item.datetime))
+                    break
+        las_layers = []
+        counts: dict[str, dict[str, int]] = {}
+        for spec in cfg.labels:
+            native, used = _read_labels(
+                spec, _covering(items.get(spec.collection, []), footprint), geobox, s2_item, cache
+            )
+            record[f"{spec.product}_items"] = [it.id for it in used]
+            las = load_mapping(spec.product).map(native)
+            arrays[f"labels/{spec.product}/native"] = native
+            arrays[f"labels/{spec.product}/las"] = las
+            las_layers.append(las)
+            values, n = np.unique(las, return_counts=True)
+            counts[spec.product] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+        if las_layers:
+            stack = np.stack(las_layers)
+            cons, agree = consensus(stack)
+            arrays["consensus"] = cons
+            arrays["agreement"] = agree
+            values, n = np.unique(cons, return_counts=True)
+            counts["consensus"] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+            label_nodata = float((cons == LAS_NODATA).mean())
+            if label_nodata > cfg.max_nodata:
+                raise SampleSkipped(
+                    f"too much label nodata: {100 * label_nodata:.1f}% of the consensus "
+                    f"> {100 * cfg.max_nodata:.0f}%"
+                )
+            record["agreement"] = round(agreement_fraction(stack, cons), 6)
+            record["ignore_pct"] = round(100 * float((cons == LAS_IGNORE).mean()), 3)
+        record["class_counts"] = json.dumps(counts, sort_keys=True)
+        nodata_px = np.zeros(geobox.shape.yx, dtype=bool)
+        if "sentinel-2" in arrays:
+            nodata_px |= arrays["sentinel-2-scl"] == 0
+        record["nodata_pct"] = round(100 * float(nodata_px.mean()), 3)
+    except SampleSkipped as skip:
+        return SampleOutcome("skipped", str(skip), record=record)
+    except UnknownCodeError as err:
+        return SampleOutcome("failed", str(err), record=record)
+    except (ReadError, KeyError) as err:
+        return SampleOutcome("failed", f"{type(err).__name__}: {err}", record=record)
+    return SampleOutcome("ok", "", arrays=arrays, record=record)

@@ -1,0 +1,111 @@
+"""``las build RECIPE``: build the planned samples into Zarr v3 shards and an index."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["build"]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def build(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file (plan it first).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe value, e.g. --set output.path=out/x."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Start a dask.distributed LocalCluster of N workers.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Join an existing dask.distributed scheduler (tcp://...).")
+    ] = None,
+    status: Annotated[
+        bool, typer.Option("--status", help="Show done/remaining/skipped and exit.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Build LAS: search, read, reproject and harmonise every planned sample, shard by shard."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from las_builder.build.config import config_from_recipe
+    from las_builder.build.run import build_status, read_plan, run_build, summarise
+    from las_builder.recipe import RecipeError, load_recipe
+
+    try:
+        spec = load_recipe(recipe, set_ or [])
+    except RecipeError as err:
+        raise _fail(str(err)) from None
+    output = spec.output.path
+    console = Console(stderr=True, quiet=quiet)
+    try:
+        plan = read_plan(output)
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from None
+    if status:
+        typer.echo(json.dumps(build_status(output, plan), indent=1))
+        return
+    cfg = config_from_recipe(spec)
+    started = time.monotonic()
+    done = {"samples": 0, "skipped": 0, "failed": 0}
+    with Progress(
+        TextColumn("[bold]build[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "{task.fields[rate]:.2f} samples/s  "
+            "skipped {task.fields[skipped]}  failed {task.fields[failed]}"
+        ),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(spec.name, total=len(plan), rate=0.0, skipped=0, failed=0)
+        already = build_status(output, plan)
+        bar.advance(task, already["ok"] + already["skipped"] + already["failed"])
+
+        def on_shard(shard: int, rows: list[dict[str, Any]]) -> None:
+            done["samples"] += len(rows)
+            done["skipped"] += sum(r["status"] == "skipped" for r in rows)
+            done["failed"] += sum(r["status"] == "failed" for r in rows)
+            rate = done["samples"] / max(time.monotonic() - started, 1e-6)
+            bar.update(
+                task, advance=len(rows), rate=rate, skipped=done["skipped"], failed=done["failed"]
+            )
+
+        try:
+            index = run_build(
+                cfg,
+                output,
+                spec.output.samples_per_shard,
+                workers=workers,
+                scheduler=scheduler,
+                on_shard=on_shard,
+                attrs={"recipe": spec.name},
+            )
+        except ValueError as err:
+            raise _fail(str(err)) from None
+    summary = summarise(index)
+    console.print(
+        f"built {summary.get('ok', 0)} of {summary['samples']} samples "
+        f"({summary.get('skipped', 0)} skipped, {summary.get('failed', 0)} failed) "
+        f"in {time.monotonic() - started:.1f} s -> {output}/las.zarr, {output}/index.parquet"
+    )
+    for reason, n in summary["reasons"].items():
+        console.print(f"  {n} x {reason}")

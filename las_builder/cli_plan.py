@@ -1,0 +1,103 @@
+"""``las plan RECIPE``: choose where every sample of a dataset lies and write ``plan.parquet``.
+
+The lead registers :func:`plan` on the ``las`` app (``app.command("plan")(plan)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["plan"]
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print ``error: message`` in red on stderr and return the exit to raise (code 2)."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def _class_names(collection: str) -> dict[int, str]:
+    """Legend names of a label product whose id is ``collection`` (empty when none is)."""
+    from las_builder.catalog import CatalogError, label_product_ids, load_label_product
+
+    if collection not in label_product_ids():
+        return {}
+    try:
+        return {c.value: c.name for c in load_label_product(collection).classes}
+    except CatalogError:
+        return {}
+
+
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a recipe value, e.g. --set sample.count=64 (repeatable; YAML value).",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress line or table.")
+    ] = False,
+) -> None:
+    """Plan the samples of a recipe and write OUTPUT/plan.parquet."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from las_builder.plan import PlanError, make_plan, plan_path, write_plan
+    from las_builder.recipe import RecipeError, load_recipe
+
+    try:
+        spec = load_recipe(recipe, set_ or [])
+    except RecipeError as err:
+        raise _fail(str(err)) from None
+
+    # The plan's shortfall warning is printed below; keep the logger's copy off the terminal
+    # unless the application configured logging itself.
+    logger = logging.getLogger("las_builder.plan")
+    if not logger.handlers and not logging.getLogger().handlers:
+        logger.addHandler(logging.NullHandler())
+    console = Console(stderr=True, quiet=quiet)
+    try:
+        with console.status(f"planning {spec.name}") as status:
+            gdf = make_plan(
+                spec, progress=lambda msg: status.update(f"planning {spec.name}: {msg}")
+            )
+            status.update(f"planning {spec.name}: writing the plan")
+            path = write_plan(gdf, plan_path(spec))
+    except PlanError as err:
+        raise _fail(str(err)) from None
+    except OSError as err:
+        raise _fail(f"cannot write the plan: {err}") from None
+
+    note = gdf.attrs.get("plan_note")
+    if note:
+        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
+
+    counts = Counter(int(v) for v in gdf["stratum"].dropna())
+    if counts and not quiet:
+        stratify = spec.sampling.stratify
+        names = _class_names(stratify.collection) if stratify is not None else {}
+        candidates = {int(k): v for k, v in gdf.attrs.get("candidates_per_stratum", {}).items()}
+        table = Table(title=f"strata ({stratify.collection if stratify else ''})")
+        table.add_column("class", justify="right")
+        table.add_column("name")
+        table.add_column("samples", justify="right")
+        table.add_column("candidates", justify="right")
+        for value in sorted(counts):
+            table.add_row(
+                str(value),
+                names.get(value, ""),
+                str(counts[value]),
+                str(candidates.get(value, "")),
+            )
+        Console().print(table)
+    strata = f", {len(counts)} strata" if counts else ""
+    shards = int(gdf["shard"].max()) + 1 if len(gdf) else 0
+    typer.echo(f"planned {len(gdf)} samples ({shards} shards{strata}) -> {path}")

@@ -1,0 +1,206 @@
+"""The sample plan against the tiny offline world served on loopback."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import typer
+from pystac_client import Client
+from shapely.geometry import box
+from shapely.ops import unary_union
+from typer.testing import CliRunner
+
+from las_builder import plan as plan_mod
+from las_builder.cli_plan import plan as plan_command
+from las_builder.geobox import sample_geobox
+from las_builder.plan import PLAN_COLUMNS, make_plan, plan_path, write_plan
+from las_builder.recipe import Recipe, load_recipe
+from las_builder.stac.item import parse_item
+from las_builder.world.serve import serve_world, stop_world
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE_PX = 32  # 320 m samples in the tiny world's 1.92 km regions
+
+
+@pytest.fixture(scope="module")
+def stac_url(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The tiny world served by rustac.
+
+    A copy is served: serving writes serve.json and .serve/ into the world folder, and the
+    session's tiny_world must stay byte-identical for tests/world/test_create.py.
+    """
+    world = tmp_path_factory.mktemp("served") / "tiny"
+    shutil.copytree(tiny_world, world)
+    info = serve_world(world, detach=True)
+    try:
+        yield info.stac_url
+    finally:
+        stop_world(world)
+
+
+def _recipe(stac_url: str, tmp_path: Path, *overrides: str) -> Recipe:
+    return load_recipe(
+        ROOT / "recipes" / "demo.yaml",
+        [
+            f"stac.url={stac_url}",
+            f"sample.size_px={SIZE_PX}",
+            "sample.count=20",
+            f"output.path={tmp_path / 'out'}",
+            "output.samples_per_shard=4",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def frame(stac_url: str) -> object:
+    items = Client.open(stac_url).search(collections=["las-world-truth"]).items_as_dicts()
+    return unary_union([parse_item(i).footprint() for i in items])
+
+
+@pytest.fixture(scope="module")
+def plan20(stac_url: str, tmp_path_factory: pytest.TempPathFactory) -> gpd.GeoDataFrame:
+    return make_plan(_recipe(stac_url, tmp_path_factory.mktemp("p20")))
+
+
+@pytest.fixture(scope="module")
+def plan_all(stac_url: str, tmp_path_factory: pytest.TempPathFactory) -> gpd.GeoDataFrame:
+    return make_plan(_recipe(stac_url, tmp_path_factory.mktemp("pall"), "sample.count=1000"))
+
+
+def _utm_box(row: object) -> object:
+    a, _, c, _, e, f = row.transform
+    h, w = row.shape
+    return box(c, f + e * h, c + a * w, f)
+
+
+def test_plan_columns_and_order(plan20: gpd.GeoDataFrame) -> None:
+    assert list(plan20.columns) == list(PLAN_COLUMNS)
+    assert len(plan20) == 20
+    assert plan20.crs.to_epsg() == 4326
+    assert plan20["sample_id"].is_unique
+    assert plan20["sample_id"].str.match(r"^10m32px_\d{4,}[UD]_\d{4,}[RL]$").all()
+    assert list(plan20["plan_index"]) == list(range(20))
+    assert list(plan20["shard"]) == [i // 4 for i in range(20)]
+    assert (plan20["resolution_m"] == 10.0).all()
+    assert all(tuple(s) == (SIZE_PX, SIZE_PX) for s in plan20["shape"])
+    assert plan20.attrs["plan_note"] == ""
+    # Each row's grid is the sample_geobox of its centre, in the UTM zone of the centre.
+    for row in plan20.itertuples():
+        gb = sample_geobox(row.lon, row.lat, SIZE_PX, 10)
+        assert gb.crs.epsg == row.epsg
+        assert list(gb.transform)[:6] == pytest.approx(list(row.transform))
+        assert row.geometry.covers(gb.extent.centroid.to_crs(4326).geom.buffer(-1e-9))
+
+
+def test_plan_is_deterministic_for_a_seed(stac_url: str, tmp_path: Path) -> None:
+    first = make_plan(_recipe(stac_url, tmp_path, "sample.seed=11", "sample.count=12"))
+    again = make_plan(_recipe(stac_url, tmp_path, "sample.seed=11", "sample.count=12"))
+    other = make_plan(_recipe(stac_url, tmp_path, "sample.seed=12", "sample.count=12"))
+    assert first.drop(columns="geometry").equals(again.drop(columns="geometry"))
+    assert first.geometry.geom_equals(again.geometry).all()
+    assert set(first["sample_id"]) != set(other["sample_id"])
+    assert len(other) == 12
+
+
+def test_samples_do_not_overlap(plan_all: gpd.GeoDataFrame) -> None:
+    assert len(plan_all) > 30
+    for _epsg, group in plan_all.groupby("epsg"):
+        boxes = [_utm_box(r) for r in group.itertuples()]
+        for a, b in itertools.combinations(boxes, 2):
+            assert a.intersection(b).area == 0
+    # Across zones (the antimeridian region has samples in zones 60 and 1): lon/lat footprints.
+    for a, b in itertools.combinations(plan_all.geometry, 2):
+        assert a.intersection(b).area < 1e-12
+
+
+def test_samples_lie_inside_the_frame(plan_all: gpd.GeoDataFrame, frame: object) -> None:
+    for geom in plan_all.geometry:
+        assert frame.covers(geom)
+    # All three regions are used, the antimeridian one on both sides of 180.
+    assert {32615, 32635, 32660, 32701} <= set(plan_all["epsg"])
+    fiji = plan_all[plan_all["epsg"].isin([32660, 32701])]
+    assert (fiji["lon"] > 179).any() and (fiji["lon"] < -179).any()
+
+
+def test_strata_are_balanced(plan20: gpd.GeoDataFrame) -> None:
+    candidates = plan20.attrs["candidates_per_stratum"]
+    assert len(candidates) >= 5
+    counts = Counter(int(v) for v in plan20["stratum"])
+    assert set(counts) <= set(candidates)
+    top = max(counts.values())
+    for stratum, available in candidates.items():
+        got = counts.get(stratum, 0)
+        # Round-robin: every class gets within one of the most-sampled class, unless it ran out.
+        assert got >= top - 1 or got == available
+        assert got <= available
+    assert sum(counts.values()) == 20
+
+
+def test_too_few_candidates_plans_all_and_warns(
+    stac_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="las_builder.plan"):
+        gdf = make_plan(_recipe(stac_url, tmp_path, "sample.count=1000"))
+    assert len(gdf) == gdf.attrs["candidates"] < 1000
+    assert sum(gdf.attrs["candidates_per_stratum"].values()) == len(gdf)
+    assert f"only {len(gdf)} of the 1000 requested samples" in gdf.attrs["plan_note"]
+    assert any("requested samples" in r.getMessage() for r in caplog.records)
+
+
+def test_unstratified_plan(stac_url: str, tmp_path: Path) -> None:
+    gdf = make_plan(_recipe(stac_url, tmp_path, "sampling.stratify=null", "sample.count=25"))
+    assert len(gdf) == 25
+    assert gdf["stratum"].isna().all()
+    assert gdf["sample_id"].is_unique
+
+
+def test_drawn_cells_for_large_frames(
+    stac_url: str, tmp_path: Path, frame: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plan_mod, "ENUMERATE_LIMIT", 0)  # force random drawing of cells
+    gdf = make_plan(_recipe(stac_url, tmp_path, "sample.count=15"))
+    assert len(gdf) == 15 and gdf["sample_id"].is_unique
+    for geom in gdf.geometry:
+        assert frame.covers(geom)
+    again = make_plan(_recipe(stac_url, tmp_path, "sample.count=15"))
+    assert list(again["sample_id"]) == list(gdf["sample_id"])
+
+
+def test_write_plan_round_trips(plan20: gpd.GeoDataFrame, stac_url: str, tmp_path: Path) -> None:
+    recipe = _recipe(stac_url, tmp_path)
+    path = write_plan(plan20, plan_path(recipe))
+    assert path == str(tmp_path / "out" / "plan.parquet")
+    back = gpd.read_parquet(path)
+    assert list(back.columns) == list(PLAN_COLUMNS)
+    assert back.crs.to_epsg() == 4326
+    assert list(back["sample_id"]) == list(plan20["sample_id"])
+    assert np.allclose(np.stack(back["transform"]), np.stack(plan20["transform"]))
+    assert back.geometry.geom_equals(plan20.geometry).all()
+    assert list(back["stratum"]) == list(plan20["stratum"])
+
+
+def test_plan_command(stac_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = typer.Typer()
+    app.command("plan")(plan_command)
+    app.command("other")(lambda: None)  # two commands: `plan` stays a subcommand
+    monkeypatch.setenv("LAS_STAC_URL", stac_url)
+    out = tmp_path / "cli"
+    args = ["plan", str(ROOT / "recipes" / "demo.yaml"), "--set", f"sample.size_px={SIZE_PX}"]
+    result = CliRunner().invoke(app, [*args, "--set", f"output.path={out}", "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"planned 32 samples (4 shards" in result.output
+    assert str(out / "plan.parquet") in result.output
+    assert len(gpd.read_parquet(out / "plan.parquet")) == 32
+
+    bad = CliRunner().invoke(app, [*args, "--set", "sample.count=0"])
+    assert bad.exit_code == 2
+    assert "sample.count = 0 (from --set): must be > 0" in bad.output
