@@ -84,3 +84,7 @@ def world_stop(
         stop_world(directory)
     except ServeError as err:
         raise CliError(str(err)) from None
+
+
+if __name__ == "__main__":
+    app()

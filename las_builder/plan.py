@@ -29,6 +29,7 @@ column); ``plan_index`` is the row number and ``shard`` is ``plan_index // sampl
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import posixpath
@@ -433,13 +434,20 @@ class _Placed:
         self.grid[self._key(self._xyz(cand))].append(cand)
 
 
+@functools.lru_cache(maxsize=64)
+def _transformer(src: int | str, dst: int | str) -> Transformer:
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
 def _boxes_overlap(a: GeoBox, b: GeoBox) -> bool:
     """Whether two GeoBoxes share area (touching edges do not count)."""
     if a.crs == b.crs:
         ax0, ay0, ax1, ay1 = a.extent.boundingbox
         bx0, by0, bx1, by1 = b.extent.boundingbox
         return min(ax1, bx1) > max(ax0, bx0) and min(ay1, by1) > max(ay0, by0)
-    other = b.extent.to_crs(a.crs, resolution=b.resolution.x).geom
+    to_a = _transformer(b.crs.epsg or b.crs.to_wkt(), a.crs.epsg or a.crs.to_wkt())
+    edge = shapely.segmentize(b.extent.geom, abs(b.resolution.x))
+    other = shapely.transform(edge, lambda xy: np.column_stack(to_a.transform(xy[:, 0], xy[:, 1])))
     return bool(a.extent.geom.intersection(other).area > 1e-6 * a.extent.geom.area)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,21 @@ def stac_fixtures() -> Path:
     if not SHARED_FIXTURES.is_dir():
         pytest.skip("../shared/fixtures/stac is absent (a user's clone has no ../shared)")
     return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def served_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A copy of the tiny world served by rustac and the range server for the whole session.
+
+    A copy is served because serving writes serve.json and .serve/ into the world folder, and
+    ``tiny_world`` must stay byte-identical for the determinism test.
+    """
+    from las_builder.world.serve import serve_world, stop_world
+
+    world = tmp_path_factory.mktemp("served") / "tiny"
+    shutil.copytree(tiny_world, world)
+    info = serve_world(world, detach=True)
+    try:
+        yield {"world": world, "stac_url": info.stac_url, "assets_url": info.assets_url}
+    finally:
+        stop_world(world)

@@ -1,0 +1,224 @@
+"""`las plan` + `las build` end to end on the served tiny world."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from affine import Affine
+from rasterio.warp import Resampling, reproject
+from typer.testing import CliRunner
+
+from las_builder.catalog import load_label_product, load_mapping
+from las_builder.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "demo.yaml"
+
+
+def _args(served_world: dict, out: Path, *extra: str) -> list[str]:
+    sets = [
+        f"stac.url={served_world['stac_url']}",
+        "sample.size_px=32",
+        "sample.count=24",
+        f"output.path={out}",
+        "output.samples_per_shard=4",
+        "imagery.naip.factor=4",
+        *extra,
+    ]
+    return [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
+
+
+def _plan_and_build(
+    served_world: dict, out: Path, *extra: str, build_flags: tuple[str, ...] = ()
+) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["plan", *_args(served_world, out, *extra), "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["build", *_args(served_world, out, *extra), "--quiet", *build_flags]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def _zarr_digest(store: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def built(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("build") / "las"
+    _plan_and_build(served_world, out)
+    return out
+
+
+def test_index_has_one_row_per_planned_sample(built: Path) -> None:
+    plan = gpd.read_parquet(built / "plan.parquet")
+    index = gpd.read_parquet(built / "index.parquet")
+    assert len(plan) == 24
+    assert index["sample_id"].tolist() == plan["sample_id"].tolist()
+    assert index["epsg"].tolist() == plan["epsg"].tolist()
+    assert all(a.equals(b) for a, b in zip(index.geometry, plan.geometry, strict=True))
+    assert set(index["status"]) <= {"ok", "skipped", "failed"}
+    ok = index[index["status"] == "ok"]
+    assert len(ok) >= 20
+    assert ok["s2_item"].str.startswith("S2").all()
+    assert ok["s1_orbit_state"].isin(["ascending", "descending"]).all()
+    counts = json.loads(ok["class_counts"].iloc[0])
+    assert set(counts) >= {"esa-worldcover", "consensus"}
+    assert sum(counts["consensus"].values()) == 32 * 32
+
+
+def test_store_layout(built: Path) -> None:
+    root = zarr.open_group(built / "las.zarr", mode="r")
+    s2 = root["sentinel-2"]
+    assert s2.shape == (24, 12, 32, 32)
+    assert s2.shards == (4, 12, 32, 32)
+    assert s2.metadata.dimension_names == ("sample", "band", "y", "x")
+    assert s2.attrs["bands"][:4] == ["B01", "B02", "B03", "B04"]
+    assert s2.attrs["center_wavelength_um"][3] == pytest.approx(0.665)
+    assert root["naip"].shape == (24, 4, 128, 128)
+    assert root["labels/esa-worldcover/native"].attrs["classes"][0]["value"] == 10
+    assert {c["key"] for c in root.attrs["taxonomy"]} >= {"water", "trees", "cropland"}
+
+
+def _independent_labels(
+    row: dict, product: str, asset: str, item_ids: list[str], items_by_id: dict
+) -> np.ndarray:
+    legend = load_label_product(product)
+    out = np.full(tuple(row["shape"]), legend.nodata, dtype=legend.dtype)
+    for item_id in item_ids:
+        href = items_by_id[item_id]["assets"][asset]["href"]
+        with rasterio.open(href) as src:
+            tmp = np.full(out.shape, legend.nodata, dtype=legend.dtype)
+            reproject(
+                rasterio.band(src, 1),
+                tmp,
+                dst_transform=Affine(*row["transform"]),
+                dst_crs=f"EPSG:{row['epsg']}",
+                dst_nodata=legend.nodata,
+                resampling=Resampling.nearest,
+            )
+        fill = out == legend.nodata
+        out[fill] = tmp[fill]
+    return out
+
+
+def test_labels_equal_an_independent_reprojection(built: Path, served_world: dict) -> None:
+    served = served_world["world"] / ".serve"
+    items_by_id = {}
+    for path in served.rglob("*.json"):
+        data = json.loads(path.read_text())
+        for feature in data.get("features", []) if isinstance(data, dict) else []:
+            items_by_id[feature["id"]] = feature
+    assert items_by_id, "served item copies not found"
+    index = gpd.read_parquet(built / "index.parquet")
+    root = zarr.open_group(built / "las.zarr", mode="r")
+    products = {
+        "esa-worldcover": "map",
+        "io-lulc-annual-v02": "data",
+        "modis-12Q1-061": "LC_Type1",
+        "dynamic-world-v1": "label",
+    }
+    ok = index[index["status"] == "ok"]
+    checked = 0
+    for _, row in ok.iloc[:: max(1, len(ok) // 5)].iterrows():
+        for product, asset in products.items():
+            item_ids = json.loads(row[f"{product}_items"])
+            expected = _independent_labels(row, product, asset, item_ids, items_by_id)
+            native = root[f"labels/{product}/native"][row["zarr_index"]]
+            np.testing.assert_array_equal(native, expected, err_msg=f"{row['sample_id']} {product}")
+            las = root[f"labels/{product}/las"][row["zarr_index"]]
+            np.testing.assert_array_equal(las, load_mapping(product).map(expected))
+            checked += 1
+    assert checked >= 16
+
+
+def test_second_run_is_byte_identical(built: Path, served_world: dict, tmp_path: Path) -> None:
+    again = tmp_path / "las"
+    _plan_and_build(served_world, again)
+    first, second = _zarr_digest(built / "las.zarr"), _zarr_digest(again / "las.zarr")
+    assert first == second
+
+
+def test_cloudy_samples_are_skipped_with_a_reason(served_world: dict, tmp_path: Path) -> None:
+    out = tmp_path / "las"
+    _plan_and_build(served_world, out, "imagery.sentinel-2.max_cloud=0", "sample.count=8")
+    index = gpd.read_parquet(out / "index.parquet")
+    skipped = index[index["status"] == "skipped"]
+    assert len(skipped) >= 1
+    assert skipped["reason"].str.startswith("too cloudy").all()
+    root = zarr.open_group(out / "las.zarr", mode="r")
+    for i in skipped["zarr_index"]:
+        assert not root["sentinel-2"][i].any()
+        assert not root["consensus"][i].any()
+
+
+def test_unknown_code_fails_the_sample_and_names_it(served_world: dict, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog"
+    shutil.copytree(ROOT / "catalog", catalog)
+    mapping = catalog / "taxonomy" / "mappings" / "io-lulc-annual-v02.yaml"
+    lines = [ln for ln in mapping.read_text().splitlines() if not ln.strip().startswith("5:")]
+    mapping.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "las"
+    env = {**os.environ, "LAS_CATALOG": str(catalog)}
+    for command in ("plan", "build"):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "las_builder.cli",
+                command,
+                *_args(served_world, out, "sample.count=8"),
+                "--quiet",
+            ],
+            check=True,
+            env=env,
+        )
+    index = gpd.read_parquet(out / "index.parquet")
+    failed = index[index["status"] == "failed"]
+    assert len(failed) >= 1
+    assert failed["reason"].str.contains("io-lulc-annual-v02").all()
+    assert failed["reason"].str.contains(r"\b5\b").all()
+
+
+def test_two_worker_cluster_matches_threaded(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "las"
+    _plan_and_build(served_world, out, build_flags=("--workers", "2"))
+    assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
+
+
+def test_resume_rebuilds_only_missing_shards(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    (out / "index-parts" / "shard-000002.parquet").unlink()
+    removed = [p for p in (out / "las.zarr").rglob("c/2") if p.is_dir()]
+    assert removed
+    for shard_dir in removed:  # shard 2 of every array, as a crash before it finished leaves it
+        shutil.rmtree(shard_dir)
+    untouched = out / "index-parts" / "shard-000001.parquet"
+    before = untouched.stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["build", *_args(served_world, out), "--status"])
+    assert json.loads(result.output)["shards_remaining"] == 1
+    result = CliRunner().invoke(app, ["build", *_args(served_world, out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert untouched.stat().st_mtime_ns == before
+    assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
