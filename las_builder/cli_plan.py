@@ -73,8 +73,8 @@ def plan(
             path = write_plan(gdf, plan_path(spec))
     except PlanError as err:
         raise _fail(str(err)) from None
-    except OSError as err:
-        raise _fail(f"cannot write the plan: {err}") from None
+    except (OSError, ImportError, ValueError) as err:  # fsspec: no such folder, no s3fs, ...
+        raise _fail(f"cannot write the plan to {plan_path(spec)}: {err}") from None
 
     note = gdf.attrs.get("plan_note")
     if note:

@@ -59,7 +59,7 @@ from las_builder.geobox import (
     sample_id,
 )
 from las_builder.recipe import Recipe
-from las_builder.stac.item import SceneItem, parse_item
+from las_builder.stac.item import ItemParseError, SceneItem, parse_item
 
 __all__ = [
     "PLAN_COLUMNS",
@@ -136,7 +136,10 @@ def _search_items(
     seen: set[str] = set()
     items = []
     for data in raw:
-        item = parse_item(data)
+        try:
+            item = parse_item(data)
+        except ItemParseError as err:
+            raise PlanError(f"collection {collection!r}: {err}") from None
         if item.id not in seen:
             seen.add(item.id)
             items.append(item)
