@@ -23,6 +23,30 @@ def sensor(sensor_id: str) -> dict[str, Any]:
 S2_BANDS: tuple[str, ...] = tuple(b["name"] for b in sensor("sentinel-2-l2a")["bands"])
 
 
+def asset_key(item: SceneItem, sensor_id: str, band: str) -> str:
+    """The asset key of ``band`` in ``item``, whichever catalog's naming the item uses.
+
+    Planetary Computer names Sentinel-2 assets by band (``B04``, ``SCL``); Earth Search by
+    common name (``red``, ``scl``). The sensor definition in ``catalog/sensors`` lists both.
+    """
+    if band in item.assets:
+        return band
+    spec = sensor(sensor_id)
+    entries = [
+        *spec.get("bands", []),
+        *([spec["scl"] | {"name": spec["scl"]["asset"]}] if "scl" in spec else []),
+    ]
+    for entry in entries:
+        if entry["name"] == band:
+            alias = entry.get("earth_search")
+            if alias and alias in item.assets:
+                return str(alias)
+    raise KeyError(
+        f"item {item.id}: no asset for {sensor_id} band {band!r}; "
+        f"assets: {', '.join(sorted(item.assets))}"
+    )
+
+
 def s2_band_table() -> list[dict[str, Any]]:
     """Band names, centre wavelengths (µm) and widths of Sentinel-2 L2A, in array order."""
     return [dict(b) for b in sensor("sentinel-2-l2a")["bands"]]
@@ -31,16 +55,22 @@ def s2_band_table() -> list[dict[str, Any]]:
 def s2_offset_dn(item: SceneItem, band: str = "B04") -> int:
     """The BOA offset (in DN) to subtract from an item's reflectance digital numbers.
 
-    Processing baseline 04.00 and later add +1000 to every L2A reflectance. It is detected from
-    ``s2:processing_baseline`` or, where a catalog declares it, the ``raster:bands`` offset
-    (Earth Search collection-1 items say -0.1 in reflectance, i.e. 1000 DN). Items whose catalog
-    already removed the offset (``earthsearch:boa_offset_applied``) need no correction.
+    Processing baseline 04.00 and later add +1000 to every L2A reflectance. In order:
+
+    1. Items of catalogs that harmonised the pixels already need nothing: Earth Search
+       collection 1 (``sentinel-2-c1-l2a``, listed in ``catalog/sensors``) and items flagged
+       ``earthsearch:boa_offset_applied``.
+    2. A ``raster:bands`` offset on the band, when a catalog declares one (``-0.1`` in
+       reflectance with scale ``0.0001`` is 1000 DN).
+    3. Otherwise ``s2:processing_baseline``: 1000 DN from 04.00 on.
     """
     spec = sensor("sentinel-2-l2a")["boa_offset"]
+    if item.collection in spec.get("harmonised_collections", ()):
+        return 0
     if item.properties.get("earthsearch:boa_offset_applied"):
         return 0
     try:
-        bands = item.asset(band).bands
+        bands = item.asset(asset_key(item, "sentinel-2-l2a", band)).bands
     except KeyError:
         bands = ()
     for b in bands:

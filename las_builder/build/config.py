@@ -32,6 +32,8 @@ class BuildConfig:
     max_nodata: float
     s2_collection: str | None = "sentinel-2-l2a"
     max_cloud: float = 60.0
+    composite: str | None = None  # None: the clearest scene; "median": median of the k clearest
+    composite_k: int = 3
     s1_collection: str | None = "sentinel-1-rtc"
     s1_units: str = "linear"
     naip_collection: str | None = None
@@ -51,6 +53,7 @@ def config_from_recipe(recipe: Recipe) -> BuildConfig:
         max_nodata=recipe.max_nodata,
         s2_collection=recipe.imagery.sentinel_2.collection,
         max_cloud=recipe.imagery.sentinel_2.max_cloud,
+        composite=recipe.imagery.sentinel_2.composite,
         s1_collection=recipe.imagery.sentinel_1.collection,
         s1_units=recipe.imagery.sentinel_1.units,
         naip_collection=naip.collection if naip else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from las_builder.build.read import DatasetCache, ReadError, read_onto
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, UnknownCodeError, load_mapping
 from las_builder.catalog.labels import load_label_product
 from las_builder.consensus import agreement_fraction, consensus
-from las_builder.imagery import S2_BANDS, harmonize_s2, s1_to_units
+from las_builder.imagery import S2_BANDS, asset_key, harmonize_s2, s1_to_units
 from las_builder.stac import SceneItem
 
 SCL_CLOUD = (3, 8, 9, 10)  # cloud shadow, cloud medium/high probability, thin cirrus
@@ -45,30 +46,53 @@ def _iso(when: dt.datetime | None) -> str | None:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
-def _choose_s2(
-    items: list[SceneItem], geobox: GeoBox, cfg: BuildConfig, cache: DatasetCache
-) -> tuple[SceneItem, np.ndarray, float, float]:
-    """The Sentinel-2 scene least cloudy (then least empty) over the sample itself."""
-    best: tuple[float, float, str] | None = None
-    chosen: tuple[SceneItem, np.ndarray, float, float] | None = None
+@dataclass
+class _S2Candidate:
+    item: SceneItem
+    scl: np.ndarray
+    cloud_pct: float
+    nodata_frac: float
+
+    @property
+    def rank(self) -> tuple[float, float, str]:
+        # Least cloudy over the sample itself, then least empty; the id breaks ties stably.
+        return (round(self.cloud_pct + 100 * self.nodata_frac, 6), self.nodata_frac, self.item.id)
+
+
+def _rank_s2(items: list[SceneItem], geobox: GeoBox, cache: DatasetCache) -> list[_S2Candidate]:
+    """Sentinel-2 scenes ranked by cloud (from their SCL) over the sample's own footprint."""
+    ranked = []
     for item in items:
-        scl = read_onto(cache.get(item.asset("SCL").href), geobox, nodata=0)[0]
+        href = item.asset(asset_key(item, "sentinel-2-l2a", "SCL")).href
+        scl = read_onto(cache.get(href), geobox, nodata=0)[0]
         valid = scl > 0
         nodata_frac = 1.0 - float(valid.mean())
         cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
-        key = (round(cloud_pct + 100 * nodata_frac, 6), nodata_frac, item.id)
-        if best is None or key < best:
-            best, chosen = key, (item, scl, cloud_pct, nodata_frac)
-    assert chosen is not None
-    return chosen
+        ranked.append(_S2Candidate(item, scl, cloud_pct, nodata_frac))
+    return sorted(ranked, key=lambda c: c.rank)
 
 
 def _read_s2(item: SceneItem, geobox: GeoBox, cache: DatasetCache) -> np.ndarray:
     bands = []
     for name in S2_BANDS:
-        ds = cache.get(item.asset(name).href)
+        ds = cache.get(item.asset(asset_key(item, "sentinel-2-l2a", name)).href)
         bands.append(read_onto(ds, geobox, resampling=Resampling.bilinear, nodata=0)[0])
     return harmonize_s2(np.stack(bands), item)
+
+
+def median_composite(stacks: list[np.ndarray], scls: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel median over the clear observations (SCL not cloud and not nodata).
+
+    Pixels without any clear observation take the first (clearest-ranked) scene's value.
+    """
+    data = np.stack(stacks).astype(np.float32)  # (k, bands, h, w)
+    clear = np.stack([(s > 0) & ~np.isin(s, SCL_CLOUD) for s in scls])  # (k, h, w)
+    masked = np.where(clear[:, None], data, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels are handled below
+        median = np.nanmedian(masked, axis=0)
+    median = np.where(np.isnan(median), data[0], median)
+    return np.round(median).astype(np.uint16)
 
 
 def _read_labels(
@@ -133,18 +157,36 @@ def build_sample(
                     f"no {cfg.s2_collection} scene between {cfg.start:%Y-%m-%d} "
                     f"and {cfg.end:%Y-%m-%d}"
                 )
-            s2_item, scl, cloud_pct, nodata_frac = _choose_s2(candidates, geobox, cfg, cache)
+            ranked = _rank_s2(candidates, geobox, cache)
+            best = ranked[0]
+            s2_item, scl, cloud_pct, nodata_frac = (
+                best.item,
+                best.scl,
+                best.cloud_pct,
+                best.nodata_frac,
+            )
             if nodata_frac > cfg.max_nodata:
                 raise SampleSkipped(
                     f"too much nodata: {100 * nodata_frac:.1f}% of the best Sentinel-2 scene "
                     f"{s2_item.id} > {100 * cfg.max_nodata:.0f}%"
                 )
+            if cfg.composite == "median":
+                # The k clearest scenes that cover the sample; cloud is what none saw clearly.
+                used = [c for c in ranked if c.nodata_frac <= cfg.max_nodata][: cfg.composite_k]
+                stacks = [_read_s2(c.item, geobox, cache) for c in used]
+                arrays["sentinel-2"] = median_composite(stacks, [c.scl for c in used])
+                seen = np.zeros(geobox.shape.yx, dtype=bool)
+                for c in used:
+                    seen |= (c.scl > 0) & ~np.isin(c.scl, SCL_CLOUD)
+                cloud_pct = 100.0 * float((~seen).mean())
+                record["s2_composite_items"] = [c.item.id for c in used]
             if cloud_pct > cfg.max_cloud:
                 raise SampleSkipped(
                     f"too cloudy: {cloud_pct:.1f}% cloud over the sample in the clearest scene "
                     f"{s2_item.id} > {cfg.max_cloud:.0f}%"
                 )
-            arrays["sentinel-2"] = _read_s2(s2_item, geobox, cache)
+            if cfg.composite != "median":
+                arrays["sentinel-2"] = _read_s2(s2_item, geobox, cache)
             arrays["sentinel-2-scl"] = scl
             record.update(
                 s2_item=s2_item.id,

@@ -8,7 +8,9 @@ Plain data, validated here:
   class.
 * ``catalog/taxonomy/mappings/<product>.yaml``: for each native code of a product's legend the
   LAS key it becomes, or ``ignore``, with a short ``why`` where the choice is not obvious. An
-  entry is either ``<code>: <key>`` or ``<code>: {to: <key>, why: <text>}``.
+  entry is either ``<code>: <key>`` or ``<code>: {to: <key>, why: <text>}``. Drafts written by
+  ``las catalog add`` also carry ``review: true``, ``similarity`` and ``alternative`` until a
+  person has checked them.
 
 Example:
     >>> import numpy as np
@@ -45,6 +47,7 @@ from las_builder.catalog.labels import (
     CatalogError,
     LabelProduct,
     label_product_ids,
+    labels_dir,
     load_label_product,
 )
 
@@ -53,6 +56,7 @@ __all__ = [
     "LAS_IGNORE",
     "LAS_NODATA",
     "LUT_UNMAPPED",
+    "TODO_MARK",
     "WARNING",
     "MappingRule",
     "ProductMapping",
@@ -84,6 +88,9 @@ IGNORE = "ignore"
 
 WARNING = "warning: "
 """Prefix of the problems :func:`check_catalog` reports as warnings rather than errors."""
+
+TODO_MARK = "TODO(las catalog add)"
+"""Marker of the lines of a drafted label file that a person must fill in or confirm."""
 
 _MAX_CLASSES = LUT_UNMAPPED - 1
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -245,11 +252,19 @@ class MappingRule(_Strict):
     Attributes:
         to: A LAS class key, or ``ignore``.
         why: The reason, where the choice is not obvious.
+        review: The rule is a draft (written by ``las catalog add``) that a person has not yet
+            checked; :func:`check_catalog` warns while any is left.
+        similarity: Cosine similarity between the native class text and the suggested LAS
+            class text, as computed by the suggestion (informative only).
+        alternative: The runner-up LAS class of a suggestion (informative only).
 
     """
 
     to: str = Field(pattern=_KEY)
     why: NonEmptyStr | None = None
+    review: bool = False
+    similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
+    alternative: str | None = Field(default=None, pattern=_KEY)
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +351,11 @@ class ProductMapping(_Strict):
     def unmapped(self) -> list[int]:
         """Legend codes (nodata excluded) that have no rule, ascending."""
         return [c for c in self.product.codes if c not in self.rules]
+
+    @property
+    def to_review(self) -> list[int]:
+        """Native codes whose rule is still marked ``review: true``, ascending."""
+        return sorted(c for c, r in self.rules.items() if r.review)
 
     def target(self, code: int) -> int:
         """Return the LAS label value of one native code (nodata gives :data:`LAS_NODATA`).
@@ -561,7 +581,8 @@ def check_catalog() -> list[str]:
     product without a mapping file or a mapping file without a product, a legend code that is
     neither mapped nor ignored, a rule for a code that is not in the legend, a target that is
     not a taxonomy class. Warnings (prefixed :data:`WARNING`): a taxonomy class no product
-    maps to.
+    maps to, mapping rules still marked ``review: true`` and label files that still hold a
+    ``TODO(las catalog add)`` left by ``las catalog add``.
 
     Returns:
         One line per problem, errors first; empty when the catalog is consistent.
@@ -591,6 +612,19 @@ def check_catalog() -> list[str]:
                 f"nor ignored: {names}"
             )
         used |= {r.to for r in mapping.rules.values()}
+        if mapping.to_review:
+            codes = ", ".join(map(str, mapping.to_review))
+            warnings.append(
+                f"{WARNING}{_rel(mappings_dir() / f'{product_id}.yaml')}: "
+                f"{len(mapping.to_review)} rule(s) still marked `review: true` (codes {codes}); "
+                "check each suggestion, then remove review/similarity/alternative"
+            )
+        todos = _todo_count(labels_dir() / f"{product_id}.yaml")
+        if todos:
+            warnings.append(
+                f"{WARNING}{_rel(labels_dir() / f'{product_id}.yaml')}: {todos} "
+                f"{TODO_MARK} line(s) left to fill in or confirm"
+            )
     for extra in sorted(set(mapping_ids()) - set(products)):
         errors.append(
             f"{_rel(mappings_dir() / f'{extra}.yaml')}: no label product {extra!r} "
@@ -600,6 +634,14 @@ def check_catalog() -> list[str]:
         if c.key not in used:
             warnings.append(f"{WARNING}LAS class {c.code} {c.key!r} is the target of no product")
     return errors + warnings
+
+
+def _todo_count(path: Path) -> int:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return 0
+    return sum(TODO_MARK in line for line in text.splitlines())
 
 
 def _rel(path: Path) -> str:

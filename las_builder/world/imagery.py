@@ -274,7 +274,7 @@ def render_sentinel1(
                 np.float32
             )
             stamp = when.strftime("%Y%m%dT%H%M%S")
-            orbit_abs = 38000 + hash_small(state.region.id + date) % 9000
+            orbit_abs = 38000 + hash_small(f"{state.region.id}{date}{tile_geobox.crs.epsg}") % 9000
             end = f"{stamp[:9]}{hour:02d}0436"
             datatake = f"04{orbit_abs % 4096:04X}"
             item_id = f"S1A_IW_GRDH_1SDV_{stamp}_{end}_{orbit_abs:06d}_{datatake}_rtc"

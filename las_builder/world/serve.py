@@ -448,12 +448,26 @@ def _served_copies(
             raise ServeError(
                 f"stac/items/{cid}.json is not a FeatureCollection: re-create the world"
             )
+        seen: set[str] = set()
+        duplicates: list[str] = []
         for item in features:
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
                 raise ServeError(f"stac/items/{cid}.json holds an item without an id")
-            item.setdefault("collection", cid)
+            if item["id"] in seen:
+                duplicates.append(item["id"])
+            seen.add(item["id"])
+            if item.setdefault("collection", cid) != cid:
+                raise ServeError(
+                    f"stac/items/{cid}.json holds item {item['id']} of collection "
+                    f"{item['collection']!r}: re-create the world"
+                )
             _rewrite_links(item, assets_url)
             _rewrite_assets(item.get("assets"), assets_url)
+        if duplicates:
+            raise ServeError(
+                f"stac/items/{cid}.json repeats {len(duplicates)} item ids (e.g. "
+                f"{duplicates[0]}): item ids must be unique in a collection; re-create the world"
+            )
         served.append((collection, features))
     return served
 
@@ -637,6 +651,7 @@ def _pg_datadir(started: _Started, serve_dir: Path, user: str | None) -> tuple[P
     """
     parent = serve_dir / "pg"
     parent.mkdir()
+    started.remove_dirs.append(parent)
     usable = True
     if user is not None:
         try:
@@ -933,7 +948,10 @@ def serve_world(
     print(f"assets:           {assets_url}", flush=True)
     if detach:
         _DETACHED.update((p.popen.pid, p.popen) for p in started.procs)
-        print(f"serving {world_dir} in the background; stop with `las world stop {world_dir}`")
+        print(
+            f"serving {world_dir} in the background; stop with `las world stop {world_dir}`",
+            flush=True,
+        )
         return info
     print(f"serving {world_dir}; press Ctrl-C to stop", flush=True)
     _block_until_stopped(root, started, info)
@@ -969,6 +987,8 @@ def _block_until_stopped(root: Path, started: _Started, info: ServeInfo) -> None
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
+        for sig in handlers:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         started.stop()
         state = _read_state(root)
         if state is not None and state.get("pids") == info.pids:
@@ -1140,11 +1160,23 @@ def _pgload_main(dsn: str, collections: str, items: str) -> None:
     from pypgstac.migrate import Migrate
 
     started = time.monotonic()
-    with PgstacDB(dsn=dsn) as db:
-        print(f"pgstac migrated to {Migrate(db).run_migration()}", flush=True)
-        loader = Loader(db=db)
-        loader.load_collections(collections, Methods.insert)
-        loader.load_items(items, Methods.insert)
+    step = "migrate"
+    try:
+        with PgstacDB(dsn=dsn) as db:
+            print(f"pgstac migrated to {Migrate(db).run_migration()}", flush=True)
+            loader = Loader(db=db)
+            step = "load collections"
+            loader.load_collections(collections, Methods.insert)
+            step = "load items"
+            loader.load_items(items, Methods.insert)
+    except Exception as err:
+        import traceback
+
+        traceback.print_exc()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        # the last line is what `las world serve` shows
+        print(f"{step} failed: {type(err).__name__}: {first}", flush=True)
+        raise SystemExit(1) from None
     print(f"loaded in {time.monotonic() - started:.1f} s", flush=True)
 
 

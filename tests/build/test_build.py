@@ -222,3 +222,36 @@ def test_resume_rebuilds_only_missing_shards(
     assert result.exit_code == 0, result.output
     assert untouched.stat().st_mtime_ns == before
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
+
+
+def test_naip_grid_covers_the_sample_exactly(built: Path) -> None:
+    from odc.geo.geobox import GeoBox
+
+    index = gpd.read_parquet(built / "index.parquet")
+    root = zarr.open_group(built / "las.zarr", mode="r")
+    factor = 4
+    for _, row in index[index["status"] == "ok"].iterrows():
+        geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
+        fine = geobox.zoom_out(1 / factor)
+        assert tuple(fine.shape.yx) == (32 * factor, 32 * factor)
+        assert fine.boundingbox == pytest.approx(geobox.boundingbox, abs=1e-6)
+        assert fine.resolution.x == pytest.approx(10 / factor)
+    with_naip = index[index["naip_item"].notna() & (index["status"] == "ok")]
+    assert len(with_naip) >= 1, "the tiny world's NAIP should fully cover at least one sample"
+    for i in with_naip["zarr_index"]:
+        assert (root["naip"][i] > 0).all(), "NAIP must cover every fine pixel of the sample"
+    for i in index.loc[index["naip_item"].isna(), "zarr_index"]:
+        assert not root["naip"][i].any()
+
+
+def test_median_composite_clears_clouds(built: Path, served_world: dict, tmp_path: Path) -> None:
+    out = tmp_path / "las"
+    _plan_and_build(served_world, out, "imagery.sentinel-2.composite=median")
+    single = gpd.read_parquet(built / "index.parquet").set_index("sample_id")
+    composite = gpd.read_parquet(out / "index.parquet").set_index("sample_id")
+    ok = composite[composite["status"] == "ok"]
+    assert len(ok) >= 20
+    for sample_id, row in ok.iterrows():
+        items = json.loads(row["s2_composite_items"])
+        assert 1 <= len(items) <= 3
+        assert row["cloud_pct"] <= single.loc[sample_id, "cloud_pct"] + 1e-9

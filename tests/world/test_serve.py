@@ -417,6 +417,17 @@ def test_folder_that_is_not_a_world(tmp_path: Path) -> None:
         stop_world(tmp_path)
 
 
+def test_duplicate_item_ids(world_template: Path, tmp_path: Path) -> None:
+    world = _copy(world_template, tmp_path / "world")
+    path = world / "stac" / "items" / f"{S2}.json"
+    items = json.loads(path.read_text())
+    items["features"][1]["id"] = items["features"][0]["id"]
+    path.write_text(json.dumps(items))
+    with pytest.raises(ServeError, match=f"items/{S2}.json repeats 1 item ids.*unique"):
+        serve_world(world, detach=True)
+    assert not _processes_mentioning(str(world))
+
+
 def test_unknown_server(world_template: Path) -> None:
     with pytest.raises(ServeError, match="unknown server 'geoserver': use one of rustac, pgstac"):
         serve_world(world_template, server="geoserver")
