@@ -91,7 +91,9 @@ def sample_sources(row: Mapping[str, Any], cfg: BuildConfig) -> list[Source]:
     if cfg.s1_collection and _present(row.get("s1_item")):
         for pol in ("vv", "vh"):
             out.append(
-                Source(f"s1-{pol}", cfg.s1_collection, row["s1_item"], pol, Resampling.bilinear, grid)
+                Source(
+                    f"s1-{pol}", cfg.s1_collection, row["s1_item"], pol, Resampling.bilinear, grid
+                )
             )
     if cfg.naip_collection and _present(row.get("naip_item")):
         out.append(

@@ -60,6 +60,7 @@ from las_builder.geobox import (
 )
 from las_builder.recipe import Recipe
 from las_builder.stac.item import ItemParseError, SceneItem, parse_item
+from las_builder.stac.signing import SigningError, make_signer
 
 __all__ = [
     "PLAN_COLUMNS",
@@ -97,7 +98,6 @@ SEARCH_PAGE = 500
 """Items per STAC search page."""
 _BATCH = 256  # candidates checked (and stratum-read) per batch
 _MAX_BBOX_SEARCHES = 32  # a frame of more pieces has its stratify items fetched in one search
-_PC_TOKEN_URL = "https://planetarycomputer.microsoft.com/api/sas/v1/token/{collection}"
 
 
 class PlanError(RuntimeError):
@@ -160,34 +160,7 @@ def _frame(client: Any, collection: str) -> BaseGeometry:
 
 def _signer(recipe: Recipe) -> Callable[[str, str], str]:
     """A function ``(href, collection) -> readable href`` for the recipe's signing mode."""
-    if recipe.stac.sign == "none":
-        return lambda href, _collection: href
-    try:
-        import planetary_computer  # type: ignore[import-not-found]
-
-        return lambda href, _collection: planetary_computer.sign(href)
-    except ImportError:
-        pass
-    import requests
-
-    tokens: dict[str, str] = {}
-
-    def sign(href: str, collection: str) -> str:
-        if ".blob.core.windows.net/" not in href or "?" in href:
-            return href
-        if collection not in tokens:
-            url = _PC_TOKEN_URL.format(collection=collection)
-            try:
-                response = requests.get(url, timeout=30)
-                response.raise_for_status()
-                tokens[collection] = response.json()["token"]
-            except Exception as err:
-                raise PlanError(
-                    f"cannot get a Planetary Computer token from {url}: {err}"
-                ) from None
-        return f"{href}?{tokens[collection]}"
-
-    return sign
+    return make_signer(recipe.stac.sign)
 
 
 # --------------------------------------------------------------------------- candidates
@@ -362,7 +335,10 @@ class _StratumReader:
         import rasterio
 
         if item.id not in self._datasets:
-            href = self.sign(item.assets[self.asset].href, self.collection)
+            try:
+                href = self.sign(item.assets[self.asset].href, self.collection)
+            except SigningError as err:
+                raise PlanError(str(err)) from None
             try:
                 self._datasets[item.id] = rasterio.open(href)
             except Exception as err:

@@ -30,6 +30,7 @@ class BuildConfig:
     size_px: int
     resolution_m: float
     max_nodata: float
+    sign: str = "none"  # "planetary-computer": SAS-sign asset hrefs before reading
     s2_collection: str | None = "sentinel-2-l2a"
     max_cloud: float = 60.0
     composite: str | None = None  # None: the clearest scene; "median": median of the k clearest
@@ -46,6 +47,7 @@ def config_from_recipe(recipe: Recipe) -> BuildConfig:
     naip = recipe.imagery.naip
     return BuildConfig(
         stac_url=recipe.stac.url,
+        sign=recipe.stac.sign,
         start=dt.datetime.combine(recipe.time.start, dt.time.min, tzinfo=dt.UTC),
         end=dt.datetime.combine(recipe.time.end, dt.time.max, tzinfo=dt.UTC),
         size_px=recipe.sample.size_px,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,8 @@ from odc.geo.geobox import GeoBox
 from rasterio.io import DatasetReader
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
+
+from las_builder.stac import SceneItem
 
 # GDAL settings for COGs over HTTP: no directory listings, merged range requests, retries.
 GDAL_ENV: dict[str, Any] = {
@@ -39,22 +41,31 @@ class DatasetCache:
     saves the header requests that dominate small window reads over HTTP.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sign: Callable[[str, str], str] | None = None) -> None:
         self._open: dict[str, DatasetReader] = {}
         self._lock = threading.Lock()
+        self._sign = sign
+
+    def asset(self, item: SceneItem, key: str) -> DatasetReader:
+        """The open dataset of an item's asset, its href signed when the catalog needs it."""
+        href = item.asset(key).href
+        if self._sign is not None:
+            href = self._sign(href, item.collection)
+        return self.get(href)
 
     def get(self, href: str) -> DatasetReader:
         """The open dataset of ``href`` (opened on first use)."""
         with self._lock:
             ds = self._open.get(href)
             if ds is None:
+                shown = href.split("?", 1)[0]  # never print a signing token
                 try:
                     ds = rasterio.open(href)
                 except rasterio.errors.RasterioIOError as err:
-                    raise ReadError(f"cannot open {href}: {err}") from None
+                    raise ReadError(f"cannot open {shown}: {str(err).split('?', 1)[0]}") from None
                 if ds.crs is None:
                     ds.close()
-                    raise ReadError(f"{href} has no CRS: it cannot be placed on the sample grid")
+                    raise ReadError(f"{shown} has no CRS: it cannot be placed on the sample grid")
                 self._open[href] = ds
             return ds
 

@@ -29,6 +29,7 @@ from las_builder.build.store import (
     write_shard,
 )
 from las_builder.stac import SceneItem
+from las_builder.stac.signing import make_signer
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def build_shard(
     arrays = {path: np.full((count, *s.shape), s.fill, dtype=s.dtype) for path, s in specs.items()}
     index_rows = []
     with gdal_env():
-        cache = DatasetCache()
+        cache = DatasetCache(make_signer(cfg.sign))
         try:
             items = _search_shard(rows, cfg)
             for row in rows:

@@ -63,8 +63,8 @@ def _rank_s2(items: list[SceneItem], geobox: GeoBox, cache: DatasetCache) -> lis
     """Sentinel-2 scenes ranked by cloud (from their SCL) over the sample's own footprint."""
     ranked = []
     for item in items:
-        href = item.asset(asset_key(item, "sentinel-2-l2a", "SCL")).href
-        scl = read_onto(cache.get(href), geobox, nodata=0)[0]
+        ds = cache.asset(item, asset_key(item, "sentinel-2-l2a", "SCL"))
+        scl = read_onto(ds, geobox, nodata=0)[0]
         valid = scl > 0
         nodata_frac = 1.0 - float(valid.mean())
         cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
@@ -75,7 +75,7 @@ def _rank_s2(items: list[SceneItem], geobox: GeoBox, cache: DatasetCache) -> lis
 def _read_s2(item: SceneItem, geobox: GeoBox, cache: DatasetCache) -> np.ndarray:
     bands = []
     for name in S2_BANDS:
-        ds = cache.get(item.asset(asset_key(item, "sentinel-2-l2a", name)).href)
+        ds = cache.asset(item, asset_key(item, "sentinel-2-l2a", name))
         bands.append(read_onto(ds, geobox, resampling=Resampling.bilinear, nodata=0)[0])
     return harmonize_s2(np.stack(bands), item)
 
@@ -115,7 +115,7 @@ def _read_labels(
         chosen = []
     out = np.full(geobox.shape.yx, nodata, dtype=legend.dtype)
     for item in chosen:
-        data = read_onto(cache.get(item.asset(spec.asset).href), geobox, nodata=nodata)[0]
+        data = read_onto(cache.asset(item, spec.asset), geobox, nodata=nodata)[0]
         fill = out == nodata
         out[fill] = data[fill]
     return out, chosen
@@ -202,7 +202,7 @@ def build_sample(
             chosen = None
             for item in s1:
                 vv = read_onto(
-                    cache.get(item.asset("vv").href),
+                    cache.asset(item, "vv"),
                     geobox,
                     resampling=Resampling.bilinear,
                     nodata=np.nan,
@@ -210,7 +210,7 @@ def build_sample(
                 )
                 if float(np.isnan(vv).mean()) <= cfg.max_nodata:
                     vh = read_onto(
-                        cache.get(item.asset("vh").href),
+                        cache.asset(item, "vh"),
                         geobox,
                         resampling=Resampling.bilinear,
                         nodata=np.nan,
@@ -232,7 +232,7 @@ def build_sample(
             for item in _covering(items.get(cfg.naip_collection, []), footprint):
                 if item.footprint() is not None and item.footprint().contains(footprint):
                     image = read_onto(
-                        cache.get(item.asset("image").href),
+                        cache.asset(item, "image"),
                         fine,
                         resampling=Resampling.average,
                         nodata=0,

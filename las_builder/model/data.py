@@ -1,0 +1,460 @@
+"""A PyTorch ``Dataset`` over a built LAS store (``las.zarr`` + ``index.parquet``).
+
+One item is one usable sample (``status == "ok"`` in the index), read by random access from the
+Zarr v3 shards. The store is opened lazily, once per process, so a multi-worker ``DataLoader``
+is safe (each worker opens its own handle; the dataset pickles without one). Local folders and
+fsspec URLs (``s3://bucket/las``, ``file:///...``) are read the same way.
+
+Per sample the dataset returns the chosen modalities, each normalised and with its bands'
+wavelengths (micrometres) and polarisation codes, and one label map per chosen label product
+coded as indices into that product's own class-name list, ``255`` where the pixel is nodata or
+ignore. Label products are named ``<product>`` (LAS classes: the taxonomy's keys),
+``<product>:native`` (the product's own legend names) or ``consensus`` (LAS classes).
+
+Normalisation:
+    * Sentinel-2: reflectance = DN / 10000 (nodata 0 stays 0).
+    * Sentinel-1: linear gamma0 -> dB (``10 log10``), then ``(dB + 15) / 10`` clipped to
+      [-3, 3]; NaN -> 0. Stores already in dB skip the log.
+    * NAIP: DN / 255.
+
+Example:
+    >>> from las_builder.model.data import LASDataset
+    >>> ds = LASDataset("out/demo/las", modalities=["sentinel-2"], products=["esa-worldcover"])
+    >>> item = ds[0]
+    >>> item["images"]["sentinel-2"].shape, ds.class_names["esa-worldcover"][:2]
+    (torch.Size([12, 128, 128]), ['water', 'trees'])
+
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from las_builder.model.bands import POL_NONE, POLARISATIONS, sar_pseudo_wavelength_um
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MODALITIES",
+    "LASDataset",
+    "ProductSpec",
+    "augment_batch",
+    "compose_input",
+    "normalise",
+    "open_store",
+    "read_index",
+    "split_of",
+]
+
+IGNORE_INDEX = 255
+"""Label index that never enters a loss or a metric (nodata and ignore pixels)."""
+
+MODALITIES = ("sentinel-2", "sentinel-1", "naip")
+"""Imagery arrays of a LAS store."""
+
+S1_DB_OFFSET = 15.0
+S1_DB_SCALE = 10.0
+
+
+def _is_url(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _join(base: str | Path, name: str) -> str | Path:
+    if _is_url(base):
+        return f"{str(base).rstrip('/')}/{name}"
+    return Path(base) / name
+
+
+def _dataset_root(path: str | Path) -> str | Path:
+    """Accept the dataset folder or its ``las.zarr``; return the folder."""
+    text = str(path).rstrip("/")
+    if text.endswith(".zarr"):
+        return text.rsplit("/", 1)[0] if _is_url(text) else Path(text).parent
+    return text if _is_url(text) else Path(text)
+
+
+def open_store(path: str | Path, storage_options: dict | None = None) -> Any:
+    """Open ``<path>/las.zarr`` read-only (a local folder or an fsspec URL).
+
+    Args:
+        path: The dataset folder (holding ``las.zarr`` and ``index.parquet``) or the store.
+        storage_options: fsspec options for URLs (e.g. ``{"anon": True}`` for public S3).
+
+    Returns:
+        The root ``zarr.Group``.
+
+    """
+    import zarr
+
+    store = _join(_dataset_root(path), "las.zarr")
+    if _is_url(store):
+        return zarr.open_group(str(store), mode="r", storage_options=storage_options or {})
+    if not Path(store).is_dir():
+        raise FileNotFoundError(f"{store} not found: build the dataset first (`las build`)")
+    return zarr.open_group(str(store), mode="r")
+
+
+def read_index(path: str | Path, storage_options: dict | None = None) -> Any:
+    """Read ``index.parquet`` as a plain pandas ``DataFrame`` (geometry left as WKB)."""
+    import pandas as pd
+
+    index = _join(_dataset_root(path), "index.parquet")
+    if _is_url(index):
+        return pd.read_parquet(str(index), storage_options=storage_options or {})
+    return pd.read_parquet(index)
+
+
+def split_of(sample_id: str, val_fraction: float, seed: int = 0) -> str:
+    """Return ``"val"`` or ``"train"`` for a sample, stable across runs and machines.
+
+    Args:
+        sample_id: The sample's id.
+        val_fraction: Fraction of samples held out for validation (0 keeps all in train).
+        seed: Changes which samples are held out.
+
+    """
+    h = zlib.crc32(f"{seed}:{sample_id}".encode()) / 2**32
+    return "val" if h < val_fraction else "train"
+
+
+def normalise(modality: str, array: np.ndarray, attrs: dict | None = None) -> np.ndarray:
+    """Normalise one modality's stored values to float32 network input.
+
+    Args:
+        modality: ``sentinel-2``, ``sentinel-1`` or ``naip``.
+        array: Stored values, bands first.
+        attrs: The array's attributes (Sentinel-1 ``units`` says linear or dB).
+
+    Returns:
+        Float32 array of the same shape; nodata becomes 0.
+
+    """
+    if modality == "sentinel-2":
+        return array.astype(np.float32) / 10000.0
+    if modality == "naip":
+        return array.astype(np.float32) / 255.0
+    if modality == "sentinel-1":
+        units = str((attrs or {}).get("units", "linear")).lower()
+        x = array.astype(np.float32)
+        finite = np.isfinite(x)
+        if "db" not in units.replace("(", " ").split():
+            x = 10.0 * np.log10(np.clip(np.where(finite, x, 1.0), 1e-6, None))
+        x = np.clip((x + S1_DB_OFFSET) / S1_DB_SCALE, -3.0, 3.0)
+        return np.where(finite, x, 0.0).astype(np.float32)
+    raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
+
+
+def band_info(modality: str, attrs: dict) -> tuple[list[float], list[int]]:
+    """Return ``(wavelengths_um, polarisations)`` of a stored modality from its attributes."""
+    if modality == "sentinel-1":
+        bands = [str(b).lower() for b in attrs.get("bands", ["vv", "vh"])]
+        freqs = attrs.get("center_frequency_ghz", [5.405] * len(bands))
+        return [sar_pseudo_wavelength_um(float(f)) for f in freqs], [
+            POLARISATIONS.get(b, POL_NONE) for b in bands
+        ]
+    wl = [float(w) for w in attrs["center_wavelength_um"]]
+    return wl, [POL_NONE] * len(wl)
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """A label product as the dataset serves it.
+
+    Attributes:
+        name: Product id (``esa-worldcover``) or ``consensus``.
+        native: Serve the product's own legend instead of LAS classes.
+
+    """
+
+    name: str
+    native: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> ProductSpec:
+        """Parse ``esa-worldcover``, ``esa-worldcover:native`` or ``consensus``."""
+        name, _, space = text.partition(":")
+        if space not in ("", "las", "native"):
+            raise ValueError(f"label product {text!r}: space must be las or native")
+        if name == "consensus" and space == "native":
+            raise ValueError("consensus has LAS classes only")
+        return cls(name=name, native=space == "native")
+
+    @property
+    def key(self) -> str:
+        """The name the dataset uses for this product (``esa-worldcover:native``)."""
+        return f"{self.name}:native" if self.native else self.name
+
+    @property
+    def array(self) -> str:
+        """Path of the product's array inside the store."""
+        if self.name == "consensus":
+            return "consensus"
+        return f"labels/{self.name}/{'native' if self.native else 'las'}"
+
+
+def _lut(values: Iterable[int], size: int) -> np.ndarray:
+    """Lookup table: stored code -> index in the class list; everything else ignore."""
+    lut = np.full(size, IGNORE_INDEX, dtype=np.int64)
+    for i, v in enumerate(values):
+        lut[int(v)] = i
+    return lut
+
+
+class LASDataset(Dataset):
+    """Random access to the usable samples of a LAS store.
+
+    Args:
+        path: Dataset folder (``las.zarr`` + ``index.parquet``), local or an fsspec URL.
+        modalities: Imagery to return (``sentinel-2``, ``sentinel-1``, ``naip``).
+        products: Label products (see :class:`ProductSpec`); may be empty.
+        split: ``"all"``, ``"train"`` or ``"val"`` (see :func:`split_of`).
+        val_fraction: Fraction of samples in ``val``.
+        split_seed: Seed of the split.
+        sample_ids: Only these samples (in this order), after the ``ok`` filter.
+        crop_px: Return a crop of this many label pixels (random if ``random_crop``, else
+            centred); ``None`` returns whole samples.
+        random_crop: Draw crop positions from torch's RNG (training).
+        naip_factor: Resample NAIP to ``naip_factor`` pixels per label pixel (``1``: the label
+            grid); ``None`` keeps the stored resolution.
+        storage_options: fsspec options for URLs.
+
+    Attributes:
+        class_names: ``{product key: [class names]}``; label indices point into these lists.
+        rows: The samples, each a dict with ``sample_id``, ``zarr_index``, ``has_naip``.
+        bands: ``{modality: (wavelengths_um, polarisations)}``.
+
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        modalities: Sequence[str] = ("sentinel-2",),
+        products: Sequence[str] = ("esa-worldcover",),
+        split: str = "all",
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
+        sample_ids: Sequence[str] | None = None,
+        crop_px: int | None = None,
+        random_crop: bool = False,
+        naip_factor: int | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; known: {', '.join(MODALITIES)}")
+        if split not in ("all", "train", "val"):
+            raise ValueError(f"split must be all, train or val, got {split!r}")
+        self.path = str(path) if _is_url(path) else Path(path)
+        self.modalities = list(modalities)
+        self.products = [ProductSpec.parse(p) for p in products]
+        self.crop_px = crop_px
+        self.random_crop = random_crop
+        self.naip_factor = naip_factor
+        self.storage_options = storage_options
+        self._root: Any = None
+        self._pid: int | None = None
+
+        index = read_index(path, storage_options)
+        ok = index[index["status"] == "ok"].sort_values("zarr_index")
+        if split != "all":
+            ok = ok[[split_of(s, val_fraction, split_seed) == split for s in ok["sample_id"]]]
+        if sample_ids is not None:
+            by_id = {s: r for s, r in zip(ok["sample_id"], ok.to_dict("records"), strict=True)}
+            missing = [s for s in sample_ids if s not in by_id]
+            if missing:
+                raise KeyError(f"samples not usable (absent or status != ok): {missing[:5]}")
+            records = [by_id[s] for s in sample_ids]
+        else:
+            records = ok.to_dict("records")
+        self.rows = [
+            {
+                "sample_id": str(r["sample_id"]),
+                "zarr_index": int(r["zarr_index"]),
+                "has_naip": isinstance(r.get("naip_item"), str) and bool(r.get("naip_item")),
+                "epsg": int(r["epsg"]),
+                "transform": [float(v) for v in r["transform"]],
+                "shape": [int(v) for v in r["shape"]],
+            }
+            for r in records
+        ]
+
+        root = self._group()
+        self.shape = tuple(int(v) for v in root["sentinel-2"].shape[-2:])
+        self.attrs = {m: dict(root[m].attrs) for m in MODALITIES if m in root}
+        for m in self.modalities:
+            if m not in root:
+                raise KeyError(f"modality {m!r} is not in the store {self.path}")
+        self.bands = {m: band_info(m, self.attrs[m]) for m in self.modalities}
+        self.class_names: dict[str, list[str]] = {}
+        self._luts: dict[str, np.ndarray] = {}
+        taxonomy = root.attrs.get("taxonomy")
+        for spec in self.products:
+            if spec.array not in root:
+                raise KeyError(f"label product {spec.key!r}: {spec.array} is not in the store")
+            arr = root[spec.array]
+            if spec.native:
+                classes = arr.attrs["classes"]
+                self.class_names[spec.key] = [str(c["name"]) for c in classes]
+                size = int(np.iinfo(arr.dtype).max) + 1
+                self._luts[spec.key] = _lut([c["value"] for c in classes], size)
+            else:
+                if not taxonomy:
+                    raise KeyError("the store has no LAS taxonomy in its root attributes")
+                ordered = sorted(taxonomy, key=lambda c: int(c["code"]))
+                self.class_names[spec.key] = [str(c["key"]) for c in ordered]
+                self._luts[spec.key] = _lut([int(c["code"]) for c in ordered], 256)
+        self._root = None  # reopened lazily in each worker
+
+    # --- store access ------------------------------------------------------------------------
+
+    def _group(self) -> Any:
+        if self._root is None or self._pid != os.getpid():
+            self._root = open_store(self.path, self.storage_options)
+            self._pid = os.getpid()
+        return self._root
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_root"] = None
+        state["_pid"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample_index(self, sample_id: str) -> int:
+        """Return the dataset position of a sample id."""
+        for i, row in enumerate(self.rows):
+            if row["sample_id"] == sample_id:
+                return i
+        raise KeyError(f"sample {sample_id!r} is not in this dataset")
+
+    def _window(self) -> tuple[int, int, int, int]:
+        h, w = self.shape
+        if self.crop_px is None or self.crop_px >= min(h, w):
+            return 0, 0, h, w
+        c = self.crop_px
+        if self.random_crop:
+            y0 = int(torch.randint(0, h - c + 1, (1,)).item())
+            x0 = int(torch.randint(0, w - c + 1, (1,)).item())
+        else:
+            y0, x0 = (h - c) // 2, (w - c) // 2
+        return y0, x0, c, c
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Return one sample.
+
+        Returns:
+            ``sample_id``, ``zarr_index``, ``window`` (y0, x0, h, w in label pixels),
+            ``images`` / ``wavelengths`` / ``polarisations`` / ``available`` keyed by modality,
+            and ``labels`` keyed by product (int64, :data:`IGNORE_INDEX` where unusable).
+
+        """
+        row = self.rows[i]
+        zi = row["zarr_index"]
+        root = self._group()
+        y0, x0, h, w = self._window()
+        images, wls, pols, available = {}, {}, {}, {}
+        for m in self.modalities:
+            arr = root[m]
+            f = arr.shape[-1] // self.shape[1]
+            raw = arr[zi, :, y0 * f : (y0 + h) * f, x0 * f : (x0 + w) * f]
+            x = torch.from_numpy(normalise(m, np.asarray(raw), self.attrs[m]))
+            if m == "naip":
+                ok = row["has_naip"] and bool(np.any(raw))
+                if self.naip_factor is not None and self.naip_factor != f:
+                    x = F.interpolate(
+                        x[None], size=(h * self.naip_factor, w * self.naip_factor), mode="area"
+                    )[0]
+            elif m == "sentinel-1":
+                ok = bool(np.isfinite(raw).mean() > 0.5)
+            else:
+                ok = bool(np.any(raw))
+            images[m] = x
+            wls[m] = torch.tensor(self.bands[m][0], dtype=torch.float32)
+            pols[m] = torch.tensor(self.bands[m][1], dtype=torch.long)
+            available[m] = ok
+        labels = {}
+        for spec in self.products:
+            raw = np.asarray(root[spec.array][zi, y0 : y0 + h, x0 : x0 + w])
+            labels[spec.key] = torch.from_numpy(self._luts[spec.key][raw])
+        return {
+            "sample_id": row["sample_id"],
+            "zarr_index": zi,
+            "window": torch.tensor([y0, x0, h, w]),
+            "images": images,
+            "wavelengths": wls,
+            "polarisations": pols,
+            "available": available,
+            "labels": labels,
+        }
+
+
+def compose_input(
+    batch: dict[str, Any], modalities: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack the chosen modalities of a collated batch into one network input.
+
+    Bands are concatenated in the given order. When NAIP is mixed with a 10 m modality it is
+    area-averaged onto the 10 m grid; alone it keeps its own resolution.
+
+    Args:
+        batch: A batch collated by ``torch.utils.data.default_collate`` from
+            :class:`LASDataset` items.
+        modalities: The modalities to stack, e.g. ``["sentinel-2", "sentinel-1"]``.
+
+    Returns:
+        ``(image (B, C, H, W), wavelengths (C,), polarisations (C,))``.
+
+    """
+    if not modalities:
+        raise ValueError("no modalities to compose")
+    sizes = [tuple(batch["images"][m].shape[-2:]) for m in modalities]
+    coarse = [s for m, s in zip(modalities, sizes, strict=True) if m != "naip"]
+    size = coarse[0] if coarse else sizes[0]
+    parts, wls, pols = [], [], []
+    for m in modalities:
+        x = batch["images"][m]
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="area")
+        parts.append(x)
+        wl = batch["wavelengths"][m]
+        pol = batch["polarisations"][m]
+        wls.append(wl[0] if wl.ndim == 2 else wl)
+        pols.append(pol[0] if pol.ndim == 2 else pol)
+    return torch.cat(parts, 1), torch.cat(wls), torch.cat(pols)
+
+
+def augment_batch(
+    image: torch.Tensor, labels: Sequence[torch.Tensor], generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Apply one random flip / 90-degree rotation to a batch and its label maps alike.
+
+    Args:
+        image: ``(B, C, H, W)``.
+        labels: Label maps ``(B, h, w)``; they may be on a coarser grid than the image.
+        generator: Torch RNG to draw the transform from.
+
+    Returns:
+        The transformed image and labels.
+
+    """
+    k = int(torch.randint(0, 4, (1,), generator=generator).item())
+    flip = bool(torch.randint(0, 2, (1,), generator=generator).item())
+
+    def tf(t: torch.Tensor) -> torch.Tensor:
+        if flip:
+            t = t.flip(-1)
+        return torch.rot90(t, k, dims=(-2, -1)) if k else t
+
+    return tf(image), [tf(lab) for lab in labels]
