@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,12 +10,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-catalog_app = typer.Typer(no_args_is_help=True, help="Check the catalog of plain YAML data.")
+catalog_app = typer.Typer(
+    no_args_is_help=True, help="Check and extend the catalog of plain YAML data."
+)
 
 
 @catalog_app.callback()
 def _catalog() -> None:
-    """Check the catalog: LAS taxonomy, label product legends and their mappings."""
+    """Check and extend the catalog: LAS taxonomy, label product legends and their mappings."""
 
 
 @catalog_app.command("check")
@@ -43,21 +46,29 @@ def check(
     table.add_column("mapped", justify="right")
     table.add_column("ignored", justify="right")
     table.add_column("unmapped", justify="right")
+    table.add_column("review", justify="right")
     table.add_column("status")
     for product_id in label_product_ids():
         try:
             mapping = load_mapping(product_id)
         except CatalogError:
-            table.add_row(product_id, "-", "-", "-", "-", "[red]invalid[/red]")
+            table.add_row(product_id, "-", "-", "-", "-", "-", "[red]invalid[/red]")
             continue
         unmapped = mapping.unmapped
+        if unmapped:
+            state = "[red]incomplete[/red]"
+        elif mapping.to_review:
+            state = "[yellow]to review[/yellow]"
+        else:
+            state = "[green]ok[/green]"
         table.add_row(
             product_id,
             str(len(mapping.product.codes)),
             str(len(mapping.mapped)),
             str(len(mapping.ignored)),
             str(len(unmapped)),
-            "[red]incomplete[/red]" if unmapped else "[green]ok[/green]",
+            str(len(mapping.to_review)),
+            state,
         )
     console.print(table)
 
@@ -73,3 +84,104 @@ def check(
         console.print(f"{len(errors)} error(s), {len(warnings)} warning(s)")
         raise typer.Exit(code=1)
     console.print(f"catalog ok ({len(warnings)} warning(s))")
+
+
+@catalog_app.command("add")
+def add(
+    collection: Annotated[
+        str,
+        typer.Argument(
+            metavar="COLLECTION_URL_OR_FILE",
+            help="A STAC collection: a local JSON file or an http(s) URL.",
+        ),
+    ],
+    product_id: Annotated[
+        str | None,
+        typer.Option("--product-id", help="Product id (file name); defaults to the collection id."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Catalog folder to write labels/ and taxonomy/mappings/ into "
+            "[default: the project's catalog/].",
+        ),
+    ] = None,
+    asset: Annotated[
+        str | None,
+        typer.Option(
+            "--asset", help="Asset whose legend to use [default: the data asset with a legend]."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float,
+        typer.Option(help="Below this cosine similarity a class is suggested as ignore."),
+    ] = 0.35,
+    suggest: Annotated[
+        bool,
+        typer.Option(
+            "--suggest/--no-suggest",
+            help="Suggest LAS targets with the all-MiniLM-L6-v2 text encoder; without it every "
+            "rule is ignore, to review.",
+        ),
+    ] = True,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Draft a new label product from a STAC collection, with a suggested mapping onto LAS.
+
+    Copies the legend of the collection's label asset (classification:classes or file:values
+    in item_assets) into labels/<id>.yaml, and suggests taxonomy/mappings/<id>.yaml by text
+    similarity between class names+descriptions and the LAS definitions. Every rule is marked
+    `review: true`; review them (and the TODO lines of the label file), then run
+    `las catalog check`.
+    """
+    from las_builder.catalog.suggest import AddError, EncoderUnavailable, add_product
+
+    console = Console(soft_wrap=True)
+    if suggest:
+        console.print("loading the all-MiniLM-L6-v2 text encoder ...", style="dim")
+    try:
+        result = add_product(
+            collection,
+            out=out,
+            product_id=product_id,
+            asset=asset,
+            threshold=threshold,
+            suggest=suggest,
+            force=force,
+        )
+    except (AddError, EncoderUnavailable) as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+
+    product = result.product
+    table = Table(title=f"{product.id}: suggested mapping onto LAS (every rule to review)")
+    table.add_column("code", justify="right")
+    table.add_column("native class")
+    table.add_column("suggested")
+    table.add_column("similarity", justify="right")
+    table.add_column("runner-up")
+    by_code = {s.code: s for s in result.suggestions}
+    for code in product.codes:
+        s = by_code.get(code)
+        name = escape(product.class_by_value(code).name)
+        if s is None:
+            table.add_row(str(code), name, "ignore", "-", "-")
+            continue
+        target = s.target if s.target != "ignore" else "[yellow]ignore[/yellow]"
+        runner = "-"
+        if s.alternative is not None and s.alternative_similarity is not None:
+            runner = f"{s.alternative} ({s.alternative_similarity:.2f})"
+        similarity = f"{s.similarity:.2f}" if s.similarity is not None else "-"
+        table.add_row(str(code), name, target, similarity, runner)
+    console.print(table)
+    console.print(f"asset: {result.asset}", highlight=False)
+    if result.other_assets:
+        others = ", ".join(result.other_assets)
+        console.print(f"other assets with a legend (--asset): {others}", highlight=False)
+    console.print(f"wrote {result.label_path} ({result.todos} TODO line(s))", highlight=False)
+    console.print(f"wrote {result.mapping_path}", highlight=False)
+    console.print(
+        "next: review both files (docs/adding-a-source.md), then run `las catalog check`",
+        highlight=False,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from odc.geo.geobox import GeoBox
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -156,16 +158,20 @@ def read_onto(
     except rasterio.errors.RasterioIOError as err:
         raise ReadError(f"cannot read {ds.name}: {err}") from None
     src_nodata = ds.nodata if ds.nodata is not None else None
-    reproject(
-        data,
-        out,
-        src_transform=src_transform,
-        src_crs=ds.crs,
-        src_nodata=src_nodata,
-        dst_transform=geobox.transform,
-        dst_crs=geobox.crs.to_wkt(),
-        dst_nodata=fill,
-        resampling=resampling,
-        num_threads=1,
-    )
+    with warnings.catch_warnings():
+        # rasterio warns "no geotransform" for cross-CRS warps of in-memory arrays even though
+        # both transforms are given; results equal a WarpedVRT of the dataset pixel for pixel.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        reproject(
+            data,
+            out,
+            src_transform=src_transform,
+            src_crs=ds.crs,
+            src_nodata=src_nodata,
+            dst_transform=geobox.transform,
+            dst_crs=geobox.crs.to_wkt(),
+            dst_nodata=fill,
+            resampling=resampling,
+            num_threads=1,
+        )
     return out

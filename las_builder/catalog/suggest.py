@@ -524,9 +524,9 @@ def draft_label_yaml(
     d.lines += _comment(
         f"{title}: drafted by `las catalog add` from {source or 'a STAC collection'}. Legend "
         f"(values, names, descriptions, colours, nodata) copied from the `{legend.asset}` asset "
-        f"({legend.source}) of STAC collection `{c['id']}`. Fill in or confirm every line "
-        f"marked {TODO_MARK}, then delete the marker; `las catalog check` warns while any is "
-        "left. docs/adding-a-source.md explains each field."
+        f"({legend.source}) of STAC collection `{c['id']}`. A line that ends in a TODO comment "
+        "needs a person: fill in or confirm its value, then delete the comment; `las catalog "
+        "check` warns while any is left. docs/adding-a-source.md explains each field."
     )
     d.lines += [
         f"id: {_q(product_id)}",

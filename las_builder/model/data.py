@@ -230,6 +230,7 @@ class LASDataset(Dataset):
 
     Attributes:
         class_names: ``{product key: [class names]}``; label indices point into these lists.
+        las_keys: The store's LAS class keys in code order (index ``i`` is code ``i + 1``).
         rows: The samples, each a dict with ``sample_id``, ``zarr_index``, ``has_naip``.
         bands: ``{modality: (wavelengths_um, polarisations)}``.
 
@@ -298,6 +299,9 @@ class LASDataset(Dataset):
         self.class_names: dict[str, list[str]] = {}
         self._luts: dict[str, np.ndarray] = {}
         taxonomy = root.attrs.get("taxonomy")
+        self.las_keys = [
+            str(c["key"]) for c in sorted(taxonomy or [], key=lambda c: int(c["code"]))
+        ]
         for spec in self.products:
             if spec.array not in root:
                 raise KeyError(f"label product {spec.key!r}: {spec.array} is not in the store")

@@ -1,0 +1,91 @@
+"""``las stats DATASET``: class frequencies and product agreement of a built dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["stats"]
+
+
+def stats(
+    dataset: Annotated[
+        Path,
+        typer.Argument(help="The output folder of `las build` (las.zarr and index.parquet)."),
+    ],
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the files written.")
+    ] = False,
+) -> None:
+    """Class frequencies per product and the confusion matrix of every pair of products.
+
+    Counts only samples with status ok, in LAS codes; nodata (0) and ignore (255) are counted
+    apart and left out of the confusion matrices. Writes stats/stats.json,
+    stats/class_frequencies.png and stats/confusion_<a>__<b>.png under DATASET.
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from las_builder.stats import CONSENSUS, StatsError, compute_stats, write_stats
+
+    try:
+        result = compute_stats(dataset)
+    except StatsError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+    written = write_stats(result, dataset)
+    console = Console(soft_wrap=True, quiet=quiet)
+
+    layers = list(result.counts)
+    table = Table(
+        title=f"LAS class frequencies, % of classified pixels ({result.samples_ok} of "
+        f"{result.samples_total} samples ok)"
+    )
+    table.add_column("code", justify="right")
+    table.add_column("class")
+    for layer in layers:
+        table.add_column(layer if layer != CONSENSUS else f"[i]{layer}[/i]", justify="right")
+    frequencies = {layer: result.frequencies(layer) for layer in layers}
+    for c in result.classes:
+        table.add_row(
+            str(c.code), c.name, *(f"{100 * frequencies[layer][c.code]:.1f}" for layer in layers)
+        )
+    table.add_section()
+    for label, value in (("nodata", 0), ("ignore", 255)):
+        shares = []
+        for layer in layers:
+            total = int(result.counts[layer].sum())
+            share = 100 * int(result.counts[layer][value]) / total if total else 0.0
+            shares.append(f"{share:.1f}*")
+        table.add_row(str(value), label, *shares)
+    console.print(table)
+    console.print("* nodata and ignore: % of all pixels", style="dim")
+
+    for (a, b), matrix in result.confusion.items():
+        agreement = result.agreement(a, b)
+        text = "n/a" if agreement is None else f"{100 * agreement:.1f}%"
+        cm = Table(
+            title=f"{a} (rows) vs {b} (columns): % of each row, agreement {text}",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+            pad_edge=False,
+        )
+        cm.add_column("LAS")
+        for c in result.classes:
+            cm.add_column(str(c.code), justify="right")
+        cm.add_column("pixels", justify="right")
+        for i, c in enumerate(result.classes):
+            total = int(matrix[i].sum())
+            if not total:
+                continue
+            cells = [f"{100 * v / total:.0f}" if v else "." for v in matrix[i]]
+            cm.add_row(str(c.code), *cells, str(total))
+        console.print(cm)
+    if result.confusion:
+        legend = ", ".join(f"{c.code} {c.key}" for c in result.classes)
+        console.print(f"LAS codes: {legend}", style="dim")
+    for path in written:
+        typer.echo(f"wrote {path}")

@@ -1,0 +1,229 @@
+"""``las train``, ``las eval`` and ``las predict``: LandSegmenter on LAS.
+
+The lead registers them in ``las_builder/cli.py``::
+
+    from las_builder.cli_train import eval_, predict, train
+    app.command("train")(train)
+    app.command("eval")(eval_)
+    app.command("predict")(predict)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["eval_", "predict", "train"]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config YAML (configs/train-*.yaml).")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT_DIR/checkpoints/last.pt.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value, e.g. --set optim.steps=100."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train LandSegmenter on a LAS dataset's weak labels (checkpoints, CSV, TensorBoard)."""
+    from las_builder.model.config import TrainConfigError, load_train_config
+    from las_builder.model.train import train as run_train
+
+    overrides = list(set_ or [])
+    if device:
+        overrides.append(f"device={device}")
+    try:
+        cfg = load_train_config(config, overrides)
+    except TrainConfigError as err:
+        raise _fail(str(err)) from None
+    try:
+        summary = run_train(cfg, resume=resume, progress=not quiet)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise _fail(str(err).strip("'\"")) from None
+    if summary.get("sam2"):
+        report = summary["sam2"]
+        out = Path(cfg.out_dir) / "sam2_load.json"
+        out.write_text(json.dumps(report, indent=1))
+        typer.echo(
+            f"SAM2 weights: {len(report['loaded'])} tensors loaded, "
+            f"{len(report['shape_mismatch'])} shape mismatches, "
+            f"{len(report['unused'])} unused, {len(report['not_in_checkpoint'])} new ({out})"
+        )
+    val = summary.get("val") or {}
+    scores = "  ".join(f"{p} {v:.3f}" for p, v in val.items())
+    typer.echo(
+        f"trained {cfg.name} to step {summary['step']} in {summary['minutes']:.1f} min; "
+        f"loss {summary['last_loss']:.3f}; checkpoint {summary.get('checkpoint')}"
+        + (f"\nval mIoU: {scores}" if scores else "")
+    )
+
+
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt or training run folder.")],
+    dataset: Annotated[str, typer.Argument(help="LAS dataset folder or URL.")],
+    truth: Annotated[
+        str | None,
+        typer.Option(
+            help="Offline world folder, its serve.json or STAC API URL: also score "
+            "against the truth."
+        ),
+    ] = None,
+    products: Annotated[
+        str | None, typer.Option(help="Comma-separated label products (default: trained ones).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="val (held-out), train or all.")] = "val",
+    inputs: Annotated[
+        str | None, typer.Option(help="Comma-separated modalities, e.g. sentinel-2,sentinel-1.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="metrics.json path (default: beside the checkpoint).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 8,
+    fusion_gamma: Annotated[float, typer.Option(help="Gamma of the confidence fusion.")] = 1.0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score a checkpoint: mIoU and per-class IoU per product (LAS classes), and vs the truth."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from las_builder.model.evaluate import evaluate
+
+    if split not in ("val", "train", "all"):
+        raise _fail(f"--split must be val, train or all, got {split!r}")
+    if out is None:
+        base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        if base.name == "checkpoints":
+            base = base.parent
+        out = base / "metrics.json"
+    try:
+        metrics = evaluate(
+            checkpoint,
+            dataset,
+            products=_split_list(products),
+            truth=truth,
+            split=split,
+            inputs=_split_list(inputs),
+            batch_size=batch_size,
+            device=device,
+            fusion_gamma=fusion_gamma,
+            out=out,
+            progress=not quiet,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise _fail(str(err).strip("'\"")) from None
+    console = Console()
+    names = metrics["classes"]
+    table = Table(
+        title=f"{metrics['split']} split, {metrics['samples']} samples, "
+        f"inputs {'+'.join(metrics['inputs'])}"
+    )
+    table.add_column("reference")
+    table.add_column("prediction")
+    table.add_column("mIoU", justify="right")
+    for n in names:
+        table.add_column(n[:10], justify="right")
+
+    def row(ref: str, pred: str, rep: dict) -> None:
+        cells = [
+            f"{rep['per_class_iou'][n]:.2f}" if n in rep["per_class_iou"] else "-" for n in names
+        ]
+        table.add_row(ref, pred, f"{rep['miou']:.3f}", *cells)
+
+    for p, rep in metrics["products"].items():
+        row(p, "model", rep)
+        row(p, "model+fusion", metrics["products_fused"][p])
+    if "truth" in metrics:
+        t = metrics["truth"]
+        row("truth", "model", t["model"])
+        row("truth", "model+fusion", t["model_fused"])
+        for p, rep in t["labels"].items():
+            row("truth", f"label {p}", rep)
+    console.print(table)
+    typer.echo(f"metrics written to {out}")
+
+
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt or training run folder.")],
+    source: Annotated[
+        str, typer.Argument(metavar="INPUT", help="DATASET:SAMPLE_ID or a raster (GeoTIFF).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output GeoTIFF.")] = Path("pred.tif"),
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help='Comma-separated class names, any (zero-shot): "water,trees,...". '
+            "Default: the LAS classes."
+        ),
+    ] = None,
+    scores: Annotated[
+        bool, typer.Option("--scores", help="Add one score band per class (percent).")
+    ] = False,
+    wavelengths: Annotated[
+        str | None,
+        typer.Option(
+            help="Raster bands: wavelengths in um or names, e.g. B02,B03,B04,B08 or "
+            "0.49,0.56,0.665 or vv,vh (default: from band descriptions)."
+        ),
+    ] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Divide optical raster values by this (default 10000 for 16-bit, "
+            "255 for 8-bit, 1 for float)."
+        ),
+    ] = None,
+    sar_units: Annotated[str, typer.Option(help="SAR raster bands: linear or db.")] = "linear",
+    inputs: Annotated[
+        str | None, typer.Option(help="Modalities of a dataset sample, e.g. sentinel-2.")
+    ] = None,
+    fusion: Annotated[
+        bool, typer.Option("--fusion", help="Class-wise confidence-guided fusion with the prior.")
+    ] = False,
+    tile: Annotated[int, typer.Option(help="Tile size in pixels for large rasters.")] = 1024,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Predict a class-index GeoTIFF (plus optional score bands) with any list of class names."""
+    from las_builder.model.evaluate import predict as run_predict
+
+    if sar_units not in ("linear", "db"):
+        raise _fail(f"--sar-units must be linear or db, got {sar_units!r}")
+    try:
+        result = run_predict(
+            checkpoint,
+            source,
+            out,
+            classes=_split_list(classes),
+            scores=scores,
+            wavelengths=wavelengths,
+            scale=scale,
+            sar_units=sar_units,
+            inputs=_split_list(inputs),
+            use_fusion=fusion,
+            tile=tile,
+            device=device,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise _fail(str(err).strip("'\"")) from None
+    share = ", ".join(f"{n} {v:.0%}" for n, v in result["share"].items() if v > 0)
+    typer.echo(f"wrote {result['out']} ({result['shape'][0]}x{result['shape'][1]}): {share}")

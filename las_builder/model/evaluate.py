@@ -1,0 +1,496 @@
+"""Evaluate LandSegmenter (``las eval``) and predict GeoTIFFs (``las predict``).
+
+``evaluate`` prompts the model with the LAS class keys and scores it, per label product, with
+the IoU of every LAS class and their mean (mIoU: the mean over classes that occur in the
+reference or the prediction). In the offline world it also scores the model, with and without
+the class-wise confidence-guided fusion, and every weak-label product against the truth (see
+:mod:`las_builder.model.truth`). A product pixel without a LAS class (nodata or ignore) counts
+as "no prediction": it adds to the union of the truth class, never to an intersection, so a
+product is not rewarded for abstaining. Truth nodata and label ignore pixels are left out.
+
+``predict`` writes a GeoTIFF whose band 1 is the index of the winning class (0-based, in the
+order of ``--classes``; 255 where the input is nodata) and, with ``scores``, one band per class
+with its score in percent (0-100). Class names and the score convention are in the file's tags.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from las_builder.model.data import IGNORE_INDEX, LASDataset, ProductSpec, compose_input
+from las_builder.model.fusion import fuse
+from las_builder.model.train import load_checkpoint, resolve_device
+
+__all__ = ["confusion", "evaluate", "iou_report", "miou", "predict"]
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Confusion matrix ``(K, K + 1)``: rows = reference, columns = prediction.
+
+    Column ``K`` counts reference pixels with no predicted class (a prediction outside
+    ``0..K-1``, e.g. a product's ignore). Reference pixels equal to 255 are left out.
+    """
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes)
+    pred, target = pred[keep], target[keep]
+    pred = torch.where((pred >= 0) & (pred < num_classes), pred, num_classes)
+    flat = target * (num_classes + 1) + pred
+    return torch.bincount(flat, minlength=num_classes * (num_classes + 1)).reshape(
+        num_classes, num_classes + 1
+    )
+
+
+def miou(conf: torch.Tensor) -> tuple[float, np.ndarray]:
+    """Return ``(mIoU, per-class IoU)`` of a :func:`confusion` matrix.
+
+    IoU is ``NaN`` for a class absent from both reference and prediction; the mean skips it.
+    """
+    c = conf.double()
+    k = c.shape[0]
+    inter = torch.diagonal(c[:, :k])
+    union = c.sum(1) + c[:, :k].sum(0) - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.nan).numpy()
+    valid = ~np.isnan(iou)
+    return (float(iou[valid].mean()) if valid.any() else float("nan")), iou
+
+
+def iou_report(conf: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """mIoU, per-class IoU (classes present only), pixel accuracy and pixel count."""
+    mean, per = miou(conf)
+    total = int(conf.sum())
+    k = conf.shape[0]
+    return {
+        "miou": mean,
+        "per_class_iou": {n: float(v) for n, v in zip(names, per, strict=True) if not np.isnan(v)},
+        "pixel_accuracy": float(torch.diagonal(conf[:, :k]).sum()) / max(total, 1),
+        "pixels": total,
+    }
+
+
+def _las_products(products: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for p in products:
+        name = ProductSpec.parse(p).name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    products: Sequence[str] | None = None,
+    truth: str | Path | None = None,
+    split: str = "val",
+    inputs: Sequence[str] | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    fusion_gamma: float = 1.0,
+    out: str | Path | None = None,
+    storage_options: dict | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score a checkpoint on a LAS dataset (LAS classes), optionally against the truth.
+
+    Args:
+        checkpoint: A LandSegmenter checkpoint (or run folder).
+        dataset: LAS dataset folder or URL.
+        products: Label products to score against (LAS classes); default: those the model
+            was trained on.
+        truth: World folder, ``serve.json`` or STAC API URL of the offline world.
+        split: ``val`` (the checkpoint's held-out samples; all when it had none), ``train``
+            or ``all``.
+        inputs: Modalities fed to the model (default: the training config's eval inputs).
+        batch_size: Samples per forward pass.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        fusion_gamma: ``gamma`` of the fusion (:func:`las_builder.model.fusion.fuse`).
+        out: Write the metrics as JSON here.
+        storage_options: fsspec options for URLs.
+        progress: Show a progress bar.
+
+    Returns:
+        The metrics (also written to ``out``).
+
+    """
+    dev = resolve_device(device)
+    model, prompter, ckpt = load_checkpoint(checkpoint, dev)
+    tcfg = ckpt["train_config"]
+    products = _las_products(products or tcfg["products"])
+    inputs = list(inputs or tcfg.get("eval_inputs") or tcfg["inputs"][0])
+    val_fraction = float(tcfg.get("val_fraction") or 0.0)
+    if split == "val" and val_fraction == 0:
+        split = "all"
+    ds = LASDataset(
+        dataset,
+        modalities=inputs,
+        products=products,
+        split=split,
+        val_fraction=val_fraction,
+        split_seed=int(tcfg.get("split_seed", 0)),
+        naip_factor=tcfg.get("naip_factor"),
+        storage_options=storage_options,
+    )
+    if len(ds) == 0:
+        raise ValueError(f"{dataset}: no usable samples in split {split!r}")
+    names = ds.las_keys
+    k = len(names)
+    text = prompter.embed(names).to(dev)
+    items = None
+    if truth is not None:
+        from las_builder.model.truth import truth_items
+
+        items = truth_items(truth)
+    zero = torch.zeros(k, k + 1, dtype=torch.long)
+    conf = {p: {"model": zero.clone(), "fused": zero.clone()} for p in products}
+    tconf = {"model": zero.clone(), "fused": zero.clone()}
+    tlabels = {p: zero.clone() for p in products}
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=default_collate)
+    from rich.progress import track
+
+    done = 0
+    for batch in track(loader, description="eval", disable=not progress):
+        image, wl, pol = compose_input(batch, inputs)
+        out_ = model(image.to(dev), wl.to(dev), text, pol.to(dev), with_prior=True)
+        logits = out_["logits"]
+        size = batch["labels"][products[0]].shape[-2:] if products else ds.shape
+        if logits.shape[-2:] != size:
+            rs = {"size": tuple(size), "mode": "bilinear", "align_corners": False}
+            logits = torch.nn.functional.interpolate(logits, **rs)
+            out_["prior_logits"] = torch.nn.functional.interpolate(out_["prior_logits"], **rs)
+        fused, _ = fuse(logits, out_["prior_logits"], out_["presence_logits"], fusion_gamma)
+        pred = logits.argmax(1).cpu()
+        pred_f = fused.argmax(1).cpu()
+        for p in products:
+            target = batch["labels"][p]
+            conf[p]["model"] += confusion(pred, target, k)
+            conf[p]["fused"] += confusion(pred_f, target, k)
+        if items is not None:
+            for j in range(image.shape[0]):
+                row = ds.rows[done + j]
+                codes = torch.from_numpy(
+                    _truth_codes(items, row).astype(np.int64)
+                )  # LAS codes, 0 nodata
+                target = torch.where(codes > 0, codes - 1, IGNORE_INDEX)
+                tconf["model"] += confusion(pred[j], target, k)
+                tconf["fused"] += confusion(pred_f[j], target, k)
+                for p in products:
+                    tlabels[p] += confusion(batch["labels"][p][j], target, k)
+        done += image.shape[0]
+
+    metrics: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "step": int(ckpt.get("step", 0)),
+        "dataset": str(dataset),
+        "split": split,
+        "samples": len(ds),
+        "inputs": inputs,
+        "classes": names,
+        "fusion_gamma": fusion_gamma,
+        "products": {p: iou_report(conf[p]["model"], names) for p in products},
+        "products_fused": {p: iou_report(conf[p]["fused"], names) for p in products},
+    }
+    if items is not None:
+        labels = {p: iou_report(tlabels[p], names) for p in products}
+        best = max(labels, key=lambda p: labels[p]["miou"]) if labels else None
+        metrics["truth"] = {
+            "model": iou_report(tconf["model"], names),
+            "model_fused": iou_report(tconf["fused"], names),
+            "labels": labels,
+            "best_label_product": best,
+            "best_label_miou": labels[best]["miou"] if best else None,
+        }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+_TRUTH_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _truth_codes(items: Sequence[Any], row: dict[str, Any]) -> np.ndarray:
+    from las_builder.model.truth import truth_on_grid
+
+    key = (tuple(i.href for i in items), row["epsg"], tuple(row["transform"]), tuple(row["shape"]))
+    if key not in _TRUTH_CACHE:
+        _TRUTH_CACHE[key] = truth_on_grid(items, row["epsg"], row["transform"], row["shape"])
+    return _TRUTH_CACHE[key]
+
+
+# --- predict ---------------------------------------------------------------------------------
+
+
+def _palette(names: Sequence[str]) -> dict[int, tuple[int, int, int, int]]:
+    from las_builder.catalog import load_taxonomy
+
+    try:
+        by_key = {c.key: c.rgb for c in load_taxonomy().classes}
+    except Exception:  # noqa: BLE001 - colours are cosmetic
+        by_key = {}
+    cmap = {}
+    for i, n in enumerate(names):
+        rgb = by_key.get(n)
+        if rgb is None:
+            h = abs(hash(n)) % 0xFFFFFF
+            rgb = ((h >> 16) & 255, (h >> 8) & 255, h & 255)
+        cmap[i] = (*rgb, 255)
+    return cmap
+
+
+@torch.no_grad()
+def _scores(
+    model: Any,
+    image: torch.Tensor,
+    wl: torch.Tensor,
+    pol: torch.Tensor,
+    text: torch.Tensor,
+    use_fusion: bool,
+    gamma: float,
+    device: torch.device,
+) -> torch.Tensor:
+    out = model(image.to(device), wl.to(device), text, pol.to(device), with_prior=use_fusion)
+    if use_fusion:
+        fused, _ = fuse(out["logits"], out["prior_logits"], out["presence_logits"], gamma)
+        return fused.cpu()
+    return out["logits"].softmax(1).cpu()
+
+
+def _write(
+    out: Path,
+    probs: np.ndarray,
+    valid: np.ndarray,
+    names: Sequence[str],
+    crs: Any,
+    transform: Any,
+    scores: bool,
+    tags: dict[str, str],
+) -> None:
+    import rasterio
+
+    k, h, w = probs.shape
+    cls = probs.argmax(0).astype(np.uint8)
+    cls[~valid] = 255
+    count = 1 + (k if scores else 0)
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": count,
+        "dtype": "uint8",
+        "crs": crs,
+        "transform": transform,
+        "nodata": 255,
+        "compress": "deflate",
+        "tiled": w >= 256 and h >= 256,
+    }
+    if profile["tiled"]:
+        profile.update(blockxsize=256, blockysize=256)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(cls, 1)
+        dst.set_band_description(1, "class index")
+        dst.write_colormap(1, _palette(names))
+        if scores:
+            pct = np.round(np.clip(probs, 0, 1) * 100).astype(np.uint8)
+            pct[:, ~valid] = 255
+            for i, n in enumerate(names):
+                dst.write(pct[i], i + 2)
+                dst.set_band_description(i + 2, f"score {n} (%)")
+        dst.update_tags(
+            classes=json.dumps(list(names)),
+            class_band="1: index into classes (0-based), 255 = nodata",
+            scores="bands 2..K+1: per-class score in percent" if scores else "none",
+            **tags,
+        )
+
+
+def _parse_input(text: str) -> tuple[str, str | None]:
+    """``path/to/raster.tif`` -> (path, None); ``DATASET:SAMPLE_ID`` -> (dataset, id)."""
+    if Path(text).is_file():
+        return text, None
+    if ":" in text:
+        dataset, sample = text.rsplit(":", 1)
+        if dataset and sample and not sample.startswith("//"):
+            return dataset, sample
+    raise FileNotFoundError(f"{text}: neither a raster file nor DATASET:SAMPLE_ID")
+
+
+def predict(
+    checkpoint: str | Path,
+    source: str,
+    out: str | Path,
+    classes: Sequence[str] | None = None,
+    scores: bool = False,
+    wavelengths: str | None = None,
+    scale: float | None = None,
+    sar_units: str = "linear",
+    inputs: Sequence[str] | None = None,
+    use_fusion: bool = False,
+    fusion_gamma: float = 1.0,
+    tile: int = 1024,
+    device: str = "auto",
+    storage_options: dict | None = None,
+) -> dict[str, Any]:
+    """Predict a GeoTIFF for a dataset sample or any raster, with any class names.
+
+    Args:
+        checkpoint: LandSegmenter checkpoint (or run folder).
+        source: ``DATASET:SAMPLE_ID`` or a raster file.
+        out: Output GeoTIFF.
+        classes: Class names to prompt (zero-shot allowed); default the LAS keys.
+        scores: Add one score band per class (percent).
+        wavelengths: Raster band list for :func:`las_builder.model.bands.parse_band_spec`
+            (``"B02,B03,B04,B08"``, ``"0.49,0.56"``, ``"vv,vh"``); default: recognised from
+            the band descriptions.
+        scale: Divide optical raster values by this (default: 10000 for 16-bit integers,
+            255 for 8-bit, 1 for floats).
+        sar_units: ``linear`` or ``db`` for SAR bands of a raster.
+        inputs: Modalities of a dataset sample (default: the training config's eval inputs).
+        use_fusion: Use the class-wise confidence-guided fusion.
+        fusion_gamma: Its ``gamma``.
+        tile: Tile size (pixels) for rasters.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        storage_options: fsspec options for dataset URLs.
+
+    Returns:
+        ``out``, ``classes``, ``shape`` and the share of pixels per class.
+
+    """
+    from affine import Affine
+
+    dev = resolve_device(device)
+    model, prompter, ckpt = load_checkpoint(checkpoint, dev)
+    names = list(classes) if classes else None
+    path, sample = _parse_input(source)
+    tags = {"checkpoint": str(checkpoint), "fusion": str(use_fusion)}
+    if sample is not None:
+        tcfg = ckpt["train_config"]
+        mods = list(inputs or tcfg.get("eval_inputs") or tcfg["inputs"][0])
+        ds = LASDataset(
+            path,
+            modalities=mods,
+            products=[],
+            sample_ids=[sample],
+            naip_factor=tcfg.get("naip_factor"),
+            storage_options=storage_options,
+        )
+        names = names or ds.las_keys
+        text = prompter.embed(names).to(dev)
+        batch = default_collate([ds[0]])
+        image, wl, pol = compose_input(batch, mods)
+        probs = _scores(model, image, wl, pol, text, use_fusion, fusion_gamma, dev)[0].numpy()
+        valid = image[0].abs().sum(0).numpy() > 0
+        row = ds.rows[0]
+        t = Affine(*row["transform"][:6])
+        f = image.shape[-1] / row["shape"][1]
+        if f != 1:
+            t = t * Affine.scale(1 / f)
+        _write(Path(out), probs, valid, names, f"EPSG:{row['epsg']}", t, scores, tags)
+        shape = probs.shape[1:]
+        cls = probs.argmax(0)[valid]
+    else:
+        shape, cls = _predict_raster(
+            model, prompter, Path(path), Path(out), names, scores, wavelengths, scale,
+            sar_units, use_fusion, fusion_gamma, tile, dev, tags,
+        )  # fmt: skip
+        names = json.loads(_read_tags(Path(out))["classes"])
+    counts = np.bincount(np.asarray(cls).reshape(-1), minlength=len(names))
+    share = {n: float(c) / max(1, counts.sum()) for n, c in zip(names, counts, strict=True)}
+    return {"out": str(out), "classes": names, "shape": list(shape), "share": share}
+
+
+def _read_tags(path: Path) -> dict[str, str]:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.tags()
+
+
+def _predict_raster(
+    model: Any,
+    prompter: Any,
+    path: Path,
+    out: Path,
+    names: list[str] | None,
+    scores: bool,
+    wavelengths: str | None,
+    scale: float | None,
+    sar_units: str,
+    use_fusion: bool,
+    gamma: float,
+    tile: int,
+    device: torch.device,
+    tags: dict[str, str],
+) -> tuple[tuple[int, int], np.ndarray]:
+    import rasterio
+    from rasterio.windows import Window
+
+    from las_builder.catalog import load_taxonomy
+    from las_builder.model.bands import band_from_name, parse_band_spec
+    from las_builder.model.data import normalise
+
+    names = names or load_taxonomy().keys
+    text = prompter.embed(names).to(device)
+    with rasterio.open(path) as src:
+        if wavelengths:
+            wl, pol = parse_band_spec(wavelengths)
+        else:
+            found = [band_from_name(d or "") for d in src.descriptions]
+            if not all(found):
+                raise ValueError(
+                    f"{path}: band descriptions {list(src.descriptions)} are not all "
+                    "recognised; give --wavelengths (e.g. B02,B03,B04,B08 or 0.49,0.56,vv)"
+                )
+            wl = [f[0] for f in found if f]
+            pol = [f[1] for f in found if f]
+        if len(wl) != src.count:
+            raise ValueError(f"{path} has {src.count} bands but {len(wl)} wavelengths were given")
+        if scale is None:
+            kind = np.dtype(src.dtypes[0])
+            scale = 10000.0 if kind.kind in "iu" and kind.itemsize >= 2 else 255.0
+            scale = 1.0 if kind.kind == "f" else scale
+        h, w = src.height, src.width
+        k = len(names)
+        probs = np.zeros((k, h, w), dtype=np.float32)
+        valid = np.zeros((h, w), dtype=bool)
+        nodata = src.nodata
+        pol_arr = np.asarray(pol)
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                win = Window(x, y, min(tile, w - x), min(tile, h - y))
+                raw = src.read(window=win).astype(np.float32)
+                ok = np.isfinite(raw).all(0)
+                if nodata is not None and not np.isnan(nodata):
+                    ok &= ~(raw == nodata).all(0)
+                else:
+                    ok &= ~(raw == 0).all(0)
+                x_in = raw / scale
+                if (pol_arr > 0).any():
+                    x_in[pol_arr > 0] = normalise(
+                        "sentinel-1", raw[pol_arr > 0], {"units": sar_units}
+                    )
+                x_in = np.nan_to_num(x_in)
+                image = torch.from_numpy(x_in)[None]
+                p = _scores(
+                    model,
+                    image,
+                    torch.tensor(wl, dtype=torch.float32),
+                    torch.tensor(pol),
+                    text,
+                    use_fusion,
+                    gamma,
+                    device,
+                )[0].numpy()
+                probs[:, y : y + win.height, x : x + win.width] = p
+                valid[y : y + win.height, x : x + win.width] = ok
+        _write(out, probs, valid, names, src.crs, src.transform, scores, tags)
+    return (h, w), probs.argmax(0)[valid]

@@ -1,0 +1,559 @@
+"""Train LandSegmenter on a LAS dataset with its weak labels (``las train CONFIG``).
+
+Each step draws a modality combination (``inputs``) and, per batch or per sample, one of the
+configured label products; every sample is prompted with the class names of the product that
+supervises it. The loss is cross-entropy over the prompted classes with ``ignore_index`` 255, so
+nodata (0) and ignore (255) pixels never enter it (a batch without any labelled pixel
+contributes zero), plus a multi-label loss that trains the image-text prior's projection.
+
+Outputs under ``out_dir``: ``checkpoints/last.pt`` (+ the last ``keep_checkpoints`` step
+checkpoints), ``metrics.csv`` (one row per ``log_every`` steps and per validation),
+``tb/`` (TensorBoard, when the ``tensorboard`` package is installed) and ``config.yaml``.
+``--resume`` continues from ``last.pt`` at its step, with optimiser, scheduler, data order and
+RNG states restored.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, default_collate
+
+from las_builder.model.config import TrainConfig
+from las_builder.model.data import IGNORE_INDEX, LASDataset, augment_batch, compose_input
+from las_builder.model.model import LandSegmenter, ModelConfig, load_sam2_weights, model_config
+from las_builder.model.text import TextEncoderSpec, TextPrompter
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "load_checkpoint",
+    "masked_cross_entropy",
+    "presence_targets",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]
+
+CHECKPOINT_FORMAT = "landsegmenter-v1"
+METRIC_FIELDS = [
+    "step",
+    "epoch",
+    "split",
+    "loss",
+    "ce",
+    "presence",
+    "lr",
+    "sec_per_step",
+    "product",
+    "inputs",
+    "miou",
+]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy over prompted classes, ignoring :data:`IGNORE_INDEX` pixels.
+
+    Args:
+        logits: ``(B, K, H, W)``; resized to the target grid if it differs.
+        target: ``(B, H, W)`` class indices, 255 = not supervised.
+
+    Returns:
+        ``(mean loss over supervised pixels (0 if none), number of supervised pixels)``.
+
+    """
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    valid = int((target != IGNORE_INDEX).sum())
+    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss / max(valid, 1), valid
+
+
+def presence_targets(
+    target: torch.Tensor, num_classes: int, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-level class presence from a label map.
+
+    Args:
+        target: ``(B, H, W)`` class indices (255 ignored).
+        num_classes: Number of prompted classes.
+        threshold: Minimum fraction of the labelled pixels for a class to count as present.
+
+    Returns:
+        ``(presence (B, K) float, has_labels (B,) bool)``.
+
+    """
+    b = target.shape[0]
+    flat = target.reshape(b, -1)
+    valid = flat != IGNORE_INDEX
+    counts = torch.zeros(b, num_classes + 1, device=target.device)
+    counts.scatter_add_(1, torch.where(valid, flat, num_classes), torch.ones_like(flat).float())
+    n = valid.sum(1).float()
+    frac = counts[:, :num_classes] / n.clamp_min(1)[:, None]
+    return (frac > threshold).float(), n > 0
+
+
+def _lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    """Write a checkpoint atomically (``path.tmp`` then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[LandSegmenter, TextPrompter, dict[str, Any]]:
+    """Load a LandSegmenter checkpoint.
+
+    Args:
+        path: A ``.pt`` written by :func:`train` (or a run folder: its ``checkpoints/last.pt``).
+        device: Where to put the model.
+
+    Returns:
+        ``(model in eval mode, text prompter with the cached class embeddings, raw dict)``.
+
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a LandSegmenter checkpoint ({CHECKPOINT_FORMAT})")
+    model = LandSegmenter(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, TextPrompter.from_state(ckpt["text"]), ckpt
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+class _EpochBatches:
+    """Deterministic batches: a seeded permutation per epoch, resumable at any step."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = max(1, n // batch_size) if n >= batch_size else 1
+
+    def epoch(self, e: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + e)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        if self.n < self.batch_size:
+            return [perm]
+        return [
+            perm[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.per_epoch)
+        ]
+
+
+def _batches(
+    dataset: LASDataset, sched: _EpochBatches, start_step: int, num_workers: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(epoch, batch)`` forever, starting at global step ``start_step``."""
+    epoch, skip = divmod(start_step, sched.per_epoch)
+    while True:
+        order = sched.epoch(epoch)[skip:]
+        loader = DataLoader(
+            dataset,
+            batch_sampler=order,
+            num_workers=num_workers,
+            collate_fn=default_collate,
+            persistent_workers=False,
+        )
+        for batch in loader:
+            yield epoch, batch
+        epoch, skip = epoch + 1, 0
+
+
+def _choose_inputs(cfg: TrainConfig, batch: dict[str, Any], rng: random.Random) -> list[str]:
+    avail = batch["available"]
+    ok = [
+        i
+        for i, combo in enumerate(cfg.inputs)
+        if all(bool(torch.as_tensor(avail[m]).all()) for m in combo)
+    ]
+    if not ok:  # fall back to the combination most samples have
+        ok = [max(range(len(cfg.inputs)), key=lambda i: _coverage(cfg.inputs[i], avail))]
+    weights = [cfg.input_weights[i] if cfg.input_weights else 1.0 for i in ok]
+    return list(cfg.inputs[rng.choices(ok, weights=weights)[0]])
+
+
+def _coverage(combo: Sequence[str], avail: dict[str, Any]) -> float:
+    return min(float(torch.as_tensor(avail[m]).float().mean()) for m in combo)
+
+
+def _choose_products(cfg: TrainConfig, b: int, rng: random.Random) -> list[str]:
+    weights = cfg.product_weights or [1.0] * len(cfg.products)
+    if cfg.product_sampling == "batch":
+        return [rng.choices(cfg.products, weights=weights)[0]] * b
+    return rng.choices(cfg.products, weights=weights, k=b)
+
+
+# --- evaluation during training --------------------------------------------------------------
+
+
+@torch.no_grad()
+def quick_miou(
+    model: LandSegmenter,
+    prompter: TextPrompter,
+    dataset: LASDataset,
+    inputs: Sequence[str],
+    device: torch.device,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Return the mIoU of the model against each of the dataset's label products."""
+    from las_builder.model.evaluate import confusion, miou
+
+    model.eval()
+    confs: dict[str, torch.Tensor] = {}
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_collate)
+    for batch in loader:
+        image, wl, pol = compose_input(batch, inputs)
+        feats = model.encode(image.to(device), wl.to(device), pol.to(device))
+        for product, target in batch["labels"].items():
+            names = dataset.class_names[product]
+            out = model.decode(feats, prompter.embed(names).to(device), tuple(image.shape[-2:]))
+            logits = out["logits"]
+            if logits.shape[-2:] != target.shape[-2:]:
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear")
+            c = confusion(logits.argmax(1).cpu(), target, len(names))
+            confs[product] = confs.get(product, 0) + c
+    model.train()
+    return {p: miou(c)[0] for p, c in confs.items()}
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+class _Logger:
+    """metrics.csv + optional TensorBoard."""
+
+    def __init__(self, out_dir: Path, resume: bool) -> None:
+        self.path = out_dir / "metrics.csv"
+        if not resume or not self.path.exists():
+            with self.path.open("w", newline="") as f:
+                csv.DictWriter(f, METRIC_FIELDS).writeheader()
+        self.tb: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            warnings.warn(
+                "tensorboard is not installed: metrics go to metrics.csv only "
+                "(pip install tensorboard)",
+                stacklevel=2,
+            )
+        else:
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, METRIC_FIELDS).writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+        if self.tb is not None:
+            split = row.get("split", "train")
+            for k, v in row.items():
+                if isinstance(v, int | float) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{split}/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def build_model(cfg: TrainConfig) -> tuple[LandSegmenter, dict[str, list[str]] | None]:
+    """Build the network of a config (loading SAM2 trunk weights when configured)."""
+    mcfg = model_config(cfg.model.size, text_dim=cfg.text.dim, **cfg.model.overrides)
+    model = LandSegmenter(mcfg)
+    report = None
+    if cfg.model.sam2_checkpoint:
+        report = load_sam2_weights(model, cfg.model.sam2_checkpoint)
+    return model, report
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a run.
+
+    Args:
+        cfg: The validated config.
+        resume: Continue from ``out_dir/checkpoints/last.pt``.
+        progress: Show a rich progress bar.
+        on_step: Called with ``(step, metrics)`` after every step (tests, notebooks).
+
+    Returns:
+        Summary: ``out_dir``, ``step``, ``checkpoint``, ``last_loss``, ``val`` (mIoU per
+        product at the end, when there is a validation split), ``sam2`` (load report).
+
+    Raises:
+        FileNotFoundError: ``resume`` without a checkpoint.
+
+    """
+    out_dir = Path(cfg.out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    common = dict(
+        modalities=cfg.modalities,
+        products=cfg.products,
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        naip_factor=cfg.naip_factor,
+        storage_options=cfg.storage_options or None,
+    )
+    train_ds = LASDataset(
+        cfg.dataset, split="train", crop_px=cfg.crop_px, random_crop=True, **common
+    )
+    if len(train_ds) == 0:
+        raise ValueError(f"{cfg.dataset}: no usable training samples")
+    val_ds = LASDataset(cfg.dataset, split="val", **common) if cfg.val_fraction > 0 else None
+    if val_ds is not None and len(val_ds) == 0:
+        val_ds = None
+
+    model, sam2_report = build_model(cfg)
+    model.to(device).train()
+    prompter = TextPrompter(TextEncoderSpec(**cfg.text.model_dump()))
+    text = {p: prompter.embed(names) for p, names in train_ds.class_names.items()}
+
+    sched_batches = _EpochBatches(len(train_ds), cfg.optim.batch_size, cfg.seed)
+    total = cfg.optim.epochs * sched_batches.per_epoch if cfg.optim.epochs else cfg.optim.steps
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "pos_embed" in name or "token" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.optim.lr,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(cfg.optim.warmup_steps, total, cfg.optim.min_lr_ratio)
+    )
+    rng = random.Random(cfg.seed)
+    step = 0
+    if resume:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        rng.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        prompter = TextPrompter.from_state(state["text"])
+        text = {p: prompter.embed(names) for p, names in train_ds.class_names.items()}
+
+    text = {p: t.to(device) for p, t in text.items()}
+    logger = _Logger(out_dir, resume)
+    use_amp = device.type == "cuda"
+
+    def checkpoint(at: int, epoch: int) -> Path:
+        state = dict(
+            step=at,
+            epoch=epoch,
+            model=model.state_dict(),
+            model_config=model.config.to_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            train_config=cfg.model_dump(),
+            text=prompter.state(),
+            class_names=train_ds.class_names,
+            bands={m: list(map(list, b)) for m, b in train_ds.bands.items()},
+            rng={
+                "python": rng.getstate(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            },
+        )
+        save_checkpoint(last, **state)
+        if cfg.keep_checkpoints:
+            save_checkpoint(ckpt_dir / f"step-{at:07d}.pt", **state)
+            old = sorted(ckpt_dir.glob("step-*.pt"))[: -cfg.keep_checkpoints]
+            for p in old:
+                p.unlink()
+        return last
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    started = time.monotonic()
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "sam2": sam2_report}
+    last_loss = float("nan")
+    epoch = step // sched_batches.per_epoch
+    window: list[dict[str, float]] = []
+    t_last = time.monotonic()
+    with Progress(
+        TextColumn(f"[bold]train[/] {cfg.name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), lr=0.0)
+        batches = _batches(train_ds, sched_batches, step, cfg.num_workers)
+        while step < total:
+            epoch, batch = next(batches)
+            combo = _choose_inputs(cfg, batch, rng)
+            image, wl, pol = compose_input(batch, combo)
+            b = image.shape[0]
+            products = _choose_products(cfg, b, rng)
+            targets = torch.stack([batch["labels"][p][i] for i, p in enumerate(products)])
+            if cfg.augment:
+                image, (targets,) = augment_batch(image, [targets])
+            image, targets = image.to(device), targets.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                feats = model.encode(image, wl.to(device), pol.to(device))
+                ce_sum = torch.zeros((), device=device)
+                pres_sum = torch.zeros((), device=device)
+                n_valid = 0
+                for product in dict.fromkeys(products):
+                    idx = [i for i, p in enumerate(products) if p == product]
+                    sel = torch.tensor(idx, device=device)
+                    out = model.decode(
+                        [f[sel] for f in feats], text[product], tuple(image.shape[-2:])
+                    )
+                    ce, valid = masked_cross_entropy(out["logits"], targets[sel])
+                    ce_sum = ce_sum + ce * valid
+                    n_valid += valid
+                    pres, has = presence_targets(
+                        targets[sel], len(train_ds.class_names[product]), cfg.presence_threshold
+                    )
+                    if bool(has.any()):
+                        bce = F.binary_cross_entropy_with_logits(
+                            out["presence_logits"][has].float(), pres[has]
+                        )
+                        pres_sum = pres_sum + bce * len(idx) / b
+                ce_loss = ce_sum / max(n_valid, 1)
+                loss = ce_loss + cfg.optim.prior_weight * pres_sum
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            last_loss = float(loss.detach())
+            now = time.monotonic()
+            metrics = {
+                "loss": last_loss,
+                "ce": float(ce_loss),
+                "presence": float(pres_sum),
+                "lr": scheduler.get_last_lr()[0],
+                "sec_per_step": now - t_last,
+            }
+            t_last = now
+            window.append(metrics)
+            if on_step is not None:
+                on_step(step, metrics)
+            bar.update(task, completed=step, loss=last_loss, lr=metrics["lr"])
+            if step % cfg.log_every == 0 or step == total:
+                mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                mean["lr"] = metrics["lr"]
+                logger.log(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "split": "train",
+                        **mean,
+                        "product": "+".join(dict.fromkeys(products)),
+                        "inputs": "+".join(combo),
+                    }
+                )
+                window = []
+            out_of_time = cfg.max_minutes is not None and (now - started) / 60 >= cfg.max_minutes
+            if val_ds is not None and cfg.val_every and step % cfg.val_every == 0:
+                _validate(model, prompter, val_ds, cfg, device, logger, step, epoch)
+            if step % cfg.checkpoint_every == 0 or step == total or out_of_time:
+                summary["checkpoint"] = str(checkpoint(step, epoch))
+            if out_of_time:
+                summary["stopped_early"] = f"max_minutes={cfg.max_minutes} reached"
+                break
+    if val_ds is not None:
+        summary["val"] = _validate(model, prompter, val_ds, cfg, device, logger, step, epoch)
+    if "checkpoint" not in summary and last.is_file():
+        summary["checkpoint"] = str(last)
+    logger.close()
+    summary.update(step=step, last_loss=last_loss, minutes=(time.monotonic() - started) / 60)
+    return summary
+
+
+def _validate(
+    model: LandSegmenter,
+    prompter: TextPrompter,
+    val_ds: LASDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    logger: _Logger,
+    step: int,
+    epoch: int,
+) -> dict[str, float]:
+    scores = quick_miou(model, prompter, val_ds, cfg.default_eval_inputs, device)
+    for product, value in scores.items():
+        logger.log(
+            {
+                "step": step,
+                "epoch": epoch,
+                "split": "val",
+                "product": product,
+                "inputs": "+".join(cfg.default_eval_inputs),
+                "miou": value,
+            }
+        )
+    return scores

@@ -1,0 +1,798 @@
+"""Google Earth Engine as a source of LAS samples: the same modalities, fetched onto our grid.
+
+For one sample :class:`~odc.geo.geobox.GeoBox`, :class:`EarthEngineSource` builds Earth Engine
+expressions with the real ``earthengine-api`` client and fetches their pixels with
+``ee.data.computePixels`` on a grid equal to the GeoBox (its CRS, affine transform and shape),
+so Earth Engine does the reprojection and the arrays come back already on the sample grid.
+Which asset serves each modality, the EE band names and their LAS order are plain data in
+``catalog/sources/earthengine.yaml``.
+
+Per sample (:meth:`EarthEngineSource.fetch`):
+
+1. Sentinel-2 (``COPERNICUS/S2_SR_HARMONIZED``): the scenes over the sample in the recipe's
+   window with ``CLOUDY_PIXEL_PERCENTAGE <= max_cloud``, sorted by that property; one
+   ``value:compute`` call lists the first few, then the clearest whose pixels cover the sample
+   (nodata at most ``max_nodata``) is fetched by id: the 12 bands in LAS order (B01..B08, B8A,
+   B09, B11, B12; uint16 reflectance x 10000, 0 nodata; the harmonized collection needs no BOA
+   offset) and SCL. The cloud over the sample is computed from SCL as on the STAC path.
+   ``composite: median`` fetches the ``composite_k`` clearest scenes and takes the same median of
+   clear observations as the STAC path.
+2. Sentinel-1 (``COPERNICUS/S1_GRD``, IW, VV+VH): the scene closest in time to the chosen
+   Sentinel-2 scene; EE serves sigma0 in dB, converted here to the recipe's units (float32,
+   NaN nodata).
+3. Labels, native codes: Dynamic World (``GOOGLE/DYNAMICWORLD/V1`` band ``label``) from the
+   image with the Sentinel-2 scene's ``system:index``, else every image of the same UTC day;
+   ESA WorldCover by version (2020: ``v100``, 2021: ``v200``, band ``Map``); MODIS MCD12Q1 by
+   year. Masked pixels get the product's nodata from ``catalog/labels``.
+
+Authentication (:func:`authenticate`) uses a service-account key file or the user's default
+credentials; key files are never printed or logged. See ``docs/earth-engine.md``.
+
+Example:
+    >>> from las_builder.geobox import sample_geobox
+    >>> authenticate(project="my-ee-project")  # doctest: +SKIP
+    >>> source = EarthEngineSource(date(2021, 6, 1), date(2021, 9, 30),
+    ...                            labels=[("esa-worldcover", 2021)])  # doctest: +SKIP
+    >>> sample = source.fetch(sample_geobox(4.35, 50.85, 128, 10))  # doctest: +SKIP
+    >>> sample.arrays["sentinel-2"].shape  # doctest: +SKIP
+    (12, 128, 128)
+
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import ee
+import numpy as np
+import yaml
+from odc.geo.geobox import GeoBox
+
+from las_builder._paths import catalog_dir
+from las_builder.catalog.labels import load_label_product
+
+if TYPE_CHECKING:
+    from las_builder.build.config import BuildConfig
+
+__all__ = [
+    "NO_CREDENTIALS_MESSAGE",
+    "SCL_CLOUD",
+    "EarthEngineAuth",
+    "EarthEngineAuthError",
+    "EarthEngineError",
+    "EarthEngineNoData",
+    "EarthEngineSample",
+    "EarthEngineSource",
+    "authenticate",
+    "catalog",
+    "compute_pixels_grid",
+    "sample_region",
+]
+
+log = logging.getLogger(__name__)
+
+NO_CREDENTIALS_MESSAGE = (
+    "no Earth Engine credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key "
+    "file or run `earthengine authenticate`; see docs/earth-engine.md"
+)
+"""The error raised when neither a key file nor default credentials are present."""
+
+SCL_CLOUD = (3, 8, 9, 10)
+"""SCL codes counted as cloud: shadow, medium/high probability, thin cirrus (as the STAC path)."""
+
+_MS_PER_DAY = 86_400_000
+
+
+class EarthEngineError(RuntimeError):
+    """An Earth Engine request failed; the message names the request and EE's reason."""
+
+
+class EarthEngineAuthError(EarthEngineError):
+    """No usable Earth Engine credentials. The message never holds a key file's path or text."""
+
+
+class EarthEngineNoData(Exception):  # noqa: N818 - like SampleSkipped, an outcome
+    """The sample cannot be built from Earth Engine; the message is the reason to record."""
+
+
+@cache
+def catalog() -> dict[str, Any]:
+    """``catalog/sources/earthengine.yaml`` as plain data."""
+    with (catalog_dir() / "sources" / "earthengine.yaml").open(encoding="utf-8") as f:
+        data: dict[str, Any] = yaml.safe_load(f)
+    return data
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+@dataclass(frozen=True)
+class EarthEngineAuth:
+    """How a process initialises Earth Engine; picklable, so dask workers can do it too.
+
+    Attributes:
+        key_file: A service-account JSON key file; ``None`` means ``GOOGLE_APPLICATION_CREDENTIALS``
+            when it names a service-account key, else the default credentials.
+        project: The Google Cloud project billed for the requests; ``None`` means
+            ``LAS_EE_PROJECT``, else the service account's own project, else the credentials'
+            quota project.
+        url: The EE REST endpoint; ``None`` is the default endpoint. The high-volume endpoint
+            (``catalog()["endpoints"]["high_volume"]``) suits many small requests.
+
+    """
+
+    key_file: str | None = None
+    project: str | None = None
+    url: str | None = None
+
+    def __repr__(self) -> str:  # never show a key file's path
+        key = "<key file>" if self.key_file else None
+        return f"EarthEngineAuth(key_file={key}, project={self.project!r}, url={self.url!r})"
+
+
+def _read_service_account(key_file: str) -> dict[str, Any] | None:
+    """The key file's JSON when it is a service-account key; ``None`` for other JSON files.
+
+    Raises:
+        EarthEngineAuthError: The file cannot be read or is not JSON (path and text not shown).
+
+    """
+    try:
+        with open(key_file, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise EarthEngineAuthError(
+            "the Earth Engine key file does not exist (check GOOGLE_APPLICATION_CREDENTIALS or "
+            "the key_file argument); see docs/earth-engine.md"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise EarthEngineAuthError(
+            f"the Earth Engine key file cannot be read as JSON ({type(err).__name__}); "
+            "see docs/earth-engine.md"
+        ) from None
+    if not isinstance(info, dict):
+        raise EarthEngineAuthError("the Earth Engine key file is not a JSON object")
+    return info if info.get("type") == "service_account" else None
+
+
+def authenticate(
+    key_file: str | None = None, project: str | None = None, *, url: str | None = None
+) -> str | None:
+    """Initialise the Earth Engine client of this process.
+
+    With a service-account key file (``key_file``, else ``GOOGLE_APPLICATION_CREDENTIALS`` when
+    it names one), the client signs in as that account (``ee.ServiceAccountCredentials`` with
+    the email read from the file). Otherwise it uses the default credentials:
+    ``earthengine authenticate`` or Application Default Credentials (``ee.Initialize``).
+    Initialising again (another endpoint or account) resets the client first.
+
+    Args:
+        key_file: Path of a service-account JSON key file.
+        project: Cloud project for quota and billing (see :class:`EarthEngineAuth`).
+        url: EE REST endpoint (default: Earth Engine's).
+
+    Returns:
+        The project the client bills, or ``None`` when Earth Engine picked it.
+
+    Raises:
+        EarthEngineAuthError: No credentials, an unreadable key file, or Earth Engine refused
+            them. The message never holds the key file's path or contents.
+
+    """
+    project = project or os.environ.get("LAS_EE_PROJECT") or None
+    env_key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
+    credentials: Any = "persistent"
+    info = None
+    if key_file is not None:
+        info = _read_service_account(key_file)
+        if info is None:
+            raise EarthEngineAuthError(
+                "the Earth Engine key file is not a service-account key (its JSON has no "
+                '"type": "service_account"); see docs/earth-engine.md'
+            )
+    elif env_key is not None and os.path.isfile(env_key):
+        info = _read_service_account(env_key)  # None: e.g. gcloud user credentials, use ADC
+        key_file = env_key if info is not None else None
+    if info is not None and key_file is not None:
+        email = info.get("client_email")
+        if not isinstance(email, str) or not email:
+            raise EarthEngineAuthError('the service-account key file has no "client_email"')
+        try:
+            credentials = ee.ServiceAccountCredentials(email, key_file)
+        except Exception as err:  # noqa: BLE001 - google-auth raises several types
+            raise EarthEngineAuthError(
+                f"the service-account key file could not be loaded ({type(err).__name__}); "
+                "check that it is a complete JSON key; see docs/earth-engine.md"
+            ) from None
+        project = project or info.get("project_id") or None
+    if ee.data.is_initialized():
+        ee.Reset()
+    try:
+        ee.Initialize(credentials=credentials, project=project, url=url)
+    except ee.EEException as err:
+        text = str(err)
+        if credentials == "persistent" and (
+            "authorize access" in text or "earthengine authenticate" in text
+        ):
+            raise EarthEngineAuthError(NO_CREDENTIALS_MESSAGE) from None
+        raise EarthEngineAuthError(f"Earth Engine refused to initialise: {text}") from None
+    except Exception as err:  # noqa: BLE001 - token refresh errors of google-auth
+        raise EarthEngineAuthError(
+            f"Earth Engine could not be initialised ({type(err).__name__}: "
+            f"{_first_line(err)}); see docs/earth-engine.md"
+        ) from None
+    used = project or ee.data._get_state().cloud_api_user_project  # noqa: SLF001
+    log.debug(
+        "Earth Engine initialised (%s credentials, project %s)",
+        "service-account" if info is not None else "default",
+        used,
+    )
+    return used if isinstance(used, str) else None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error, which for google-auth errors never holds key material."""
+    return str(err).splitlines()[0][:200] if str(err) else ""
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def compute_pixels_grid(geobox: GeoBox, row0: int = 0, rows: int | None = None) -> dict[str, Any]:
+    """The ``grid`` of a computePixels request: exactly the GeoBox (or a band of its rows).
+
+    ``affineTransform`` is the GeoBox's transform: ``translateX``/``translateY`` are its
+    upper-left corner and ``scaleY`` is negative for north-up grids.
+
+    Args:
+        geobox: The sample grid (a CRS with an EPSG code).
+        row0: First row of the band of rows (0: the whole grid).
+        rows: Number of rows (default: all rows from ``row0``).
+
+    Returns:
+        ``{"dimensions": {"width", "height"}, "affineTransform": {...}, "crsCode": "EPSG:n"}``.
+
+    """
+    epsg = geobox.crs.epsg
+    if epsg is None:
+        raise ValueError(f"the GeoBox's CRS has no EPSG code: {geobox.crs}")
+    height, width = geobox.shape.yx
+    rows = height - row0 if rows is None else rows
+    t = geobox.transform
+    return {
+        "dimensions": {"width": int(width), "height": int(rows)},
+        "affineTransform": {
+            "scaleX": float(t.a),
+            "shearX": float(t.b),
+            "translateX": float(t.c + row0 * t.b),
+            "shearY": float(t.d),
+            "scaleY": float(t.e),
+            "translateY": float(t.f + row0 * t.e),
+        },
+        "crsCode": f"EPSG:{epsg}",
+    }
+
+
+def sample_region(geobox: GeoBox) -> ee.Geometry:
+    """The sample's footprint as an EE rectangle in the sample's own CRS (planar edges).
+
+    Stating the rectangle in the UTM/UPS CRS keeps it exact and needs no antimeridian split.
+    """
+    left, bottom, right, top = geobox.boundingbox
+    return ee.Geometry.Rectangle(
+        [float(left), float(bottom), float(right), float(top)],
+        f"EPSG:{geobox.crs.epsg}",
+        False,
+    )
+
+
+# --------------------------------------------------------------------------- the source
+
+
+@dataclass
+class EarthEngineSample:
+    """The arrays and index fields of one sample, keyed as on the STAC path.
+
+    ``arrays`` holds ``sentinel-2`` (12, h, w) uint16, ``sentinel-2-scl`` (h, w) uint8,
+    ``sentinel-1`` (2, h, w) float32 and ``labels/<product>/native`` (h, w) in each product's
+    dtype; ``record`` the scene ids and times (``s2_item``, ``s2_datetime``, ``cloud_pct``,
+    ``s1_item``, ``s1_datetime``, ``s1_orbit_state``, ``<product>_items``, ``nodata_pct``).
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+ComputePixels = Callable[[dict[str, Any]], Any]
+ComputeValue = Callable[[Any], Any]
+
+
+def _iso_ms(ms: float) -> str:
+    when = dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _day_window(ms: float) -> tuple[str, str]:
+    """The UTC day of a time in milliseconds, as EE filterDate bounds [start, end)."""
+    day = dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.UTC).date()
+    return day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
+
+
+class EarthEngineSource:
+    """Fetches LAS samples from Earth Engine for a recipe's window and products.
+
+    Building expressions needs an initialised client: :meth:`fetch` calls :func:`authenticate`
+    with ``auth`` once per process when the client is not initialised yet.
+
+    Args:
+        start: First day of the window (included).
+        end: Last day of the window (included; EE's end bound is exclusive, so the request
+            ends the day after).
+        sentinel_2: Fetch Sentinel-2 (bands and SCL).
+        max_cloud: Highest ``CLOUDY_PIXEL_PERCENTAGE`` of a scene, and highest cloud over the
+            sample (from SCL) of the chosen scene, in percent.
+        composite: ``None`` (the chosen scene) or ``"median"`` (median of clear observations
+            of the ``composite_k`` clearest scenes).
+        composite_k: Scenes in a median composite.
+        sentinel_1: Fetch Sentinel-1 VV and VH.
+        s1_units: ``"linear"`` (power) or ``"db"``.
+        labels: ``(product, year)`` pairs; ``year`` is ``None`` for per-scene products
+            (Dynamic World).
+        max_nodata: Highest nodata fraction of a scene over the sample before the next
+            candidate is tried.
+        candidates: How many scenes of each sensor are listed per sample.
+        auth: How to initialise Earth Engine in a process that has not yet.
+        compute_pixels: The ``computePixels`` call (default ``ee.data.computePixels``).
+        compute_value: The ``value:compute`` call (default ``ee.data.computeValue``).
+        max_request_bytes: Largest request; bigger grids are fetched in bands of rows
+            (default: EE's 48 MiB limit from the catalog).
+
+    """
+
+    def __init__(
+        self,
+        start: dt.date,
+        end: dt.date,
+        *,
+        sentinel_2: bool = True,
+        max_cloud: float = 60.0,
+        composite: str | None = None,
+        composite_k: int = 3,
+        sentinel_1: bool = True,
+        s1_units: str = "linear",
+        labels: Sequence[tuple[str, int | None]] = (),
+        max_nodata: float = 0.2,
+        candidates: int = 5,
+        auth: EarthEngineAuth | None = None,
+        compute_pixels: ComputePixels | None = None,
+        compute_value: ComputeValue | None = None,
+        max_request_bytes: int | None = None,
+    ) -> None:
+        if end < start:
+            raise ValueError(f"end {end} is before start {start}")
+        if composite not in (None, "median"):
+            raise ValueError(f"composite {composite!r}: use None or 'median'")
+        if s1_units not in ("linear", "db"):
+            raise ValueError(f"Sentinel-1 units {s1_units!r}: use 'linear' or 'db'")
+        self.start = start
+        self.end = end
+        self.sentinel_2 = sentinel_2
+        self.max_cloud = float(max_cloud)
+        self.composite = composite
+        self.composite_k = int(composite_k)
+        self.sentinel_1 = sentinel_1
+        self.s1_units = s1_units
+        self.labels = [(str(p), None if y is None else int(y)) for p, y in labels]
+        self.max_nodata = float(max_nodata)
+        self.candidates = max(int(candidates), self.composite_k if composite else 1)
+        self.auth = auth or EarthEngineAuth()
+        self._compute_pixels = compute_pixels
+        self._compute_value = compute_value
+        limits = catalog()["compute_pixels"]
+        self.max_request_bytes = int(max_request_bytes or limits["max_bytes"])
+        for product, year in self.labels:
+            self._label_spec(product, year)  # fail early on products EE does not serve
+
+    @classmethod
+    def from_config(
+        cls, cfg: BuildConfig, auth: EarthEngineAuth | None = None
+    ) -> EarthEngineSource:
+        """The source of a build configuration (``las_builder.build.config``).
+
+        NAIP is not fetched from Earth Engine; a configuration with NAIP logs a warning.
+        """
+        if cfg.naip_collection:
+            log.warning("NAIP is not fetched from Earth Engine; samples will have no naip array")
+        return cls(
+            cfg.start.date(),
+            cfg.end.date(),
+            sentinel_2=cfg.s2_collection is not None,
+            max_cloud=cfg.max_cloud,
+            composite=cfg.composite,
+            composite_k=cfg.composite_k,
+            sentinel_1=cfg.s1_collection is not None,
+            s1_units=cfg.s1_units,
+            labels=[(spec.product, spec.year) for spec in cfg.labels],
+            max_nodata=cfg.max_nodata,
+            auth=auth,
+        )
+
+    # ----------------------------------------------------------------- catalog views
+
+    @property
+    def s2_spec(self) -> dict[str, Any]:
+        """The Sentinel-2 entry of the source catalog."""
+        return dict(catalog()["imagery"]["sentinel-2"])
+
+    @property
+    def s1_spec(self) -> dict[str, Any]:
+        """The Sentinel-1 entry of the source catalog."""
+        return dict(catalog()["imagery"]["sentinel-1"])
+
+    def _label_spec(self, product: str, year: int | None) -> dict[str, Any]:
+        """The catalog entry of a label product, with ``asset`` resolved for ``year``."""
+        labels = catalog()["labels"]
+        if product not in labels:
+            why = catalog().get("unavailable", {}).get(product, "no entry")
+            raise ValueError(
+                f"label product {product!r} is not available on Earth Engine ({why}); "
+                f"available: {', '.join(labels)}"
+            )
+        spec = dict(labels[product])
+        if spec["match"] == "version":
+            if year is None:
+                raise ValueError(f"{product}: a year is needed to pick the Earth Engine version")
+            match = [v for v in spec["versions"] if int(v["year"]) == year]
+            if not match:
+                years = ", ".join(str(v["year"]) for v in spec["versions"])
+                raise ValueError(f"{product}: no Earth Engine version for {year} (years: {years})")
+            spec["asset"] = match[0]["asset"]
+        elif spec["match"] == "year" and year is None:
+            raise ValueError(f"{product}: a year is needed (one map per year)")
+        return spec
+
+    # ----------------------------------------------------------------- expressions
+
+    def _window(self) -> tuple[str, str]:
+        """The recipe window as EE filterDate bounds: [start, end + 1 day)."""
+        return self.start.isoformat(), (self.end + dt.timedelta(days=1)).isoformat()
+
+    def s2_collection(self, geobox: GeoBox) -> ee.ImageCollection:
+        """Sentinel-2 scenes over the sample in the window, clearest (by scene property) first."""
+        spec = self.s2_spec
+        prop = spec["cloud_property"]
+        return (
+            ee.ImageCollection(spec["asset"])
+            .filterBounds(sample_region(geobox))
+            .filterDate(*self._window())
+            .filter(ee.Filter.lte(prop, self.max_cloud))
+            .sort(prop)
+        )
+
+    def s2_image(self, scene_id: str) -> ee.Image:
+        """One Sentinel-2 scene by ``system:index``: 12 LAS bands (bilinear) then SCL (nearest).
+
+        Every band is uint16 with 0 where EE masks it (SCL fits in uint16; it is cast back to
+        uint8 after the fetch).
+        """
+        spec = self.s2_spec
+        image = ee.Image(f"{spec['asset']}/{scene_id}")
+        bands = image.select(
+            [b["ee"] for b in spec["bands"]], [b["las"] for b in spec["bands"]]
+        ).resample(spec["resampling"]["bands"])
+        scl = image.select([spec["scl"]["ee"]], [spec["scl"]["las"]])
+        return bands.addBands(scl).unmask(spec["nodata"]).toUint16()
+
+    def s1_collection(self, geobox: GeoBox, near_ms: float | None = None) -> ee.ImageCollection:
+        """IW scenes with VV and VH over the sample in the window, closest to ``near_ms`` first.
+
+        Args:
+            geobox: The sample grid.
+            near_ms: Time (ms since 1970) of the chosen Sentinel-2 scene; ``None`` sorts by time.
+
+        """
+        spec = self.s1_spec
+        col = (
+            ee.ImageCollection(spec["asset"])
+            .filterBounds(sample_region(geobox))
+            .filterDate(*self._window())
+            .filter(ee.Filter.eq("instrumentMode", spec["filters"]["instrumentMode"]))
+        )
+        for pol in spec["filters"]["transmitterReceiverPolarisation"]:
+            col = col.filter(ee.Filter.listContains("transmitterReceiverPolarisation", pol))
+        if near_ms is None:
+            return col.sort("system:time_start")
+        near = ee.Number(float(near_ms))
+
+        def distance(image: ee.Image) -> ee.Image:
+            start = ee.Number(image.get("system:time_start"))
+            return image.set("las_dt", start.subtract(near).abs())
+
+        return col.map(distance).sort("las_dt")
+
+    def s1_image(self, scene_id: str) -> ee.Image:
+        """One Sentinel-1 scene by ``system:index``: VV, VH in dB, masked pixels at the fill."""
+        spec = self.s1_spec
+        image = ee.Image(f"{spec['asset']}/{scene_id}")
+        return (
+            image.select([b["ee"] for b in spec["bands"]], [b["las"] for b in spec["bands"]])
+            .resample(spec["resampling"])
+            .unmask(float(spec["fill"]))
+            .toFloat()
+        )
+
+    def label_image(
+        self, product: str, year: int | None, geobox: GeoBox, scene_ids: Sequence[str] = ()
+    ) -> ee.Image:
+        """A label product's native codes as one band named ``product``, nodata where masked.
+
+        Args:
+            product: Label product id.
+            year: The recipe's year (``None`` for per-scene products).
+            geobox: The sample grid.
+            scene_ids: Per-scene products: the ``system:index`` of the images to mosaic, the
+                first on top (as the STAC path fills from its first item).
+
+        """
+        spec = self._label_spec(product, year)
+        band = spec["band"]
+        if spec["match"] == "s2-scene":
+            images = [ee.Image(f"{spec['asset']}/{i}").select([band]) for i in reversed(scene_ids)]
+            mosaic = ee.ImageCollection.fromImages(images).mosaic()
+        else:
+            col = ee.ImageCollection(spec["asset"]).filterBounds(sample_region(geobox))
+            if spec["match"] == "year":
+                col = col.filterDate(f"{year}-01-01", f"{int(year) + 1}-01-01")  # type: ignore[arg-type]
+            mosaic = col.mosaic()
+        return mosaic.select([band], [product]).unmask(int(spec["nodata"]))
+
+    def scene_info(
+        self, collection: ee.ImageCollection, properties: Sequence[str]
+    ) -> ee.Dictionary:
+        """The first ``candidates`` scenes' properties, one list per property."""
+        first = collection.limit(self.candidates)
+        return ee.Dictionary({p: first.aggregate_array(p) for p in properties})
+
+    # ----------------------------------------------------------------- requests
+
+    def _ensure_ready(self) -> None:
+        if not ee.data.is_initialized():
+            a = self.auth
+            authenticate(a.key_file, a.project, url=a.url)
+
+    def _value(self, obj: Any, what: str) -> Any:
+        call = self._compute_value or ee.data.computeValue
+        try:
+            return call(obj)
+        except ee.EEException as err:
+            raise EarthEngineError(f"Earth Engine value:compute of {what}: {err}") from None
+
+    def pixels(
+        self, image: ee.Image, geobox: GeoBox, bands: Sequence[str], dtype: str, what: str
+    ) -> np.ndarray:
+        """Fetch an image on the GeoBox's grid as (bands, rows, cols), in ``bands`` order.
+
+        Grids over the request size limit are fetched in bands of rows, each with its own
+        ``translateY``.
+        """
+        call = self._compute_pixels or ee.data.computePixels
+        height, width = geobox.shape.yx
+        itemsize = np.dtype(dtype).itemsize
+        rows_per = max(1, self.max_request_bytes // (width * len(bands) * itemsize))
+        out = np.empty((len(bands), height, width), dtype=dtype)
+        for row0 in range(0, height, rows_per):
+            rows = min(rows_per, height - row0)
+            request = {
+                "expression": image,
+                "fileFormat": catalog()["compute_pixels"]["file_format"],
+                "grid": compute_pixels_grid(geobox, row0, rows),
+            }
+            try:
+                data = call(request)
+            except ee.EEException as err:
+                raise EarthEngineError(f"Earth Engine computePixels of {what}: {err}") from None
+            names = getattr(getattr(data, "dtype", None), "names", None) or ()
+            if getattr(data, "shape", None) != (rows, width) or not set(bands) <= set(names):
+                raise EarthEngineError(
+                    f"Earth Engine computePixels of {what}: expected a {rows}x{width} array with "
+                    f"bands {list(bands)}, got shape {getattr(data, 'shape', None)} with "
+                    f"fields {list(names)}"
+                )
+            for i, name in enumerate(bands):
+                out[i, row0 : row0 + rows] = data[name]
+        return out
+
+    # ----------------------------------------------------------------- one sample
+
+    def fetch(self, geobox: GeoBox) -> EarthEngineSample:
+        """Fetch one sample.
+
+        Args:
+            geobox: The sample grid.
+
+        Returns:
+            The arrays and record (see :class:`EarthEngineSample`).
+
+        Raises:
+            EarthEngineNoData: No Sentinel-2 or Sentinel-1 scene fits, or the chosen scene is
+                too cloudy over the sample; the message is the reason.
+            EarthEngineError: A request failed.
+            EarthEngineAuthError: The client could not be initialised.
+
+        """
+        self._ensure_ready()
+        sample = EarthEngineSample()
+        s2_id: str | None = None
+        s2_ms: float | None = None
+        if self.sentinel_2:
+            s2_id, s2_ms = self._fetch_s2(geobox, sample)
+        info = self._s1_and_scene_labels_info(geobox, s2_id, s2_ms)
+        if self.sentinel_1:
+            self._fetch_s1(geobox, info["s1"], sample)
+        self._fetch_labels(geobox, info.get("dw_same", []), info.get("dw_day", []), sample)
+        nodata = np.zeros(geobox.shape.yx, dtype=bool)
+        if "sentinel-2-scl" in sample.arrays:
+            nodata |= sample.arrays["sentinel-2-scl"] == 0
+        sample.record["nodata_pct"] = round(100 * float(nodata.mean()), 3)
+        return sample
+
+    def _fetch_s2(self, geobox: GeoBox, sample: EarthEngineSample) -> tuple[str, float]:
+        spec = self.s2_spec
+        prop, id_prop = spec["cloud_property"], spec["id_property"]
+        info = self._value(
+            self.scene_info(self.s2_collection(geobox), [id_prop, "system:time_start", prop]),
+            "the Sentinel-2 scenes",
+        )
+        ids, times, clouds = info[id_prop], info["system:time_start"], info[prop]
+        if not ids:
+            raise EarthEngineNoData(
+                f"no {spec['asset']} scene between {self.start:%Y-%m-%d} and {self.end:%Y-%m-%d} "
+                f"with {prop} <= {self.max_cloud:g}"
+            )
+        las_bands = [b["las"] for b in spec["bands"]]
+        names = [*las_bands, spec["scl"]["las"]]
+        used: list[tuple[int, np.ndarray, np.ndarray, float]] = []
+        fractions = []
+        for i, scene in enumerate(ids):
+            stack = self.pixels(self.s2_image(scene), geobox, names, "uint16", f"S2 {scene}")
+            refl, scl = stack[:-1], stack[-1].astype(np.uint8)
+            valid = (scl > 0) & (refl > 0).all(axis=0)
+            refl[:, ~valid] = 0
+            scl[~valid] = 0
+            nodata_frac = 1.0 - float(valid.mean())
+            fractions.append(nodata_frac)
+            if nodata_frac <= self.max_nodata:
+                used.append((i, refl, scl, nodata_frac))
+                if len(used) >= (self.composite_k if self.composite == "median" else 1):
+                    break
+        if not used:
+            raise EarthEngineNoData(
+                f"too much nodata: {100 * min(fractions):.1f}% of the best of {len(ids)} "
+                f"Sentinel-2 scenes > {100 * self.max_nodata:.0f}%"
+            )
+        best, refl, scl, _ = used[0]
+        valid = scl > 0
+        cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
+        if self.composite == "median":
+            from las_builder.build.sample import median_composite
+
+            refl = median_composite([u[1] for u in used], [u[2] for u in used])
+            seen = np.zeros(geobox.shape.yx, dtype=bool)
+            for u in used:
+                seen |= (u[2] > 0) & ~np.isin(u[2], SCL_CLOUD)
+            cloud_pct = 100.0 * float((~seen).mean())
+            sample.record["s2_composite_items"] = [ids[u[0]] for u in used]
+        if cloud_pct > self.max_cloud:
+            raise EarthEngineNoData(
+                f"too cloudy: {cloud_pct:.1f}% cloud over the sample in the clearest scene "
+                f"{ids[best]} > {self.max_cloud:.0f}%"
+            )
+        sample.arrays["sentinel-2"] = refl.astype(np.uint16)
+        sample.arrays["sentinel-2-scl"] = scl
+        sample.record.update(
+            s2_item=ids[best],
+            s2_datetime=_iso_ms(times[best]),
+            cloud_pct=round(cloud_pct, 3),
+            s2_scene_cloud_pct=float(clouds[best]),
+        )
+        return ids[best], float(times[best])
+
+    def _s1_and_scene_labels_info(
+        self, geobox: GeoBox, s2_id: str | None, s2_ms: float | None
+    ) -> dict[str, Any]:
+        """One value:compute for the Sentinel-1 candidates and the per-scene label images."""
+        parts: dict[str, Any] = {}
+        if self.sentinel_1:
+            id_prop, orbit = self.s1_spec["id_property"], self.s1_spec["orbit_property"]
+            parts["s1"] = self.scene_info(
+                self.s1_collection(geobox, s2_ms), [id_prop, "system:time_start", orbit]
+            )
+        scene_products = [
+            p for p, y in self.labels if self._label_spec(p, y)["match"] == "s2-scene"
+        ]
+        if scene_products and s2_id is not None and s2_ms is not None:
+            spec = self._label_spec(scene_products[0], None)
+            col = ee.ImageCollection(spec["asset"]).filterBounds(sample_region(geobox))
+            prop = spec["match_property"]
+            parts["dw_same"] = col.filter(ee.Filter.eq(prop, s2_id)).aggregate_array(prop)
+            parts["dw_day"] = col.filterDate(*_day_window(s2_ms)).aggregate_array(prop)
+        if not parts:
+            return {}
+        return dict(self._value(ee.Dictionary(parts), "the Sentinel-1 and Dynamic World scenes"))
+
+    def _fetch_s1(
+        self, geobox: GeoBox, info: Mapping[str, list[Any]], sample: EarthEngineSample
+    ) -> None:
+        spec = self.s1_spec
+        id_prop, orbit = spec["id_property"], spec["orbit_property"]
+        names = [b["las"] for b in spec["bands"]]
+        fill = float(spec["fill"])
+        for i, scene in enumerate(info[id_prop]):
+            db = self.pixels(self.s1_image(scene), geobox, names, "float32", f"S1 {scene}")
+            db[db == fill] = np.nan
+            if float(np.isnan(db[0]).mean()) <= self.max_nodata:
+                if self.s1_units == "linear":
+                    out = np.power(10.0, db / 10.0, dtype=np.float32)
+                else:
+                    out = db.astype(np.float32)
+                sample.arrays["sentinel-1"] = out
+                sample.record.update(
+                    s1_item=scene,
+                    s1_datetime=_iso_ms(info["system:time_start"][i]),
+                    s1_orbit_state=str(info[orbit][i]).lower(),
+                )
+                return
+        raise EarthEngineNoData(f"no {spec['asset']} scene covers the sample")
+
+    def _fetch_labels(
+        self,
+        geobox: GeoBox,
+        dw_same: Sequence[str],
+        dw_day: Sequence[str],
+        sample: EarthEngineSample,
+    ) -> None:
+        """All label products in one request per dtype; per-scene products as the STAC path."""
+        chosen = list(dw_same) or list(dw_day)  # the S2 scene's own image, else the same day
+        by_dtype: dict[str, list[tuple[str, ee.Image]]] = {}
+        for product, year in self.labels:
+            spec = self._label_spec(product, year)
+            legend = load_label_product(product)
+            nodata = legend.nodata if legend.nodata is not None else 0
+            key = f"labels/{product}/native"
+            if spec["match"] == "s2-scene":
+                sample.record[f"{product}_items"] = chosen
+                if not chosen:
+                    sample.arrays[key] = np.full(geobox.shape.yx, nodata, dtype=legend.dtype)
+                    continue
+                image = self.label_image(product, year, geobox, chosen)
+            else:
+                sample.record[f"{product}_items"] = [spec["asset"]]
+                image = self.label_image(product, year, geobox)
+            by_dtype.setdefault(legend.dtype, []).append((product, image))
+        for dtype, group in by_dtype.items():
+            stacked = group[0][1]
+            for _, image in group[1:]:
+                stacked = stacked.addBands(image)
+            cast = getattr(stacked, _EE_CAST[dtype])()
+            names = [p for p, _ in group]
+            data = self.pixels(cast, geobox, names, dtype, f"labels {', '.join(names)}")
+            for i, product in enumerate(names):
+                sample.arrays[f"labels/{product}/native"] = data[i]
+
+
+_EE_CAST = {
+    "uint8": "toUint8",
+    "int8": "toInt8",
+    "uint16": "toUint16",
+    "int16": "toInt16",
+    "uint32": "toUint32",
+    "int32": "toInt32",
+}
+"""The ee.Image cast of each label dtype of catalog/labels."""

@@ -1,0 +1,359 @@
+"""Statistics of a built LAS dataset: class frequencies and agreement between label products.
+
+A dataset is the output folder of ``las build``: ``las.zarr`` holds one LAS label raster per
+product (``labels/<product>/las``, ``(N, H, W)`` uint8) and the consensus, ``index.parquet``
+says which samples were built (``status == "ok"``). Only those samples count.
+
+* **Class frequencies**: pixels of each LAS class per product (and for the consensus), with
+  nodata (0) and ignore (255) counted apart.
+* **Confusion matrices**: for every pair of products ``a, b``, ``matrix[i, j]`` is the number
+  of pixels that ``a`` labels with the ``i``-th LAS class and ``b`` with the ``j``-th, over the
+  pixels where both give a LAS class (nodata and ignore excluded in either).
+
+:func:`compute_stats` reads the store shard by shard, so memory stays bounded by one shard of
+every label array; :func:`write_stats` writes ``stats/stats.json`` and the PNG plots.
+
+Example:
+    >>> from las_builder.stats import compute_stats, write_stats
+    >>> stats = compute_stats("out/demo")  # doctest: +SKIP
+    >>> write_stats(stats, "out/demo")  # doctest: +SKIP
+
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from las_builder.catalog.taxonomy import LAS_IGNORE, LAS_NODATA
+
+__all__ = [
+    "CONSENSUS",
+    "DatasetStats",
+    "StatsError",
+    "compute_stats",
+    "confusion_name",
+    "write_stats",
+]
+
+CONSENSUS = "consensus"
+"""Name the consensus layer takes among the products in the class frequencies."""
+
+_STORE = "las.zarr"
+_INDEX = "index.parquet"
+_OUT = "stats"
+
+
+class StatsError(ValueError):
+    """The folder is not a built dataset (no ``las.zarr`` or ``index.parquet``, no labels)."""
+
+
+@dataclass(frozen=True)
+class LasClass:
+    """A LAS class as recorded in the store's ``taxonomy`` attribute."""
+
+    code: int
+    key: str
+    name: str
+    color: str
+
+
+@dataclass
+class DatasetStats:
+    """Class frequencies and pairwise confusion matrices of a dataset.
+
+    Attributes:
+        dataset: The dataset folder.
+        classes: The LAS classes, in code order.
+        products: The label products, in store order.
+        samples_total: Rows of the index.
+        samples_ok: Samples with ``status == "ok"`` (the ones counted).
+        pixels_per_sample: Pixels of one label raster.
+        counts: ``{product or "consensus": array of 256 pixel counts by LAS value}``.
+        confusion: ``{(a, b): (K, K) int64 array}`` for every pair of products ``a`` before
+            ``b`` in :attr:`products`; rows are ``a``'s classes, columns ``b``'s, in
+            :attr:`classes` order.
+
+    """
+
+    dataset: Path
+    classes: list[LasClass]
+    products: list[str]
+    samples_total: int
+    samples_ok: int
+    pixels_per_sample: int
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    confusion: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def codes(self) -> list[int]:
+        """The LAS class codes, ascending."""
+        return [c.code for c in self.classes]
+
+    def class_counts(self, layer: str) -> dict[int, int]:
+        """Pixel count of each LAS class code (nodata and ignore excluded) of one layer."""
+        counts = self.counts[layer]
+        return {c: int(counts[c]) for c in self.codes}
+
+    def frequencies(self, layer: str) -> dict[int, float]:
+        """Fraction of each LAS class among one layer's classified pixels (nodata, ignore out)."""
+        counts = self.class_counts(layer)
+        total = sum(counts.values())
+        return {c: (n / total if total else 0.0) for c, n in counts.items()}
+
+    def agreement(self, a: str, b: str) -> float | None:
+        """Fraction of the pixels both products classify on which they give the same class."""
+        matrix = self.confusion[(a, b)]
+        total = int(matrix.sum())
+        return float(np.trace(matrix)) / total if total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (what ``stats/stats.json`` holds)."""
+        keys = [c.key for c in self.classes]
+        layers: dict[str, Any] = {}
+        for layer, counts in self.counts.items():
+            classified = self.class_counts(layer)
+            layers[layer] = {
+                "pixels": int(counts.sum()),
+                "nodata": int(counts[LAS_NODATA]),
+                "ignore": int(counts[LAS_IGNORE]),
+                "classes": {self._key(c): n for c, n in classified.items()},
+                "frequencies": {
+                    self._key(c): round(f, 6) for c, f in self.frequencies(layer).items()
+                },
+            }
+        pairs = {}
+        for (a, b), matrix in self.confusion.items():
+            agreement = self.agreement(a, b)
+            pairs[confusion_name(a, b)] = {
+                "rows": a,
+                "columns": b,
+                "classes": keys,
+                "pixels": int(matrix.sum()),
+                "agreement": None if agreement is None else round(agreement, 6),
+                "matrix": matrix.tolist(),
+            }
+        return {
+            "dataset": str(self.dataset),
+            "samples_total": self.samples_total,
+            "samples_ok": self.samples_ok,
+            "pixels_per_sample": self.pixels_per_sample,
+            "taxonomy": [
+                {"code": c.code, "key": c.key, "name": c.name, "color": c.color}
+                for c in self.classes
+            ],
+            "products": self.products,
+            "class_counts": layers,
+            "confusion": pairs,
+        }
+
+    def _key(self, code: int) -> str:
+        return next(c.key for c in self.classes if c.code == code)
+
+
+def confusion_name(a: str, b: str) -> str:
+    """The name of the confusion matrix of products ``a`` (rows) and ``b`` (columns)."""
+    return f"{a}__{b}"
+
+
+def compute_stats(dataset: str | Path) -> DatasetStats:
+    """Count LAS classes per product and cross-tabulate every pair of products.
+
+    Args:
+        dataset: The output folder of ``las build`` (``las.zarr`` and ``index.parquet``).
+
+    Returns:
+        The statistics over the samples whose status is ``ok``.
+
+    Raises:
+        StatsError: The folder is not a built dataset, or its store has no label products.
+
+    """
+    import pandas as pd
+    import zarr
+
+    root_dir = Path(dataset)
+    store, index_path = root_dir / _STORE, root_dir / _INDEX
+    for path in (store, index_path):
+        if not path.exists():
+            raise StatsError(f"{root_dir} is not a built LAS dataset: {path.name} is missing")
+    index = pd.read_parquet(index_path, columns=["status", "zarr_index"])
+    ok_rows = np.sort(index.loc[index["status"] == "ok", "zarr_index"].to_numpy(dtype=np.int64))
+    root = zarr.open_group(store, mode="r")
+    classes = _classes(root.attrs.get("taxonomy"))
+    products = sorted(root["labels"].group_keys()) if "labels" in root else []
+    products = [p for p in products if "las" in root[f"labels/{p}"]]
+    if not products:
+        raise StatsError(f"{store} holds no label products (labels/<product>/las)")
+    arrays = {p: root[f"labels/{p}/las"] for p in products}
+    if CONSENSUS in root:
+        arrays[CONSENSUS] = root[CONSENSUS]
+    first = arrays[products[0]]
+    n_total, height, width = first.shape
+    if ok_rows.size and (ok_rows[0] < 0 or ok_rows[-1] >= n_total):
+        raise StatsError(f"{index_path}: zarr_index outside 0..{n_total - 1}")
+
+    codes = np.array([c.code for c in classes], dtype=np.int64)
+    k = len(codes)
+    position = np.full(256, -1, dtype=np.int64)
+    position[codes] = np.arange(k)
+    counts = {layer: np.zeros(256, dtype=np.int64) for layer in arrays}
+    pairs = list(combinations(products, 2))
+    confusion = {pair: np.zeros((k, k), dtype=np.int64) for pair in pairs}
+
+    block = _block_rows(first)
+    for start in range(0, n_total, block):
+        stop = min(start + block, n_total)
+        rows = ok_rows[(ok_rows >= start) & (ok_rows < stop)] - start
+        if rows.size == 0:
+            continue
+        data = {layer: np.asarray(arr[start:stop])[rows] for layer, arr in arrays.items()}
+        for layer, values in data.items():
+            counts[layer] += np.bincount(values.ravel(), minlength=256)[:256]
+        for a, b in pairs:
+            pa, pb = position[data[a].ravel()], position[data[b].ravel()]
+            both = (pa >= 0) & (pb >= 0)
+            flat = np.bincount(pa[both] * k + pb[both], minlength=k * k)
+            confusion[(a, b)] += flat.reshape(k, k)
+
+    return DatasetStats(
+        dataset=root_dir,
+        classes=classes,
+        products=products,
+        samples_total=int(len(index)),
+        samples_ok=int(ok_rows.size),
+        pixels_per_sample=int(height * width),
+        counts=counts,
+        confusion=confusion,
+    )
+
+
+def _block_rows(array: Any) -> int:
+    shards = getattr(array, "shards", None)
+    rows = int(shards[0]) if shards else int(array.chunks[0])
+    return max(rows, 1)
+
+
+def _classes(attr: Any) -> list[LasClass]:
+    if isinstance(attr, list) and attr:
+        return [
+            LasClass(
+                code=int(c["code"]), key=str(c["key"]), name=str(c["name"]), color=str(c["color"])
+            )
+            for c in sorted(attr, key=lambda c: c["code"])
+        ]
+    from las_builder.catalog.taxonomy import load_taxonomy
+
+    return [LasClass(c.code, c.key, c.name, c.color) for c in load_taxonomy().classes]
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def write_stats(stats: DatasetStats, dataset: str | Path | None = None) -> list[Path]:
+    """Write ``stats/stats.json``, ``stats/class_frequencies.png`` and the confusion plots.
+
+    Args:
+        stats: What :func:`compute_stats` returned.
+        dataset: The dataset folder; defaults to ``stats.dataset``.
+
+    Returns:
+        The files written: the JSON, the frequency plot, then one
+        ``confusion_<a>__<b>.png`` per pair of products.
+
+    """
+    out = Path(dataset if dataset is not None else stats.dataset) / _OUT
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "stats.json"]
+    written[0].write_text(json.dumps(stats.to_dict(), indent=1) + "\n", encoding="utf-8")
+    written.append(_plot_frequencies(stats, out / "class_frequencies.png"))
+    for a, b in stats.confusion:
+        written.append(_plot_confusion(stats, a, b, out / f"confusion_{confusion_name(a, b)}.png"))
+    return written
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _plot_frequencies(stats: DatasetStats, path: Path) -> Path:
+    layers = list(stats.counts)
+    names = [c.name for c in stats.classes]
+    fig = _figure(max(8.0, 0.9 * len(names) + 2), 5.0)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(layers), 1)
+    x = np.arange(len(names))
+    cmap = _layer_colors(len(layers))
+    for i, layer in enumerate(layers):
+        freq = stats.frequencies(layer)
+        values = [100 * freq[c] for c in stats.codes]
+        hatch = "//" if layer == CONSENSUS else None
+        ax.bar(
+            x + (i - (len(layers) - 1) / 2) * width,
+            values,
+            width,
+            label=layer,
+            color=cmap[i],
+            hatch=hatch,
+            edgecolor="black" if hatch else None,
+            linewidth=0.4,
+        )
+    ax.set_xticks(x, names, rotation=35, ha="right")
+    ax.set_ylabel("% of classified pixels (nodata and ignore excluded)")
+    ax.set_title(f"LAS class frequencies per product ({stats.samples_ok} samples)")
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
+def _layer_colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _plot_confusion(stats: DatasetStats, a: str, b: str, path: Path) -> Path:
+    matrix = stats.confusion[(a, b)].astype(np.float64)
+    total = matrix.sum()
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    keys = [c.name for c in stats.classes]
+    size = max(6.0, 0.55 * len(keys) + 3)
+    fig = _figure(size + 1, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right")
+    ax.set_yticks(range(len(keys)), keys)
+    ax.set_xlabel(b)
+    ax.set_ylabel(a)
+    for i in range(len(keys)):
+        for j in range(len(keys)):
+            if matrix[i, j]:
+                color = "black" if share[i, j] > 0.6 else "white"
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * share[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=color,
+                )
+    agreement = stats.agreement(a, b)
+    text = "n/a" if agreement is None else f"{100 * agreement:.1f}%"
+    ax.set_title(f"{a} (rows) vs {b} (columns)\nagreement {text} over {int(total)} pixels")
+    fig.colorbar(image, ax=ax, label="share of the row's pixels", shrink=0.8)
+    fig.savefig(path)
+    return path
