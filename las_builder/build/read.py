@@ -32,6 +32,12 @@ GDAL_ENV: dict[str, Any] = {
 }
 
 
+# rasterio warns "no geotransform" for cross-CRS warps of in-memory arrays although both
+# transforms are given; the result equals a WarpedVRT of the dataset pixel for pixel. A
+# process-wide filter (set once) because catch_warnings() is not thread-safe.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
+
+
 class ReadError(RuntimeError):
     """An asset could not be read; the message names the href and the cause."""
 
@@ -158,20 +164,16 @@ def read_onto(
     except rasterio.errors.RasterioIOError as err:
         raise ReadError(f"cannot read {ds.name}: {err}") from None
     src_nodata = ds.nodata if ds.nodata is not None else None
-    with warnings.catch_warnings():
-        # rasterio warns "no geotransform" for cross-CRS warps of in-memory arrays even though
-        # both transforms are given; results equal a WarpedVRT of the dataset pixel for pixel.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        reproject(
-            data,
-            out,
-            src_transform=src_transform,
-            src_crs=ds.crs,
-            src_nodata=src_nodata,
-            dst_transform=geobox.transform,
-            dst_crs=geobox.crs.to_wkt(),
-            dst_nodata=fill,
-            resampling=resampling,
-            num_threads=1,
-        )
+    reproject(
+        data,
+        out,
+        src_transform=src_transform,
+        src_crs=ds.crs,
+        src_nodata=src_nodata,
+        dst_transform=geobox.transform,
+        dst_crs=geobox.crs.to_wkt(),
+        dst_nodata=fill,
+        resampling=resampling,
+        num_threads=1,
+    )
     return out
