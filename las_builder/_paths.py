@@ -19,3 +19,15 @@ def catalog_dir() -> Path:
             f"catalog folder {path} not found: set LAS_CATALOG to the project's catalog/ folder"
         )
     return path
+
+
+def file_state(*paths: Path) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of each existing file: a cache key that changes when a file does."""
+    state = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        state.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(state)

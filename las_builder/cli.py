@@ -16,9 +16,13 @@ def _register() -> None:
     from las_builder.cli_build import build
     from las_builder.cli_catalog import catalog_app
     from las_builder.cli_plan import plan
+    from las_builder.cli_inspect import inspect
+    from las_builder.cli_stats import stats
 
     app.command("plan")(plan)
     app.command("build")(build)
+    app.command("stats")(stats)
+    app.command("inspect")(inspect)
     app.add_typer(catalog_app, name="catalog", help="Check and extend the source catalog.")
 
 

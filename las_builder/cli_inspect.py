@@ -20,10 +20,11 @@ def inspect(
     ] = 12,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output folder [default: DATASET/inspect]."),
+        typer.Option("--out", "-o", help="Output folder (default: DATASET/inspect)."),
     ] = None,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or summary; print the report path.")
+        bool,
+        typer.Option("--quiet", "-q", help="No progress bar or summary; print the report path."),
     ] = False,
 ) -> None:
     """Render quicklooks, a sample map, class histograms and confusion matrices into report.html.

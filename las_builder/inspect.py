@@ -13,7 +13,8 @@
   status (coastlines only when a local Natural Earth file is found, see
   :func:`find_coastlines`), and ``regions.png``: each cluster of samples up close;
 * ``histograms_las.png`` and ``histograms_native.png``: class histograms per product;
-* ``stats/``: the confusion matrices of every pair of products from :mod:`las_builder.stats`;
+* ``confusion.png`` and ``stats.json``: the confusion matrices of every pair of products (LAS
+  classes) from :func:`las_builder.stats.compute_stats`;
 * ``summary.json``: the summary table, the legends and the panel files;
 * ``report.html``: everything above on one page that opens offline (see
   :mod:`las_builder.report`).
@@ -69,12 +70,14 @@ __all__ = [
 
 NODATA_COLOR = "#000000"
 """Colour of nodata pixels where the legend gives none."""
-IGNORE_COLOR = "#c8c8c8"
+IGNORE_COLOR = "#ffffff"
 """Colour of LAS ``ignore`` (255) pixels."""
 UNKNOWN_COLOR = "#ff00ff"
 """Colour of codes missing from a legend (a valid store has none)."""
 NAIP_MAX_PX = 256
 """NAIP quicklooks are thinned (by an integer stride) to at most this many pixels a side."""
+MAX_FOOTPRINTS = 20_000
+"""Maps draw sample footprints up to this many samples (markers only beyond)."""
 STATUS_COLORS = {"ok": "#1a9850", "skipped": "#fdae61", "failed": "#d73027"}
 """Marker colours of the sample statuses on the maps."""
 
@@ -444,14 +447,19 @@ def _render_sample(ds: _Dataset, row: Any, out: Path, legends: dict[str, Legend]
         group = f"labels/{product}"
         if ds.has(f"{group}/native"):
             data = ds.root[f"{group}/native"][i]
-            add(f"{product}/native", f"{product} (native)", colorize(data, legends[product]),
-                product)
+            add(
+                f"{product}/native",
+                f"{product} (native)",
+                colorize(data, legends[product]),
+                product,
+            )
         if ds.has(f"{group}/las"):
             data = ds.root[f"{group}/las"][i]
             add(f"{product}/las", f"{product} (LAS)", colorize(data, legends["las"]), "las")
     if ds.has("consensus"):
-        add("consensus", "consensus (LAS)", colorize(ds.root["consensus"][i], legends["las"]),
-            "las")
+        add(
+            "consensus", "consensus (LAS)", colorize(ds.root["consensus"][i], legends["las"]), "las"
+        )
     return view
 
 
@@ -502,8 +510,14 @@ def _plot_quicklook_grid(
     top = 1 - 0.45 / fig.get_figheight()
     bottom_grid = legend_h / fig.get_figheight()
     grid = fig.add_gridspec(
-        n_rows, n_cols, left=1.4 / fig.get_figwidth(), right=0.99, top=top,
-        bottom=bottom_grid + 0.1 / fig.get_figheight(), wspace=0.05, hspace=0.08,
+        n_rows,
+        n_cols,
+        left=1.4 / fig.get_figwidth(),
+        right=0.99,
+        top=top,
+        bottom=bottom_grid + 0.1 / fig.get_figheight(),
+        wspace=0.05,
+        hspace=0.08,
     )
     for r, view in enumerate(views):
         by_key = {p.key: p for p in view.panels}
@@ -517,8 +531,16 @@ def _plot_quicklook_grid(
                 ax.set_ylabel(view.sample_id, fontsize=6, rotation=0, ha="right", va="center")
             panel = by_key.get(key)
             if panel is None or panel.path is None:
-                ax.text(0.5, 0.5, panel.note if panel else "-", ha="center", va="center",
-                        fontsize=6, color="#777777", transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    panel.note if panel else "-",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="#777777",
+                    transform=ax.transAxes,
+                )
                 continue
             with Image.open(out / panel.path) as img:
                 ax.imshow(np.asarray(img.convert("RGB")), interpolation="nearest")
@@ -629,43 +651,66 @@ def _plot_world(index: Any, out: Path, coastlines: Path | None) -> Path:
             import geopandas as gpd
 
             land = gpd.read_file(coastlines).to_crs("EPSG:4326")
-            _draw_polygons(ax, list(land.geometry), facecolor="#f4f1e8", edgecolor="#8c8c8c",
-                           linewidth=0.3)
+            _draw_polygons(
+                ax, list(land.geometry), facecolor="#f4f1e8", edgecolor="#8c8c8c", linewidth=0.3
+            )
             source = f"coastlines: {coastlines.name}"
         except Exception as err:  # noqa: BLE001 - coastlines are decoration only
             source = f"coastlines unreadable ({type(err).__name__})"
-    _draw_polygons(ax, list(index.geometry), facecolor="none", edgecolor="#333333",
-                   linewidth=0.6)
+    if len(index) <= MAX_FOOTPRINTS:
+        _draw_polygons(
+            ax, list(index.geometry), facecolor="none", edgecolor="#333333", linewidth=0.6
+        )
     for status, color in STATUS_COLORS.items():
         sel = index[index["status"] == status]
         if len(sel):
-            ax.scatter(sel["lon"], sel["lat"], s=14, c=color, edgecolors="black",
-                       linewidths=0.3, label=f"{status} ({len(sel)})", zorder=3)
+            ax.scatter(
+                sel["lon"],
+                sel["lat"],
+                s=14,
+                c=color,
+                edgecolors="black",
+                linewidths=0.3,
+                label=f"{status} ({len(sel)})",
+                zorder=3,
+            )
     ax.legend(loc="lower left", fontsize=7, title="status", title_fontsize=7)
     ax.set_title(f"{len(index)} samples (equirectangular, graticule 30°; {source})", fontsize=8)
     fig.savefig(path)
     return path
 
 
-def _clusters(lon: np.ndarray, lat: np.ndarray, radius_deg: float = 3.0) -> list[np.ndarray]:
-    """Group points closer than ``radius_deg`` (single linkage, antimeridian-aware)."""
-    n = len(lon)
-    label = -np.ones(n, dtype=int)
+def _clusters(lon: np.ndarray, lat: np.ndarray, cell_deg: float = 3.0) -> list[np.ndarray]:
+    """Group points into regions of connected ``cell_deg`` grid cells.
+
+    Cells touching by an edge or a corner join, across the antimeridian too. Linear in the
+    number of points.
+    """
+    n_lon = max(1, round(360 / cell_deg))
+    cx = np.floor((np.asarray(lon) + 180.0) / cell_deg).astype(np.int64) % n_lon
+    cy = np.floor((np.asarray(lat) + 90.0) / cell_deg).astype(np.int64)
+    cells = {(int(x), int(y)) for x, y in zip(cx.tolist(), cy.tolist(), strict=True)}
+    component: dict[tuple[int, int], int] = {}
     k = 0
-    for start in range(n):
-        if label[start] >= 0:
+    for start in sorted(cells):
+        if start in component:
             continue
-        label[start] = k
+        component[start] = k
         stack = [start]
         while stack:
-            i = stack.pop()
-            dlon = np.abs(lon - lon[i])
-            dlon = np.minimum(dlon, 360 - dlon)
-            near = np.flatnonzero((label < 0) & (dlon < radius_deg) & (np.abs(lat - lat[i]) < radius_deg))
-            label[near] = k
-            stack.extend(near.tolist())
+            x, y = stack.pop()
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    nb = ((x + dx) % n_lon, y + dy)
+                    if nb in cells and nb not in component:
+                        component[nb] = k
+                        stack.append(nb)
         k += 1
-    return [np.flatnonzero(label == c) for c in range(k)]
+    labels = np.array(
+        [component[(int(x), int(y))] for x, y in zip(cx.tolist(), cy.tolist(), strict=True)],
+        dtype=np.int64,
+    )
+    return [np.flatnonzero(labels == c) for c in range(k)]
 
 
 def _plot_regions(index: Any, out: Path, max_regions: int = 12) -> Path:
@@ -684,16 +729,21 @@ def _plot_regions(index: Any, out: Path, max_regions: int = 12) -> Path:
         x = _wrap(sub["lon"].to_numpy(float), ref)
         y = sub["lat"].to_numpy(float)
         rings = _draw_polygons(
-            ax, list(sub.geometry), ref_lon=ref, facecolor="none", edgecolor="#999999",
+            ax,
+            list(sub.geometry) if len(sub) <= MAX_FOOTPRINTS else [],
+            ref_lon=ref,
+            facecolor="none",
+            edgecolor="#999999",
             linewidth=0.4,
         )
         for status, color in STATUS_COLORS.items():
             sel = (sub["status"] == status).to_numpy()
             if sel.any():
-                ax.scatter(x[sel], y[sel], s=10, c=color, edgecolors="black", linewidths=0.3,
-                           zorder=3)
-        pts = np.concatenate([np.column_stack([x, y]), *rings]) if rings else np.column_stack(
-            [x, y]
+                ax.scatter(
+                    x[sel], y[sel], s=10, c=color, edgecolors="black", linewidths=0.3, zorder=3
+                )
+        pts = (
+            np.concatenate([np.column_stack([x, y]), *rings]) if rings else np.column_stack([x, y])
         )
         (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
         pad = 0.05 * max(x1 - x0, y1 - y0, 1e-3)
@@ -706,8 +756,7 @@ def _plot_regions(index: Any, out: Path, max_regions: int = 12) -> Path:
         ax.tick_params(labelsize=6)
         ax.grid(color="#cccccc", linewidth=0.4, linestyle=":")
         centre = float(_wrap(np.array([np.mean(x)]), 0.0)[0])
-        ax.set_title(f"{len(sub)} samples near {float(np.mean(y)):.2f}°, {centre:.2f}°",
-                     fontsize=7)
+        ax.set_title(f"{len(sub)} samples near {float(np.mean(y)):.2f}°, {centre:.2f}°", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     return path
@@ -796,8 +845,10 @@ def _count_labels(ds: _Dataset, ok_rows: np.ndarray) -> tuple[dict, dict, dict]:
                 las[p] += np.bincount(data.ravel(), minlength=256)[:256]
                 if cons is not None:
                     both = (
-                        (data != LAS_NODATA) & (data != LAS_IGNORE)
-                        & (cons != LAS_NODATA) & (cons != LAS_IGNORE)
+                        (data != LAS_NODATA)
+                        & (data != LAS_IGNORE)
+                        & (cons != LAS_NODATA)
+                        & (cons != LAS_IGNORE)
                     )
                     agree[p][0] += int((both & (data == cons)).sum())
                     agree[p][1] += int(both.sum())
@@ -867,6 +918,20 @@ def summarise_dataset(
 # --- entry point -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Confusion:
+    """The confusion matrix of two products in LAS classes (from :mod:`las_builder.stats`)."""
+
+    rows: str
+    """Product of the rows."""
+    columns: str
+    """Product of the columns."""
+    matrix: np.ndarray
+    """``(K, K)`` pixel counts, classes in code order; only pixels both products classify."""
+    agreement: float | None
+    """Trace over total, ``None`` without common pixels."""
+
+
 @dataclass
 class InspectResult:
     """What :func:`inspect_dataset` wrote."""
@@ -877,34 +942,65 @@ class InspectResult:
     legends: dict[str, Legend]
     samples: list[SampleView]
     figures: dict[str, Path]
-    """``quicklooks``, ``world``, ``regions``, ``histograms_las``, ``histograms_native``."""
-    confusion: list[tuple[str, str, Path]]
-    """``(rows product, columns product, PNG)``."""
-    files: list[Path]
+    """``quicklooks``, ``world``, ``regions``, ``histograms_las``, ``histograms_native``,
+    ``confusion`` (when there are two products or more)."""
+    confusion: list[Confusion]
+    files: list[Path] = field(default_factory=list)
     used: dict[str, set[int]] = field(default_factory=dict)
     """Per legend, the values present in the quicklooks."""
 
 
-def _pairwise_stats(dataset: Path, out: Path) -> tuple[list[tuple[str, str, Path]], dict]:
-    """Confusion matrices of every pair of products, by :mod:`las_builder.stats`."""
-    from las_builder.stats import StatsError, compute_stats, confusion_name, write_stats
+def _pairwise_stats(dataset: Path, out: Path) -> tuple[list[Confusion], dict, Any]:
+    """Pairwise confusion matrices by :func:`las_builder.stats.compute_stats`; ``stats.json``."""
+    from las_builder.stats import StatsError, compute_stats
 
     try:
         stats = compute_stats(dataset)
     except StatsError:
-        return [], {}
-    write_stats(stats, out)
+        return [], {}, None
+    (out / "stats.json").write_text(json.dumps(stats.to_dict(), indent=1) + "\n", "utf-8")
     confusion = [
-        (a, b, out / "stats" / f"confusion_{confusion_name(a, b)}.png") for a, b in stats.confusion
+        Confusion(a, b, matrix, stats.agreement(a, b)) for (a, b), matrix in stats.confusion.items()
     ]
     pairwise: dict[str, float | None] = {}
     for p in stats.products:
-        values = [
-            stats.agreement(a, b) for a, b in stats.confusion if p in (a, b)
-        ]
+        values = [c.agreement for c in confusion if p in (c.rows, c.columns)]
         values = [v for v in values if v is not None]
         pairwise[p] = float(np.mean(values)) if values else None
-    return confusion, pairwise
+    return confusion, pairwise, stats
+
+
+def _plot_confusion(confusion: list[Confusion], legend: Legend, path: Path) -> Path:
+    """Every pair's row-normalised matrix as one grid of heat maps."""
+    classes = [e for e in legend.entries if not e.special]
+    k = len(classes)
+    cols = min(4, len(confusion))
+    rows = math.ceil(len(confusion) / cols)
+    fig = _figure(3.3 * cols, 3.4 * rows + 0.4)
+    for n, c in enumerate(confusion):
+        ax = fig.add_subplot(rows, cols, n + 1)
+        m = c.matrix.astype(np.float64)
+        total = m.sum(axis=1, keepdims=True)
+        share = np.divide(m, total, out=np.zeros_like(m), where=total > 0)
+        ax.imshow(share, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ticks = [str(e.value) for e in classes]
+        ax.set_xticks(range(k), ticks, fontsize=5)
+        ax.set_yticks(range(k), ticks, fontsize=5)
+        ax.set_xlabel(c.columns, fontsize=6)
+        ax.set_ylabel(c.rows, fontsize=6)
+        text = "n/a" if c.agreement is None else f"{100 * c.agreement:.1f}%"
+        ax.set_title(f"agreement {text}", fontsize=7)
+    fig.suptitle("LAS confusion matrices (rows normalised; codes as in the LAS legend)", fontsize=8)
+    fig.subplots_adjust(
+        left=0.06,
+        right=0.98,
+        bottom=0.06,
+        top=1 - 0.5 / fig.get_figheight(),
+        wspace=0.35,
+        hspace=0.45,
+    )
+    fig.savefig(path)
+    return path
 
 
 def inspect_dataset(
@@ -959,9 +1055,7 @@ def inspect_dataset(
         for panel in view.panels:
             if panel.legend and panel.path:
                 array = "consensus" if panel.key == "consensus" else f"labels/{panel.key}"
-                used[panel.legend] |= set(
-                    np.unique(ds.root[array][view.zarr_index]).tolist()
-                )
+                used[panel.legend] |= set(np.unique(ds.root[array][view.zarr_index]).tolist())
     figures: dict[str, Path] = {}
     if progress is not None:
         progress.update(task, description="inspect: quicklook grid")
@@ -992,7 +1086,9 @@ def inspect_dataset(
         f"Native classes per product, {len(ok_rows)} ok samples, in each product's colours",
     )
     step("confusion matrices")
-    confusion, pairwise = _pairwise_stats(dataset, out_dir)
+    confusion, pairwise, _ = _pairwise_stats(dataset, out_dir)
+    if confusion:
+        figures["confusion"] = _plot_confusion(confusion, legends["las"], out_dir / "confusion.png")
     step("report")
     summary = summarise_dataset(ds.index, las_counts, agreement, pairwise)
     summary["dataset"] = str(dataset)
@@ -1005,7 +1101,6 @@ def inspect_dataset(
         samples=views,
         figures=figures,
         confusion=confusion,
-        files=[],
         used=used,
     )
     (out_dir / "summary.json").write_text(
@@ -1030,15 +1125,13 @@ def _summary_json(result: InspectResult) -> dict[str, Any]:
         "panels": {
             v.sample_id: {
                 "zarr_index": v.zarr_index,
-                "panels": [
-                    {"key": p.key, "path": p.path, "legend": p.legend} for p in v.panels
-                ],
+                "panels": [{"key": p.key, "path": p.path, "legend": p.legend} for p in v.panels],
             }
             for v in result.samples
         },
         "figures": {k: p.relative_to(result.out).as_posix() for k, p in result.figures.items()},
         "confusion": [
-            {"rows": a, "columns": b, "path": p.relative_to(result.out).as_posix()}
-            for a, b, p in result.confusion
+            {"rows": c.rows, "columns": c.columns, "agreement": c.agreement}
+            for c in result.confusion
         ],
     }

@@ -47,6 +47,7 @@ from pydantic import (
 from las_builder.catalog import label_product_ids
 
 __all__ = [
+    "EarthEngineSpec",
     "Imagery",
     "LabelSpec",
     "NaipSpec",
@@ -284,6 +285,14 @@ class OutputSpec(_Strict):
     samples_per_shard: int = Field(default=8, gt=0)
 
 
+class EarthEngineSpec(_Strict):
+    """Earth Engine access, used when ``backend: earthengine``."""
+
+    project: Name | None = None
+    key_file: str | None = None  # "" (e.g. ${GOOGLE_APPLICATION_CREDENTIALS:-}) means none
+    endpoint: Literal["default", "high-volume"] = "high-volume"
+
+
 class Recipe(_Strict):
     """A validated recipe. Field names are the YAML keys (``imagery.sentinel-2`` etc.)."""
 
@@ -296,6 +305,8 @@ class Recipe(_Strict):
     labels: list[LabelSpec] = Field(min_length=1)
     max_nodata: float = Field(default=0.2, ge=0, le=1)
     output: OutputSpec
+    backend: Literal["stac", "earthengine"] = "stac"  # where pixels come from
+    earthengine: EarthEngineSpec = Field(default_factory=EarthEngineSpec)
 
     _source: Path | None = PrivateAttr(default=None)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from las_builder.inspect import InspectResult, Legend
+    from las_builder.inspect import Confusion, InspectResult, Legend
 
 __all__ = ["render_report", "write_report"]
 
@@ -39,9 +39,9 @@ ul.legend li { margin: 1px 0; }
 span.swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle;
   border: 1px solid #555; margin-right: 0.4em; }
 img.figure { max-width: 100%; border: 1px solid #eee; }
-div.figures { display: flex; flex-wrap: wrap; gap: 1em; }
-div.figures img { max-width: 48%; }
 p.note { color: #555; font-size: 0.85em; }
+table.confusion th.name { text-align: left; white-space: nowrap; }
+details { margin: 0.3em 0; font-size: 0.85em; }
 """
 
 
@@ -80,9 +80,7 @@ def _summary_html(summary: dict[str, Any]) -> str:
     if summary["reasons"]:
         rows.append("<table class='summary'><tr><th>skip / fail reason</th><th>samples</th></tr>")
         for r in summary["reasons"]:
-            rows.append(
-                f"<tr><td class='name'>{_e(r['reason'])}</td><td>{r['samples']}</td></tr>"
-            )
+            rows.append(f"<tr><td class='name'>{_e(r['reason'])}</td><td>{r['samples']}</td></tr>")
         rows.append("</table>")
     else:
         rows.append("<p class='note'>No sample was skipped or failed.</p>")
@@ -119,8 +117,9 @@ def _quicklooks_html(result: InspectResult) -> str:
     for view in result.samples:
         by_key = {p.key: p for p in view.panels}
         facts = "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in view.facts.items())
-        cells = [f"<td class='facts'><b>{_e(view.sample_id)}</b><br>#{view.zarr_index}<br>"
-                 f"{facts}</td>"]
+        cells = [
+            f"<td class='facts'><b>{_e(view.sample_id)}</b><br>#{view.zarr_index}<br>{facts}</td>"
+        ]
         for key, title in columns:
             panel = by_key.get(key)
             if panel is None or panel.path is None:
@@ -134,10 +133,36 @@ def _quicklooks_html(result: InspectResult) -> str:
                 )
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
-        "<div class='scroll'><table class='quicklooks'>"
-        + head
-        + "".join(body)
-        + "</table></div>"
+        "<div class='scroll'><table class='quicklooks'>" + head + "".join(body) + "</table></div>"
+    )
+
+
+def _confusion_html(confusion: Confusion, legend: Legend) -> str:
+    classes = [e for e in legend.entries if not e.special]
+    m = confusion.matrix
+    keep = [i for i in range(len(classes)) if m[i].any() or m[:, i].any()]
+    agreement = "n/a" if confusion.agreement is None else f"{100 * confusion.agreement:.1f}%"
+    head = "".join(f"<th title='{_e(classes[j].name)}'>{classes[j].value}</th>" for j in keep)
+    body = []
+    for i in keep:
+        total = int(m[i].sum())
+        cells = []
+        for j in keep:
+            share = m[i, j] / total if total else 0.0
+            shade = int(255 - 155 * share)
+            style = f"background:rgb({shade},{shade},255)" if m[i, j] else ""
+            text = f"{100 * share:.0f}" if m[i, j] else "."
+            cells.append(f"<td style='{style}' title='{int(m[i, j])} px'>{text}</td>")
+        body.append(
+            f"<tr><th class='name'>{classes[i].value} {_e(classes[i].name)}</th>"
+            + "".join(cells)
+            + "</tr>"
+        )
+    return (
+        f"<details><summary>{_e(confusion.rows)} (rows) vs {_e(confusion.columns)} (columns): "
+        f"agreement {agreement}, {int(m.sum())} px</summary>"
+        f"<table class='summary confusion'><tr><th></th>{head}</tr>{''.join(body)}</table>"
+        "</details>"
     )
 
 
@@ -194,12 +219,13 @@ def render_report(result: InspectResult) -> str:
     parts.append("<h2 id='confusion'>Confusion matrices (LAS classes)</h2>")
     if result.confusion:
         parts.append(
-            "<p class='note'>Rows: first product, columns: second; each row normalised; only "
-            "pixels both products classify (nodata and ignore excluded).</p><div class='figures'>"
+            "<p class='note'>Pixels of ok samples that both products classify (nodata and "
+            "ignore excluded); rows: first product, columns: second; cells: % of the row, the "
+            "count on hover.</p>"
         )
-        for a, b, path in result.confusion:
-            parts.append(f'<img src="{rel(path)}" alt="{_e(a)} vs {_e(b)}">')
-        parts.append("</div>")
+        if "confusion" in figures:
+            parts.append(f'<img class="figure" src="{rel(figures["confusion"])}" alt="confusion">')
+        parts += [_confusion_html(c, result.legends["las"]) for c in result.confusion]
     else:
         parts.append("<p class='note'>Fewer than two label products: no matrix.</p>")
     parts.append("</body></html>")

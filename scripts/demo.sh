@@ -14,15 +14,18 @@ $BIN/las world serve "$WORLD" --detach
 trap '$BIN/las world stop "$WORLD" >/dev/null 2>&1 || true' EXIT
 LAS_STAC_URL=$($BIN/python -c "import json,sys; print(json.load(open(sys.argv[1]))['stac_url'])" "$WORLD/serve.json")
 export LAS_STAC_URL
-if [ -f recipes/demo.yaml ] && $BIN/las --help | grep -q " build "; then
-  $BIN/las plan recipes/demo.yaml --set output.path="$OUT/las"
-  $BIN/las build recipes/demo.yaml --set output.path="$OUT/las"
-fi
+$BIN/las plan recipes/demo.yaml --set output.path="$OUT/las"
+$BIN/las build recipes/demo.yaml --set output.path="$OUT/las"
+$BIN/las inspect "$OUT/las" --samples 12
 echo
 echo "== las-builder demo =="
 echo "offline world : $WORLD ($(du -sh "$WORLD" | cut -f1))"
 echo "STAC API      : $LAS_STAC_URL (stopped when the demo ends)"
-if [ -f "$OUT/las/index.parquet" ]; then
-  echo "shards        : $OUT/las/las.zarr"
-  echo "index         : $OUT/las/index.parquet"
-fi
+echo "shards        : $OUT/las/las.zarr"
+echo "index         : $OUT/las/index.parquet"
+echo "report        : $OUT/las/inspect/report.html"
+$BIN/python - "$OUT/las" <<'PY'
+import json, sys
+summary = json.load(open(f"{sys.argv[1]}/inspect/summary.json"))
+print("samples       :", json.dumps({k: v for k, v in summary.items() if k in ("samples", "ok", "skipped", "failed")}))
+PY

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import re
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
+from affine import Affine
 from odc.geo.geobox import GeoBox
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
+from las_builder.security import HrefRefused, check_href, redact, register_secret
 from las_builder.stac import SceneItem
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 # GDAL settings for COGs over HTTP: no directory listings, merged range requests, retries.
+# GDAL retries HTTP 429/5xx, timeouts and connection resets itself (GDAL_HTTP_MAX_RETRY times,
+# GDAL_HTTP_RETRY_DELAY seconds apart, doubling). An environment variable of the same name
+# overrides each value (e.g. GDAL_HTTP_TIMEOUT=10 on a fast network).
 GDAL_ENV: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF",
@@ -31,6 +44,23 @@ GDAL_ENV: dict[str, Any] = {
     "VSI_CACHE": "TRUE",
 }
 
+READ_RETRIES = 2
+"""Retries of an open or a window read that failed transiently after GDAL's own retries."""
+RETRY_BACKOFF_S = 0.25
+"""Wait before the first of those retries; it doubles each time."""
+
+# Errors worth another try: HTTP 408/429/5xx, timeouts, resets, short reads. Anything else (404,
+# 403, a corrupt tile, not a TIFF) fails at once.
+_TRANSIENT = re.compile(
+    r"HTTP response code: (?:408|429|5\d\d)|timed? ?out|Connection reset|Connection was reset|"
+    r"Empty reply|transfer closed|Recv failure|Send failure|Couldn't connect|"
+    r"got \d+ bytes, expected \d+",
+    re.IGNORECASE,
+)
+# While retrying an open, GDAL must not answer from its cache of failed requests. The option is
+# a ':'-separated list of path prefixes, so the colon-free prefix of the href's scheme is used.
+_NON_CACHED = {"http": "/vsicurl/http", "https": "/vsicurl/http", "s3": "/vsis3/"}
+
 
 # rasterio warns "no geotransform" for cross-CRS warps of in-memory arrays although both
 # transforms are given; the result equals a WarpedVRT of the dataset pixel for pixel. A
@@ -39,7 +69,81 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rast
 
 
 class ReadError(RuntimeError):
-    """An asset could not be read; the message names the href and the cause."""
+    """An asset could not be read; the message names the href (no credentials) and the cause."""
+
+
+def _messages(err: BaseException) -> list[str]:
+    """The messages of an exception and the exceptions it was raised from (GDAL's causes)."""
+    out: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text and text not in out:
+            out.append(text)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def _cause(err: BaseException) -> str:
+    """The most specific message of a GDAL error chain (its root cause), redacted."""
+    messages = [m for m in _messages(err) if not m.startswith("Read failed. See previous")]
+    return redact(messages[-1] if messages else type(err).__name__)
+
+
+def _transient(err: BaseException) -> bool:
+    return any(_TRANSIENT.search(m) for m in _messages(err))
+
+
+def _shown(name: str) -> str:
+    """An href or GDAL path as it may appear in a message: no /vsicurl/, no query, no secret."""
+    return redact(name.removeprefix("/vsicurl/"))
+
+
+def _non_cached(name: str) -> dict[str, str] | None:
+    """GDAL options under which ``name`` (an href or a path) bypasses GDAL's HTTP cache."""
+    scheme = urlsplit(name.removeprefix("/vsicurl/")).scheme.lower()
+    return {"CPL_VSIL_CURL_NON_CACHED": _NON_CACHED[scheme]} if scheme in _NON_CACHED else None
+
+
+def _forget(name: str) -> None:
+    """Drop what GDAL cached of ``name`` (a short or failed read is cached like a good one).
+
+    Closing a handle opened while the file is marked non-cached invalidates GDAL's cached
+    data of that URL, so the next read, even through an already open dataset, fetches again.
+    """
+    options = _non_cached(name)
+    if options is None:
+        return
+    try:
+        with rasterio.Env(**options), rasterio.open(name):
+            pass
+    except RasterioError:
+        pass  # still failing: the retry will say so
+
+
+def _retrying(call: Callable[[], T], what: str, name: str, *, reopen: bool = False) -> T:
+    """``call()``, tried again after transient GDAL errors (bounded, with backoff).
+
+    Before each retry GDAL's cache of ``name`` is bypassed: an open is retried with the file
+    marked non-cached (``reopen``), a read after :func:`_forget` has invalidated the cache.
+    """
+    for attempt in range(READ_RETRIES + 1):
+        try:
+            options = _non_cached(name) if attempt and reopen else None
+            if options:
+                with rasterio.Env(**options):
+                    return call()
+            return call()
+        except RasterioIOError as err:
+            if attempt == READ_RETRIES or not _transient(err):
+                raise
+            log.info("retrying %s after: %s", what, _cause(err))
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+            if not reopen:
+                _forget(name)
+    raise AssertionError("unreachable")
 
 
 class DatasetCache:
@@ -51,6 +155,7 @@ class DatasetCache:
 
     def __init__(self, sign: Callable[[str, str], str] | None = None) -> None:
         self._open: dict[str, DatasetReader] = {}
+        self._failed: dict[str, str] = {}
         self._lock = threading.Lock()
         self._sign = sign
 
@@ -58,24 +163,53 @@ class DatasetCache:
         """The open dataset of an item's asset, its href signed when the catalog needs it."""
         href = item.asset(key).href
         if self._sign is not None:
-            href = self._sign(href, item.collection)
+            signed = self._sign(href, item.collection or "")
+            if signed != href and "?" in signed:
+                register_secret(signed.split("?", 1)[1])  # masked in every message and log
+            href = signed
         return self.get(href)
 
     def get(self, href: str) -> DatasetReader:
-        """The open dataset of ``href`` (opened on first use)."""
+        """The open dataset of ``href`` (opened on first use).
+
+        The href must pass :func:`las_builder.security.check_href`; a transient failure is
+        retried; a failure is remembered, so the other samples of the shard fail at once.
+
+        Raises:
+            ReadError: The href is refused, cannot be opened, or is not georeferenced.
+        """
         with self._lock:
             ds = self._open.get(href)
-            if ds is None:
-                shown = href.split("?", 1)[0]  # never print a signing token
-                try:
-                    ds = rasterio.open(href)
-                except rasterio.errors.RasterioIOError as err:
-                    raise ReadError(f"cannot open {shown}: {str(err).split('?', 1)[0]}") from None
-                if ds.crs is None:
-                    ds.close()
-                    raise ReadError(f"{shown} has no CRS: it cannot be placed on the sample grid")
-                self._open[href] = ds
+            if ds is not None:
+                return ds
+            if href in self._failed:
+                raise ReadError(self._failed[href])
+            try:
+                ds = self._open_checked(href)
+            except ReadError as err:
+                self._failed[href] = str(err)
+                raise
+            self._open[href] = ds
             return ds
+
+    @staticmethod
+    def _open_checked(href: str) -> DatasetReader:
+        shown = _shown(href)
+        try:
+            target = check_href(href)
+        except HrefRefused as err:
+            raise ReadError(f"refused {err}") from None
+        try:
+            ds = _retrying(lambda: rasterio.open(target), f"open {shown}", target, reopen=True)
+        except RasterioError as err:
+            raise ReadError(f"cannot open {shown}: {_cause(err)}") from None
+        if ds.crs is None:
+            ds.close()
+            raise ReadError(f"{shown} has no CRS: it cannot be placed on the sample grid")
+        if ds.transform == Affine.identity() and not ds.gcps[0]:
+            ds.close()
+            raise ReadError(f"{shown} has no geotransform: it cannot be placed on the sample grid")
+        return ds
 
     def close(self) -> None:
         """Close every open dataset."""
@@ -85,26 +219,91 @@ class DatasetCache:
             self._open.clear()
 
 
+_AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+)
+_session_lock = threading.Lock()
+
+
+def _reuse_rasterio_aws_sessions() -> None:
+    """Let rasterio build its AWS session from the environment once, not at every ``Env()``.
+
+    With ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` set (as for ``s3://`` output),
+    every ``rasterio.Env()`` builds a boto3 session (about 20 ms), and rasterio's warp enters
+    several Envs per ``reproject``: a build ran three times slower. Sessions are reused while
+    those variables keep their values (idempotent, process-wide).
+    """
+    from rasterio.session import Session
+
+    with _session_lock:
+        if getattr(Session.from_environ, "_las_reused", False):
+            return
+        original = Session.from_environ
+        sessions: dict[tuple[str | None, ...], Any] = {}
+
+        def from_environ(*args: Any, **kwargs: Any) -> Any:
+            if args or kwargs:
+                return original(*args, **kwargs)
+            key = tuple(os.environ.get(name) for name in _AWS_ENV)
+            with _session_lock:
+                if key not in sessions:
+                    sessions[key] = original()
+                return sessions[key]
+
+        from_environ._las_reused = True  # type: ignore[attr-defined]
+        Session.from_environ = staticmethod(from_environ)  # type: ignore[method-assign]
+
+
+def gdal_options() -> dict[str, Any]:
+    """:data:`GDAL_ENV`, each value overridden by an environment variable of the same name."""
+    return {key: os.environ.get(key, value) for key, value in GDAL_ENV.items()}
+
+
 @contextmanager
 def gdal_env() -> Iterator[None]:
     """The GDAL configuration for reading COGs over HTTP."""
-    with rasterio.Env(**GDAL_ENV):
+    _reuse_rasterio_aws_sessions()
+    with rasterio.Env(**gdal_options()):
         yield
 
 
 def _source_window(ds: DatasetReader, geobox: GeoBox, margin_px: int) -> Window | None:
-    """The window of ``ds`` that covers ``geobox`` (plus a margin), or None if disjoint."""
+    """The window of ``ds`` that covers ``geobox`` (plus a margin), or None if disjoint.
+
+    A GeoBox across the antimeridian has geographic bounds with west > east. For a geographic
+    ``ds`` each side is placed separately (shifted by 360 degrees) and the windows joined: a
+    tile beside the line gives its few columns (not every column between the two edges), and
+    a raster whose own frame runs past 180 degrees gives the part beyond it too.
+    """
     left, bottom, right, top = geobox.boundingbox
-    bounds = transform_bounds(geobox.crs.to_wkt(), ds.crs, left, bottom, right, top, densify_pts=21)
-    window = from_bounds(*bounds, transform=ds.transform)
-    col0 = math.floor(window.col_off) - margin_px
-    row0 = math.floor(window.row_off) - margin_px
-    col1 = math.ceil(window.col_off + window.width) + margin_px
-    row1 = math.ceil(window.row_off + window.height) + margin_px
-    col0, row0 = max(col0, 0), max(row0, 0)
-    col1, row1 = min(col1, ds.width), min(row1, ds.height)
-    if col1 <= col0 or row1 <= row0:
+    west, south, east, north = transform_bounds(
+        geobox.crs.to_wkt(), ds.crs, left, bottom, right, top, densify_pts=21
+    )
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise ValueError(f"the sample's bounds are not finite in {ds.crs}")
+    if ds.crs.is_geographic and west > east:
+        boxes = [(west, south, east + 360.0, north), (west - 360.0, south, east, north)]
+    else:
+        boxes = [(west, south, east, north)]
+    spans = []
+    for box in boxes:
+        window = from_bounds(*box, transform=ds.transform)
+        col0 = max(math.floor(window.col_off) - margin_px, 0)
+        row0 = max(math.floor(window.row_off) - margin_px, 0)
+        col1 = min(math.ceil(window.col_off + window.width) + margin_px, ds.width)
+        row1 = min(math.ceil(window.row_off + window.height) + margin_px, ds.height)
+        if col1 > col0 and row1 > row0:
+            spans.append((col0, row0, col1, row1))
+    if not spans:
         return None
+    col0, row0 = min(s[0] for s in spans), min(s[1] for s in spans)
+    col1, row1 = max(s[2] for s in spans), max(s[3] for s in spans)
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
@@ -140,7 +339,11 @@ def read_onto(
     dtype = dtype or ds.dtypes[bands[0] - 1]
     fill = nodata if nodata is not None else (ds.nodata if ds.nodata is not None else 0)
     out = np.full((len(bands), *geobox.shape.yx), fill, dtype=dtype)
-    window = _source_window(ds, geobox, margin_px=2)
+    shown = _shown(ds.name)
+    try:
+        window = _source_window(ds, geobox, margin_px=2)
+    except (RasterioError, ValueError, OverflowError) as err:
+        raise ReadError(f"cannot place {shown} on the sample grid: {redact(str(err))}") from None
     if window is None:
         return out
     src_transform = ds.window_transform(window)
@@ -155,25 +358,32 @@ def read_onto(
                 window.width / shape[1], window.height / shape[0]
             )
     try:
-        data = ds.read(
-            bands,
-            window=window,
-            out_shape=(len(bands), *shape),
-            resampling=Resampling.average if use_overviews else Resampling.nearest,
+        data = _retrying(
+            lambda: ds.read(
+                bands,
+                window=window,
+                out_shape=(len(bands), *shape),
+                resampling=Resampling.average if use_overviews else Resampling.nearest,
+            ),
+            f"read of {shown}",
+            ds.name,
         )
-    except rasterio.errors.RasterioIOError as err:
-        raise ReadError(f"cannot read {ds.name}: {err}") from None
+    except RasterioError as err:
+        raise ReadError(f"cannot read {shown}: {_cause(err)}") from None
     src_nodata = ds.nodata if ds.nodata is not None else None
-    reproject(
-        data,
-        out,
-        src_transform=src_transform,
-        src_crs=ds.crs,
-        src_nodata=src_nodata,
-        dst_transform=geobox.transform,
-        dst_crs=geobox.crs.to_wkt(),
-        dst_nodata=fill,
-        resampling=resampling,
-        num_threads=1,
-    )
+    try:
+        reproject(
+            data,
+            out,
+            src_transform=src_transform,
+            src_crs=ds.crs,
+            src_nodata=src_nodata,
+            dst_transform=geobox.transform,
+            dst_crs=geobox.crs.to_wkt(),
+            dst_nodata=fill,
+            resampling=resampling,
+            num_threads=1,
+        )
+    except RasterioError as err:
+        raise ReadError(f"cannot reproject {shown}: {_cause(err)}") from None
     return out

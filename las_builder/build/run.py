@@ -18,20 +18,37 @@ from shapely import wkb
 from las_builder import __version__
 from las_builder.build.config import BuildConfig
 from las_builder.build.read import DatasetCache, gdal_env
-from las_builder.build.sample import build_sample
-from las_builder.build.search import StacSearcher
+from las_builder.build.sample import SampleOutcome, build_sample
+from las_builder.build.search import SearchError, StacSearcher
 from las_builder.build.store import (
     array_specs,
     create_store,
+    done_shards,
     index_part_path,
-    shard_done,
     write_index_part,
     write_shard,
 )
+from las_builder.security import install_log_redaction, redact
 from las_builder.stac import SceneItem
-from las_builder.stac.signing import make_signer
+from las_builder.stac.signing import SigningError, make_signer
 
 log = logging.getLogger(__name__)
+
+_SHARD_ERRORS_SHOWN = 3
+
+
+class BuildIncomplete(ValueError):  # noqa: N818 - the CLI reports ValueErrors as one-line errors
+    """Some shards could not be built (STAC down, signing failed, store unwritable ...).
+
+    The other shards are built and indexed; the failed ones have no index part, so running
+    ``las build`` again builds exactly them.
+    """
+
+
+def _failed_sample(err: Exception) -> SampleOutcome:
+    """An unexpected error of one sample, recorded instead of crashing the shard."""
+    log.exception("unexpected error while building a sample")
+    return SampleOutcome("failed", f"unexpected {type(err).__name__}: {err}")
 
 
 def _search_shard(rows: list[dict[str, Any]], cfg: BuildConfig) -> dict[str, list[SceneItem]]:
@@ -65,7 +82,15 @@ def build_shard(
     n_samples: int,
     samples_per_shard: int,
 ) -> list[dict[str, Any]]:
-    """Build and write one shard; returns its index rows. Runs as one Dask task."""
+    """Build and write one shard; returns its index rows. Runs as one Dask task.
+
+    A sample that cannot be built is recorded (``skipped`` or ``failed`` with its reason) and
+    the shard goes on. Errors that concern the whole shard (the STAC search failed after its
+    retries, no signing token) raise: the shard then has no index part and is built again by
+    the next run. The arrays are written before the index part, so an index part never exists
+    without its arrays.
+    """
+    install_log_redaction()  # also in dask worker processes
     start = shard * samples_per_shard
     count = min(samples_per_shard, n_samples - start)
     specs = array_specs(cfg)
@@ -76,7 +101,12 @@ def build_shard(
         try:
             items = _search_shard(rows, cfg)
             for row in rows:
-                outcome = build_sample(row, items, cfg, cache)
+                try:
+                    outcome = build_sample(row, items, cfg, cache)
+                except SigningError:
+                    raise
+                except Exception as err:  # never let one sample crash the build
+                    outcome = _failed_sample(err)
                 slot = row["plan_index"] - start
                 if outcome.status == "ok":
                     for path, data in outcome.arrays.items():
@@ -86,7 +116,7 @@ def build_shard(
                         **{k: v for k, v in row.items() if k != "geometry"},
                         "geometry": wkb.dumps(row["geometry"]),
                         "status": outcome.status,
-                        "reason": outcome.reason,
+                        "reason": redact(outcome.reason),
                         "zarr_index": row["plan_index"],
                         **outcome.record,
                     }
@@ -96,6 +126,32 @@ def build_shard(
     write_shard(f"{output}/las.zarr", start, arrays)
     write_index_part(output, shard, index_rows)  # last: marks the shard complete
     return index_rows
+
+
+def _shard_task(
+    shard: int,
+    rows: list[dict[str, Any]],
+    cfg: BuildConfig,
+    output: str,
+    n_samples: int,
+    samples_per_shard: int,
+) -> dict[str, Any]:
+    """:func:`build_shard` as a Dask task: a shard's failure is returned, not raised.
+
+    Returns:
+        ``{"shard", "rows", "error"}``: the index rows, or None and the (redacted) error.
+    """
+    try:
+        built = build_shard(shard, rows, cfg, output, n_samples, samples_per_shard)
+    except (SearchError, SigningError) as err:
+        message = redact(str(err))
+    except Exception as err:  # a store that cannot be written, a bug: report, do not crash
+        log.exception("shard %d failed", shard)
+        message = redact(f"{type(err).__name__}: {err}")
+    else:
+        return {"shard": shard, "rows": built, "error": None}
+    log.error("shard %d not built: %s", shard, message)
+    return {"shard": shard, "rows": None, "error": message}
 
 
 def read_plan(output: str) -> gpd.GeoDataFrame:
@@ -111,7 +167,8 @@ def read_plan(output: str) -> gpd.GeoDataFrame:
 def build_status(output: str, plan: gpd.GeoDataFrame) -> dict[str, int]:
     """Done / remaining shards and ok / skipped / failed samples of the finished shards."""
     shards = sorted(set(int(s) for s in plan["shard"]))
-    done = [s for s in shards if shard_done(output, s)]
+    finished = done_shards(output)
+    done = [s for s in shards if s in finished]
     counts = {
         "shards": len(shards),
         "shards_done": len(done),
@@ -135,6 +192,7 @@ def run_build(
     scheduler: str | None = None,
     on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
     attrs: dict[str, Any] | None = None,
+    client: Any | None = None,
 ) -> gpd.GeoDataFrame:
     """Build every unfinished shard of the plan and write ``index.parquet``.
 
@@ -146,10 +204,17 @@ def run_build(
         scheduler: Address of an existing dask.distributed scheduler to join.
         on_shard: Called with (shard, index rows) as each shard finishes (progress).
         attrs: Extra attributes for the store (recipe name ...).
+        client: A connected ``dask.distributed.Client`` to run on (dask-gateway, Coiled,
+            dask-kubernetes); it is left open.
 
     Returns:
         The index (one row per planned sample).
+
+    Raises:
+        BuildIncomplete: Some shards could not be built; the others are built and indexed,
+            and running the build again builds the missing ones.
     """
+    install_log_redaction()
     plan = read_plan(output)
     n = len(plan)
     create_store(
@@ -163,32 +228,39 @@ def run_build(
     by_shard: dict[int, list[dict[str, Any]]] = {}
     for row in records:
         by_shard.setdefault(int(row["shard"]), []).append(row)
-    todo = [s for s in sorted(by_shard) if not shard_done(output, s)]
+    finished = done_shards(output)
+    todo = [s for s in sorted(by_shard) if s not in finished]
     log.info("%d shards to build, %d already done", len(todo), len(by_shard) - len(todo))
     tasks = [
-        dask.delayed(build_shard, pure=False)(s, by_shard[s], cfg, output, n, samples_per_shard)
+        dask.delayed(_shard_task, pure=False)(s, by_shard[s], cfg, output, n, samples_per_shard)
         for s in todo
     ]
-    if scheduler or workers:
+    errors: dict[int, str] = {}
+
+    def finished_task(result: dict[str, Any]) -> None:
+        if result["error"] is not None:
+            errors[result["shard"]] = result["error"]
+        elif on_shard:
+            on_shard(result["shard"], result["rows"])
+
+    if client is not None or scheduler or workers:
         from dask.distributed import Client, LocalCluster, as_completed
 
-        cluster = (
-            None
-            if scheduler
-            else LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-            )
-        )
-        client = Client(scheduler) if scheduler else Client(cluster)
+        cluster = None
+        own_client = client is None
+        if client is None:
+            if not scheduler:
+                cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                )
+            client = Client(scheduler) if scheduler else Client(cluster)
         try:
             futures = client.compute(tasks)
-            future_shard = {f.key: s for f, s in zip(futures, todo, strict=True)}
             for future in as_completed(futures):
-                rows = future.result()
-                if on_shard:
-                    on_shard(future_shard[future.key], rows)
+                finished_task(future.result())
         finally:
-            client.close()
+            if own_client:
+                client.close()
             if cluster is not None:
                 cluster.close()
     else:
@@ -196,22 +268,34 @@ def run_build(
 
         class _Progress(Callback):
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-                if on_shard and isinstance(result, list) and result and "plan_index" in result[0]:
-                    on_shard(int(result[0]["shard"]), result)
+                if isinstance(result, dict) and {"shard", "rows", "error"} <= result.keys():
+                    finished_task(result)
 
         with _Progress():
             dask.compute(*tasks, scheduler="threads")
-    return write_index(output)
+    if not errors:
+        return write_index(output)
+    if done_shards(output):
+        write_index(output)  # what is built so far
+    shown = "; ".join(f"shard {s}: {errors[s]}" for s in sorted(errors)[:_SHARD_ERRORS_SHOWN])
+    more = len(errors) - _SHARD_ERRORS_SHOWN
+    raise BuildIncomplete(
+        f"{len(errors)} of {len(by_shard)} shards were not built ({shown}"
+        f"{f'; {more} more' if more > 0 else ''}); run `las build` again to build them"
+    )
 
 
 def write_index(output: str) -> gpd.GeoDataFrame:
     """Concatenate the shard parts into ``OUTPUT/index.parquet`` (GeoParquet, plan order)."""
     plan = read_plan(output)
     parts = []
+    finished = done_shards(output)
     for s in sorted(set(int(v) for v in plan["shard"])):
-        if shard_done(output, s):
+        if s in finished:
             with fsspec.open(index_part_path(output, s), "rb") as f:
                 parts.append(pd.read_parquet(f))
+    if not parts:
+        raise BuildIncomplete(f"{output}: no shard is built yet")
     frame = pd.concat(parts, ignore_index=True).sort_values("plan_index", kind="stable")
     frame["geometry"] = frame["geometry"].map(wkb.loads)
     index = gpd.GeoDataFrame(frame, geometry="geometry", crs="EPSG:4326").reset_index(drop=True)

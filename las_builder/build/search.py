@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,11 +15,35 @@ from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
+from las_builder.security import redact
 from las_builder.stac import SceneItem, parse_item
+
+log = logging.getLogger(__name__)
+
+STAC_TIMEOUT_ENV = "LAS_STAC_TIMEOUT_S"
+"""Environment variable: seconds before a STAC request times out (default 60)."""
+# Client errors that another try cannot fix: bad request, unauthorised, forbidden, not found.
+_NO_RETRY = range(400, 500)
+_RETRY_ANYWAY = (408, 429)
 
 
 class SearchError(RuntimeError):
     """A STAC search failed after retries; the message names the endpoint and collection."""
+
+
+def _stac_timeout() -> float:
+    try:
+        return float(os.environ.get(STAC_TIMEOUT_ENV, "60"))
+    except ValueError:
+        return 60.0
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    """A one-line, bounded, redacted message (servers answer errors with whole HTML pages)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = text if len(text) <= limit else text[:limit] + "..."
+    status = getattr(err, "status_code", None)
+    return redact(f"HTTP {status}: {text}" if status else text)
 
 
 def _pieces(geometry: BaseGeometry) -> list[BaseGeometry]:
@@ -32,10 +58,17 @@ class StacSearcher:
     scene choice happens client-side on plain bbox/datetime/collection results.
     """
 
-    def __init__(self, url: str, retries: int = 4, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        timeout_s: float | None = None,
+    ) -> None:
         self.url = url
         self.retries = retries
         self.backoff_s = backoff_s
+        self.timeout_s = timeout_s if timeout_s is not None else _stac_timeout()
         self._client: Client | None = None
         self._collections: dict[str, dict[str, Any]] = {}
 
@@ -43,16 +76,27 @@ class StacSearcher:
     def client(self) -> Client:
         """The pystac-client client (opened on first use)."""
         if self._client is None:
-            self._client = self._retry(lambda: Client.open(self.url), "open")
+            self._client = self._retry(
+                lambda: Client.open(self.url, timeout=self.timeout_s), "open"
+            )
         return self._client
 
     def _retry(self, call: Any, what: str) -> Any:
+        """``call()`` with bounded retries and exponential backoff.
+
+        HTTP 5xx, 408 and 429, timeouts, resets and unreadable answers are retried; other
+        4xx answers fail at once (another try would get the same answer).
+        """
         for attempt in range(self.retries + 1):
             try:
                 return call()
             except (APIError, OSError, ValueError) as err:
-                if attempt == self.retries:
-                    raise SearchError(f"STAC {what} at {self.url} failed: {err}") from None
+                status = getattr(err, "status_code", None)
+                final = status in _NO_RETRY and status not in _RETRY_ANYWAY
+                if attempt == self.retries or final:
+                    where = redact(self.url)
+                    raise SearchError(f"STAC {what} at {where} failed: {_short(err)}") from None
+                log.info("retrying STAC %s after: %s", what, _short(err))
                 time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 

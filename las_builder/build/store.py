@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
 
 STORE_VERSION = 1
+_PART = re.compile(r"shard-(\d+)\.parquet")
 
 
 @dataclass(frozen=True)
@@ -160,19 +163,42 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
 def create_store(
     url: str, n_samples: int, samples_per_shard: int, cfg: BuildConfig, attrs: dict[str, Any]
 ) -> None:
-    """Create ``las.zarr`` (metadata only) unless it exists with the same layout."""
+    """Create ``las.zarr`` (metadata only) unless it exists with the same layout.
+
+    The arrays are created first and ``las_store_version`` is written last, so a build killed
+    while creating the store leaves no version mark and the next run creates it again.
+    """
     root = zarr.open_group(url, mode="a", zarr_format=3)
+    specs = array_specs(cfg)
     if root.attrs.get("las_store_version") == STORE_VERSION:
         if root.attrs.get("n_samples") != n_samples:
             raise ValueError(
                 f"{url} holds {root.attrs.get('n_samples')} samples, the plan has {n_samples}: "
                 "delete it or choose another output path"
             )
+        missing = [path for path in specs if path not in root]
+        if missing:
+            raise ValueError(
+                f"{url} lacks the arrays {', '.join(missing)} of this recipe: "
+                "delete it or choose another output path"
+            )
         return
+    for path, spec in specs.items():
+        root.create_array(
+            path,
+            shape=(n_samples, *spec.shape),
+            chunks=(1, *spec.shape),
+            shards=(samples_per_shard, *spec.shape),
+            dtype=spec.dtype,
+            fill_value=spec.fill,
+            compressors=ZstdCodec(level=3),
+            dimension_names=spec.dims,
+            attributes=spec.attrs,
+            overwrite=True,
+        )
     taxonomy = load_taxonomy()
     root.attrs.update(
         {
-            "las_store_version": STORE_VERSION,
             "n_samples": n_samples,
             "samples_per_shard": samples_per_shard,
             "taxonomy": [
@@ -190,26 +216,39 @@ def create_store(
             **attrs,
         }
     )
-    for path, spec in array_specs(cfg).items():
-        root.create_array(
-            path,
-            shape=(n_samples, *spec.shape),
-            chunks=(1, *spec.shape),
-            shards=(samples_per_shard, *spec.shape),
-            dtype=spec.dtype,
-            fill_value=spec.fill,
-            compressors=ZstdCodec(level=3),
-            dimension_names=spec.dims,
-            attributes=spec.attrs,
-            overwrite=True,
-        )
+    root.attrs.update({"las_store_version": STORE_VERSION})  # last: the store is complete
 
 
 def write_shard(url: str, start: int, arrays: dict[str, np.ndarray]) -> None:
-    """Write whole shards (rows ``start``..) of every array: one object per array."""
+    """Write whole shards (rows ``start``..) of every array: one object per array.
+
+    A shard without its index part is rewritten whole. Should an earlier, killed build have
+    left a shard object that cannot be decoded (zarr reads the old shard while writing), that
+    object is deleted and the shard written again.
+    """
     root = zarr.open_group(url, mode="r+", zarr_format=3)
     for path, data in arrays.items():
-        root[path][start : start + data.shape[0]] = data
+        array = root[path]
+        selection = slice(start, start + data.shape[0])
+        try:
+            array[selection] = data
+        except Exception:
+            if not _delete_shard(url, path, array, start):
+                raise
+            array[selection] = data
+
+
+def _delete_shard(url: str, path: str, array: zarr.Array, start: int) -> bool:
+    """Delete the shard object of ``array`` holding row ``start``; False if there is none."""
+    assert array.shards is not None
+    coords = (start // array.shards[0],) + (0,) * (array.ndim - 1)
+    key = array.metadata.encode_chunk_key(coords)
+    fs, root = fsspec.core.url_to_fs(url)
+    target = f"{root.rstrip('/')}/{path}/{key}"
+    if not fs.exists(target):
+        return False
+    fs.rm_file(target)
+    return True
 
 
 def index_part_path(output: str, shard: int) -> str:
@@ -217,24 +256,55 @@ def index_part_path(output: str, shard: int) -> str:
     return f"{output.rstrip('/')}/index-parts/shard-{shard:06d}.parquet"
 
 
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def write_index_part(output: str, shard: int, rows: list[dict[str, Any]]) -> None:
-    """Write a shard's index rows atomically (write aside, then rename)."""
+    """Write a shard's index rows atomically: the part is there whole or not at all.
+
+    On a local disk the part is written aside, flushed to disk and renamed; on object storage
+    a single PUT is atomic already (a half-uploaded object never becomes visible).
+    """
     path = index_part_path(output, shard)
     fs, fs_path = fsspec.core.url_to_fs(path)
-    fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
     buffer = io.BytesIO()
     frame = pd.DataFrame(rows)
     for column in frame.columns:
         if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
             frame[column] = frame[column].map(json.dumps)
     frame.to_parquet(buffer, index=False)
+    if not _is_local(fs):
+        fs.pipe_file(fs_path, buffer.getvalue())
+        return
+    fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
     tmp = fs_path + ".tmp"
-    with fs.open(tmp, "wb") as f:
+    with open(tmp, "wb") as f:
         f.write(buffer.getvalue())
-    fs.mv(tmp, fs_path)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, fs_path)
 
 
 def shard_done(output: str, shard: int) -> bool:
     """Whether a shard finished (its index part exists)."""
     fs, fs_path = fsspec.core.url_to_fs(index_part_path(output, shard))
+    fs.invalidate_cache(fs_path.rsplit("/", 1)[0])
     return bool(fs.exists(fs_path))
+
+
+def done_shards(output: str) -> set[int]:
+    """The shards that finished (one listing of ``index-parts/``, not one request per shard)."""
+    folder = index_part_path(output, 0).rsplit("/", 1)[0]
+    fs, fs_path = fsspec.core.url_to_fs(folder)
+    fs.invalidate_cache(fs_path)
+    try:
+        names = fs.ls(fs_path, detail=False)
+    except FileNotFoundError:
+        return set()
+    done = set()
+    for name in names:
+        match = _PART.fullmatch(str(name).rstrip("/").rsplit("/", 1)[-1])
+        if match:
+            done.add(int(match.group(1)))
+    return done

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 import types
 import typing
@@ -39,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from las_builder._paths import catalog_dir
+from las_builder._paths import catalog_dir, file_state
 
 __all__ = [
     "CatalogError",
@@ -547,6 +548,12 @@ def load_label_product(product_id: str) -> LabelProduct:
     if not path.is_file():
         known = ", ".join(label_product_ids()) or "none"
         raise CatalogError(path, [("", f"no label product {product_id!r}; known: {known}")])
+    return _load_file_cached(path, file_state(path))
+
+
+@functools.lru_cache(maxsize=128)
+def _load_file_cached(path: Path, state: tuple[tuple[str, int, int], ...]) -> LabelProduct:
+    # Builds look legends up for every sample; parse each file once per version of it.
     return _load_file(path)
 
 

@@ -582,7 +582,7 @@ def draft_label_yaml(
     if res_m is None:
         value = 0.00025 if geographic else 30.0
         d.add(
-            f"resolution: {{value: {value!r}, unit: {'degree' if geographic else 'metre'}}}",
+            f"resolution: {{value: {_q(value)}, unit: {'degree' if geographic else 'metre'}}}",
             "the collection gives no pixel size",
         )
         d.add("nominal_resolution_m: 30.0", "the collection gives no ground sampling distance")
@@ -590,12 +590,12 @@ def draft_label_yaml(
         if geographic:
             degrees = res_m / _METRES_PER_DEGREE
             d.add(
-                f"resolution: {{value: {degrees!r}, unit: degree}}",
+                f"resolution: {{value: {_q(degrees)}, unit: degree}}",
                 f"converted from {res_m:g} m; give the exact pixel size in degrees",
             )
         else:
-            d.add(f"resolution: {{value: {float(res_m)!r}, unit: metre}}")
-        d.add(f"nominal_resolution_m: {float(res_m)!r}")
+            d.add(f"resolution: {{value: {_q(float(res_m))}, unit: metre}}")
+        d.add(f"nominal_resolution_m: {_q(float(res_m))}")
     d.add("cadence: annual", "annual (a map per year), epoch or per-scene?")
     planetary = "planetarycomputer" in source or any(str(k).startswith("msft:") for k in c)
     stac = f"stac: {{collection: {_q(c['id'])}, asset: {_q(legend.asset)}, "
@@ -1005,6 +1005,12 @@ def _q(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, _, exponent = text.partition("e")
+        if "." not in mantissa:  # YAML 1.1 (PyYAML) reads 1e-05 as a string, 1.0e-05 as a float
+            mantissa += ".0"
+        return mantissa + (f"e{exponent}" if exponent else "")
     return json.dumps(str(value), ensure_ascii=False)

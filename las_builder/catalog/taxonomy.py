@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from las_builder._paths import catalog_dir
+from las_builder._paths import catalog_dir, file_state
 from las_builder.catalog.labels import (
     _DTYPE_RANGE,
     CatalogError,
@@ -557,6 +558,15 @@ def load_mapping(product_id: str) -> ProductMapping:
     if not path.is_file():
         known = ", ".join(mapping_ids()) or "none"
         raise CatalogError(path, [("", f"no mapping for product {product_id!r}; known: {known}")])
+    inputs = [path, labels_dir() / f"{product_id}.yaml", *sorted(taxonomy_dir().glob("*.yaml"))]
+    return _load_mapping_cached(path, product_id, file_state(*inputs))
+
+
+@functools.lru_cache(maxsize=128)
+def _load_mapping_cached(
+    path: Path, product_id: str, state: tuple[tuple[str, int, int], ...]
+) -> ProductMapping:
+    # Builds map labels for every sample; validate each mapping once per version of its files.
     data = _read_yaml(path, "mapping fields (product, taxonomy, map)")
     try:
         spec = _MappingFile.model_validate(data)

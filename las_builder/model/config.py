@@ -115,6 +115,9 @@ class TrainConfig(_Strict):
         augment: Random flips and 90-degree rotations.
         val_fraction: Samples held out for validation (by a hash of the sample id).
         split_seed: Seed of that split.
+        split_by: Stratify the split by this index column (``epsg``: every UTM zone, i.e.
+            region, keeps training samples and contributes held-out ones); ``null`` holds
+            samples out by hash alone.
         presence_threshold: Fraction of a sample's labelled pixels above which a class
             counts as present for the image-text prior's loss.
         model: Network.
@@ -122,6 +125,7 @@ class TrainConfig(_Strict):
         optim: Optimisation.
         seed: Seed of weights, data order, crops and draws.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+        threads: torch intra-op CPU threads (``null``: torch's default).
         num_workers: DataLoader workers.
         log_every: Steps between metric rows.
         val_every: Steps between validations (0: only at the end).
@@ -146,12 +150,14 @@ class TrainConfig(_Strict):
     augment: bool = True
     val_fraction: float = Field(0.2, ge=0, lt=1)
     split_seed: int = 0
+    split_by: str | None = "epsg"
     presence_threshold: float = Field(0.01, ge=0, lt=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     text: TextSpec = Field(default_factory=TextSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     seed: int = 0
     device: str = "auto"
+    threads: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(10, ge=1)
     val_every: int = Field(0, ge=0)

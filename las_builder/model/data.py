@@ -53,6 +53,7 @@ __all__ = [
     "open_store",
     "read_index",
     "split_of",
+    "val_ids",
 ]
 
 IGNORE_INDEX = 255
@@ -114,6 +115,10 @@ def read_index(path: str | Path, storage_options: dict | None = None) -> Any:
     return pd.read_parquet(index)
 
 
+def _hash(sample_id: str, seed: int) -> float:
+    return zlib.crc32(f"{seed}:{sample_id}".encode()) / 2**32
+
+
 def split_of(sample_id: str, val_fraction: float, seed: int = 0) -> str:
     """Return ``"val"`` or ``"train"`` for a sample, stable across runs and machines.
 
@@ -123,8 +128,44 @@ def split_of(sample_id: str, val_fraction: float, seed: int = 0) -> str:
         seed: Changes which samples are held out.
 
     """
-    h = zlib.crc32(f"{seed}:{sample_id}".encode()) / 2**32
-    return "val" if h < val_fraction else "train"
+    return "val" if _hash(sample_id, seed) < val_fraction else "train"
+
+
+def val_ids(
+    sample_ids: Sequence[str],
+    val_fraction: float,
+    seed: int = 0,
+    groups: Sequence[Any] | None = None,
+) -> set[str]:
+    """Return the held-out sample ids.
+
+    Without ``groups`` each sample is held out by :func:`split_of`. With ``groups`` (e.g. the
+    samples' EPSG codes, i.e. UTM zones / regions) the split is stratified: in every group of
+    two or more samples, the ``round(val_fraction * n)`` samples (at least 1, at most
+    ``n - 1``) with the lowest hash are held out, so every group keeps training samples and
+    the held-out set covers every group (and the classes that only occur there).
+
+    Args:
+        sample_ids: Candidate samples.
+        val_fraction: Fraction to hold out.
+        seed: Seed of the hash.
+        groups: Group of each sample, or ``None``.
+
+    """
+    if val_fraction <= 0:
+        return set()
+    if groups is None:
+        return {s for s in sample_ids if split_of(s, val_fraction, seed) == "val"}
+    by_group: dict[Any, list[str]] = {}
+    for s, g in zip(sample_ids, groups, strict=True):
+        by_group.setdefault(g, []).append(s)
+    out: set[str] = set()
+    for members in by_group.values():
+        if len(members) < 2:
+            continue
+        n = min(len(members) - 1, max(1, round(val_fraction * len(members))))
+        out.update(sorted(members, key=lambda s: _hash(s, seed))[:n])
+    return out
 
 
 def normalise(modality: str, array: np.ndarray, attrs: dict | None = None) -> np.ndarray:
@@ -220,6 +261,8 @@ class LASDataset(Dataset):
         split: ``"all"``, ``"train"`` or ``"val"`` (see :func:`split_of`).
         val_fraction: Fraction of samples in ``val``.
         split_seed: Seed of the split.
+        split_by: Index column to stratify the split by (e.g. ``epsg``); ``None``: a plain
+            per-sample hash (see :func:`val_ids`).
         sample_ids: Only these samples (in this order), after the ``ok`` filter.
         crop_px: Return a crop of this many label pixels (random if ``random_crop``, else
             centred); ``None`` returns whole samples.
@@ -244,6 +287,7 @@ class LASDataset(Dataset):
         split: str = "all",
         val_fraction: float = 0.0,
         split_seed: int = 0,
+        split_by: str | None = None,
         sample_ids: Sequence[str] | None = None,
         crop_px: int | None = None,
         random_crop: bool = False,
@@ -268,7 +312,9 @@ class LASDataset(Dataset):
         index = read_index(path, storage_options)
         ok = index[index["status"] == "ok"].sort_values("zarr_index")
         if split != "all":
-            ok = ok[[split_of(s, val_fraction, split_seed) == split for s in ok["sample_id"]]]
+            groups = ok[split_by].tolist() if split_by else None
+            held = val_ids(ok["sample_id"].tolist(), val_fraction, split_seed, groups)
+            ok = ok[[(s in held) == (split == "val") for s in ok["sample_id"]]]
         if sample_ids is not None:
             by_id = {s: r for s, r in zip(ok["sample_id"], ok.to_dict("records"), strict=True)}
             missing = [s for s in sample_ids if s not in by_id]

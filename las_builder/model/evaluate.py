@@ -136,6 +136,7 @@ def evaluate(
         split=split,
         val_fraction=val_fraction,
         split_seed=int(tcfg.get("split_seed", 0)),
+        split_by=tcfg.get("split_by"),
         naip_factor=tcfg.get("naip_factor"),
         storage_options=storage_options,
     )

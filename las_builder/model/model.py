@@ -18,7 +18,9 @@ Architecture (see docs/landsegmenter.md):
   stage 3, lets the class prompts (projected text embeddings) and the image attend to each
   other (SAM-style two-way attention), upsamples with the stage 2 and stage 1 features, and
   predicts one logit map per prompted class as the dot product of per-pixel features and the
-  projected prompt, upsampled to the input size.
+  projected prompt. SAM2 stops at stride 4; for 10 m land cover the decoder adds full-resolution
+  pixel features (a third wavelength-conditioned embedding, kernel 3, stride 1) after the
+  upsampling, so the masks come out at the input size with per-pixel detail.
 * **Image-text prior** (:class:`ImageTextPrior`): the decoder input, pooled and projected into
   the text space, scored against the class embeddings (a CLIP-like presence prior, trained
   jointly); used by :mod:`las_builder.model.fusion`.
@@ -84,6 +86,7 @@ class ModelConfig:
         decoder_dim: Width of the mask decoder.
         decoder_depth: Two-way attention layers in the decoder.
         decoder_heads: Attention heads in the decoder.
+        pixel_dim: Channels of the full-resolution pixel features the masks are read from.
         text_dim: Size of the text embeddings (384 for MiniLM).
 
     """
@@ -106,6 +109,7 @@ class ModelConfig:
     decoder_dim: int = 64
     decoder_depth: int = 1
     decoder_heads: int = 2
+    pixel_dim: int = 32
     text_dim: int = 384
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -300,7 +304,9 @@ class WavelengthPatchEmbed(nn.Module):
     a transformer layer mixes the band tokens with a learned bias token so each band's kernel
     knows which other bands are present; linear heads turn every band token into that band's
     ``embed_dim x k x k`` kernel slice and the bias token into the bias. The kernels are applied
-    as one strided convolution (stride 4, padding k // 2, as SAM2's patch embedding).
+    as one strided convolution (stride 4, padding k // 2, as SAM2's patch embedding). There is
+    no normalisation after it: a per-pixel LayerNorm would discard overall brightness, which
+    separates e.g. snow from bare ground.
 
     Args:
         embed_dim: Output channels.
@@ -337,7 +343,6 @@ class WavelengthPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(wave_dim)
         self.to_weight = nn.Linear(wave_dim, embed_dim * kernel * kernel)
         self.to_bias = nn.Linear(wave_dim, embed_dim)
-        self.out_norm = nn.LayerNorm(embed_dim)
         nn.init.normal_(self.pol_embed.weight, std=0.02)
         nn.init.trunc_normal_(self.bias_token, std=0.02)
 
@@ -377,7 +382,7 @@ class WavelengthPatchEmbed(nn.Module):
             )
         weight, bias = self.generate(wavelengths_um.to(x.device), polarisations)
         y = F.conv2d(x, weight, bias, stride=self.stride, padding=self.kernel // 2)
-        return self.out_norm(y.permute(0, 2, 3, 1))
+        return y.permute(0, 2, 3, 1)
 
 
 def high_frequency(x: torch.Tensor, kernel: int = 5) -> torch.Tensor:
@@ -680,7 +685,9 @@ class MaskDecoder(nn.Module):
         self.proj4 = nn.Conv2d(channels[3], d, 1)
         self.mix = nn.Sequential(nn.Conv2d(d, d, 3, padding=1), LayerNorm2d(d), nn.GELU())
         self.pe = PositionEmbeddingRandom(d)
-        self.prompt_mlp = MLP(cfg.text_dim, d, d)
+        # sentence embeddings are unit vectors (elements ~ 1/sqrt(T)): normalise them first so
+        # the differences between class prompts are not lost in a small-scale projection
+        self.prompt_mlp = nn.Sequential(nn.LayerNorm(cfg.text_dim), MLP(cfg.text_dim, d, d))
         self.layers = nn.ModuleList(
             TwoWayLayer(d, cfg.decoder_heads) for _ in range(cfg.decoder_depth)
         )
@@ -691,8 +698,12 @@ class MaskDecoder(nn.Module):
         self.norm_up1 = LayerNorm2d(d // 4)
         self.up2 = nn.ConvTranspose2d(d // 4, d // 8, 2, stride=2)
         self.conv_s0 = nn.Conv2d(channels[0], d // 8, 1)
-        self.hyper = MLP(d, d, d // 8, 3)
-        self.pixel_dim = d // 8
+        p = cfg.pixel_dim
+        self.to_pixel = nn.Conv2d(d // 8, p, 1)
+        self.pixel_proj = nn.Linear(p, p)
+        self.refine = nn.Sequential(nn.Conv2d(p, p, 3, padding=1), LayerNorm2d(p), nn.GELU())
+        self.hyper = MLP(d, d, p, 3)
+        self.pixel_dim = p
 
     def stride16(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """The decoder input: ``proj(stage 3) + upsample(proj(stage 4))`` at stride 16."""
@@ -703,9 +714,25 @@ class MaskDecoder(nn.Module):
         return f + self.mix(f)
 
     def forward(
-        self, feats: Sequence[torch.Tensor], text: torch.Tensor, f16: torch.Tensor | None = None
+        self,
+        feats: Sequence[torch.Tensor],
+        text: torch.Tensor,
+        f16: torch.Tensor | None = None,
+        pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return logits ``(B, K, H / 4, W / 4)`` for text embeddings ``(B, K, T)``."""
+        """Return logits for text embeddings ``(B, K, T)``.
+
+        Args:
+            feats: The 4 encoder stages.
+            text: Class text embeddings ``(B, K, T)``.
+            f16: :meth:`stride16` of ``feats`` when already computed.
+            pixels: Full-resolution pixel features ``(B, H, W, pixel_dim)``; without them the
+                logits stay at stride 4.
+
+        Returns:
+            ``(B, K, H, W)`` with ``pixels``, else ``(B, K, H / 4, W / 4)``.
+
+        """
         f = self.stride16(feats) if f16 is None else f16
         b, d, h, w = f.shape
         tokens = self.prompt_mlp(text)
@@ -717,7 +744,11 @@ class MaskDecoder(nn.Module):
         image = self.image_norm(image).transpose(1, 2).reshape(b, d, h, w)
         x = self.up1(image) + self.conv_s1(feats[1])
         x = F.gelu(self.norm_up1(x))
-        x = F.gelu(self.up2(x) + self.conv_s0(feats[0]))
+        x = self.to_pixel(F.gelu(self.up2(x) + self.conv_s0(feats[0])))
+        if pixels is not None:
+            x = F.interpolate(x, size=pixels.shape[1:3], mode="bilinear", align_corners=False)
+            x = x + self.pixel_proj(pixels).permute(0, 3, 1, 2)
+            x = x + self.refine(x)
         hyper = self.hyper(tokens)
         return torch.einsum("bkc,bchw->bkhw", hyper, x) / math.sqrt(self.pixel_dim)
 
@@ -772,8 +803,16 @@ class LandSegmenter(nn.Module):
         channels = self.image_encoder.trunk.channels
         self.decoder = MaskDecoder(self.config, channels)
         self.prior = ImageTextPrior(self.config.decoder_dim, self.config.text_dim)
+        self.pixel_embed = WavelengthPatchEmbed(
+            self.config.pixel_dim, 3, 1, self.config.wave_dim, self.config.wave_heads
+        )
         self.size_divisor = 4 * 2 ** (len(self.config.stages) - 1)
-        self.apply(_init_weights)
+        # ViT-style init (truncated normal, std 0.02) in the trunk, as SAM2; the shallow decoder
+        # and heads keep PyTorch's fan-in init, which lets them learn fast from scratch
+        self.image_encoder.apply(_init_weights)
+        for m in self.modules():
+            if isinstance(m, WavelengthPatchEmbed):
+                _init_hypernetwork(m)
 
     def encode(
         self,
@@ -781,14 +820,23 @@ class LandSegmenter(nn.Module):
         wavelengths_um: torch.Tensor,
         polarisations: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Encode an image (padded to a multiple of 32 px) into 4 feature maps."""
+        """Encode an image (padded to a multiple of 32 px).
+
+        Returns:
+            The 4 encoder stages ``(B, C_s, H / 2^(s+2), W / 2^(s+2))`` followed by the
+            full-resolution pixel features ``(B, H, W, pixel_dim)`` of a third
+            wavelength-conditioned embedding (kernel 3, stride 1) that the decoder adds back
+            after its upsampling, so masks keep 10 m detail.
+
+        """
         h, w = image.shape[-2:]
         d = self.size_divisor
         ph, pw = (d - h % d) % d, (d - w % d) % d
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             image = F.pad(image, (0, pw, 0, ph), mode=mode)
-        return self.image_encoder(image, wavelengths_um, polarisations)
+        feats = self.image_encoder(image, wavelengths_um, polarisations)
+        return [*feats, self.pixel_embed(image, wavelengths_um, polarisations)]
 
     def decode(
         self,
@@ -815,9 +863,8 @@ class LandSegmenter(nn.Module):
             text = text[None].expand(b, -1, -1)
         text = text.to(feats[0].device, feats[0].dtype)
         f16 = self.decoder.stride16(feats)
-        logits = self.decoder(feats, text, f16)
-        padded = (feats[0].shape[-2] * 4, feats[0].shape[-1] * 4)
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        logits = self.decoder(feats, text, f16, feats[4])
+        padded = tuple(feats[4].shape[1:3])
         out = {
             "logits": logits[..., : out_size[0], : out_size[1]],
             "presence_logits": self.prior.presence(f16, text),
@@ -866,9 +913,12 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
-    if isinstance(m, WavelengthPatchEmbed):
-        # generated kernels start with unit-variance entries before the 1/sqrt(C k k) scaling
-        nn.init.normal_(m.to_weight.weight, std=1.0 / math.sqrt(m.wave_dim))
+
+
+def _init_hypernetwork(m: WavelengthPatchEmbed) -> None:
+    # generated kernels start with unit-variance entries before the 1/sqrt(C k k) scaling
+    nn.init.normal_(m.to_weight.weight, std=1.0 / math.sqrt(m.wave_dim))
+    nn.init.zeros_(m.to_weight.bias)
 
 
 # --- SAM2 weights ----------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def load_text_encoder(spec: TextEncoderSpec) -> Any:
 
         def encode(texts: Sequence[str]) -> torch.Tensor:
             emb = model.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True)
-            return emb.detach().float().cpu()
+            return emb.detach().float().cpu().clone()  # a normal tensor, not an inference one
 
         return encode
     if spec.backend == "open_clip":

@@ -249,10 +249,13 @@ def quick_miou(
     for batch in loader:
         image, wl, pol = compose_input(batch, inputs)
         feats = model.encode(image.to(device), wl.to(device), pol.to(device))
+        by_names: dict[tuple[str, ...], torch.Tensor] = {}
         for product, target in batch["labels"].items():
-            names = dataset.class_names[product]
-            out = model.decode(feats, prompter.embed(names).to(device), tuple(image.shape[-2:]))
-            logits = out["logits"]
+            names = tuple(dataset.class_names[product])
+            if names not in by_names:
+                text = prompter.embed(names).to(device)
+                by_names[names] = model.decode(feats, text, tuple(image.shape[-2:]))["logits"]
+            logits = by_names[names]
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear")
             c = confusion(logits.argmax(1).cpu(), target, len(names))
@@ -338,6 +341,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
 
     common = dict(
@@ -345,6 +350,7 @@ def train(
         products=cfg.products,
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
+        split_by=cfg.split_by,
         naip_factor=cfg.naip_factor,
         storage_options=cfg.storage_options or None,
     )
@@ -493,8 +499,8 @@ def train(
             now = time.monotonic()
             metrics = {
                 "loss": last_loss,
-                "ce": float(ce_loss),
-                "presence": float(pres_sum),
+                "ce": float(ce_loss.detach()),
+                "presence": float(pres_sum.detach()),
                 "lr": scheduler.get_last_lr()[0],
                 "sec_per_step": now - t_last,
             }

@@ -10,13 +10,13 @@ Which asset serves each modality, the EE band names and their LAS order are plai
 Per sample (:meth:`EarthEngineSource.fetch`):
 
 1. Sentinel-2 (``COPERNICUS/S2_SR_HARMONIZED``): the scenes over the sample in the recipe's
-   window with ``CLOUDY_PIXEL_PERCENTAGE <= max_cloud``, sorted by that property; one
-   ``value:compute`` call lists the first few, then the clearest whose pixels cover the sample
-   (nodata at most ``max_nodata``) is fetched by id: the 12 bands in LAS order (B01..B08, B8A,
-   B09, B11, B12; uint16 reflectance x 10000, 0 nodata; the harmonized collection needs no BOA
-   offset) and SCL. The cloud over the sample is computed from SCL as on the STAC path.
-   ``composite: median`` fetches the ``composite_k`` clearest scenes and takes the same median of
-   clear observations as the STAC path.
+   window sorted by ``CLOUDY_PIXEL_PERCENTAGE``; one ``value:compute`` call lists the first
+   few (``candidates``), then they are fetched by id in that order until one covers the sample
+   (nodata at most ``max_nodata``) with at most ``max_cloud`` percent cloud over the sample
+   (from SCL, as on the STAC path): the 12 bands in LAS order (B01..B08, B8A, B09, B11, B12;
+   uint16 reflectance x 10000, 0 nodata; the harmonized collection needs no BOA offset) and
+   SCL. ``composite: median`` takes the ``composite_k`` first scenes that cover the sample and
+   the same median of clear observations as the STAC path.
 2. Sentinel-1 (``COPERNICUS/S1_GRD``, IW, VV+VH): the scene closest in time to the chosen
    Sentinel-2 scene; EE serves sigma0 in dB, converted here to the recipe's units (float32,
    NaN nodata).
@@ -45,6 +45,7 @@ import datetime as dt
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -87,7 +88,7 @@ NO_CREDENTIALS_MESSAGE = (
 SCL_CLOUD = (3, 8, 9, 10)
 """SCL codes counted as cloud: shadow, medium/high probability, thin cirrus (as the STAC path)."""
 
-_MS_PER_DAY = 86_400_000
+_INIT_LOCK = threading.Lock()
 
 
 class EarthEngineError(RuntimeError):
@@ -336,8 +337,8 @@ class EarthEngineSource:
         end: Last day of the window (included; EE's end bound is exclusive, so the request
             ends the day after).
         sentinel_2: Fetch Sentinel-2 (bands and SCL).
-        max_cloud: Highest ``CLOUDY_PIXEL_PERCENTAGE`` of a scene, and highest cloud over the
-            sample (from SCL) of the chosen scene, in percent.
+        max_cloud: Highest cloud over the sample (SCL shadow, cloud and cirrus) of the chosen
+            scene, or share of the sample no scene of a composite saw clear, in percent.
         composite: ``None`` (the chosen scene) or ``"median"`` (median of clear observations
             of the ``composite_k`` clearest scenes).
         composite_k: Scenes in a median composite.
@@ -465,14 +466,17 @@ class EarthEngineSource:
         return self.start.isoformat(), (self.end + dt.timedelta(days=1)).isoformat()
 
     def s2_collection(self, geobox: GeoBox) -> ee.ImageCollection:
-        """Sentinel-2 scenes over the sample in the window, clearest (by scene property) first."""
+        """Sentinel-2 scenes over the sample in the window, clearest (scene property) first.
+
+        Scenes are not filtered by their scene-wide cloud cover: as on the STAC path, only
+        the cloud over the sample (from SCL) decides, so a cloudy scene can still serve.
+        """
         spec = self.s2_spec
         prop = spec["cloud_property"]
         return (
             ee.ImageCollection(spec["asset"])
             .filterBounds(sample_region(geobox))
             .filterDate(*self._window())
-            .filter(ee.Filter.lte(prop, self.max_cloud))
             .sort(prop)
         )
 
@@ -548,8 +552,8 @@ class EarthEngineSource:
             mosaic = ee.ImageCollection.fromImages(images).mosaic()
         else:
             col = ee.ImageCollection(spec["asset"]).filterBounds(sample_region(geobox))
-            if spec["match"] == "year":
-                col = col.filterDate(f"{year}-01-01", f"{int(year) + 1}-01-01")  # type: ignore[arg-type]
+            if spec["match"] == "year" and year is not None:  # _label_spec demands the year
+                col = col.filterDate(f"{year}-01-01", f"{year + 1}-01-01")
             mosaic = col.mosaic()
         return mosaic.select([band], [product]).unmask(int(spec["nodata"]))
 
@@ -563,15 +567,17 @@ class EarthEngineSource:
     # ----------------------------------------------------------------- requests
 
     def _ensure_ready(self) -> None:
-        if not ee.data.is_initialized():
-            a = self.auth
-            authenticate(a.key_file, a.project, url=a.url)
+        """Initialise the client of this process once (threads of a worker share it)."""
+        with _INIT_LOCK:
+            if not ee.data.is_initialized():
+                a = self.auth
+                authenticate(a.key_file, a.project, url=a.url)
 
     def _value(self, obj: Any, what: str) -> Any:
         call = self._compute_value or ee.data.computeValue
         try:
             return call(obj)
-        except ee.EEException as err:
+        except (ee.EEException, OSError) as err:  # OSError: the connection, after retries
             raise EarthEngineError(f"Earth Engine value:compute of {what}: {err}") from None
 
     def pixels(
@@ -596,7 +602,7 @@ class EarthEngineSource:
             }
             try:
                 data = call(request)
-            except ee.EEException as err:
+            except (ee.EEException, OSError) as err:
                 raise EarthEngineError(f"Earth Engine computePixels of {what}: {err}") from None
             names = getattr(getattr(data, "dtype", None), "names", None) or ()
             if getattr(data, "shape", None) != (rows, width) or not set(bands) <= set(names):
@@ -644,6 +650,7 @@ class EarthEngineSource:
         return sample
 
     def _fetch_s2(self, geobox: GeoBox, sample: EarthEngineSample) -> tuple[str, float]:
+        """Choose and fetch the Sentinel-2 scene (or composite); return its id and time (ms)."""
         spec = self.s2_spec
         prop, id_prop = spec["cloud_property"], spec["id_property"]
         info = self._value(
@@ -653,33 +660,41 @@ class EarthEngineSource:
         ids, times, clouds = info[id_prop], info["system:time_start"], info[prop]
         if not ids:
             raise EarthEngineNoData(
-                f"no {spec['asset']} scene between {self.start:%Y-%m-%d} and {self.end:%Y-%m-%d} "
-                f"with {prop} <= {self.max_cloud:g}"
+                f"no {spec['asset']} scene between {self.start:%Y-%m-%d} and {self.end:%Y-%m-%d}"
             )
-        las_bands = [b["las"] for b in spec["bands"]]
-        names = [*las_bands, spec["scl"]["las"]]
+        names = [*(b["las"] for b in spec["bands"]), spec["scl"]["las"]]
+        wanted = self.composite_k if self.composite == "median" else 1
         used: list[tuple[int, np.ndarray, np.ndarray, float]] = []
-        fractions = []
-        for i, scene in enumerate(ids):
+        nodata_fracs: list[float] = []
+        cloudy: list[tuple[float, str]] = []
+        for i, scene in enumerate(ids):  # clearest scene property first, as listed
             stack = self.pixels(self.s2_image(scene), geobox, names, "uint16", f"S2 {scene}")
             refl, scl = stack[:-1], stack[-1].astype(np.uint8)
-            valid = (scl > 0) & (refl > 0).all(axis=0)
+            valid = (scl > 0) & (refl > 0).all(axis=0)  # 0 in any band is nodata
             refl[:, ~valid] = 0
             scl[~valid] = 0
-            nodata_frac = 1.0 - float(valid.mean())
-            fractions.append(nodata_frac)
-            if nodata_frac <= self.max_nodata:
-                used.append((i, refl, scl, nodata_frac))
-                if len(used) >= (self.composite_k if self.composite == "median" else 1):
-                    break
+            nodata_fracs.append(1.0 - float(valid.mean()))
+            if nodata_fracs[-1] > self.max_nodata:
+                continue
+            cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean())
+            if self.composite is None and cloud_pct > self.max_cloud:
+                cloudy.append((cloud_pct, scene))
+                continue
+            used.append((i, refl, scl, cloud_pct))
+            if len(used) >= wanted:
+                break
+        if not used and cloudy:
+            cloud_pct, scene = min(cloudy)
+            raise EarthEngineNoData(
+                f"too cloudy: {cloud_pct:.1f}% cloud over the sample in the clearest scene "
+                f"{scene} > {self.max_cloud:.0f}%"
+            )
         if not used:
             raise EarthEngineNoData(
-                f"too much nodata: {100 * min(fractions):.1f}% of the best of {len(ids)} "
+                f"too much nodata: {100 * min(nodata_fracs):.1f}% of the best of {len(ids)} "
                 f"Sentinel-2 scenes > {100 * self.max_nodata:.0f}%"
             )
-        best, refl, scl, _ = used[0]
-        valid = scl > 0
-        cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
+        best, refl, scl, cloud_pct = used[0]
         if self.composite == "median":
             from las_builder.build.sample import median_composite
 
@@ -689,11 +704,11 @@ class EarthEngineSource:
                 seen |= (u[2] > 0) & ~np.isin(u[2], SCL_CLOUD)
             cloud_pct = 100.0 * float((~seen).mean())
             sample.record["s2_composite_items"] = [ids[u[0]] for u in used]
-        if cloud_pct > self.max_cloud:
-            raise EarthEngineNoData(
-                f"too cloudy: {cloud_pct:.1f}% cloud over the sample in the clearest scene "
-                f"{ids[best]} > {self.max_cloud:.0f}%"
-            )
+            if cloud_pct > self.max_cloud:
+                raise EarthEngineNoData(
+                    f"too cloudy: {cloud_pct:.1f}% of the sample not seen clear by the "
+                    f"{len(used)} scenes of the composite > {self.max_cloud:.0f}%"
+                )
         sample.arrays["sentinel-2"] = refl.astype(np.uint16)
         sample.arrays["sentinel-2-scl"] = scl
         sample.record.update(

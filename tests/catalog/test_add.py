@@ -370,9 +370,62 @@ def test_suggest_mapping_with_a_stub_encoder() -> None:
 
 
 def test_cli_import_stays_light() -> None:
+    # `las --help` must not pay for torch: the encoder is imported only when suggesting
     code = (
-        "import sys, las_builder.cli, las_builder.cli_catalog, las_builder.catalog.suggest; "
+        "import sys, las_builder.cli_catalog, las_builder.catalog.suggest, las_builder.cli_stats; "
         "heavy = [m for m in ('torch', 'sentence_transformers') if m in sys.modules]; "
-        "assert not heavy, heavy"
+        "assert not heavy, heavy; "
+        "import las_builder.cli; "
+        "assert 'sentence_transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_classes_in_raster_bands_utm_and_no_nodata(tmp_path: Path) -> None:
+    collection = {
+        "type": "Collection",
+        "id": "made-up-lc",
+        "description": "A made-up land cover.",
+        "license": "CC-BY-4.0",
+        "extent": {"temporal": {"interval": [["2018-01-01T00:00:00Z", None]]}},
+        "summaries": {"proj:epsg": [32631, 32632, 32733]},
+        "item_assets": {
+            "labels": {
+                "roles": ["data"],
+                "raster:bands": [
+                    {
+                        "data_type": "uint16",
+                        "spatial_resolution": 20,
+                        "classification:classes": [
+                            {"value": 1, "name": "water", "description": "Open water"},
+                            {"value": 300, "name": "Built up areas"},
+                        ],
+                    }
+                ],
+            }
+        },
+    }
+    source = tmp_path / "made-up.json"
+    source.write_text(json.dumps(collection))
+    result = add_product(source, out=tmp_path / "catalog", suggest=False)
+    product = result.product
+    assert product.id == "made-up-lc" and product.dtype == "uint16"
+    assert product.crs == "UTM" and product.resolution.value == 20
+    assert product.nodata is None
+    assert product.versions[0].start_year == 2018 and product.versions[0].end_year is None
+    water, built = product.classes
+    assert (water.name, water.key, water.description) == ("Open water", "water", None)
+    assert (built.name, built.key) == ("Built up areas", "built_up_areas")
+    assert water.color and built.color and water.color != built.color
+    text = result.label_path.read_text()
+    assert "nodata: null  # TODO(las catalog add)" in text
+    assert "# generated" in text
+    assert result.todos == text.count("TODO(las catalog add)") >= 4
+
+
+def test_floats_stay_floats_in_yaml() -> None:
+    from las_builder.catalog.suggest import _q
+
+    for value in (1e-05, 8.983e-06, 30.0, 1e20):
+        assert yaml.safe_load(_q(value)) == value
+    assert yaml.safe_load(_q('He said "no": 1')) == 'He said "no": 1'

@@ -13,11 +13,12 @@ world's STAC API or its range file server) and answers with the upstream's respo
 * ``file``: serve the local file ``path`` instead of the upstream's (Range requests honoured):
   a corrupted, truncated or CRS-less copy of an asset.
 
-A fault applies to the first ``times`` matching requests (``None``: to all of them). JSON
-bodies pass through ``rewrite`` (e.g. the upstream's URLs replaced by proxies' URLs), so STAC
-responses can point clients at the asset proxy. Everything is bounded: upstream requests time
-out, delays are capped and interrupted by :meth:`FaultProxy.stop`, bodies are size-capped, and
-the request log keeps at most ``MAX_LOG`` entries.
+A fault applies to the first ``times`` matching requests (``None``: to all of them) of the
+given ``methods``. JSON bodies pass through ``rewrite`` (e.g. the upstream's URLs replaced by
+proxies' URLs), so STAC responses can point clients at the asset proxy. Everything is
+bounded: upstream requests time out, delays are capped and interrupted by
+:meth:`FaultProxy.stop`, bodies are size-capped, and the request log keeps at most ``MAX_LOG``
+entries.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Fault:
     delay_s: float = 0.0
     keep: float = 0.5
     path: Path | None = None
+    methods: tuple[str, ...] = ("GET", "HEAD", "POST")
     hits: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -70,9 +72,9 @@ class Fault:
             raise ValueError("a file fault needs a path")
         self._regex = re.compile(self.pattern)
 
-    def matches(self, path: str) -> bool:
-        """Whether the fault applies to a request for ``path`` (and counts it if so)."""
-        if not self._regex.search(path):
+    def matches(self, method: str, path: str) -> bool:
+        """Whether the fault applies to a request (and counts it if so)."""
+        if method not in self.methods or not self._regex.search(path):
             return False
         if self.times is not None and self.hits >= self.times:
             return False
@@ -107,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        fault = proxy.match(self.path)
+        fault = proxy.match(self.command, self.path)
         proxy.record(self.command, self.path, fault.kind if fault else "pass")
         try:
             if fault is None:
@@ -126,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 assert fault.path is not None
                 self._serve_file(fault.path)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, socket.timeout):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client gave up (it timed out): fine
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -165,9 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if len(data) > MAX_BODY:
                 raise ValueError(f"upstream body of {self.path} exceeds {MAX_BODY} bytes")
-            out_headers = [
-                (k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP
-            ]
+            out_headers = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
             length = response.getheader("Content-Length")
             kind = (response.getheader("Content-Type") or "").lower()
             if proxy.rewrite is not None and "json" in kind and data:
@@ -293,11 +293,11 @@ class FaultProxy:
             self.faults = list(faults)
             self.log.clear()
 
-    def match(self, path: str) -> Fault | None:
-        """The fault that applies to a request for ``path``, if any."""
+    def match(self, method: str, path: str) -> Fault | None:
+        """The fault that applies to a request, if any."""
         with self._lock:
             for fault in self.faults:
-                if fault.matches(path):
+                if fault.matches(method, path):
                     return fault
         return None
 

@@ -1,0 +1,154 @@
+"""`las build` killed with SIGKILL mid-run, then run again: the bytes of an uninterrupted build.
+
+A shard is complete (its arrays, then its index part) or absent: the index parts present after
+the kill hold arrays equal to the reference build; a shard whose arrays were (partly) written
+without its index part is rebuilt; finished shards are not touched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from las_builder.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "demo.yaml"
+SEED = int(os.environ.get("LAS_KILL_SEED", "20240607"))
+SAMPLES, PER_SHARD = 16, 2
+SHARDS = SAMPLES // PER_SHARD
+
+
+def _args(stac_url: str, out: Path) -> list[str]:
+    sets = [
+        f"stac.url={stac_url}",
+        "sample.size_px=32",
+        f"sample.count={SAMPLES}",
+        f"output.path={out}",
+        f"output.samples_per_shard={PER_SHARD}",
+        "imagery.naip.factor=4",
+    ]
+    return [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
+
+
+def _digest(store: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _parts(out: Path) -> dict[int, int]:
+    """Finished shards and the mtime of their index part."""
+    folder = out / "index-parts"
+    if not folder.is_dir():
+        return {}
+    return {int(p.name[6:12]): p.stat().st_mtime_ns for p in folder.glob("shard-??????.parquet")}
+
+
+@pytest.fixture(scope="module")
+def reference(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("kill-reference") / "las"
+    runner = CliRunner()
+    for command in ("plan", "build"):
+        result = runner.invoke(app, [command, *_args(served_world["stac_url"], out), "--quiet"])
+        assert result.exit_code == 0, result.output
+    return out
+
+
+def test_sigkill_then_resume_is_byte_identical(
+    reference: Path, served_world: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "las"
+    out.mkdir()
+    shutil.copy(reference / "plan.parquet", out / "plan.parquet")  # the same recipe's plan
+    command = [
+        sys.executable,
+        "-m",
+        "las_builder.cli",
+        "build",
+        *_args(served_world["stac_url"], out),
+        "--quiet",
+    ]
+    rng = random.Random(SEED)
+    delay = rng.uniform(0.0, 0.4)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not _parts(out):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no shard finished within 120 s"
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stderr:
+            proc.stderr.close()
+
+    done = _parts(out)
+    print(f"seed {SEED}: killed {delay:.3f} s after the first shard; done {sorted(done)}")
+    assert 1 <= len(done) < SHARDS, f"the kill came too late (seed {SEED}): {sorted(done)}"
+    assert not (out / "index.parquet").exists()
+
+    # An index part never exists without its arrays.
+    built, ref = (
+        zarr.open_group(out / "las.zarr", mode="r"),
+        zarr.open_group(reference / "las.zarr", mode="r"),
+    )
+    paths = [p for p, a in ref.arrays()] + [
+        f"labels/{g}/{k}" for g, group in ref["labels"].groups() for k, _ in group.arrays()
+    ]
+    assert "sentinel-2" in paths and "labels/esa-worldcover/native" in paths
+    for shard in done:
+        rows = slice(shard * PER_SHARD, (shard + 1) * PER_SHARD)
+        for path in paths:
+            np.testing.assert_array_equal(built[path][rows], ref[path][rows], err_msg=path)
+
+    # A shard cut short: garbage where its arrays' objects are, no index part.
+    torn = min(set(range(SHARDS)) - set(done))
+    for path in paths:
+        shard_file = out / "las.zarr" / path / "c" / str(torn)
+        target = next((p for p in shard_file.rglob("*") if p.is_file()), None)
+        if target is None:
+            target = shard_file.joinpath(*["0"] * (built[path].ndim - 1))
+            target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"half-written shard")
+
+    runner = CliRunner()
+    status = json.loads(
+        runner.invoke(app, ["build", *_args(served_world["stac_url"], out), "--status"]).output
+    )
+    assert status["shards"] == SHARDS
+    assert status["shards_done"] == len(done)
+    assert status["shards_remaining"] == SHARDS - len(done)
+    assert status["ok"] + status["skipped"] + status["failed"] == PER_SHARD * len(done)
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    after = _parts(out)
+    assert set(after) == set(range(SHARDS))
+    assert {s: after[s] for s in done} == done, "finished shards were built again"
+    assert _digest(out / "las.zarr") == _digest(reference / "las.zarr")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "index.parquet"), pd.read_parquet(reference / "index.parquet")
+    )

@@ -1,0 +1,122 @@
+"""The notebooks run top to bottom (nbclient) on a small dataset built from the offline world."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="nbformat is in the dev extra")
+nbclient = pytest.importorskip("nbclient", reason="nbclient is in the dev extra")
+pytest.importorskip("ipykernel", reason="ipykernel is in the dev extra")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+RECIPE = ROOT / "recipes" / "demo.yaml"
+OURS = ("01_explore_shards.ipynb", "03_training_quickstart.ipynb")
+KERNEL = "las-test-python"
+
+
+def small_dataset(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 samples of 32 px from the tiny world, shared by the modules of a session.
+
+    The same few lines as in tests/test_inspect.py (test modules do not import each other).
+    """
+    from typer.testing import CliRunner
+
+    from las_builder.cli import app
+
+    out = tmp_path_factory.getbasetemp() / "las-small" / "las"
+    if (out / "index.parquet").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    sets = [
+        f"stac.url={served_world['stac_url']}",
+        "sample.size_px=32",
+        "sample.count=24",
+        f"output.path={out}",
+        "output.samples_per_shard=4",
+        "imagery.naip.factor=4",
+    ]
+    args = [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
+    for command in ("plan", "build"):
+        result = CliRunner().invoke(app, [command, *args, "--quiet"])
+        assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_dataset(served_world, tmp_path_factory)
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset: Path) -> Path:
+    """A kernelspec running this interpreter (not whatever `python3` kernel a user has)."""
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "las tests", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("LAS_DATASET", str(dataset))
+    monkeypatch.setenv("LAS_TRAIN_OUT", str(tmp_path / "train"))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+def _execute(name: str, work: Path) -> object:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name=KERNEL, resources={"metadata": {"path": str(work)}}
+    )
+    client.execute()
+    return nb
+
+
+def _outputs(nb: object) -> tuple[str, list[str]]:
+    text, kinds = [], []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            kinds += list(output.get("data", {}))
+            text.append(output.get("text", ""))
+            text.append(output.get("data", {}).get("text/plain", ""))
+    return "\n".join(text), kinds
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_notebook_is_small_clean_nbformat4(name: str) -> None:
+    path = NOTEBOOKS / name
+    assert path.stat().st_size < 50_000
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "commit it cleared"
+
+
+def test_explore_shards(kernel_env: Path) -> None:
+    nb = _execute("01_explore_shards.ipynb", kernel_env)
+    text, kinds = _outputs(nb)
+    assert "Sentinel-2 bands: ['B01', 'B02', 'B03', 'B04'" in text
+    assert "'B12']" in text
+    assert "sentinel-1 bands: ['vv', 'vh']" in text.lower()
+    assert "labels/esa-worldcover/native" in text
+    assert "ok" in text and "EPSG:" in text
+    assert "image/png" in kinds, "the sample plot is missing"
+
+
+def test_training_quickstart(kernel_env: Path) -> None:
+    if importlib.util.find_spec("las_builder.model.train") is None:
+        pytest.skip("las_builder.model (LandSegmenter) is not in this checkout yet")
+    nb = _execute("03_training_quickstart.ipynb", kernel_env)
+    text, _ = _outputs(nb)
+    assert "losses: [" in text and "checkpoint:" in text
+    assert (kernel_env.parent / "train" / "checkpoints" / "last.pt").is_file()
