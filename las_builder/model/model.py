@@ -87,6 +87,10 @@ class ModelConfig:
         decoder_depth: Two-way attention layers in the decoder.
         decoder_heads: Attention heads in the decoder.
         pixel_dim: Channels of the full-resolution pixel features the masks are read from.
+        input_gain: Constant the normalised bands are multiplied by on entry. Reflectances
+            (DN / 10000) are mostly 0.02-0.4, so generated kernels with fan-in scaling would
+            start with very small activations; x5 brings them to unit scale (it trains about
+            twice as fast on the demo world).
         text_dim: Size of the text embeddings (384 for MiniLM).
 
     """
@@ -110,6 +114,7 @@ class ModelConfig:
     decoder_depth: int = 1
     decoder_heads: int = 2
     pixel_dim: int = 32
+    input_gain: float = 5.0
     text_dim: int = 384
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -829,6 +834,7 @@ class LandSegmenter(nn.Module):
             after its upsampling, so masks keep 10 m detail.
 
         """
+        image = image * self.config.input_gain
         h, w = image.shape[-2:]
         d = self.size_divisor
         ph, pw = (d - h % d) % d, (d - w % d) % d
