@@ -15,8 +15,8 @@ app.add_typer(world_app, name="world")
 def _register() -> None:
     from las_builder.cli_build import build
     from las_builder.cli_catalog import catalog_app
-    from las_builder.cli_plan import plan
     from las_builder.cli_inspect import inspect
+    from las_builder.cli_plan import plan
     from las_builder.cli_stats import stats
 
     app.command("plan")(plan)

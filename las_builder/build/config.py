@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from las_builder.recipe import Recipe
@@ -40,6 +40,8 @@ class BuildConfig:
     naip_collection: str | None = None
     naip_factor: int = 10
     labels: tuple[LabelSpec, ...] = field(default_factory=tuple)
+    backend: str = "stac"  # or "earthengine": pixels from ee.data.computePixels
+    ee_auth: Any = None  # las_builder.sources.earthengine.EarthEngineAuth (picklable)
 
 
 def config_from_recipe(recipe: Recipe) -> BuildConfig:
@@ -61,4 +63,15 @@ def config_from_recipe(recipe: Recipe) -> BuildConfig:
         naip_collection=naip.collection if naip else None,
         naip_factor=naip.factor if naip else 10,
         labels=tuple(LabelSpec(s.product, s.collection, s.asset, s.year) for s in recipe.labels),
+        backend=recipe.backend,
+        ee_auth=_ee_auth(recipe) if recipe.backend == "earthengine" else None,
     )
+
+
+def _ee_auth(recipe: Recipe) -> Any:
+    from las_builder.sources.earthengine import EarthEngineAuth, catalog
+
+    spec = recipe.earthengine
+    endpoints = catalog()["endpoints"]
+    url = endpoints["high_volume" if spec.endpoint == "high-volume" else "default"]
+    return EarthEngineAuth(spec.key_file or None, spec.project, url=url)

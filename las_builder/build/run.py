@@ -18,7 +18,7 @@ from shapely import wkb
 from las_builder import __version__
 from las_builder.build.config import BuildConfig
 from las_builder.build.read import DatasetCache, gdal_env
-from las_builder.build.sample import SampleOutcome, build_sample
+from las_builder.build.sample import SampleOutcome, build_sample, build_sample_earthengine
 from las_builder.build.search import SearchError, StacSearcher
 from las_builder.build.store import (
     array_specs,
@@ -74,6 +74,39 @@ def _search_shard(rows: list[dict[str, Any]], cfg: BuildConfig) -> dict[str, lis
     return found
 
 
+def _index_row(row: dict[str, Any], outcome: SampleOutcome) -> dict[str, Any]:
+    """The index row of a sample: its plan row, status, reason (redacted) and record."""
+    return {
+        **{k: v for k, v in row.items() if k != "geometry"},
+        "geometry": wkb.dumps(row["geometry"]),
+        "status": outcome.status,
+        "reason": redact(outcome.reason),
+        "zarr_index": row["plan_index"],
+        **outcome.record,
+    }
+
+
+def _build_rows_earthengine(
+    rows: list[dict[str, Any]], cfg: BuildConfig, arrays: dict[str, np.ndarray], start: int
+) -> list[dict[str, Any]]:
+    """The samples of a shard from Earth Engine (the client initialises once per process)."""
+    from las_builder.sources.earthengine import EarthEngineSource
+
+    source = EarthEngineSource.from_config(cfg, cfg.ee_auth)
+    index_rows = []
+    for row in rows:
+        try:
+            outcome = build_sample_earthengine(row, source, cfg)
+        except Exception as err:  # never let one sample crash the build
+            outcome = _failed_sample(err)
+        if outcome.status == "ok":
+            for path, data in outcome.arrays.items():
+                if path in arrays:
+                    arrays[path][row["plan_index"] - start] = data
+        index_rows.append(_index_row(row, outcome))
+    return index_rows
+
+
 def build_shard(
     shard: int,
     rows: list[dict[str, Any]],
@@ -96,6 +129,11 @@ def build_shard(
     specs = array_specs(cfg)
     arrays = {path: np.full((count, *s.shape), s.fill, dtype=s.dtype) for path, s in specs.items()}
     index_rows = []
+    if cfg.backend == "earthengine":
+        index_rows = _build_rows_earthengine(rows, cfg, arrays, start)
+        write_shard(f"{output}/las.zarr", start, arrays)
+        write_index_part(output, shard, index_rows)  # last: marks the shard complete
+        return index_rows
     with gdal_env():
         cache = DatasetCache(make_signer(cfg.sign))
         try:
@@ -111,16 +149,7 @@ def build_shard(
                 if outcome.status == "ok":
                     for path, data in outcome.arrays.items():
                         arrays[path][slot] = data
-                index_rows.append(
-                    {
-                        **{k: v for k, v in row.items() if k != "geometry"},
-                        "geometry": wkb.dumps(row["geometry"]),
-                        "status": outcome.status,
-                        "reason": redact(outcome.reason),
-                        "zarr_index": row["plan_index"],
-                        **outcome.record,
-                    }
-                )
+                index_rows.append(_index_row(row, outcome))
         finally:
             cache.close()
     write_shard(f"{output}/las.zarr", start, arrays)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from affine import Affine
 from odc.geo.geobox import GeoBox
 from rasterio.warp import Resampling
 from shapely.geometry.base import BaseGeometry
@@ -121,6 +122,77 @@ def _read_labels(
     return out, chosen
 
 
+def harmonise_labels(
+    natives: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray],
+    record: dict[str, Any],
+    cfg: BuildConfig,
+) -> None:
+    """Map native label codes into LAS, vote the consensus and fill the index fields.
+
+    Shared by every backend (STAC and Earth Engine) so labels are harmonised one way only.
+
+    Raises:
+        UnknownCodeError: A product's data holds a code outside its legend.
+        SampleSkipped: The consensus has more nodata than the recipe allows.
+    """
+    las_layers = []
+    counts: dict[str, dict[str, int]] = {}
+    for product, native in natives.items():
+        las = load_mapping(product).map(native)
+        arrays[f"labels/{product}/native"] = native
+        arrays[f"labels/{product}/las"] = las
+        las_layers.append(las)
+        values, n = np.unique(las, return_counts=True)
+        counts[product] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+    if las_layers:
+        stack = np.stack(las_layers)
+        cons, agree = consensus(stack)
+        arrays["consensus"] = cons
+        arrays["agreement"] = agree
+        values, n = np.unique(cons, return_counts=True)
+        counts["consensus"] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+        label_nodata = float((cons == LAS_NODATA).mean())
+        if label_nodata > cfg.max_nodata:
+            raise SampleSkipped(
+                f"too much label nodata: {100 * label_nodata:.1f}% of the consensus "
+                f"> {100 * cfg.max_nodata:.0f}%"
+            )
+        record["agreement"] = round(agreement_fraction(stack, cons), 6)
+        record["ignore_pct"] = round(100 * float((cons == LAS_IGNORE).mean()), 3)
+    record["class_counts"] = json.dumps(counts, sort_keys=True)
+    nodata_px = np.zeros(next(iter(arrays.values())).shape[-2:], dtype=bool)
+    if "sentinel-2-scl" in arrays:
+        nodata_px |= arrays["sentinel-2-scl"] == 0
+    record["nodata_pct"] = round(100 * float(nodata_px.mean()), 3)
+
+
+def build_sample_earthengine(row: dict[str, Any], source: Any, cfg: BuildConfig) -> SampleOutcome:
+    """Build one planned sample from Earth Engine (pixels come back on the sample grid)."""
+    from las_builder.sources.earthengine import EarthEngineError, EarthEngineNoData
+
+    geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
+    try:
+        fetched = source.fetch(geobox)
+        arrays = dict(fetched.arrays)
+        record = {k: v for k, v in fetched.record.items() if k != "s2_scene_cloud_pct"}
+        natives = {
+            spec.product: arrays.pop(f"labels/{spec.product}/native")
+            for spec in cfg.labels
+            if f"labels/{spec.product}/native" in arrays
+        }
+        harmonise_labels(natives, arrays, record, cfg)
+    except EarthEngineNoData as skip:
+        return SampleOutcome("skipped", str(skip))
+    except SampleSkipped as skip:
+        return SampleOutcome("skipped", str(skip))
+    except UnknownCodeError as err:
+        return SampleOutcome("failed", str(err))
+    except EarthEngineError as err:
+        return SampleOutcome("failed", f"EarthEngineError: {err}")
+    return SampleOutcome("ok", "", arrays=arrays, record=record)
+
+
 def build_sample(
     row: dict[str, Any],
     items: dict[str, list[SceneItem]],
@@ -138,8 +210,6 @@ def build_sample(
     Returns:
         The outcome: ``ok`` with arrays, or ``skipped``/``failed`` with the reason.
     """
-    from affine import Affine
-
     geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
     footprint: BaseGeometry = row["geometry"]
     record: dict[str, Any] = {}
@@ -241,39 +311,14 @@ def build_sample(
                     arrays["naip"] = image
                     record.update(naip_item=item.id, naip_datetime=_iso(item.datetime))
                     break
-        las_layers = []
-        counts: dict[str, dict[str, int]] = {}
+        natives = {}
         for spec in cfg.labels:
             native, used = _read_labels(
                 spec, _covering(items.get(spec.collection, []), footprint), geobox, s2_item, cache
             )
             record[f"{spec.product}_items"] = [it.id for it in used]
-            las = load_mapping(spec.product).map(native)
-            arrays[f"labels/{spec.product}/native"] = native
-            arrays[f"labels/{spec.product}/las"] = las
-            las_layers.append(las)
-            values, n = np.unique(las, return_counts=True)
-            counts[spec.product] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
-        if las_layers:
-            stack = np.stack(las_layers)
-            cons, agree = consensus(stack)
-            arrays["consensus"] = cons
-            arrays["agreement"] = agree
-            values, n = np.unique(cons, return_counts=True)
-            counts["consensus"] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
-            label_nodata = float((cons == LAS_NODATA).mean())
-            if label_nodata > cfg.max_nodata:
-                raise SampleSkipped(
-                    f"too much label nodata: {100 * label_nodata:.1f}% of the consensus "
-                    f"> {100 * cfg.max_nodata:.0f}%"
-                )
-            record["agreement"] = round(agreement_fraction(stack, cons), 6)
-            record["ignore_pct"] = round(100 * float((cons == LAS_IGNORE).mean()), 3)
-        record["class_counts"] = json.dumps(counts, sort_keys=True)
-        nodata_px = np.zeros(geobox.shape.yx, dtype=bool)
-        if "sentinel-2" in arrays:
-            nodata_px |= arrays["sentinel-2-scl"] == 0
-        record["nodata_pct"] = round(100 * float(nodata_px.mean()), 3)
+            natives[spec.product] = native
+        harmonise_labels(natives, arrays, record, cfg)
     except SampleSkipped as skip:
         return SampleOutcome("skipped", str(skip), record=record)
     except UnknownCodeError as err:

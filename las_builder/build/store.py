@@ -21,6 +21,8 @@ from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
 
 STORE_VERSION = 1
+# Band-name coordinate arrays (named after the band dimension of each imagery array).
+BAND_COORDINATES = {"s2_band": "sentinel-2", "s1_band": "sentinel-1", "naip_band": "naip"}
 _PART = re.compile(r"shard-(\d+)\.parquet")
 
 
@@ -46,7 +48,7 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
             (len(bands), n, n),
             "uint16",
             0,
-            ("sample", "band", *yx),
+            ("sample", "s2_band", *yx),
             {
                 "collection": cfg.s2_collection,
                 "bands": [b["name"] for b in bands],
@@ -76,7 +78,7 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
             (2, n, n),
             "float32",
             float("nan"),
-            ("sample", "band", *yx),
+            ("sample", "s1_band", *yx),
             {
                 "collection": cfg.s1_collection,
                 "bands": [b["name"] for b in s1["bands"]],
@@ -92,7 +94,7 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
             (len(naip["bands"]), m, m),
             "uint8",
             0,
-            ("sample", "band", "y_fine", "x_fine"),
+            ("sample", "naip_band", "y_fine", "x_fine"),
             {
                 "collection": cfg.naip_collection,
                 "bands": [b["name"] for b in naip["bands"]],
@@ -196,6 +198,20 @@ def create_store(
             attributes=spec.attrs,
             overwrite=True,
         )
+    for dim, modality in BAND_COORDINATES.items():
+        if modality in specs:
+            # A 1-D array named like the dimension is a coordinate for xarray.open_zarr.
+            names = np.array(specs[modality].attrs["bands"], dtype=str)
+            coord = root.create_array(
+                dim,
+                shape=names.shape,
+                chunks=names.shape,
+                dtype=str,
+                dimension_names=(dim,),
+                attributes={"long_name": f"{modality} band name"},
+                overwrite=True,
+            )
+            coord[:] = names
     taxonomy = load_taxonomy()
     root.attrs.update(
         {

@@ -88,7 +88,8 @@ def test_store_layout(built: Path) -> None:
     s2 = root["sentinel-2"]
     assert s2.shape == (24, 12, 32, 32)
     assert s2.shards == (4, 12, 32, 32)
-    assert s2.metadata.dimension_names == ("sample", "band", "y", "x")
+    assert s2.metadata.dimension_names == ("sample", "s2_band", "y", "x")
+    assert root["s2_band"][:].tolist() == s2.attrs["bands"]
     assert s2.attrs["bands"][:4] == ["B01", "B02", "B03", "B04"]
     assert s2.attrs["center_wavelength_um"][3] == pytest.approx(0.665)
     assert root["naip"].shape == (24, 4, 128, 128)
@@ -255,3 +256,13 @@ def test_median_composite_clears_clouds(built: Path, served_world: dict, tmp_pat
         items = json.loads(row["s2_composite_items"])
         assert 1 <= len(items) <= 3
         assert row["cloud_pct"] <= single.loc[sample_id, "cloud_pct"] + 1e-9
+
+
+def test_store_opens_with_xarray_showing_band_names(built: Path) -> None:
+    import xarray as xr
+
+    ds = xr.open_zarr(built / "las.zarr", zarr_format=3, consolidated=False, mask_and_scale=False)
+    assert ds["sentinel-2"].dims == ("sample", "s2_band", "y", "x")
+    assert ds["s2_band"].values.tolist()[:4] == ["B01", "B02", "B03", "B04"]
+    assert ds["s1_band"].values.tolist() == ["vv", "vh"]
+    assert ds["sentinel-2"].sel(s2_band="B04").shape == (24, 32, 32)
