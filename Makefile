@@ -29,5 +29,8 @@ lint: install
 	$(BIN)/ruff check las_builder tests benchmarks
 	$(BIN)/ruff format --check las_builder tests benchmarks
 
+bench: install
+	$(BIN)/python benchmarks/build_bench.py
+
 clean:
 	rm -rf out .pytest_cache

@@ -16,7 +16,7 @@ One run, one plan:
    asset opened once per shard, as many threads as the build;
 5. peak RSS of the build at two plan sizes (a quarter of the plan and the whole plan; with
    ``--large``, N and 4N samples on the bench world);
-6. print a table and write ``benchmarks/results-build.json``; targets are reported, never
+6. print a table and write ``benchmarks/results.json``; targets are reported, never
    asserted;
 7. when the build misses its speed target (or with ``--profile``), profile a few shards of the
    build sequentially with cProfile and break the time down.
@@ -49,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # baseline_warpedvrt, when imported from elsewhere
 
 RECIPE = ROOT / "recipes" / "demo.yaml"
-RESULTS = HERE / "results-build.json"
+RESULTS = HERE / "results.json"
 CACHE = ROOT / "out" / "bench"
 
 TARGET_SPEEDUP = 3.0  # build samples/s over the straightforward baseline's

@@ -307,6 +307,53 @@ def _source_window(ds: DatasetReader, geobox: GeoBox, margin_px: int) -> Window 
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
+def _pixel_offset(ds: DatasetReader, geobox: GeoBox) -> tuple[int, int] | None:
+    """(col, row) of the GeoBox's corner in ``ds`` when both share CRS, pixel size and lattice.
+
+    Then every target pixel *is* a source pixel, and any resampling (nearest or bilinear at
+    exactly coincident pixel centres) returns the source value: a plain window copy suffices.
+    """
+    src, dst = ds.transform, geobox.transform
+    if (src.b, src.d, dst.b, dst.d) != (0, 0, 0, 0) or src.a != dst.a or src.e != dst.e:
+        return None
+    col = (dst.c - src.c) / src.a
+    row = (dst.f - src.f) / src.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    epsg = geobox.crs.epsg
+    if epsg is None or ds.crs is None or ds.crs.to_epsg() != epsg:
+        return None
+    return round(col), round(row)
+
+
+def _read_aligned(
+    ds: DatasetReader,
+    geobox: GeoBox,
+    bands: list[int],
+    offset: tuple[int, int],
+    out: np.ndarray,
+    fill: float,
+    shown: str,
+) -> np.ndarray:
+    """Copy the overlapping window of an aligned source into ``out`` (no warp)."""
+    col, row = offset
+    height, width = geobox.shape.yx
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + width, ds.width), min(row + height, ds.height)
+    if c1 <= c0 or r1 <= r0:
+        return out
+    window = Window(c0, r0, c1 - c0, r1 - r0)
+    try:
+        data = _retrying(lambda: ds.read(bands, window=window), f"read of {shown}", ds.name)
+    except RasterioError as err:
+        raise ReadError(f"cannot read {shown}: {_cause(err)}") from None
+    if ds.nodata is not None:  # source nodata becomes the target's fill, as a warp does
+        missing = np.isnan(data) if np.isnan(ds.nodata) else data == ds.nodata
+        data = np.where(missing, fill, data)
+    out[:, r0 - row : r1 - row, c0 - col : c1 - col] = data
+    return out
+
+
 def read_onto(
     ds: DatasetReader,
     geobox: GeoBox,
@@ -340,6 +387,9 @@ def read_onto(
     fill = nodata if nodata is not None else (ds.nodata if ds.nodata is not None else 0)
     out = np.full((len(bands), *geobox.shape.yx), fill, dtype=dtype)
     shown = _shown(ds.name)
+    offset = _pixel_offset(ds, geobox)
+    if offset is not None:
+        return _read_aligned(ds, geobox, bands, offset, out, fill, shown)
     try:
         window = _source_window(ds, geobox, margin_px=2)
     except (RasterioError, ValueError, OverflowError) as err:

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
 
 STORE_VERSION = 1
+_WRITE_THREADS = 4
 # Band-name coordinate arrays (named after the band dimension of each imagery array).
 BAND_COORDINATES = {"s2_band": "sentinel-2", "s1_band": "sentinel-1", "naip_band": "naip"}
 _PART = re.compile(r"shard-(\d+)\.parquet")
@@ -243,7 +245,8 @@ def write_shard(url: str, start: int, arrays: dict[str, np.ndarray]) -> None:
     object is deleted and the shard written again.
     """
     root = zarr.open_group(url, mode="r+", zarr_format=3)
-    for path, data in arrays.items():
+
+    def write(path: str, data: np.ndarray) -> None:
         array = root[path]
         selection = slice(start, start + data.shape[0])
         try:
@@ -252,6 +255,12 @@ def write_shard(url: str, start: int, arrays: dict[str, np.ndarray]) -> None:
             if not _delete_shard(url, path, array, start):
                 raise
             array[selection] = data
+
+    # Each array's shard is its own object; compressing them side by side (zstd releases the
+    # GIL) roughly halves the write time of a shard's ~36 arrays.
+    with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool:
+        for future in [pool.submit(write, path, data) for path, data in arrays.items()]:
+            future.result()
 
 
 def _delete_shard(url: str, path: str, array: zarr.Array, start: int) -> bool:

@@ -81,6 +81,8 @@ class OptimSpec(_Strict):
         min_lr_ratio: Final learning rate relative to ``lr``.
         grad_clip: Max gradient norm (0 disables).
         prior_weight: Weight of the image-text presence loss.
+        class_balance: Exponent ``a`` of per-batch class weights ``n_k ** -a`` in the
+            cross-entropy (0: none, 0.5: square-root inverse frequency).
 
     """
 
@@ -93,6 +95,7 @@ class OptimSpec(_Strict):
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
     grad_clip: float = Field(1.0, ge=0)
     prior_weight: float = Field(0.1, ge=0)
+    class_balance: float = Field(0.0, ge=0, le=1)
 
 
 class TrainConfig(_Strict):

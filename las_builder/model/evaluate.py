@@ -160,14 +160,14 @@ def evaluate(
     done = 0
     for batch in track(loader, description="eval", disable=not progress):
         image, wl, pol = compose_input(batch, inputs)
-        out_ = model(image.to(dev), wl.to(dev), text, pol.to(dev), with_prior=True)
+        out_ = model(image.to(dev), wl.to(dev), text, pol.to(dev))
         logits = out_["logits"]
         size = batch["labels"][products[0]].shape[-2:] if products else ds.shape
         if logits.shape[-2:] != size:
-            rs = {"size": tuple(size), "mode": "bilinear", "align_corners": False}
-            logits = torch.nn.functional.interpolate(logits, **rs)
-            out_["prior_logits"] = torch.nn.functional.interpolate(out_["prior_logits"], **rs)
-        fused, _ = fuse(logits, out_["prior_logits"], out_["presence_logits"], fusion_gamma)
+            logits = torch.nn.functional.interpolate(
+                logits, size=tuple(size), mode="bilinear", align_corners=False
+            )
+        fused, _ = fuse(logits, out_["presence_logits"], fusion_gamma)
         pred = logits.argmax(1).cpu()
         pred_f = fused.argmax(1).cpu()
         for p in products:
@@ -258,10 +258,10 @@ def _scores(
     gamma: float,
     device: torch.device,
 ) -> torch.Tensor:
-    out = model(image.to(device), wl.to(device), text, pol.to(device), with_prior=use_fusion)
+    out = model(image.to(device), wl.to(device), text, pol.to(device))
     if use_fusion:
-        fused, _ = fuse(out["logits"], out["prior_logits"], out["presence_logits"], gamma)
-        return fused.cpu()
+        fused, _ = fuse(out["logits"], out["presence_logits"], gamma)
+        return (fused / fused.sum(1, keepdim=True).clamp_min(1e-12)).cpu()
     return out["logits"].softmax(1).cpu()
 
 

@@ -3,28 +3,31 @@
 LandSegmenter's decoder can omit a class altogether (it never wins a pixel) even where the
 image-text prior says the class is in the image. The fusion weighs, per class, the segmenter's
 own confidence against the prior, so a class the segmenter is unsure of (or omits) can still
-appear where the prior is confident. The exact rule (also in docs/landsegmenter.md):
+appear where its own scores are the runner-up and the prior believes it is present, and a class
+the prior rules out is damped. The exact rule (also in docs/landsegmenter.md):
 
-Let ``P(k, x) = softmax_k(segmenter logits)``, ``Q(k, x) = softmax_k(dense prior logits)`` and
-``pi_k = sigmoid(presence logit k)`` (image-level presence from the pooled image embedding
-projected into the text space). With ``A_k = {x : argmax_j P(j, x) = k}``:
+Let ``P(k, x) = softmax_k(segmenter logits)`` and ``pi_k = sigmoid(presence logit k)``, the
+CLIP-like prior: the pooled image embedding projected into the text space, compared with the
+class's text embedding. With ``A_k = {x : argmax_j P(j, x) = k}``:
 
 * confidence ``c_k = mean_{x in A_k} P(k, x)`` (0 when ``A_k`` is empty: the class is omitted);
 * weight ``w_k = c_k ** gamma``;
-* fused score ``F(k, x) = w_k * P(k, x) + (1 - w_k) * pi_k * Q(k, x)``;
+* fused score ``F(k, x) = P(k, x) * (w_k + (1 - w_k) * 2 * pi_k)``;
 * prediction ``argmax_k F(k, x)``.
 
-A confidently segmented class keeps (almost) the segmenter's scores; an omitted class falls back
-to the prior, gated by the prior's belief that the class is present at all.
+``2 * pi_k`` is 1 when the prior is undecided (``pi_k = 0.5``), up to 2 when it is sure the class
+is present, down to 0 when it is sure the class is absent. A confidently segmented class
+(``w_k`` near 1) keeps its scores; the less confident the segmenter is about a class, the more
+the prior rescales it.
 
 Example:
     >>> import torch
     >>> from las_builder.model.fusion import fuse
-    >>> seg = torch.zeros(1, 2, 2, 2); seg[:, 0] = 3.0        # class 1 never wins
-    >>> prior = torch.zeros(1, 2, 2, 2); prior[:, 1, 0, 0] = 9.0
-    >>> fused, w = fuse(seg, prior, torch.tensor([[4.0, 4.0]]))
+    >>> seg = torch.zeros(1, 2, 1, 2)
+    >>> seg[0, 0] = torch.tensor([[2.0, 0.2]])               # class 1 never wins
+    >>> fused, w = fuse(seg, torch.tensor([[0.0, 6.0]]))     # the prior is sure class 1 is there
     >>> fused.argmax(1)[0].tolist()
-    [[1, 0], [0, 0]]
+    [[0, 1]]
 
 """
 
@@ -53,26 +56,20 @@ def class_confidence(probs: torch.Tensor) -> torch.Tensor:
 
 
 def fuse(
-    seg_logits: torch.Tensor,
-    prior_logits: torch.Tensor,
-    presence_logits: torch.Tensor | None = None,
-    gamma: float = 1.0,
+    seg_logits: torch.Tensor, presence_logits: torch.Tensor, gamma: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fuse segmenter and prior scores class by class (see the module docstring).
+    """Fuse segmenter scores with the image-level prior class by class (see the module doc).
 
     Args:
         seg_logits: Segmenter logits ``(B, K, H, W)``.
-        prior_logits: Dense image-text prior logits ``(B, K, H, W)``.
-        presence_logits: Image-level presence logits ``(B, K)``; ``None`` uses ``pi_k = 1``.
+        presence_logits: Image-text prior presence logits ``(B, K)``.
         gamma: Sharpness of the confidence weighting (``w_k = c_k ** gamma``).
 
     Returns:
         ``(fused scores (B, K, H, W), weights w (B, K))``.
 
     """
-    p = seg_logits.softmax(1)
-    q = prior_logits.softmax(1)
+    p = seg_logits.float().softmax(1)
     w = class_confidence(p).pow(gamma)
-    pi = torch.ones_like(w) if presence_logits is None else presence_logits.sigmoid()
-    fused = w[..., None, None] * p + ((1.0 - w) * pi)[..., None, None] * q
-    return fused, w
+    factor = w + (1.0 - w) * 2.0 * presence_logits.float().sigmoid()
+    return p * factor[..., None, None], w

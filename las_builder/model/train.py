@@ -75,12 +75,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, balance: float = 0.0
+) -> tuple[torch.Tensor, int]:
     """Cross-entropy over prompted classes, ignoring :data:`IGNORE_INDEX` pixels.
 
     Args:
         logits: ``(B, K, H, W)``; resized to the target grid if it differs.
         target: ``(B, H, W)`` class indices, 255 = not supervised.
+        balance: Class balancing exponent ``a``: pixels of class ``k`` weigh
+            ``n_k ** -a`` (``n_k`` its supervised pixels in the batch), rescaled so the
+            weights average 1 over the supervised pixels; 0 is plain cross-entropy.
 
     Returns:
         ``(mean loss over supervised pixels (0 if none), number of supervised pixels)``.
@@ -88,8 +93,16 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> tuple[to
     """
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    valid = int((target != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    mask = target != IGNORE_INDEX
+    valid = int(mask.sum())
+    weight = None
+    if balance > 0 and valid:
+        counts = torch.bincount(target[mask], minlength=logits.shape[1]).float()
+        weight = torch.where(counts > 0, counts.clamp_min(1).pow(-balance), 0.0)
+        weight = weight * valid / (weight * counts).sum()
+    loss = F.cross_entropy(
+        logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss / max(valid, 1), valid
 
 
@@ -475,7 +488,9 @@ def train(
                     out = model.decode(
                         [f[sel] for f in feats], text[product], tuple(image.shape[-2:])
                     )
-                    ce, valid = masked_cross_entropy(out["logits"], targets[sel])
+                    ce, valid = masked_cross_entropy(
+                        out["logits"], targets[sel], cfg.optim.class_balance
+                    )
                     ce_sum = ce_sum + ce * valid
                     n_valid += valid
                     pres, has = presence_targets(

@@ -127,20 +127,17 @@ def test_overfits_one_batch() -> None:
 
 def test_fusion_keeps_confident_classes_and_recovers_omitted_ones() -> None:
     seg = torch.zeros(1, 3, 4, 4)
-    seg[:, 0] = 4.0  # class 0 wins everywhere, confidently
-    prior = torch.zeros(1, 3, 4, 4)
-    prior[:, 2, :2, :2] = 8.0  # the prior sees class 2 in one corner
-    presence = torch.tensor([[5.0, -5.0, 5.0]])
+    seg[:, 0] = 3.0  # class 0 wins everywhere
+    seg[:, 2, :2, :2] = 2.6  # class 2 is the runner-up in one corner, never the winner
     conf = class_confidence(seg.softmax(1))
-    assert conf[0, 0] > 0.9 and conf[0, 1] == 0 and conf[0, 2] == 0
-    fused, w = fuse(seg, prior, presence)
+    assert conf[0, 0] > 0.5 and conf[0, 1] == 0 and conf[0, 2] == 0
+    fused, w = fuse(seg, torch.tensor([[0.0, 0.0, 6.0]]))  # the prior: class 2 is present
     pred = fused.argmax(1)[0]
     assert (pred[:2, :2] == 2).all()
     assert (pred[2:, :] == 0).all() and (pred[:, 2:] == 0).all()
-    # an absent class (presence -5) is not injected even where the prior likes it
-    prior2 = torch.zeros(1, 3, 4, 4)
-    prior2[:, 1] = 8.0
-    assert (fuse(seg, prior2, presence)[0].argmax(1) == 0).all()
+    assert torch.allclose(w, conf)
+    # the prior ruling class 2 out keeps the segmenter's map
+    assert (fuse(seg, torch.tensor([[0.0, 0.0, -6.0]]))[0].argmax(1) == 0).all()
 
 
 def test_sam2_checkpoint_loads_what_matches(tmp_path: Path) -> None:

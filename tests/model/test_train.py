@@ -175,7 +175,10 @@ def test_predict_a_raster_from_band_descriptions(run: Path, las_tiny: Path, tmp_
         for i, name in enumerate(["B02", "B03", "B04", "B08"], start=1):
             dst.set_band_description(i, name)
     out = tmp_path / "pred.tif"
-    _invoke("predict", str(run), str(src_path), "--classes", "water,trees", "--out", str(out))
+    _invoke(
+        "predict", str(run), str(src_path), "--classes", "water,trees", "--fusion",
+        "--out", str(out),
+    )  # fmt: skip
     with rasterio.open(out) as src:
         assert src.count == 1 and src.shape == (32, 32)
     profile["count"] = 1
