@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,6 @@ from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
 
 STORE_VERSION = 1
-_WRITE_THREADS = 4
 # Band-name coordinate arrays (named after the band dimension of each imagery array).
 BAND_COORDINATES = {"s2_band": "sentinel-2", "s1_band": "sentinel-1", "naip_band": "naip"}
 _PART = re.compile(r"shard-(\d+)\.parquet")
@@ -256,11 +254,8 @@ def write_shard(url: str, start: int, arrays: dict[str, np.ndarray]) -> None:
                 raise
             array[selection] = data
 
-    # Each array's shard is its own object; compressing them side by side (zstd releases the
-    # GIL) roughly halves the write time of a shard's ~36 arrays.
-    with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool:
-        for future in [pool.submit(write, path, data) for path, data in arrays.items()]:
-            future.result()
+    for path, data in arrays.items():
+        write(path, data)
 
 
 def _delete_shard(url: str, path: str, array: zarr.Array, start: int) -> bool:
