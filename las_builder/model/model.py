@@ -89,8 +89,8 @@ class ModelConfig:
         pixel_dim: Channels of the full-resolution pixel features the masks are read from.
         input_gain: Constant the normalised bands are multiplied by on entry. Reflectances
             (DN / 10000) are mostly 0.02-0.4, so generated kernels with fan-in scaling would
-            start with very small activations; x5 brings them to unit scale (it trains about
-            twice as fast on the demo world).
+            start with very small activations; x5 brings them to about unit scale (on the demo
+            world, 150 steps reach a training loss of 1.05 with it and 1.23 without).
         text_dim: Size of the text embeddings (384 for MiniLM).
 
     """
