@@ -12,6 +12,23 @@ world_app = typer.Typer(no_args_is_help=True, help="Create and serve the offline
 app.add_typer(world_app, name="world")
 
 
+@app.callback()
+def _main(
+    log_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-json",
+            help="Also write progress and outcomes as JSON lines to this file (batch runs).",
+        ),
+    ] = None,
+) -> None:
+    """Build LAS and train LandSegmenter on it."""
+    if log_json is not None:
+        from las_builder.logs import log_json_to
+
+        log_json_to(log_json)
+
+
 def _register() -> None:
     from las_builder.cli_build import build
     from las_builder.cli_catalog import catalog_app

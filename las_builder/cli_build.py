@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +11,8 @@ from typing import Annotated, Any
 import typer
 
 __all__ = ["build"]
+
+log = logging.getLogger("las_builder.build")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -81,6 +84,17 @@ def build(
         bar.advance(task, already["ok"] + already["skipped"] + already["failed"])
 
         def on_shard(shard: int, rows: list[dict[str, Any]]) -> None:
+            log.info(
+                "shard %d done",
+                shard,
+                extra={
+                    "event": "shard_done",
+                    "shard": shard,
+                    "ok": sum(r["status"] == "ok" for r in rows),
+                    "skipped": sum(r["status"] == "skipped" for r in rows),
+                    "failed": sum(r["status"] == "failed" for r in rows),
+                },
+            )
             done["samples"] += len(rows)
             done["skipped"] += sum(r["status"] == "skipped" for r in rows)
             done["failed"] += sum(r["status"] == "failed" for r in rows)
@@ -102,6 +116,15 @@ def build(
         except ValueError as err:
             raise _fail(str(err)) from None
     summary = summarise(index)
+    log.info(
+        "build finished",
+        extra={
+            "event": "build_done",
+            "output": output,
+            **summary,
+            "seconds": time.monotonic() - started,
+        },
+    )
     console.print(
         f"built {summary.get('ok', 0)} of {summary['samples']} samples "
         f"({summary.get('skipped', 0)} skipped, {summary.get('failed', 0)} failed) "

@@ -266,3 +266,19 @@ def test_store_opens_with_xarray_showing_band_names(built: Path) -> None:
     assert ds["s2_band"].values.tolist()[:4] == ["B01", "B02", "B03", "B04"]
     assert ds["s1_band"].values.tolist() == ["vv", "vh"]
     assert ds["sentinel-2"].sel(s2_band="B04").shape == (24, 32, 32)
+
+
+def test_json_lines_log_for_batch_runs(served_world: dict, tmp_path: Path) -> None:
+    out = tmp_path / "las"
+    log = tmp_path / "build.jsonl"
+    runner = CliRunner()
+    args = _args(served_world, out, "sample.count=8")
+    assert runner.invoke(app, ["plan", *args, "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["--log-json", str(log), "build", *args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    shards = [e for e in events if e.get("event") == "shard_done"]
+    assert sorted(e["shard"] for e in shards) == [0, 1]
+    assert sum(e["ok"] + e["skipped"] + e["failed"] for e in shards) == 8
+    (done,) = [e for e in events if e.get("event") == "build_done"]
+    assert done["samples"] == 8 and done["level"] == "info" and "time" in done

@@ -1,0 +1,43 @@
+"""JSON-lines logs for batch runs (``las --log-json FILE ...``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+_STANDARD = set(vars(logging.makeLogRecord({})))
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a JSON line."""
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def log_json_to(path: Path, level: int = logging.INFO) -> logging.Handler:
+    """Send the ``las_builder`` loggers' records to ``path`` as JSON lines (appending)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonLinesFormatter())
+    handler.setLevel(level)
+    logger = logging.getLogger("las_builder")
+    for old in [h for h in logger.handlers if isinstance(h.formatter, JsonLinesFormatter)]:
+        logger.removeHandler(old)  # one JSON log per run, also when called again in-process
+        old.close()
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.level or level, level))
+    return handler
