@@ -35,11 +35,15 @@ def _register() -> None:
     from las_builder.cli_inspect import inspect
     from las_builder.cli_plan import plan
     from las_builder.cli_stats import stats
+    from las_builder.cli_train import eval_, predict, train
 
     app.command("plan")(plan)
     app.command("build")(build)
     app.command("stats")(stats)
     app.command("inspect")(inspect)
+    app.command("train")(train)
+    app.command("eval")(eval_)
+    app.command("predict")(predict)
     app.add_typer(catalog_app, name="catalog", help="Check and extend the source catalog.")
 
 
