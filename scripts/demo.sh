@@ -17,6 +17,13 @@ export LAS_STAC_URL
 $BIN/las plan recipes/demo.yaml --set output.path="$OUT/las"
 $BIN/las build recipes/demo.yaml --set output.path="$OUT/las"
 $BIN/las inspect "$OUT/las" --samples 12
+# A short CPU training run (benchmarks/train_acceptance.py trains the full 1400 steps, ~15 min).
+DEMO_STEPS=${DEMO_STEPS:-200}
+RESUME=""
+[ -f "$OUT/model/checkpoints/last.pt" ] && RESUME="--resume"   # a rerun continues, not restarts
+LAS_DATASET="$OUT/las" $BIN/las train configs/train-tiny.yaml \
+  --set optim.steps="$DEMO_STEPS" --set out_dir="$OUT/model" $RESUME
+$BIN/las eval "$OUT/model" "$OUT/las" --truth "$WORLD" --quiet
 echo
 echo "== las-builder demo =="
 echo "offline world : $WORLD ($(du -sh "$WORLD" | cut -f1))"
@@ -24,8 +31,15 @@ echo "STAC API      : $LAS_STAC_URL (stopped when the demo ends)"
 echo "shards        : $OUT/las/las.zarr"
 echo "index         : $OUT/las/index.parquet"
 echo "report        : $OUT/las/inspect/report.html"
-$BIN/python - "$OUT/las" <<'PY'
+echo "model         : $OUT/model/checkpoints/last.pt"
+$BIN/python - "$OUT" <<'PY'
 import json, sys
-summary = json.load(open(f"{sys.argv[1]}/inspect/summary.json"))
-print("samples       :", json.dumps({k: v for k, v in summary.items() if k in ("samples", "ok", "skipped", "failed")}))
+out = sys.argv[1]
+summary = json.load(open(f"{out}/las/inspect/summary.json"))
+counts = {k: summary[k] for k in ("samples", "ok", "skipped", "failed")}
+print(f"samples       : {counts['samples']} planned, {counts['ok']} built, "
+      f"{counts['skipped']} skipped, {counts['failed']} failed")
+truth = json.load(open(f"{out}/model/metrics.json"))["truth"]
+print(f"mIoU vs truth : model {truth['model']['miou']:.3f} (held-out samples), "
+      f"best weak label {truth['best_label_product']} {truth['best_label_miou']:.3f}")
 PY

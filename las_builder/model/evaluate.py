@@ -16,6 +16,7 @@ with its score in percent (0-100). Class names and the score convention are in t
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,7 @@ def _palette(names: Sequence[str]) -> dict[int, tuple[int, int, int, int]]:
     for i, n in enumerate(names):
         rgb = by_key.get(n)
         if rgb is None:
-            h = abs(hash(n)) % 0xFFFFFF
+            h = zlib.crc32(n.encode()) & 0xFFFFFF  # stable across runs
             rgb = ((h >> 16) & 255, (h >> 8) & 255, h & 255)
         cmap[i] = (*rgb, 255)
     return cmap
