@@ -71,9 +71,13 @@ def train(
         )
     val = summary.get("val") or {}
     scores = "  ".join(f"{p} {v:.3f}" for p, v in val.items())
+    loss = summary["last_loss"]
+    done = (
+        f"loss {loss:.3f}" if loss == loss else "nothing left to train (raise optim.steps)"
+    )  # NaN: no step ran
     typer.echo(
         f"trained {cfg.name} to step {summary['step']} in {summary['minutes']:.1f} min; "
-        f"loss {summary['last_loss']:.3f}; checkpoint {summary.get('checkpoint')}"
+        f"{done}; checkpoint {summary.get('checkpoint')}"
         + (f"\nval mIoU: {scores}" if scores else "")
     )
 

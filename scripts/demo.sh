@@ -18,11 +18,11 @@ $BIN/las plan recipes/demo.yaml --set output.path="$OUT/las"
 $BIN/las build recipes/demo.yaml --set output.path="$OUT/las"
 $BIN/las inspect "$OUT/las" --samples 12
 # A short CPU training run (benchmarks/train_acceptance.py trains the full 1400 steps, ~15 min).
-DEMO_STEPS=${DEMO_STEPS:-200}
+DEMO_STEPS=${DEMO_STEPS:-150}
 RESUME=""
 [ -f "$OUT/model/checkpoints/last.pt" ] && RESUME="--resume"   # a rerun continues, not restarts
 LAS_DATASET="$OUT/las" $BIN/las train configs/train-tiny.yaml \
-  --set optim.steps="$DEMO_STEPS" --set out_dir="$OUT/model" $RESUME
+  --set optim.steps="$DEMO_STEPS" --set threads=1 --set out_dir="$OUT/model" $RESUME
 $BIN/las eval "$OUT/model" "$OUT/las" --truth "$WORLD" --quiet
 echo
 echo "== las-builder demo =="
