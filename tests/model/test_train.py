@@ -72,7 +72,12 @@ def test_train_writes_checkpoints_and_metrics(run: Path) -> None:
     assert [int(r["step"]) for r in train_rows] == [1, 2, 3, 4]
     assert all(np.isfinite(float(r["loss"])) for r in train_rows)
     assert any(r["split"] == "val" and r["miou"] for r in rows)
-    assert (run / "tb").is_dir()
+    try:
+        import tensorboard  # noqa: F401 - optional; `make install` brings it
+    except ImportError:
+        assert not (run / "tb").exists()  # CSV only, with a warning
+    else:
+        assert (run / "tb").is_dir()
 
 
 def test_resume_continues_from_the_saved_step(run: Path, las_tiny: Path, tmp_path: Path) -> None:
