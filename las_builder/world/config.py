@@ -172,8 +172,8 @@ def load_preset(name: str) -> Preset:
     return preset
 
 
-@cache
 def load_sensor(sensor_id: str) -> dict[str, Any]:
     """Load a sensor definition from ``catalog/sensors/<id>.yaml`` as plain data."""
-    data: dict[str, Any] = _load_yaml(catalog_dir() / "sensors" / f"{sensor_id}.yaml")
-    return data
+    from las_builder.imagery import sensor
+
+    return sensor(sensor_id)
