@@ -123,7 +123,7 @@ def _forget(name: str) -> None:
         pass  # still failing: the retry will say so
 
 
-def _retrying(call: Callable[[], T], what: str, name: str, *, reopen: bool = False) -> T:
+def _retrying(call: Callable[[], T], verb: str, name: str, *, reopen: bool = False) -> T:
     """``call()``, tried again after transient GDAL errors (bounded, with backoff).
 
     Before each retry GDAL's cache of ``name`` is bypassed: an open is retried with the file
@@ -139,7 +139,7 @@ def _retrying(call: Callable[[], T], what: str, name: str, *, reopen: bool = Fal
         except RasterioIOError as err:
             if attempt == READ_RETRIES or not _transient(err):
                 raise
-            log.info("retrying %s after: %s", what, _cause(err))
+            log.info("retrying %s %s after: %s", verb, _shown(name), _cause(err))
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
             if not reopen:
                 _forget(name)
@@ -200,7 +200,7 @@ class DatasetCache:
         except HrefRefused as err:
             raise ReadError(f"refused {err}") from None
         try:
-            ds = _retrying(lambda: rasterio.open(target), f"open {shown}", target, reopen=True)
+            ds = _retrying(lambda: rasterio.open(target), "open", target, reopen=True)
         except RasterioError as err:
             raise ReadError(f"cannot open {shown}: {_cause(err)}") from None
         if ds.crs is None:
@@ -326,32 +326,108 @@ def _pixel_offset(ds: DatasetReader, geobox: GeoBox) -> tuple[int, int] | None:
     return round(col), round(row)
 
 
-def _read_aligned(
-    ds: DatasetReader,
-    geobox: GeoBox,
-    bands: list[int],
-    offset: tuple[int, int],
-    out: np.ndarray,
-    fill: float,
-    shown: str,
+def _grid_key(ds: DatasetReader) -> tuple[Any, ...]:
+    """What datasets must share to be read and reprojected as one stack."""
+    return (ds.crs, ds.transform, ds.width, ds.height, ds.nodata, ds.dtypes[0])
+
+
+def _read_bands(
+    layers: list[tuple[DatasetReader, list[int]]],
+    window: Window,
+    out_shape: tuple[int, int] | None = None,
+    resampling: Resampling = Resampling.nearest,
 ) -> np.ndarray:
-    """Copy the overlapping window of an aligned source into ``out`` (no warp)."""
-    col, row = offset
-    height, width = geobox.shape.yx
-    c0, r0 = max(col, 0), max(row, 0)
-    c1, r1 = min(col + width, ds.width), min(row + height, ds.height)
-    if c1 <= c0 or r1 <= r0:
+    """The same window of each (dataset, bands), stacked (bands, rows, cols)."""
+    parts = []
+    for ds, bands in layers:
+        kwargs: dict[str, Any] = {"window": window}
+        if out_shape is not None:
+            kwargs.update(out_shape=(len(bands), *out_shape), resampling=resampling)
+        try:
+            parts.append(
+                _retrying(
+                    lambda ds=ds, bands=bands, kw=kwargs: ds.read(bands, **kw),
+                    "read of",
+                    ds.name,
+                )
+            )
+        except RasterioError as err:
+            raise ReadError(f"cannot read {_shown(ds.name)}: {_cause(err)}") from None
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _read_layers(
+    layers: list[tuple[DatasetReader, list[int]]],
+    geobox: GeoBox,
+    resampling: Resampling,
+    fill: float,
+    dtype: str,
+    use_overviews: bool,
+) -> np.ndarray:
+    """Read the bands of datasets that share one grid and reproject them in one warp.
+
+    One window and one warp serve the whole stack: the warper's coordinate transformation is
+    computed once instead of once per band (Sentinel-2's four 10 m bands, Sentinel-1's VV/VH).
+    """
+    ref = layers[0][0]
+    n_bands = sum(len(bands) for _, bands in layers)
+    out = np.full((n_bands, *geobox.shape.yx), fill, dtype=dtype)
+    offset = _pixel_offset(ref, geobox)
+    if offset is not None:  # every target pixel is a source pixel: copy, no warp
+        col, row = offset
+        height, width = geobox.shape.yx
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, ref.width), min(row + height, ref.height)
+        if c1 <= c0 or r1 <= r0:
+            return out
+        data = _read_bands(layers, Window(c0, r0, c1 - c0, r1 - r0))
+        if ref.nodata is not None:  # source nodata becomes the target's fill, as a warp does
+            missing = np.isnan(data) if np.isnan(ref.nodata) else data == ref.nodata
+            data = np.where(missing, fill, data)
+        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = data
         return out
-    window = Window(c0, r0, c1 - c0, r1 - r0)
     try:
-        data = _retrying(lambda: ds.read(bands, window=window), f"read of {shown}", ds.name)
+        window = _source_window(ref, geobox, margin_px=2)
+    except (RasterioError, ValueError, OverflowError) as err:
+        shown = _shown(ref.name)
+        raise ReadError(f"cannot place {shown} on the sample grid: {redact(str(err))}") from None
+    if window is None:
+        return out
+    src_transform = ref.window_transform(window)
+    shape = (int(window.height), int(window.width))
+    decimated = False
+    if use_overviews:
+        target = abs(geobox.resolution.x)
+        source = 0.0 if ref.crs.is_geographic else abs(ref.transform.a)
+        factor = int(target / source) if source else 1
+        if factor >= 2:
+            decimated = True
+            shape = (max(1, shape[0] // factor), max(1, shape[1] // factor))
+            src_transform = src_transform * src_transform.scale(
+                window.width / shape[1], window.height / shape[0]
+            )
+    # Decimated reads average (GDAL then serves them from the overviews).
+    data = _read_bands(layers, window, shape if decimated else None, Resampling.average)
+    try:
+        reproject(
+            data,
+            out,
+            src_transform=src_transform,
+            src_crs=ref.crs,
+            src_nodata=ref.nodata,
+            dst_transform=geobox.transform,
+            dst_crs=geobox.crs.to_wkt(),
+            dst_nodata=fill,
+            resampling=resampling,
+            num_threads=1,
+        )
     except RasterioError as err:
-        raise ReadError(f"cannot read {shown}: {_cause(err)}") from None
-    if ds.nodata is not None:  # source nodata becomes the target's fill, as a warp does
-        missing = np.isnan(data) if np.isnan(ds.nodata) else data == ds.nodata
-        data = np.where(missing, fill, data)
-    out[:, r0 - row : r1 - row, c0 - col : c1 - col] = data
+        raise ReadError(f"cannot reproject {_shown(ref.name)}: {_cause(err)}") from None
     return out
+
+
+def _fill_of(ds: DatasetReader, nodata: float | None) -> float:
+    return nodata if nodata is not None else (ds.nodata if ds.nodata is not None else 0)
 
 
 def read_onto(
@@ -384,56 +460,47 @@ def read_onto(
     """
     bands = bands or list(range(1, ds.count + 1))
     dtype = dtype or ds.dtypes[bands[0] - 1]
-    fill = nodata if nodata is not None else (ds.nodata if ds.nodata is not None else 0)
-    out = np.full((len(bands), *geobox.shape.yx), fill, dtype=dtype)
-    shown = _shown(ds.name)
-    offset = _pixel_offset(ds, geobox)
-    if offset is not None:
-        return _read_aligned(ds, geobox, bands, offset, out, fill, shown)
-    try:
-        window = _source_window(ds, geobox, margin_px=2)
-    except (RasterioError, ValueError, OverflowError) as err:
-        raise ReadError(f"cannot place {shown} on the sample grid: {redact(str(err))}") from None
-    if window is None:
-        return out
-    src_transform = ds.window_transform(window)
-    shape = (int(window.height), int(window.width))
-    if use_overviews:
-        target = abs(geobox.resolution.x)
-        source = 0.0 if ds.crs.is_geographic else abs(ds.transform.a)
-        factor = int(target / source) if source else 1
-        if factor >= 2:
-            shape = (max(1, shape[0] // factor), max(1, shape[1] // factor))
-            src_transform = src_transform * src_transform.scale(
-                window.width / shape[1], window.height / shape[0]
-            )
-    try:
-        data = _retrying(
-            lambda: ds.read(
-                bands,
-                window=window,
-                out_shape=(len(bands), *shape),
-                resampling=Resampling.average if use_overviews else Resampling.nearest,
-            ),
-            f"read of {shown}",
-            ds.name,
+    return _read_layers(
+        [(ds, bands)], geobox, resampling, _fill_of(ds, nodata), dtype, use_overviews
+    )
+
+
+def read_stack_onto(
+    datasets: list[DatasetReader],
+    geobox: GeoBox,
+    *,
+    resampling: Resampling = Resampling.nearest,
+    nodata: float | None = None,
+    dtype: str | None = None,
+) -> np.ndarray:
+    """The first band of each dataset on ``geobox``, stacked (one layer per dataset).
+
+    Datasets on the same grid (CRS, transform, size, nodata, dtype) are read with one window
+    and reprojected by one warp; each layer equals :func:`read_onto` of its dataset.
+
+    Args:
+        datasets: Open single-band datasets (e.g. the band files of one Sentinel-2 scene).
+        geobox: The target grid.
+        resampling: Resampling for the reprojection.
+        nodata: Value for pixels without data (default: each dataset's nodata, else 0).
+        dtype: Output dtype (default: the first dataset's).
+
+    Returns:
+        Array (len(datasets), rows, cols) on ``geobox``.
+    """
+    dtype = dtype or datasets[0].dtypes[0]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, ds in enumerate(datasets):
+        groups.setdefault(_grid_key(ds), []).append(i)
+    out = np.empty((len(datasets), *geobox.shape.yx), dtype=dtype)
+    for members in groups.values():
+        ref = datasets[members[0]]
+        out[members] = _read_layers(
+            [(datasets[i], [1]) for i in members],
+            geobox,
+            resampling,
+            _fill_of(ref, nodata),
+            dtype,
+            False,
         )
-    except RasterioError as err:
-        raise ReadError(f"cannot read {shown}: {_cause(err)}") from None
-    src_nodata = ds.nodata if ds.nodata is not None else None
-    try:
-        reproject(
-            data,
-            out,
-            src_transform=src_transform,
-            src_crs=ds.crs,
-            src_nodata=src_nodata,
-            dst_transform=geobox.transform,
-            dst_crs=geobox.crs.to_wkt(),
-            dst_nodata=fill,
-            resampling=resampling,
-            num_threads=1,
-        )
-    except RasterioError as err:
-        raise ReadError(f"cannot reproject {shown}: {_cause(err)}") from None
     return out

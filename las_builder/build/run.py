@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
+import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +24,7 @@ from las_builder.build.read import DatasetCache, gdal_env
 from las_builder.build.sample import SampleOutcome, build_sample, build_sample_earthengine
 from las_builder.build.search import SearchError, StacSearcher
 from las_builder.build.store import (
+    ArraySpec,
     array_specs,
     create_store,
     done_shards,
@@ -51,9 +55,28 @@ def _failed_sample(err: Exception) -> SampleOutcome:
     return SampleOutcome("failed", f"unexpected {type(err).__name__}: {err}")
 
 
+_searchers: dict[tuple[str, str, int], StacSearcher] = {}
+_searchers_lock = threading.Lock()
+
+
+def _searcher(cfg: BuildConfig) -> StacSearcher:
+    """The STAC client of this build and thread.
+
+    The catalog root and collections are fetched once per build, not once per shard, and a new
+    build (a retry after an outage) starts afresh.
+    """
+    key = (cfg.stac_url, cfg.run_id, threading.get_ident())
+    with _searchers_lock:
+        if key not in _searchers:
+            for old in [k for k in _searchers if k[1] != cfg.run_id]:
+                del _searchers[old]  # earlier builds' clients
+            _searchers[key] = StacSearcher(cfg.stac_url)
+        return _searchers[key]
+
+
 def _search_shard(rows: list[dict[str, Any]], cfg: BuildConfig) -> dict[str, list[SceneItem]]:
     """One search per collection for all the samples of a shard."""
-    searcher = StacSearcher(cfg.stac_url)
+    searcher = _searcher(cfg) if cfg.run_id else StacSearcher(cfg.stac_url)
     footprints = [row["geometry"] for row in rows]
     found: dict[str, list[SceneItem]] = {}
     if cfg.s2_collection:
@@ -86,8 +109,33 @@ def _index_row(row: dict[str, Any], outcome: SampleOutcome) -> dict[str, Any]:
     }
 
 
+class _ShardArrays:
+    """A shard's arrays, each allocated (at its fill value) when a sample first brings data."""
+
+    def __init__(self, specs: dict[str, ArraySpec], count: int) -> None:
+        self._specs = specs
+        self._count = count
+        self.filled: dict[str, np.ndarray] = {}
+
+    def put(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
+        """Place one sample's arrays (paths the store lacks are ignored) in its slot."""
+        for path, data in arrays.items():
+            spec = self._specs.get(path)
+            if spec is None:
+                continue
+            if path not in self.filled:
+                shape = (self._count, *spec.shape)
+                self.filled[path] = np.full(shape, spec.fill, dtype=spec.dtype)
+            self.filled[path][slot] = data
+
+    @property
+    def empty(self) -> list[str]:
+        """Array paths no sample of the shard brought data to (wholly fill value)."""
+        return [path for path in self._specs if path not in self.filled]
+
+
 def _build_rows_earthengine(
-    rows: list[dict[str, Any]], cfg: BuildConfig, arrays: dict[str, np.ndarray], start: int
+    rows: list[dict[str, Any]], cfg: BuildConfig, arrays: _ShardArrays, start: int
 ) -> list[dict[str, Any]]:
     """The samples of a shard from Earth Engine (the client initialises once per process)."""
     from las_builder.sources.earthengine import EarthEngineSource
@@ -100,9 +148,7 @@ def _build_rows_earthengine(
         except Exception as err:  # never let one sample crash the build
             outcome = _failed_sample(err)
         if outcome.status == "ok":
-            for path, data in outcome.arrays.items():
-                if path in arrays:
-                    arrays[path][row["plan_index"] - start] = data
+            arrays.put(row["plan_index"] - start, outcome.arrays)
         index_rows.append(_index_row(row, outcome))
     return index_rows
 
@@ -125,13 +171,11 @@ def build_shard(
     """
     install_log_redaction()  # also in dask worker processes
     start = shard * samples_per_shard
-    count = min(samples_per_shard, n_samples - start)
-    specs = array_specs(cfg)
-    arrays = {path: np.full((count, *s.shape), s.fill, dtype=s.dtype) for path, s in specs.items()}
+    arrays = _ShardArrays(array_specs(cfg), min(samples_per_shard, n_samples - start))
     index_rows = []
     if cfg.backend == "earthengine":
         index_rows = _build_rows_earthengine(rows, cfg, arrays, start)
-        write_shard(f"{output}/las.zarr", start, arrays)
+        write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
         write_index_part(output, shard, index_rows)  # last: marks the shard complete
         return index_rows
     with gdal_env():
@@ -145,14 +189,12 @@ def build_shard(
                     raise
                 except Exception as err:  # never let one sample crash the build
                     outcome = _failed_sample(err)
-                slot = row["plan_index"] - start
                 if outcome.status == "ok":
-                    for path, data in outcome.arrays.items():
-                        arrays[path][slot] = data
+                    arrays.put(row["plan_index"] - start, outcome.arrays)
                 index_rows.append(_index_row(row, outcome))
         finally:
             cache.close()
-    write_shard(f"{output}/las.zarr", start, arrays)
+    write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
     write_index_part(output, shard, index_rows)  # last: marks the shard complete
     return index_rows
 
@@ -244,6 +286,7 @@ def run_build(
             and running the build again builds the missing ones.
     """
     install_log_redaction()
+    cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex)
     plan = read_plan(output)
     n = len(plan)
     create_store(

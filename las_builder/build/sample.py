@@ -15,7 +15,7 @@ from rasterio.warp import Resampling
 from shapely.geometry.base import BaseGeometry
 
 from las_builder.build.config import BuildConfig, LabelSpec
-from las_builder.build.read import DatasetCache, ReadError, read_onto
+from las_builder.build.read import DatasetCache, ReadError, read_onto, read_stack_onto
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, UnknownCodeError, load_mapping
 from las_builder.catalog.labels import load_label_product
 from las_builder.consensus import agreement_fraction, consensus
@@ -55,30 +55,47 @@ class _S2Candidate:
     nodata_frac: float
 
     @property
-    def rank(self) -> tuple[float, float, str]:
-        # Least cloudy over the sample itself, then least empty; the id breaks ties stably.
-        return (round(self.cloud_pct + 100 * self.nodata_frac, 6), self.nodata_frac, self.item.id)
+    def perfect(self) -> bool:
+        return self.cloud_pct == 0 and self.nodata_frac == 0
+
+    @property
+    def rank(self) -> tuple[float, float, float, str]:
+        # Least cloudy over the sample itself, then least empty, then least cloudy scene-wide
+        # (eo:cloud_cover); the id breaks ties stably.
+        over_sample = round(self.cloud_pct + 100 * self.nodata_frac, 6)
+        return (over_sample, self.nodata_frac, _scene_cloud(self.item), self.item.id)
 
 
-def _rank_s2(items: list[SceneItem], geobox: GeoBox, cache: DatasetCache) -> list[_S2Candidate]:
-    """Sentinel-2 scenes ranked by cloud (from their SCL) over the sample's own footprint."""
+def _scene_cloud(item: SceneItem) -> float:
+    return item.cloud_cover if item.cloud_cover is not None else 100.0
+
+
+def _rank_s2(
+    items: list[SceneItem], geobox: GeoBox, cache: DatasetCache, *, all_scenes: bool = False
+) -> list[_S2Candidate]:
+    """Sentinel-2 scenes ranked by cloud (from their SCL) over the sample's own footprint.
+
+    Scenes are examined from the least cloudy scene-wide; unless ``all_scenes``, the first
+    that is clear and complete over the sample ends the search, since no later scene can
+    outrank it. That saves reading the SCL of every candidate (most samples stop at one).
+    """
     ranked = []
-    for item in items:
+    for item in sorted(items, key=lambda it: (_scene_cloud(it), it.id)):
         ds = cache.asset(item, asset_key(item, "sentinel-2-l2a", "SCL"))
         scl = read_onto(ds, geobox, nodata=0)[0]
         valid = scl > 0
         nodata_frac = 1.0 - float(valid.mean())
         cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
         ranked.append(_S2Candidate(item, scl, cloud_pct, nodata_frac))
+        if ranked[-1].perfect and not all_scenes:
+            break
     return sorted(ranked, key=lambda c: c.rank)
 
 
 def _read_s2(item: SceneItem, geobox: GeoBox, cache: DatasetCache) -> np.ndarray:
-    bands = []
-    for name in S2_BANDS:
-        ds = cache.asset(item, asset_key(item, "sentinel-2-l2a", name))
-        bands.append(read_onto(ds, geobox, resampling=Resampling.bilinear, nodata=0)[0])
-    return harmonize_s2(np.stack(bands), item)
+    datasets = [cache.asset(item, asset_key(item, "sentinel-2-l2a", name)) for name in S2_BANDS]
+    stack = read_stack_onto(datasets, geobox, resampling=Resampling.bilinear, nodata=0)
+    return harmonize_s2(stack, item)
 
 
 def median_composite(stacks: list[np.ndarray], scls: list[np.ndarray]) -> np.ndarray:
@@ -227,7 +244,7 @@ def build_sample(
                     f"no {cfg.s2_collection} scene between {cfg.start:%Y-%m-%d} "
                     f"and {cfg.end:%Y-%m-%d}"
                 )
-            ranked = _rank_s2(candidates, geobox, cache)
+            ranked = _rank_s2(candidates, geobox, cache, all_scenes=cfg.composite == "median")
             best = ranked[0]
             s2_item, scl, cloud_pct, nodata_frac = (
                 best.item,
@@ -271,23 +288,16 @@ def build_sample(
                 )
             chosen = None
             for item in s1:
-                vv = read_onto(
-                    cache.asset(item, "vv"),
+                vv_vh = read_stack_onto(
+                    [cache.asset(item, "vv"), cache.asset(item, "vh")],
                     geobox,
                     resampling=Resampling.bilinear,
                     nodata=np.nan,
                     dtype="float32",
                 )
-                if float(np.isnan(vv).mean()) <= cfg.max_nodata:
-                    vh = read_onto(
-                        cache.asset(item, "vh"),
-                        geobox,
-                        resampling=Resampling.bilinear,
-                        nodata=np.nan,
-                        dtype="float32",
-                    )
+                if float(np.isnan(vv_vh[0]).mean()) <= cfg.max_nodata:
                     chosen = item
-                    arrays["sentinel-1"] = s1_to_units(np.concatenate([vv, vh]), cfg.s1_units)
+                    arrays["sentinel-1"] = s1_to_units(vv_vh, cfg.s1_units)
                     break
             if chosen is None:
                 raise SampleSkipped(f"no {cfg.s1_collection} scene covers the sample")

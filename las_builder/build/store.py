@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,12 +236,22 @@ def create_store(
     root.attrs.update({"las_store_version": STORE_VERSION})  # last: the store is complete
 
 
-def write_shard(url: str, start: int, arrays: dict[str, np.ndarray]) -> None:
+def write_shard(
+    url: str, start: int, arrays: dict[str, np.ndarray], empty: Iterable[str] = ()
+) -> None:
     """Write whole shards (rows ``start``..) of every array: one object per array.
 
     A shard without its index part is rewritten whole. Should an earlier, killed build have
     left a shard object that cannot be decoded (zarr reads the old shard while writing), that
     object is deleted and the shard written again.
+
+    Args:
+        url: The store.
+        start: First row of the shard.
+        arrays: Shard data by array path.
+        empty: Array paths whose shard holds only the fill value (e.g. NAIP outside the US):
+            nothing is written, as zarr stores no empty chunk, and an object left by an
+            earlier, killed build is deleted. Skipping them saves checking every pixel.
     """
     root = zarr.open_group(url, mode="r+", zarr_format=3)
 
@@ -256,6 +267,8 @@ def write_shard(url: str, start: int, arrays: dict[str, np.ndarray]) -> None:
 
     for path, data in arrays.items():
         write(path, data)
+    for path in empty:
+        _delete_shard(url, path, root[path], start)
 
 
 def _delete_shard(url: str, path: str, array: zarr.Array, start: int) -> bool:
