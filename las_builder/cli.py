@@ -86,13 +86,25 @@ def world_serve(
     assets_port: Annotated[
         int, typer.Option(help="Port of the asset file server; 0 picks a free one.")
     ] = 0,
+    latency_ms: Annotated[
+        float,
+        typer.Option(
+            help="Delay each asset answer by this many ms, like remote object storage "
+            "(benchmarks); 0: loopback speed."
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve a world: a STAC API and a range-request file server on 127.0.0.1."""
     from las_builder.world.serve import ServeError, serve_world
 
     try:
         serve_world(
-            directory, server=server, detach=detach, stac_port=stac_port, assets_port=assets_port
+            directory,
+            server=server,
+            detach=detach,
+            stac_port=stac_port,
+            assets_port=assets_port,
+            latency_ms=latency_ms,
         )
     except ServeError as err:
         raise CliError(str(err)) from None

@@ -42,6 +42,9 @@ GDAL_ENV: dict[str, Any] = {
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_HTTP_TIMEOUT": "30",
     "VSI_CACHE": "TRUE",
+    # GDAL's block cache defaults to 5% of RAM and fills as a build reads on, so peak memory
+    # would grow with the number of samples; a shard's tiles fit in far less.
+    "GDAL_CACHEMAX": 128,  # MB (rasterio wants an int)
 }
 
 READ_RETRIES = 2
@@ -150,47 +153,70 @@ class DatasetCache:
     """Open datasets by href, shared by all the samples of one shard, then closed together.
 
     Samples of a shard lie close together, so they read the same few assets: opening each once
-    saves the header requests that dominate small window reads over HTTP.
+    saves the header requests that dominate small window reads over HTTP. A GDAL dataset must
+    not be read from two threads at once, so handles are borrowed: a thread takes a free handle
+    of the href, or opens another when every handle is in use by other threads.
     """
 
     def __init__(self, sign: Callable[[str, str], str] | None = None) -> None:
-        self._open: dict[str, DatasetReader] = {}
+        self._free: dict[str, list[DatasetReader]] = {}
+        self._all: list[DatasetReader] = []
         self._failed: dict[str, str] = {}
         self._lock = threading.Lock()
         self._sign = sign
 
-    def asset(self, item: SceneItem, key: str) -> DatasetReader:
-        """The open dataset of an item's asset, its href signed when the catalog needs it."""
+    def href(self, item: SceneItem, key: str) -> str:
+        """The href of an item's asset, signed when the catalog needs it."""
         href = item.asset(key).href
         if self._sign is not None:
             signed = self._sign(href, item.collection or "")
             if signed != href and "?" in signed:
                 register_secret(signed.split("?", 1)[1])  # masked in every message and log
             href = signed
-        return self.get(href)
+        return href
 
-    def get(self, href: str) -> DatasetReader:
-        """The open dataset of ``href`` (opened on first use).
+    @contextmanager
+    def assets(self, item: SceneItem, *keys: str) -> Iterator[list[DatasetReader]]:
+        """Borrow the open datasets of an item's assets (see :meth:`borrow`)."""
+        with self.borrow(*(self.href(item, key) for key in keys)) as datasets:
+            yield datasets
+
+    @contextmanager
+    def borrow(self, *hrefs: str) -> Iterator[list[DatasetReader]]:
+        """Borrow an open dataset of each href for the calling thread, returned on exit.
 
         The href must pass :func:`las_builder.security.check_href`; a transient failure is
         retried; a failure is remembered, so the other samples of the shard fail at once.
 
         Raises:
-            ReadError: The href is refused, cannot be opened, or is not georeferenced.
+            ReadError: An href is refused, cannot be opened, or is not georeferenced.
         """
+        taken: list[tuple[str, DatasetReader]] = []
+        try:
+            for href in hrefs:
+                taken.append((href, self._take(href)))
+            yield [ds for _, ds in taken]
+        finally:
+            with self._lock:
+                for href, ds in taken:
+                    self._free.setdefault(href, []).append(ds)
+
+    def _take(self, href: str) -> DatasetReader:
         with self._lock:
-            ds = self._open.get(href)
-            if ds is not None:
-                return ds
+            free = self._free.get(href)
+            if free:
+                return free.pop()
             if href in self._failed:
                 raise ReadError(self._failed[href])
-            try:
-                ds = self._open_checked(href)
-            except ReadError as err:
+        try:  # outside the lock: other threads open their datasets meanwhile
+            ds = self._open_checked(href)
+        except ReadError as err:
+            with self._lock:
                 self._failed[href] = str(err)
-                raise
-            self._open[href] = ds
-            return ds
+            raise
+        with self._lock:
+            self._all.append(ds)
+        return ds
 
     @staticmethod
     def _open_checked(href: str) -> DatasetReader:
@@ -214,9 +240,10 @@ class DatasetCache:
     def close(self) -> None:
         """Close every open dataset."""
         with self._lock:
-            for ds in self._open.values():
+            for ds in self._all:
                 ds.close()
-            self._open.clear()
+            self._all.clear()
+            self._free.clear()
 
 
 _AWS_ENV = (
@@ -262,7 +289,9 @@ def _reuse_rasterio_aws_sessions() -> None:
 
 def gdal_options() -> dict[str, Any]:
     """:data:`GDAL_ENV`, each value overridden by an environment variable of the same name."""
-    return {key: os.environ.get(key, value) for key, value in GDAL_ENV.items()}
+    options = {key: os.environ.get(key, value) for key, value in GDAL_ENV.items()}
+    options["GDAL_CACHEMAX"] = int(options["GDAL_CACHEMAX"])
+    return options
 
 
 @contextmanager

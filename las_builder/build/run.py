@@ -9,6 +9,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -178,21 +179,35 @@ def build_shard(
         write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
         write_index_part(output, shard, index_rows)  # last: marks the shard complete
         return index_rows
-    with gdal_env():
-        cache = DatasetCache(make_signer(cfg.sign))
-        try:
+    cache = DatasetCache(make_signer(cfg.sign))
+    try:
+        with gdal_env():
             items = _search_shard(rows, cfg)
-            for row in rows:
+
+        def one(row: dict[str, Any]) -> SampleOutcome:
+            with gdal_env():  # GDAL options are per thread
                 try:
-                    outcome = build_sample(row, items, cfg, cache)
+                    return build_sample(row, items, cfg, cache)
                 except SigningError:
                     raise
                 except Exception as err:  # never let one sample crash the build
-                    outcome = _failed_sample(err)
-                if outcome.status == "ok":
-                    arrays.put(row["plan_index"] - start, outcome.arrays)
-                index_rows.append(_index_row(row, outcome))
-        finally:
+                    return _failed_sample(err)
+
+        # Samples are independent: building a few at a time overlaps their reads (network
+        # latency) and their decoding and warping (GDAL releases the GIL). Results keep plan
+        # order, so the shard is the same whatever the thread count.
+        threads = max(1, min(cfg.read_threads, len(rows)))
+        if threads == 1:
+            outcomes = [one(row) for row in rows]
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix=f"shard{shard}") as pool:
+                outcomes = list(pool.map(one, rows))
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome.status == "ok":
+                arrays.put(row["plan_index"] - start, outcome.arrays)
+            index_rows.append(_index_row(row, outcome))
+    finally:
+        with gdal_env():
             cache.close()
     write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
     write_index_part(output, shard, index_rows)  # last: marks the shard complete

@@ -81,8 +81,8 @@ def _rank_s2(
     """
     ranked = []
     for item in sorted(items, key=lambda it: (_scene_cloud(it), it.id)):
-        ds = cache.asset(item, asset_key(item, "sentinel-2-l2a", "SCL"))
-        scl = read_onto(ds, geobox, nodata=0)[0]
+        with cache.assets(item, asset_key(item, "sentinel-2-l2a", "SCL")) as (ds,):
+            scl = read_onto(ds, geobox, nodata=0)[0]
         valid = scl > 0
         nodata_frac = 1.0 - float(valid.mean())
         cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
@@ -93,8 +93,9 @@ def _rank_s2(
 
 
 def _read_s2(item: SceneItem, geobox: GeoBox, cache: DatasetCache) -> np.ndarray:
-    datasets = [cache.asset(item, asset_key(item, "sentinel-2-l2a", name)) for name in S2_BANDS]
-    stack = read_stack_onto(datasets, geobox, resampling=Resampling.bilinear, nodata=0)
+    keys = [asset_key(item, "sentinel-2-l2a", name) for name in S2_BANDS]
+    with cache.assets(item, *keys) as datasets:
+        stack = read_stack_onto(datasets, geobox, resampling=Resampling.bilinear, nodata=0)
     return harmonize_s2(stack, item)
 
 
@@ -133,7 +134,8 @@ def _read_labels(
         chosen = []
     out = np.full(geobox.shape.yx, nodata, dtype=legend.dtype)
     for item in chosen:
-        data = read_onto(cache.asset(item, spec.asset), geobox, nodata=nodata)[0]
+        with cache.assets(item, spec.asset) as (ds,):
+            data = read_onto(ds, geobox, nodata=nodata)[0]
         fill = out == nodata
         out[fill] = data[fill]
     return out, chosen
@@ -288,13 +290,14 @@ def build_sample(
                 )
             chosen = None
             for item in s1:
-                vv_vh = read_stack_onto(
-                    [cache.asset(item, "vv"), cache.asset(item, "vh")],
-                    geobox,
-                    resampling=Resampling.bilinear,
-                    nodata=np.nan,
-                    dtype="float32",
-                )
+                with cache.assets(item, "vv", "vh") as datasets:
+                    vv_vh = read_stack_onto(
+                        datasets,
+                        geobox,
+                        resampling=Resampling.bilinear,
+                        nodata=np.nan,
+                        dtype="float32",
+                    )
                 if float(np.isnan(vv_vh[0]).mean()) <= cfg.max_nodata:
                     chosen = item
                     arrays["sentinel-1"] = s1_to_units(vv_vh, cfg.s1_units)
@@ -311,13 +314,10 @@ def build_sample(
             record["naip_item"] = None
             for item in _covering(items.get(cfg.naip_collection, []), footprint):
                 if item.footprint() is not None and item.footprint().contains(footprint):
-                    image = read_onto(
-                        cache.asset(item, "image"),
-                        fine,
-                        resampling=Resampling.average,
-                        nodata=0,
-                        dtype="uint8",
-                    )
+                    with cache.assets(item, "image") as (ds,):
+                        image = read_onto(
+                            ds, fine, resampling=Resampling.average, nodata=0, dtype="uint8"
+                        )
                     arrays["naip"] = image
                     record.update(naip_item=item.id, naip_datetime=_iso(item.datetime))
                     break

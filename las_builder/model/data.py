@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
 from collections.abc import Iterable, Sequence
@@ -308,6 +309,7 @@ class LASDataset(Dataset):
         self.storage_options = storage_options
         self._root: Any = None
         self._pid: int | None = None
+        self._handles: dict[str, Any] | None = None
 
         index = read_index(path, storage_options)
         ok = index[index["status"] == "ok"].sort_values("zarr_index")
@@ -371,12 +373,26 @@ class LASDataset(Dataset):
         if self._root is None or self._pid != os.getpid():
             self._root = open_store(self.path, self.storage_options)
             self._pid = os.getpid()
+            self._handles = None  # a forked worker must not reuse its parent's handles
         return self._root
+
+    def _arrays(self) -> dict[str, Any]:
+        """The arrays this dataset reads, opened once per process.
+
+        A group lookup (``root[name]``) re-reads the array's metadata, which costs more than
+        decoding a small sample, so the handles are kept.
+        """
+        root = self._group()
+        if self._handles is None:
+            names = [*self.modalities, *(spec.array for spec in self.products)]
+            self._handles = {name: root[name] for name in names}
+        return self._handles
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_root"] = None
         state["_pid"] = None
+        state["_handles"] = None
         return state
 
     def __len__(self) -> int:
@@ -410,37 +426,117 @@ class LASDataset(Dataset):
             and ``labels`` keyed by product (int64, :data:`IGNORE_INDEX` where unusable).
 
         """
-        row = self.rows[i]
-        zi = row["zarr_index"]
-        root = self._group()
-        y0, x0, h, w = self._window()
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Return several samples, reading the store for all of them at once.
+
+        ``torch.utils.data.DataLoader`` calls this with a whole batch's positions. Every array
+        read of the batch runs in one round trip to zarr's event loop, and the samples of one
+        contiguous run of store rows are read by one call per array, so a batch of samples
+        from few shards (see :class:`ShardBatchSampler`) costs few zarr calls. Items are the
+        same as :meth:`__getitem__`'s, in order; random crops are drawn from torch's RNG in the
+        same order as one ``__getitem__`` call per position would draw them.
+
+        Args:
+            indices: Dataset positions (repeats allowed).
+
+        Returns:
+            One item per position, as :meth:`__getitem__` returns it.
+
+        """
+        rows = [self.rows[i] for i in indices]
+        windows = [self._window() for _ in rows]  # the RNG order of one __getitem__ per row
+        raw = self._read([row["zarr_index"] for row in rows], windows)
+        return [
+            self._item(row, window, {name: raw[name][k] for name in raw})
+            for k, (row, window) in enumerate(zip(rows, windows, strict=True))
+        ]
+
+    def _read(
+        self, zarr_indices: Sequence[int], windows: Sequence[tuple[int, int, int, int]]
+    ) -> dict[str, list[np.ndarray]]:
+        """Read every array's window of every sample in one round trip to zarr's event loop.
+
+        Where an array's chunk holds a whole sample (as ``las build`` writes them), any window
+        decodes the whole chunk anyway: contiguous runs of rows are then read by one call each
+        and cropped here. Otherwise each window is read on its own, so only its chunks decode.
+
+        Returns:
+            ``{array path: [stored values of each sample's window]}``.
+
+        """
+        from zarr.core.sync import sync
+
+        arrays = self._arrays()
+        reads: list[Any] = []  # coroutines, gathered below
+        plans: dict[str, list[tuple[int, Any]]] = {}  # per sample: (read number, crop)
+        for name, arr in arrays.items():
+            f = arr.shape[-1] // self.shape[1]  # stored pixels per label pixel
+            lead = (slice(None),) * (arr.ndim - 3)  # the band axis of imagery, none for labels
+            crops = [
+                (*lead, slice(y0 * f, (y0 + h) * f), slice(x0 * f, (x0 + w) * f))
+                for y0, x0, h, w in windows
+            ]
+            plan: list[tuple[int, Any]] = []
+            if tuple(arr.chunks[-2:]) == tuple(arr.shape[-2:]):
+                start_of: dict[int, tuple[int, int]] = {}
+                for a, b in _runs(zarr_indices):
+                    for zi in range(a, b):
+                        start_of[zi] = (len(reads), zi - a)
+                    reads.append(arr.async_array.getitem(slice(a, b)))
+                for zi, crop in zip(zarr_indices, crops, strict=True):
+                    number, offset = start_of[zi]
+                    plan.append((number, (offset, *crop)))
+            else:
+                seen: dict[tuple[int, tuple[int, int, int, int]], int] = {}
+                for zi, window, crop in zip(zarr_indices, windows, crops, strict=True):
+                    if (zi, window) not in seen:
+                        seen[(zi, window)] = len(reads)
+                        reads.append(arr.async_array.getitem((zi, *crop)))
+                    plan.append((seen[(zi, window)], ...))
+            plans[name] = plan
+
+        async def gather() -> list[Any]:
+            return list(await asyncio.gather(*reads))
+
+        done = sync(gather())  # zarr's own loop, as its synchronous API uses
+        return {
+            name: [np.asarray(done[number][crop]) for number, crop in plan]
+            for name, plan in plans.items()
+        }
+
+    def _item(
+        self, row: dict[str, Any], window: tuple[int, int, int, int], raw: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """Normalise one sample's stored values into the item :meth:`__getitem__` returns."""
+        y0, x0, h, w = window
         images, wls, pols, available = {}, {}, {}, {}
         for m in self.modalities:
-            arr = root[m]
-            f = arr.shape[-1] // self.shape[1]
-            raw = arr[zi, :, y0 * f : (y0 + h) * f, x0 * f : (x0 + w) * f]
-            x = torch.from_numpy(normalise(m, np.asarray(raw), self.attrs[m]))
+            values = raw[m]
+            x = torch.from_numpy(normalise(m, values, self.attrs[m]))
             if m == "naip":
-                ok = row["has_naip"] and bool(np.any(raw))
+                f = values.shape[-1] // w
+                ok = row["has_naip"] and bool(np.any(values))
                 if self.naip_factor is not None and self.naip_factor != f:
                     x = F.interpolate(
                         x[None], size=(h * self.naip_factor, w * self.naip_factor), mode="area"
                     )[0]
             elif m == "sentinel-1":
-                ok = bool(np.isfinite(raw).mean() > 0.5)
+                ok = bool(np.isfinite(values).mean() > 0.5)
             else:
-                ok = bool(np.any(raw))
+                ok = bool(np.any(values))
             images[m] = x
             wls[m] = torch.tensor(self.bands[m][0], dtype=torch.float32)
             pols[m] = torch.tensor(self.bands[m][1], dtype=torch.long)
             available[m] = ok
-        labels = {}
-        for spec in self.products:
-            raw = np.asarray(root[spec.array][zi, y0 : y0 + h, x0 : x0 + w])
-            labels[spec.key] = torch.from_numpy(self._luts[spec.key][raw])
+        labels = {
+            spec.key: torch.from_numpy(self._luts[spec.key][raw[spec.array]])
+            for spec in self.products
+        }
         return {
             "sample_id": row["sample_id"],
-            "zarr_index": zi,
+            "zarr_index": row["zarr_index"],
             "window": torch.tensor([y0, x0, h, w]),
             "images": images,
             "wavelengths": wls,
@@ -448,6 +544,17 @@ class LASDataset(Dataset):
             "available": available,
             "labels": labels,
         }
+
+
+def _runs(values: Iterable[int]) -> list[tuple[int, int]]:
+    """Cover the distinct values with maximal ``[start, stop)`` runs of consecutive integers."""
+    runs: list[tuple[int, int]] = []
+    for v in sorted(set(values)):
+        if runs and runs[-1][1] == v:
+            runs[-1] = (runs[-1][0], v + 1)
+        else:
+            runs.append((v, v + 1))
+    return runs
 
 
 def compose_input(

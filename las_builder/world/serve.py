@@ -602,11 +602,13 @@ def _executable(name: str) -> str:
 # starting the servers
 
 
-def _start_range_server(started: _Started, root: Path, serve_dir: Path, port: int) -> _Proc:
+def _start_range_server(
+    started: _Started, root: Path, serve_dir: Path, port: int, latency_ms: float = 0.0
+) -> _Proc:
     """Start the range-request file server and wait until it answers."""
     proc = started.spawn(
         "assets",
-        [*_SELF, "_range", str(port), str(root)],
+        [*_SELF, "_range", str(port), str(root), str(latency_ms)],
         serve_dir / "assets.log",
         cwd=root,
     )
@@ -838,6 +840,7 @@ def serve_world(
     *,
     stac_port: int = 0,
     assets_port: int = 0,
+    latency_ms: float = 0.0,
 ) -> ServeInfo:
     """Serve a world: a STAC API and a range-request file server on 127.0.0.1.
 
@@ -851,6 +854,8 @@ def serve_world(
             ``stop_world``); otherwise block until Ctrl-C or SIGTERM, then stop them.
         stac_port: Port of the STAC API; 0 picks a free one.
         assets_port: Port of the file server; 0 picks a free one.
+        latency_ms: The file server waits this long before each answer, like remote object
+            storage (first-byte latency); 0 answers at loopback speed. For benchmarks.
 
     Returns:
         Where the servers answer.
@@ -861,6 +866,8 @@ def serve_world(
     """
     if server not in SERVERS:
         raise ServeError(f"unknown server {server!r}: use one of {', '.join(SERVERS)}")
+    if not 0 <= latency_ms <= 10_000:
+        raise ServeError(f"--latency-ms must be between 0 and 10000, got {latency_ms}")
     root, manifest = _world_root(world_dir)
     ids = _collection_ids(root, manifest)
 
@@ -913,7 +920,7 @@ def serve_world(
     pgdata: Path | None = None
     pgdata_tmp = False
     try:
-        _start_range_server(started, root, serve_dir, ports["assets"])
+        _start_range_server(started, root, serve_dir, ports["assets"], latency_ms)
         if server == "rustac":
             _proc, stac_url = _start_rustac(started, serve_dir, ports["stac"], files)
         else:
@@ -937,6 +944,7 @@ def serve_world(
             "logs": str(serve_dir),
             "pgdata": str(pgdata) if pgdata else None,
             "pgdata_tmp": pgdata_tmp,
+            "latency_ms": latency_ms,
         }
         _write_json(root / SERVE_JSON, state, indent=1)
     except BaseException:
@@ -1077,8 +1085,12 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return first, min(last, size - 1)
 
 
-def _range_main(port: int, directory: str) -> None:
-    """Serve ``directory`` on 127.0.0.1:``port`` with HTTP Range support until killed."""
+def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
+    """Serve ``directory`` on 127.0.0.1:``port`` with HTTP Range support until killed.
+
+    With ``latency_ms`` every answer waits that long first (one thread per connection, so
+    concurrent requests wait concurrently, as they do against remote object storage).
+    """
     import functools
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -1093,6 +1105,8 @@ def _range_main(port: int, directory: str) -> None:
         timeout = 120
 
         def send_head(self) -> BinaryIO | None:  # type: ignore[override]
+            if latency_ms > 0:
+                time.sleep(latency_ms / 1000)
             self.range = None
             parts = unquote(urlsplit(self.path).path).split("/")
             if any(part.startswith(".") for part in parts if part):  # .serve/ holds pg data
@@ -1184,9 +1198,9 @@ def _pgload_main(dsn: str, collections: str, items: str) -> None:
 
 def _main(argv: list[str]) -> int:
     """Run a child entry point."""
-    usage = "usage: python -P serve.py _range PORT DIR | _pgload DSN COLLECTIONS ITEMS"
-    if len(argv) == 3 and argv[0] == "_range":
-        _range_main(int(argv[1]), argv[2])
+    usage = "usage: python -P serve.py _range PORT DIR [LATENCY_MS] | _pgload DSN COLLECTIONS ITEMS"
+    if len(argv) in (3, 4) and argv[0] == "_range":
+        _range_main(int(argv[1]), argv[2], float(argv[3]) if len(argv) == 4 else 0.0)
         return 0
     if len(argv) == 4 and argv[0] == "_pgload":
         _pgload_main(argv[1], argv[2], argv[3])

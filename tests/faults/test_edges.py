@@ -132,7 +132,8 @@ def test_an_all_nodata_window_reads_as_fill(
     geobox = sample_geobox(15.0 + 0.02, 36.1, 32, 10.0)  # inside the raster, UTM 33N
     cache = DatasetCache()
     try:
-        out = read_onto(cache.get(str(path)), geobox, nodata=0)
+        with cache.borrow(str(path)) as (ds,):
+            out = read_onto(ds, geobox, nodata=0)
     finally:
         cache.close()
     assert out.shape == (1, 32, 32) and not out.any()
@@ -144,7 +145,7 @@ def test_a_raster_without_crs_is_a_read_error(
     monkeypatch.setenv("LAS_ALLOWED_FILE_ROOTS", str(tmp_path))
     path = _cog(tmp_path / "nocrs.tif", np.ones((64, 64), "uint8"), None)
     cache = DatasetCache()
-    with pytest.raises(ReadError, match="has no CRS"):
-        cache.get(path.as_uri())
-    with pytest.raises(ReadError, match="has no CRS"):  # remembered: no second open
-        cache.get(path.as_uri())
+    with pytest.raises(ReadError, match="has no CRS"), cache.borrow(path.as_uri()):
+        pass
+    with pytest.raises(ReadError, match="has no CRS"), cache.borrow(path.as_uri()):
+        pass  # remembered: no second open
