@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,6 +33,14 @@ def build(
     scheduler: Annotated[
         str | None, typer.Option(help="Join an existing dask.distributed scheduler (tcp://...).")
     ] = None,
+    read_threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Samples each shard task builds at a time: their reads overlap (network "
+            "latency). 1 on a fast local disk; more against slow remote storage.",
+        ),
+    ] = 4,
     status: Annotated[
         bool, typer.Option("--status", help="Show done/remaining/skipped and exit.")
     ] = False,
@@ -64,7 +73,7 @@ def build(
     if status:
         typer.echo(json.dumps(build_status(output, plan), indent=1))
         return
-    cfg = config_from_recipe(spec)
+    cfg = dataclasses.replace(config_from_recipe(spec), read_threads=read_threads)
     started = time.monotonic()
     done = {"samples": 0, "skipped": 0, "failed": 0}
     with Progress(
