@@ -3,7 +3,9 @@
 One item is one usable sample (``status == "ok"`` in the index), read by random access from the
 Zarr v3 shards. The store is opened lazily, once per process, so a multi-worker ``DataLoader``
 is safe (each worker opens its own handle; the dataset pickles without one). Local folders and
-fsspec URLs (``s3://bucket/las``, ``file:///...``) are read the same way.
+fsspec URLs (``s3://bucket/las``, ``file:///...``) are read the same way. A ``DataLoader``
+batch is read by :meth:`LASDataset.__getitems__` in one round trip to zarr's event loop;
+:class:`ShardBatchSampler` draws batches shard by shard for the fewest zarr calls.
 
 Per sample the dataset returns the chosen modalities, each normalised and with its bands'
 wavelengths (micrometres) and polarisation codes, and one label map per chosen label product
@@ -31,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from las_builder.model.bands import POL_NONE, POLARISATIONS, sar_pseudo_wavelength_um
 
@@ -48,6 +50,7 @@ __all__ = [
     "MODALITIES",
     "LASDataset",
     "ProductSpec",
+    "ShardBatchSampler",
     "augment_batch",
     "compose_input",
     "normalise",
@@ -277,6 +280,8 @@ class LASDataset(Dataset):
         las_keys: The store's LAS class keys in code order (index ``i`` is code ``i + 1``).
         rows: The samples, each a dict with ``sample_id``, ``zarr_index``, ``has_naip``.
         bands: ``{modality: (wavelengths_um, polarisations)}``.
+        samples_per_shard: Samples per shard of the store (per chunk if unsharded); see
+            :class:`ShardBatchSampler`.
 
     """
 
@@ -339,6 +344,8 @@ class LASDataset(Dataset):
 
         root = self._group()
         self.shape = tuple(int(v) for v in root["sentinel-2"].shape[-2:])
+        s2 = root["sentinel-2"]
+        self.samples_per_shard = int((s2.shards or s2.chunks)[0])
         self.attrs = {m: dict(root[m].attrs) for m in MODALITIES if m in root}
         for m in self.modalities:
             if m not in root:
@@ -544,6 +551,78 @@ class LASDataset(Dataset):
             "available": available,
             "labels": labels,
         }
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """Batches of dataset positions taken shard by shard, for the highest read throughput.
+
+    Each epoch shuffles the order of the store's shards and the order of the dataset's samples
+    inside each shard, then cuts that sequence into batches. A batch so holds the samples of
+    one shard, or of two at a shard boundary (when ``batch_size`` is at most the samples per
+    shard), and :meth:`LASDataset.__getitems__` reads each of its shards with one zarr call per
+    array instead of one call per sample. Every sample is drawn exactly once per epoch.
+
+    The price is less mixed batches: the samples of a shard are neighbours in the store
+    (``zarr_index`` order, as ``las build`` planned them), often of one region, so a batch's
+    samples are correlated. Use it where loading bounds training; a plain ``RandomSampler``
+    (``shuffle=True``) mixes best.
+
+    Use it as a ``batch_sampler``::
+
+        loader = DataLoader(ds, batch_sampler=ShardBatchSampler(ds, batch_size=8), ...)
+
+    Args:
+        dataset: The dataset whose positions to draw.
+        batch_size: Samples per batch.
+        shuffle: Shuffle shards and samples (``False``: store order).
+        drop_last: Drop the last, smaller batch.
+        generator: Torch RNG of the shuffles; ``None`` seeds one from torch's global RNG at
+            each epoch, as ``RandomSampler`` does.
+        samples_per_shard: Samples per shard; default: :attr:`LASDataset.samples_per_shard`.
+
+    """
+
+    def __init__(
+        self,
+        dataset: LASDataset,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        samples_per_shard: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        per_shard = samples_per_shard or dataset.samples_per_shard
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator
+        by_shard: dict[int, list[int]] = {}
+        for position, row in enumerate(dataset.rows):
+            by_shard.setdefault(row["zarr_index"] // per_shard, []).append(position)
+        self.shards = [by_shard[k] for k in sorted(by_shard)]
+        self.n = len(dataset.rows)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = [p for shard in self.shards for p in shard]
+        if self.shuffle:
+            g = self.generator
+            if g is None:
+                g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+            order = []
+            for k in torch.randperm(len(self.shards), generator=g).tolist():
+                shard = self.shards[k]
+                order += [shard[j] for j in torch.randperm(len(shard), generator=g).tolist()]
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.n // self.batch_size
+        return -(-self.n // self.batch_size)
 
 
 def _runs(values: Iterable[int]) -> list[tuple[int, int]]:
