@@ -29,8 +29,11 @@ lint: install
 	$(BIN)/ruff check las_builder tests benchmarks
 	$(BIN)/ruff format --check las_builder tests benchmarks
 
+# Loader first (its figures are merged into benchmarks/results.json), then the build.
 bench: install
+	@bash scripts/bench-venv.sh
+	.venv-bench/bin/python benchmarks/loader_bench.py
 	$(BIN)/python benchmarks/build_bench.py
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out .pytest_cache .venv-bench

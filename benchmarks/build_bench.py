@@ -1,25 +1,28 @@
-"""Benchmark ``las build`` against a per-sample WarpedVRT baseline and the raw read bound.
+"""Benchmark ``las build``: against a per-sample WarpedVRT baseline, the raw read bound, 1 vs 2
+workers, and peak memory at 100 vs 2,000 samples; extrapolate to the full LAS.
 
-    .venv/bin/python benchmarks/build_bench.py                 # demo world, 100 x 128 px, ~3-5 min
-    .venv/bin/python benchmarks/build_bench.py --large         # + peak RSS on the bench world
-    .venv/bin/python benchmarks/build_bench.py --profile-only  # only the cProfile breakdown
+    make bench                                                  # this, then the loader bench
+    .venv/bin/python benchmarks/build_bench.py                  # ~10 min the first time
+    .venv/bin/python benchmarks/build_bench.py --quick          # no 2,000-sample memory run
+    .venv/bin/python benchmarks/build_bench.py --profile-only   # only the cProfile breakdown
 
-One run, one plan:
+One run, one plan (the demo recipe on the demo world, 100 samples of 128 x 128 px):
 
-1. create (or reuse, under ``out/bench/world-<preset>``) and serve an offline world, and plan
-   the demo recipe on it;
-2. time ``las build`` (the CLI, threaded Dask scheduler) in a child process;
-3. time the straightforward baseline (``baseline_warpedvrt.py``) over the samples the build
-   made: one WarpedVRT per source and sample, nothing reused, sequential and with as many
-   threads as the build;
-4. time the raw read-and-decode bound: the same source windows, read without warping, each
-   asset opened once per shard, as many threads as the build;
-5. peak RSS of the build at two plan sizes (a quarter of the plan and the whole plan; with
-   ``--large``, N and 4N samples on the bench world);
-6. print a table and write ``benchmarks/results.json``; targets are reported, never
-   asserted;
-7. when the build misses its speed target (or with ``--profile``), profile a few shards of the
-   build sequentially with cProfile and break the time down.
+1. create (or reuse, under ``out/bench/world-<preset>``) the offline world and plan it;
+2. for each storage scenario -- ``loopback`` (the file server answers at once) and ``remote``
+   (it waits ``--latency-ms`` before each answer, like cloud object storage) -- time:
+   ``las build`` (the CLI, threaded Dask scheduler, in a child process); the straightforward
+   baseline (``baseline_warpedvrt.py``: search STAC per sample, one WarpedVRT per source,
+   ``.npy`` files; sequential and with as many threads as the build); and the raw
+   read-and-decode bound (the build's source windows read without warping, with the build's
+   concurrency);
+3. ``las build --workers 1`` and ``--workers 2`` (dask.distributed LocalCluster);
+4. peak RSS of ``las build`` at 100 and 2,000 samples (64 x 64 px on the bench world), and
+   the imports-only floor;
+5. the full-scale extrapolation (~150,000 samples of 256 x 256 px);
+6. print a table, write ``benchmarks/results.json`` (every figure, with
+   ``benchmarks/results-loader.json`` merged in when present) and the docs table
+   ``docs/benchmark-results.md``. Targets are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -118,18 +121,32 @@ def _answers(url: str) -> bool:
         return False
 
 
-def ensure_served(world: Path) -> tuple[str, bool]:
-    """The STAC URL of ``world`` (serving it if nothing answers); True if we started it."""
+def ensure_served(world: Path, latency_ms: float = 0.0) -> tuple[str, str, bool]:
+    """Serve ``world`` with the given file-server latency (restarting it if it differs).
+
+    Returns:
+        The STAC URL, the assets URL and whether this call started the servers.
+    """
     from las_builder.world.serve import serve_world
 
     state_path = world / "serve.json"
     if state_path.exists():
         state = json.loads(state_path.read_text())
-        if _answers(state["stac_url"]) and _answers(state["assets_url"] + "world.json"):
-            return str(state["stac_url"]), False
+        same = float(state.get("latency_ms") or 0.0) == latency_ms
+        if same and _answers(state["stac_url"]) and _answers(state["assets_url"] + "world.json"):
+            return str(state["stac_url"]), str(state["assets_url"]), False
+        _stop_if_served(world)
     with redirect_stdout(StringIO()):
-        info = serve_world(world, detach=True)
-    return info.stac_url, True
+        info = serve_world(world, detach=True, latency_ms=latency_ms)
+    return info.stac_url, info.assets_url, True
+
+
+def asset_stats(assets_url: str) -> dict[str, int]:
+    """Requests served and bytes sent by the world's file server so far."""
+    from las_builder.world.serve import STATS_PATH
+
+    with urllib.request.urlopen(assets_url.rstrip("/") + STATS_PATH, timeout=10) as response:
+        return {k: int(v) for k, v in json.loads(response.read()).items()}
 
 
 def _las(*args: str) -> None:
@@ -158,8 +175,11 @@ def make_plan(sets: list[str]) -> None:
     _las("plan", str(RECIPE), *sets, "--quiet")
 
 
-def fresh_output(path: Path, plan_from: Path, shards: int | None = None) -> int:
-    """An empty output folder holding the plan of ``plan_from`` (its first ``shards`` shards)."""
+def fresh_output(
+    path: Path, plan_from: Path, shards: int | None = None, samples: int | None = None
+) -> int:
+    """An empty output folder holding the plan of ``plan_from`` (its first ``shards`` shards,
+    or its first ``samples`` samples)."""
     import geopandas as gpd
 
     if path.exists():
@@ -168,6 +188,8 @@ def fresh_output(path: Path, plan_from: Path, shards: int | None = None) -> int:
     plan = gpd.read_parquet(plan_from / "plan.parquet")
     if shards is not None:
         plan = plan[plan["shard"] < shards].reset_index(drop=True)
+    if samples is not None:
+        plan = plan[plan["plan_index"] < samples].reset_index(drop=True)
     plan.to_parquet(path / "plan.parquet", index=False)
     return len(plan)
 
@@ -257,53 +279,56 @@ def resolve_hrefs(rows: Iterable[dict[str, Any]], cfg: Any, stac_url: str) -> di
 def raw_read_bound(
     rows: list[dict[str, Any]], cfg: Any, hrefs: dict[tuple, str], threads: int
 ) -> dict[str, float]:
-    """Read the same source windows as the build (no warping), one open per asset and shard."""
+    """Read the build's source windows without warping: the I/O and decode floor.
+
+    ``threads`` samples at a time (the build's shard tasks x read threads); each thread opens
+    an asset once and keeps it (the build opens each once per shard).
+    """
+    import threading
+
     import rasterio
     from affine import Affine
     from baseline_warpedvrt import sample_sources
     from odc.geo.geobox import GeoBox
 
-    from las_builder.build.read import GDAL_ENV, _source_window
+    from las_builder.build.read import _source_window, gdal_options
 
-    by_shard: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_shard.setdefault(int(row["shard"]), []).append(row)
+    local = threading.local()
+    opened: list[Any] = []
+    lock = threading.Lock()
 
-    def shard_task(shard_rows: list[dict[str, Any]]) -> tuple[int, int, int]:
-        opened: dict[str, Any] = {}
+    def sample_task(row: dict[str, Any]) -> tuple[int, int]:
+        if not hasattr(local, "datasets"):
+            local.datasets = {}
         reads = pixels = 0
-        with rasterio.Env(**GDAL_ENV):
-            try:
-                for row in shard_rows:
-                    geobox = GeoBox(
-                        tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}"
-                    )
-                    for src in sample_sources(row, cfg):
-                        href = hrefs[(src.collection, src.item_id, src.asset)]
-                        ds = opened.get(href)
-                        if ds is None:
-                            ds = opened[href] = rasterio.open(href)
-                        window = _source_window(ds, geobox, margin_px=2)
-                        if window is not None:
-                            data = ds.read(window=window)
-                            pixels += data.size
-                        reads += 1
-            finally:
-                for ds in opened.values():
-                    ds.close()
-        return reads, len(opened), pixels
+        geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
+        with rasterio.Env(**gdal_options()):
+            for src in sample_sources(row, cfg):
+                href = hrefs[(src.collection, src.item_id, src.asset)]
+                ds = local.datasets.get(href)
+                if ds is None:
+                    ds = local.datasets[href] = rasterio.open(href)
+                    with lock:
+                        opened.append(ds)
+                window = _source_window(ds, geobox, margin_px=2)
+                if window is not None:
+                    pixels += ds.read(window=window).size
+                reads += 1
+        return reads, pixels
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(pool.map(shard_task, by_shard.values()))
+        results = list(pool.map(sample_task, rows))
     seconds = time.perf_counter() - started
+    for ds in opened:
+        ds.close()
     return {
         "samples": len(rows),
         "threads": threads,
         "seconds": seconds,
         "reads": sum(r[0] for r in results),
-        "opens": sum(r[1] for r in results),
-        "pixels": sum(r[2] for r in results),
+        "opens": len(opened),
+        "pixels": sum(r[1] for r in results),
     }
 
 
@@ -365,6 +390,8 @@ def profile_build(
     cfg: Any, plan_from: Path, output: Path, shards: int, per_shard: int
 ) -> dict[str, Any]:
     """cProfile ``build_shard`` over the first ``shards`` shards, sequentially, in-process."""
+    import dataclasses
+
     import geopandas as gpd
 
     from las_builder.build.run import build_shard
@@ -376,6 +403,7 @@ def profile_build(
     for row in plan.to_dict("records"):
         by_shard.setdefault(int(row["shard"]), []).append(row)
     create_store(f"{output}/las.zarr", n, per_shard, cfg, {})
+    cfg = dataclasses.replace(cfg, read_threads=1)  # cProfile sees only the calling thread
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
@@ -452,94 +480,378 @@ def _rate(samples: int, seconds: float) -> float:
     return samples / seconds if seconds > 0 else float("nan")
 
 
+def _timing(samples: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_s": _rate(samples, seconds),
+        **extra,
+    }
+
+
 def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "NOT met")
 
 
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _build_args(
+    stac_url: str, output: Path, samples: int, size_px: int, per_shard: int
+) -> list[str]:
+    return [str(RECIPE), *recipe_sets(stac_url, output, samples, size_px, per_shard)]
+
+
+def run_scenario(
+    name: str,
+    latency_ms: float,
+    world: Path,
+    plan_dir: Path,
+    args: argparse.Namespace,
+    threads: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Build, baseline and raw bound on one plan, with the file server at ``latency_ms``."""
+    import geopandas as gpd
+    from baseline_warpedvrt import run_baseline
+
+    from las_builder.build.config import BuildConfig, config_from_recipe
+    from las_builder.recipe import load_recipe
+
+    stac_url, assets_url, _ = ensure_served(world, latency_ms)
+    cfg: BuildConfig = config_from_recipe(load_recipe(RECIPE, [f"stac.url={stac_url}"]))
+    read_threads = cfg.read_threads
+    runs = CACHE / "runs"
+    out = runs / f"build-{name}"
+    n = fresh_output(out, plan_dir)
+    log(f"[{name}] las build of {n} samples (file server latency {latency_ms:g} ms)")
+    before = asset_stats(assets_url)
+    build = run_child_build(_build_args(stac_url, out, n, args.size_px, args.per_shard))
+    after = asset_stats(assets_url)
+    index = gpd.read_parquet(out / "index.parquet")
+    ok_rows = index[index["status"] == "ok"].to_dict("records")
+    statuses = {str(k): int(v) for k, v in index["status"].value_counts().items()}
+    log(f"[{name}] build: {build['seconds']:.1f} s, {statuses}")
+    plan_rows = gpd.read_parquet(plan_dir / "plan.parquet").to_dict("records")
+    npy = runs / f"baseline-{name}"
+    shutil.rmtree(npy, ignore_errors=True)
+    log(f"[{name}] baseline: search + WarpedVRT per sample, sequential")
+    baseline = run_baseline(plan_rows, cfg, stac_url, npy, threads=1)
+    shutil.rmtree(npy, ignore_errors=True)
+    log(f"[{name}] baseline with {threads} threads")
+    baseline_t = run_baseline(plan_rows, cfg, stac_url, npy, threads=threads)
+    shutil.rmtree(npy, ignore_errors=True)
+    hrefs = resolve_hrefs(ok_rows, cfg, stac_url)
+    raw_threads = threads * read_threads
+    log(f"[{name}] raw window reads, {raw_threads} threads")
+    raw = raw_read_bound(ok_rows, cfg, hrefs, raw_threads)
+    t_build = _timing(
+        n,
+        build["seconds"],
+        ok=len(ok_rows),
+        statuses=statuses,
+        shard_tasks=threads,
+        read_threads=read_threads,
+        wall_s=build["wall_s"],
+        cpu_s=build["cpu_s"],
+        peak_rss_mib=build["peak_rss_mib"],
+        asset_requests=after["requests"] - before["requests"],
+        asset_bytes=after["bytes"] - before["bytes"],
+        stored_bytes=_du(out / "las.zarr"),
+    )
+    keys = ("threads", "reads", "searches", "bytes_written")
+    t_base = _timing(n, baseline["seconds"], **{k: baseline[k] for k in keys})
+    t_base_t = _timing(n, baseline_t["seconds"], **{k: baseline_t[k] for k in keys})
+    t_raw = _timing(
+        len(ok_rows), raw["seconds"], threads=raw_threads, reads=raw["reads"], opens=raw["opens"]
+    )
+    vs_base = t_build["samples_per_s"] / t_base["samples_per_s"]
+    vs_raw = t_build["samples_per_s"] / t_raw["samples_per_s"]
+    return {
+        "latency_ms": latency_ms,
+        "timings": {
+            "build": t_build,
+            "baseline": t_base,
+            "baseline_threads": t_base_t,
+            "raw": t_raw,
+        },
+        "ratios": {
+            "build_vs_baseline": vs_base,
+            "build_vs_baseline_met": bool(vs_base >= TARGET_SPEEDUP),
+            "build_vs_baseline_threads": t_build["samples_per_s"] / t_base_t["samples_per_s"],
+            "build_vs_raw": vs_raw,
+            "build_vs_raw_met": bool(vs_raw >= TARGET_RAW_FRACTION),
+        },
+    }
+
+
+def run_workers(
+    world: Path, plan_dir: Path, args: argparse.Namespace, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """``las build --workers 1`` and ``--workers 2`` (LocalCluster start-up included)."""
+    stac_url, _, _ = ensure_served(world, 0.0)
+    out: dict[str, Any] = {}
+    for workers in (1, 2):
+        path = CACHE / "runs" / f"build-workers-{workers}"
+        n = fresh_output(path, plan_dir)
+        log(f"las build --workers {workers} ({n} samples, loopback)")
+        result = run_child_build(
+            [
+                *_build_args(stac_url, path, n, args.size_px, args.per_shard),
+                "--workers",
+                str(workers),
+            ]
+        )
+        out[str(workers)] = _timing(n, result["seconds"], workers=workers, wall_s=result["wall_s"])
+    out["speedup_2_vs_1"] = out["2"]["samples_per_s"] / out["1"]["samples_per_s"]
+    return out
+
+
+def run_memory(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Peak RSS of ``las build`` at two plan sizes on the bench world (loopback)."""
+    import geopandas as gpd
+
+    small_n, large_n = args.rss_samples
+    world, created = ensure_world(args.rss_preset, log)
+    try:
+        stac_url, _, _ = ensure_served(world, 0.0)
+        plan_dir = CACHE / "runs" / f"plan-{args.rss_preset}-{args.rss_size_px}px-{large_n}"
+        if not (plan_dir / "plan.parquet").exists():
+            log(
+                f"planning {large_n} samples of {args.rss_size_px} px "
+                f"on the {args.rss_preset} world"
+            )
+            make_plan(recipe_sets(stac_url, plan_dir, large_n, args.rss_size_px, args.per_shard))
+        planned = len(gpd.read_parquet(plan_dir / "plan.parquet"))
+        out: dict[str, Any] = {
+            "world": args.rss_preset,
+            "size_px": args.rss_size_px,
+            "world_created_s": created,
+        }
+        for label, count in (("small", small_n), ("large", min(large_n, planned))):
+            path = CACHE / "runs" / f"build-rss-{label}"
+            k = fresh_output(path, plan_dir, samples=count)
+            log(f"peak RSS: las build of {k} samples ({label})")
+            result = run_child_build(
+                _build_args(stac_url, path, k, args.rss_size_px, args.per_shard)
+            )
+            out[label] = {"samples": k, **result, "samples_per_s": _rate(k, result["seconds"])}
+        out["ratio"] = out["large"]["peak_rss_mib"] / out["small"]["peak_rss_mib"]
+        out["flat_met"] = bool(abs(out["ratio"] - 1) <= TARGET_RSS_FLAT)
+        out["planned"] = planned
+        return out
+    finally:
+        _stop_if_served(world)
+
+
+FULL_SCALE_RECIPE = ROOT / "recipes" / "las-v1.yaml"
+
+
+def full_scale(results: dict[str, Any]) -> dict[str, Any]:
+    """Extrapolate the measured per-sample costs to the full LAS recipe (``las-v1.yaml``).
+
+    Per-sample worker time, stored bytes and bytes read are scaled by the pixel count
+    (256 x 256 px is 4 x the 128 x 128 px measured: linear, an upper bound for the fixed
+    per-request costs); asset requests by 2 (a window twice as wide crosses about twice as
+    many 512 px COG tiles per row). STAC searches: one per collection per shard.
+    """
+    from las_builder.recipe import load_recipe
+
+    spec = load_recipe(FULL_SCALE_RECIPE, ["stac.url=https://example.invalid/"])
+    samples = spec.sample.count
+    pixel_scale = (spec.sample.size_px / results["plan"]["size_px"]) ** 2
+    remote = results["scenarios"]["remote"]
+    build = remote["timings"]["build"]
+    n = build["samples"]
+    # A worker = one Dask worker thread building one shard at a time (with its read threads).
+    worker_s = build["seconds"] * build["shard_tasks"] / n * pixel_scale
+    stored = build["stored_bytes"] / max(build["ok"], 1) * pixel_scale
+    read = build["asset_bytes"] / n * pixel_scale
+    requests = build["asset_requests"] / n * 2
+    collections = 2 + (1 if spec.imagery.naip else 0) + len({s.collection for s in spec.labels})
+    shards = -(-samples // spec.output.samples_per_shard)
+    worker_hours = samples * worker_s / 3600
+    return {
+        "recipe": str(FULL_SCALE_RECIPE.relative_to(ROOT)),
+        "samples": samples,
+        "size_px": spec.sample.size_px,
+        "measured_at": f"{results['plan']['size_px']} px, file server latency "
+        f"{remote['latency_ms']:g} ms, {results['machine']['cpus']} cores",
+        "pixel_scale": pixel_scale,
+        "worker_s_per_sample": worker_s,
+        "worker_hours": worker_hours,
+        "wall_hours_32_workers": worker_hours / 32,
+        "stored_bytes_per_sample": stored,
+        "stored_tb": samples * stored / 1e12,
+        "read_bytes_per_sample": read,
+        "read_tb": samples * read / 1e12,
+        "asset_requests_per_sample": requests,
+        "asset_requests": samples * requests,
+        "stac_searches": shards * collections,
+        "shards": shards,
+        "assumptions": full_scale.__doc__.split("\n\n")[1].split("\n")
+        if full_scale.__doc__
+        else [],
+    }
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, value, target, status) rows: the table printed and written to the docs."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, sc in results["scenarios"].items():
+        t, r = sc["timings"], sc["ratios"]
+        where = f"{name} (file server latency {sc['latency_ms']:g} ms)"
+        b = t["build"]
+        rows += [
+            (
+                f"{where}: las build ({b['shard_tasks']} shard tasks x "
+                f"{b['read_threads']} read threads)",
+                f"{b['samples_per_s']:.2f} samples/s ({b['seconds']:.1f} s)",
+                "",
+                "",
+            ),
+            (
+                f"{where}: baseline, search + WarpedVRT per sample, sequential",
+                f"{t['baseline']['samples_per_s']:.2f} samples/s "
+                f"({t['baseline']['seconds']:.1f} s)",
+                "",
+                "",
+            ),
+            (
+                f"{where}: baseline, {t['baseline_threads']['threads']} threads",
+                f"{t['baseline_threads']['samples_per_s']:.2f} samples/s",
+                "",
+                "",
+            ),
+            (
+                f"{where}: raw window reads, {t['raw']['threads']} threads",
+                f"{t['raw']['samples_per_s']:.2f} samples/s ({t['raw']['seconds']:.1f} s)",
+                "",
+                "",
+            ),
+            (
+                f"{where}: build / baseline",
+                f"{r['build_vs_baseline']:.2f}x",
+                f">= {TARGET_SPEEDUP:g}x",
+                _met(r["build_vs_baseline_met"]),
+            ),
+            (
+                f"{where}: build / baseline with threads",
+                f"{r['build_vs_baseline_threads']:.2f}x",
+                "(info)",
+                "",
+            ),
+            (
+                f"{where}: build / raw read bound",
+                f"{100 * r['build_vs_raw']:.0f}%",
+                f">= {100 * TARGET_RAW_FRACTION:.0f}%",
+                _met(r["build_vs_raw_met"]),
+            ),
+        ]
+    w = results.get("workers")
+    if w:
+        rows += [
+            (
+                "las build --workers 1 (LocalCluster, loopback)",
+                f"{w['1']['samples_per_s']:.2f} samples/s ({w['1']['seconds']:.1f} s)",
+                "",
+                "",
+            ),
+            (
+                "las build --workers 2",
+                f"{w['2']['samples_per_s']:.2f} samples/s ({w['2']['seconds']:.1f} s)",
+                "",
+                "",
+            ),
+            ("2 workers / 1 worker", f"{w['speedup_2_vs_1']:.2f}x", "(info)", ""),
+        ]
+    m = results.get("memory")
+    if m:
+        rows += [
+            (
+                f"peak RSS, {m['small']['samples']} samples "
+                f"({m['world']} world, {m['size_px']} px)",
+                f"{m['small']['peak_rss_mib']:.0f} MiB",
+                "",
+                "",
+            ),
+            (
+                f"peak RSS, {m['large']['samples']} samples",
+                f"{m['large']['peak_rss_mib']:.0f} MiB",
+                "",
+                "",
+            ),
+            (
+                "peak RSS large / small",
+                f"{m['ratio']:.3f}",
+                f"1 +- {TARGET_RSS_FLAT:g}",
+                _met(m["flat_met"]),
+            ),
+        ]
+    loader = results.get("loader")
+    if loader:
+        for name, by_workers in loader.get("timings", {}).items():
+            for w, t in by_workers.items():
+                if isinstance(t, dict) and "samples_per_s" in t:
+                    rows.append(
+                        (
+                            f"loader: {name}, {w} workers",
+                            f"{t['samples_per_s']:.0f} samples/s",
+                            "",
+                            "",
+                        )
+                    )
+        for w, ratio in loader.get("ratios", {}).get("las_vs_torchgeo", {}).items():
+            rows.append(
+                (f"loader / TorchGeo ({w} workers)", f"{ratio:.1f}x", ">= 20x", _met(ratio >= 20))
+            )
+    f = results.get("full_scale")
+    if f:
+        rows += [
+            (
+                f"full LAS ({f['samples']:,} x {f['size_px']} px): worker-hours",
+                f"{f['worker_hours']:,.0f} h ({f['wall_hours_32_workers']:,.1f} h on 32 workers)",
+                "(estimate)",
+                "",
+            ),
+            (
+                "full LAS: stored",
+                f"{f['stored_tb']:.2f} TB ({f['stored_bytes_per_sample'] / 2**20:.1f} MiB/sample)",
+                "(estimate)",
+                "",
+            ),
+            (
+                "full LAS: read from storage",
+                f"{f['read_tb']:.2f} TB, {f['asset_requests']:,.0f} requests",
+                "(estimate)",
+                "",
+            ),
+            (
+                "full LAS: STAC searches",
+                f"{f['stac_searches']:,} ({f['shards']:,} shards)",
+                "(estimate)",
+                "",
+            ),
+        ]
+    return rows
+
+
 def print_table(results: dict[str, Any]) -> None:
-    """The results as a rich table."""
+    """The summary as a rich table (and the cProfile breakdown when present)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    t = results["timings"]
-    r = results["ratios"]
-    m = results["memory"]
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    plan = results["plan"]
     table = Table(
-        title=f"las build benchmark — {results['world']['preset']} world, "
-        f"{results['plan']['samples']} x {results['plan']['size_px']} px, "
+        title=f"las build benchmark: {plan['samples']} x {plan['size_px']} px, "
         f"{results['machine']['cpus']} cores"
     )
-    table.add_column("figure")
-    table.add_column("samples", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("samples/s", justify="right")
-    table.add_column("target")
-    table.add_column("status")
-    for key, label in (
-        ("build", f"las build (threaded Dask, {t['build']['threads']} threads)"),
-        ("baseline", "baseline: WarpedVRT per source, sequential"),
-        ("baseline_threads", f"baseline: WarpedVRT, {t['build']['threads']} threads"),
-        ("raw", f"raw window reads, {t['raw']['threads']} threads"),
-    ):
-        v = t[key]
-        if v is None:
-            continue
-        table.add_row(
-            label, str(v["samples"]), f"{v['seconds']:.1f}", f"{v['samples_per_s']:.2f}", "", ""
-        )
-    table.add_section()
-    table.add_row(
-        "build / baseline (sequential)",
-        "",
-        "",
-        f"{r['build_vs_baseline']:.2f}x",
-        f">= {TARGET_SPEEDUP:.0f}x",
-        _met(r["build_vs_baseline_met"]),
-    )
-    if r["build_vs_baseline_threads"] is not None:
-        table.add_row(
-            "build / baseline (same threads)",
-            "",
-            "",
-            f"{r['build_vs_baseline_threads']:.2f}x",
-            "(info)",
-            "",
-        )
-    table.add_row(
-        "build / raw read bound",
-        "",
-        "",
-        f"{100 * r['build_vs_raw']:.0f}%",
-        f">= {100 * TARGET_RAW_FRACTION:.0f}%",
-        _met(r["build_vs_raw_met"]),
-    )
-    table.add_section()
-    table.add_row(
-        f"peak RSS, build of {m['small']['samples']} samples",
-        str(m["small"]["samples"]),
-        f"{m['small']['seconds']:.1f}",
-        f"{m['small']['peak_rss_mib']:.0f} MiB",
-        "",
-        "",
-    )
-    table.add_row(
-        f"peak RSS, build of {m['large']['samples']} samples",
-        str(m["large"]["samples"]),
-        f"{m['large']['seconds']:.1f}",
-        f"{m['large']['peak_rss_mib']:.0f} MiB",
-        "",
-        "",
-    )
-    table.add_row(
-        "peak RSS large / small",
-        "",
-        "",
-        f"{m['ratio']:.2f}",
-        f"1 ± {TARGET_RSS_FLAT:.2f}",
-        _met(m["flat_met"]),
-    )
-    table.add_row("peak RSS, imports only (floor)", "", "", f"{m['floor_mib']:.0f} MiB", "", "")
+    for column in ("figure", "value", "target", "status"):
+        table.add_column(column)
+    for row in summary_rows(results):
+        table.add_row(*row)
     console.print(table)
     if results.get("profile"):
         p = results["profile"]
@@ -547,11 +859,8 @@ def print_table(results: dict[str, Any]) -> None:
             title=f"where the build's time goes: {p['samples']} samples, {p['shards']} "
             f"shards, sequential, cProfile ({p['profiled_s']:.1f} s profiled)"
         )
-        pt.add_column("what")
-        pt.add_column("calls", justify="right")
-        pt.add_column("seconds", justify="right")
-        pt.add_column("share", justify="right")
-        pt.add_column("per sample", justify="right")
+        for column in ("what", "calls", "seconds", "share", "per sample"):
+            pt.add_column(column)
         for b in p["buckets"]:
             pt.add_row(
                 b["what"],
@@ -563,32 +872,63 @@ def print_table(results: dict[str, Any]) -> None:
         console.print(pt)
 
 
+DOCS_TABLE = ROOT / "docs" / "benchmark-results.md"
+
+
+def write_docs_table(results: dict[str, Any], path: Path = DOCS_TABLE) -> None:
+    """The summary rows as a Markdown page (regenerated by every full ``make bench``)."""
+    m = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` on {m['date']} (commit {m['git_commit']}, {m['cpus']} cores, "
+        f"Python {m['python']}, GDAL {m['gdal']}). Method and caveats: "
+        "[benchmarks.md](benchmarks.md). Every figure is in `benchmarks/results.json`.",
+        "",
+        "| figure | value | target | status |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(results)]
+    f = results.get("full_scale")
+    if f:
+        lines += ["", "Full-scale assumptions:", ""]
+        lines += [f"- {line.strip()}" for line in f["assumptions"] if line.strip()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def load_loader_results(path: Path) -> dict[str, Any] | None:
+    """The loader benchmark's figures (``benchmarks/loader_bench.py``), if it has run."""
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo", help="world preset for the timings")
     parser.add_argument("--samples", type=int, default=100, help="samples to plan")
-    parser.add_argument("--size-px", type=int, default=128, choices=(128, 256))
+    parser.add_argument("--size-px", type=int, default=128, choices=(64, 128, 256))
     parser.add_argument("--per-shard", type=int, default=8, help="samples per shard")
     parser.add_argument(
-        "--large",
-        action="store_true",
-        help="peak RSS at N and 4N samples on the bench world (creating it "
-        "takes several minutes the first time)",
+        "--latency-ms", type=float, default=20.0, help="file server latency of the remote scenario"
     )
-    parser.add_argument("--profile", action="store_true", help="profile even if targets are met")
-    parser.add_argument("--no-profile", action="store_true", help="never profile")
+    parser.add_argument("--quick", action="store_true", help="skip the 2,000-sample memory run")
+    parser.add_argument("--rss-samples", type=int, nargs=2, default=(100, 2000))
+    parser.add_argument("--rss-preset", default="bench")
+    parser.add_argument("--rss-size-px", type=int, default=64)
+    parser.add_argument("--profile", action="store_true", help="append a cProfile breakdown")
     parser.add_argument("--profile-only", action="store_true", help="only the profile")
     parser.add_argument("--profile-shards", type=int, default=3)
-    parser.add_argument("--skip-threaded-baseline", action="store_true")
-    parser.add_argument("--keep", action="store_true", help="keep the baseline's .npy files")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--loader-results", type=Path, default=HERE / "results-loader.json")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the docs table")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child-build"]:
         return _child_build(argv[1:])
     args = parser.parse_args(argv)
 
     import geopandas as gpd
-    from baseline_warpedvrt import run_baseline
     from dask.system import CPU_COUNT
     from rich.console import Console
 
@@ -603,144 +943,25 @@ def main(argv: list[str] | None = None) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     world, created_s = ensure_world(args.preset, log)
-    stac_url, started_serving = ensure_served(world)
-    log(f"world {world} served at {stac_url}")
-    runs = CACHE / "runs"
-    tag = f"{args.preset}-{args.size_px}px-{args.samples}"
-    plan_dir = runs / f"plan-{tag}"
-    served_here: list[Path] = [world] if started_serving else []
     try:
+        stac_url, _, _ = ensure_served(world, 0.0)
+        log(f"world {world} served at {stac_url}")
+        tag = f"{args.preset}-{args.size_px}px-{args.samples}"
+        plan_dir = CACHE / "runs" / f"plan-{tag}"
         make_plan(recipe_sets(stac_url, plan_dir, args.samples, args.size_px, args.per_shard))
         n = len(gpd.read_parquet(plan_dir / "plan.parquet"))
         shards = -(-n // args.per_shard)
         log(f"planned {n} samples in {shards} shards ({plan_dir / 'plan.parquet'})")
-        spec = load_recipe(RECIPE, [f"stac.url={stac_url}"])
-        cfg = config_from_recipe(spec)
         threads = int(CPU_COUNT)
-
         if args.profile_only:
+            cfg = config_from_recipe(load_recipe(RECIPE, [f"stac.url={stac_url}"]))
             prof = profile_build(
-                cfg, plan_dir, runs / "profile", args.profile_shards, args.per_shard
+                cfg, plan_dir, CACHE / "runs" / "profile", args.profile_shards, args.per_shard
             )
             print(json.dumps(prof, indent=1))
             return 0
-
         log(f"warming the page cache: {warm_page_cache(world) / 2**20:.0f} MiB of assets")
-
-        def build_args(output: Path, samples: int) -> list[str]:
-            return [
-                str(RECIPE),
-                *recipe_sets(stac_url, output, samples, args.size_px, args.per_shard),
-            ]
-
         floor = run_child_build(["--imports-only"])
-
-        # Peak RSS (small) first: a quarter of the plan's shards; also warms the servers.
-        small_shards = max(1, shards // 4)
-        small_out = runs / f"build-{tag}-small"
-        n_small = fresh_output(small_out, plan_dir, small_shards)
-        log(f"build of {n_small} samples (peak RSS, small)")
-        small = run_child_build(build_args(small_out, n_small))
-
-        build_out = runs / f"build-{tag}"
-        fresh_output(build_out, plan_dir)
-        log(f"timing las build on {n} samples")
-        build = run_child_build(build_args(build_out, n))
-        index = gpd.read_parquet(build_out / "index.parquet")
-        ok_rows = index[index["status"] == "ok"].to_dict("records")
-        statuses = {str(k): int(v) for k, v in index["status"].value_counts().items()}
-        n_ok = len(ok_rows)
-        log(
-            f"build: {build['seconds']:.1f} s, {statuses}, peak RSS {build['peak_rss_mib']:.0f} MiB"
-        )
-
-        npy = runs / f"baseline-{tag}"
-        shutil.rmtree(npy, ignore_errors=True)
-        log(f"timing the WarpedVRT baseline on the {n_ok} samples built ok (sequential)")
-        baseline = run_baseline(ok_rows, cfg, stac_url, npy, threads=1)
-        log(f"baseline: {baseline['seconds']:.1f} s")
-        baseline_threads = None
-        if not args.skip_threaded_baseline:
-            shutil.rmtree(npy, ignore_errors=True)
-            log(f"timing the WarpedVRT baseline with {threads} threads")
-            baseline_threads = run_baseline(ok_rows, cfg, stac_url, npy, threads=threads)
-            log(f"baseline ({threads} threads): {baseline_threads['seconds']:.1f} s")
-        if not args.keep:
-            shutil.rmtree(npy, ignore_errors=True)
-
-        hrefs = resolve_hrefs(ok_rows, cfg, stac_url)
-        log(f"timing raw window reads of the same sources ({threads} threads)")
-        raw = raw_read_bound(ok_rows, cfg, hrefs, threads)
-        log(f"raw: {raw['seconds']:.1f} s")
-
-        large_world = None
-        if args.large:
-            bench_world, bench_created = ensure_world("bench", log)
-            bench_url, bench_started = ensure_served(bench_world)
-            if bench_started:
-                served_here.append(bench_world)
-            bench_plan = runs / f"plan-bench-{args.size_px}px-{4 * n}"
-            make_plan(recipe_sets(bench_url, bench_plan, 4 * n, args.size_px, args.per_shard))
-            n_large = len(gpd.read_parquet(bench_plan / "plan.parquet"))
-            big_shards = -(-n_large // args.per_shard)
-            mem = {}
-            for label, count in (("small", max(1, big_shards // 4)), ("large", big_shards)):
-                out = runs / f"build-bench-{label}"
-                k = fresh_output(out, bench_plan, count)
-                log(f"bench world: build of {k} samples (peak RSS, {label})")
-                mem[label] = {
-                    "samples": k,
-                    **run_child_build(
-                        [str(RECIPE), *recipe_sets(bench_url, out, k, args.size_px, args.per_shard)]
-                    ),
-                }
-            large_world = {"created_s": bench_created, **mem}
-            mem_small, mem_large = mem["small"], mem["large"]
-        else:
-            mem_small = {"samples": n_small, **small}
-            mem_large = {"samples": n, **build}
-
-        def timing(samples: int, seconds: float, **extra: Any) -> dict[str, Any]:
-            return {
-                "samples": samples,
-                "seconds": seconds,
-                "samples_per_s": _rate(samples, seconds),
-                **extra,
-            }
-
-        t_build = timing(
-            n_ok,
-            build["seconds"],
-            planned=n,
-            statuses=statuses,
-            threads=threads,
-            wall_s=build["wall_s"],
-            cpu_s=build["cpu_s"],
-            peak_rss_mib=build["peak_rss_mib"],
-        )
-        t_base = timing(
-            n_ok,
-            baseline["seconds"],
-            **{k: baseline[k] for k in ("threads", "reads", "items_fetched")},
-        )
-        t_base_t = (
-            None
-            if baseline_threads is None
-            else timing(
-                n_ok,
-                baseline_threads["seconds"],
-                **{k: baseline_threads[k] for k in ("threads", "reads", "items_fetched")},
-            )
-        )
-        t_raw = timing(
-            n_ok, raw["seconds"], threads=threads, reads=raw["reads"], opens=raw["opens"]
-        )
-        speedup = t_build["samples_per_s"] / t_base["samples_per_s"]
-        speedup_t = (
-            None if t_base_t is None else t_build["samples_per_s"] / t_base_t["samples_per_s"]
-        )
-        raw_fraction = t_build["samples_per_s"] / t_raw["samples_per_s"]
-        rss_ratio = mem_large["peak_rss_mib"] / mem_small["peak_rss_mib"]
         results: dict[str, Any] = {
             "machine": _machine(),
             "world": {
@@ -755,55 +976,38 @@ def main(argv: list[str] | None = None) -> int:
                 "shards": shards,
                 "recipe": str(RECIPE.relative_to(ROOT)),
             },
-            "timings": {
-                "build": t_build,
-                "baseline": t_base,
-                "baseline_threads": t_base_t,
-                "raw": t_raw,
+            "targets": {
+                "build_vs_baseline": TARGET_SPEEDUP,
+                "build_vs_raw": TARGET_RAW_FRACTION,
+                "rss_flat": TARGET_RSS_FLAT,
             },
-            "ratios": {
-                "build_vs_baseline": speedup,
-                "build_vs_baseline_target": TARGET_SPEEDUP,
-                "build_vs_baseline_met": bool(speedup >= TARGET_SPEEDUP),
-                "build_vs_baseline_threads": speedup_t,
-                "build_vs_raw": raw_fraction,
-                "build_vs_raw_target": TARGET_RAW_FRACTION,
-                "build_vs_raw_met": bool(raw_fraction >= TARGET_RAW_FRACTION),
-            },
-            "memory": {
-                "world": "bench" if args.large else args.preset,
-                "small": mem_small,
-                "large": mem_large,
-                "ratio": rss_ratio,
-                "target": f"1 +- {TARGET_RSS_FLAT}",
-                "flat_met": bool(abs(rss_ratio - 1) <= TARGET_RSS_FLAT),
-                "floor_mib": floor["peak_rss_mib"],
-                "large_world": large_world,
-            },
-            "profile": None,
+            "scenarios": {},
+            "imports_only_rss_mib": floor["peak_rss_mib"],
         }
-        missed = not (
-            results["ratios"]["build_vs_baseline_met"] and results["ratios"]["build_vs_raw_met"]
-        )
+        for name, latency in (("loopback", 0.0), ("remote", args.latency_ms)):
+            results["scenarios"][name] = run_scenario(
+                name, latency, world, plan_dir, args, threads, log
+            )
+        results["workers"] = run_workers(world, plan_dir, args, log)
+        _stop_if_served(world)
+        results["memory"] = None if args.quick else run_memory(args, log)
+        results["loader"] = load_loader_results(args.loader_results)
+        results["full_scale"] = full_scale(results)
+        if args.profile:
+            stac_url, _, _ = ensure_served(world, 0.0)
+            cfg = config_from_recipe(load_recipe(RECIPE, [f"stac.url={stac_url}"]))
+            results["profile"] = profile_build(
+                cfg, plan_dir, CACHE / "runs" / "profile", args.profile_shards, args.per_shard
+            )
         results["total_s"] = time.perf_counter() - began
         args.results.write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
-        if (missed or args.profile) and not args.no_profile:
-            log(f"profiling {args.profile_shards} shards of the build (sequential, cProfile)")
-            try:
-                results["profile"] = profile_build(
-                    cfg, plan_dir, runs / "profile", args.profile_shards, args.per_shard
-                )
-            except Exception as err:  # a broken profile must not lose the timings
-                log(f"profiling failed: {type(err).__name__}: {err}")
-                results["profile_error"] = f"{type(err).__name__}: {err}"
-        results["total_s"] = time.perf_counter() - began
-        args.results.write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+        if not args.no_docs:
+            write_docs_table(results)
         print_table(results)
         log(f"results written to {args.results}  (total {results['total_s']:.0f} s)")
         return 0
     finally:
-        for w in served_here:
-            _stop_if_served(w)
+        _stop_if_served(world)
 
 
 def _json_default(value: Any) -> Any:

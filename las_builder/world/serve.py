@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import json
 import os
 import posixpath
@@ -1085,6 +1086,10 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return first, min(last, size - 1)
 
 
+STATS_PATH = "/_stats"
+"""Path of the file server's request counters."""
+
+
 def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
     """Serve ``directory`` on 127.0.0.1:``port`` with HTTP Range support until killed.
 
@@ -1096,8 +1101,15 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
 
     from RangeHTTPServer import RangeRequestHandler
 
+    stats = {"requests": 0, "bytes": 0}
+    stats_lock = threading.Lock()
+
     class Handler(RangeRequestHandler):
-        """RangeRequestHandler with suffix ranges, 416, keep-alive and hidden files refused."""
+        """RangeRequestHandler with suffix ranges, 416, keep-alive and hidden files refused.
+
+        ``GET /_stats`` answers the requests served and bytes sent so far (JSON), so
+        benchmarks can count what a build asked of its "remote" storage.
+        """
 
         protocol_version = "HTTP/1.1"  # keep-alive: GDAL makes many small range requests
         # Small range replies otherwise wait ~40 ms for the client's delayed ACK (Nagle).
@@ -1105,9 +1117,19 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
         timeout = 120
 
         def send_head(self) -> BinaryIO | None:  # type: ignore[override]
+            self.range = None
+            if self.path == STATS_PATH:
+                with stats_lock:
+                    body = json.dumps(stats).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                return io.BytesIO(body)
+            with stats_lock:
+                stats["requests"] += 1
             if latency_ms > 0:
                 time.sleep(latency_ms / 1000)
-            self.range = None
             parts = unquote(urlsplit(self.path).path).split("/")
             if any(part.startswith(".") for part in parts if part):  # .serve/ holds pg data
                 self.send_error(404, "File not found")
@@ -1149,6 +1171,8 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
                 SimpleHTTPRequestHandler.copyfile(self, source, outputfile)
                 return
             first, last = self.range
+            with stats_lock:
+                stats["bytes"] += last - first + 1
             source.seek(first)
             left = last - first + 1
             while left > 0:
