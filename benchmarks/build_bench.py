@@ -69,7 +69,8 @@ def _world_fingerprint(preset: str) -> str:
     digest = hashlib.sha256(preset.encode())
     paths = sorted(
         [
-            *(ROOT / "las_builder" / "world").glob("*.py"),
+            # serve.py serves a world; it does not change what a world holds.
+            *(f for f in (ROOT / "las_builder" / "world").glob("*.py") if f.name != "serve.py"),
             *(ROOT / "catalog" / "world").rglob("*.yaml"),
             *(ROOT / "catalog" / "sensors").glob("*.yaml"),
             *(ROOT / "catalog" / "labels").glob("*.yaml"),

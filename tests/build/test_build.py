@@ -156,6 +156,18 @@ def test_second_run_is_byte_identical(built: Path, served_world: dict, tmp_path:
     assert first == second
 
 
+def test_read_threads_do_not_change_the_output(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    # The fixture builds with the default 4 samples at a time per shard; 1 must be identical.
+    one = tmp_path / "las"
+    _plan_and_build(served_world, one, build_flags=("--read-threads", "1"))
+    assert _zarr_digest(built / "las.zarr") == _zarr_digest(one / "las.zarr")
+    first = gpd.read_parquet(built / "index.parquet")
+    second = gpd.read_parquet(one / "index.parquet")
+    assert first.drop(columns="geometry").equals(second.drop(columns="geometry"))
+
+
 def test_cloudy_samples_are_skipped_with_a_reason(served_world: dict, tmp_path: Path) -> None:
     out = tmp_path / "las"
     _plan_and_build(served_world, out, "imagery.sentinel-2.max_cloud=0", "sample.count=8")

@@ -544,3 +544,32 @@ def test_cli_blocking_serve_stops_on_sigterm(world_template: Path, tmp_path: Pat
     assert state["stac_url"] in out
     assert not [pid for pid in state["pids"].values() if _running(pid)]
     assert not (world / "serve.json").exists()
+
+
+def test_latency_delays_each_answer_and_stats_count_them(
+    world_template: Path, tmp_path: Path
+) -> None:
+    world = _copy(world_template, tmp_path / "world")
+    info = serve_world(world, server="rustac", detach=True, latency_ms=150)
+    try:
+        assert json.loads((world / "serve.json").read_text())["latency_ms"] == 150
+        url = f"{info.assets_url}assets/{S2}/s2-a-0605_data.tif"
+        stats_url = info.assets_url.rstrip("/") + serve_mod.STATS_PATH
+        before = requests.get(stats_url, timeout=5).json()
+        started = time.perf_counter()
+        part = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=5)
+        elapsed = time.perf_counter() - started
+        assert part.status_code == 206
+        assert elapsed >= 0.15  # at least the injected latency (an upper bound would be flaky)
+        after = requests.get(stats_url, timeout=5).json()
+        assert after["requests"] - before["requests"] == 1  # /_stats itself is not counted
+        assert after["bytes"] - before["bytes"] == 100
+    finally:
+        stop_world(world)
+
+
+def test_latency_out_of_range_is_refused(world_template: Path, tmp_path: Path) -> None:
+    world = _copy(world_template, tmp_path / "world")
+    with pytest.raises(ServeError, match="--latency-ms"):
+        serve_world(world, detach=True, latency_ms=-1)
+    assert not (world / "serve.json").exists()

@@ -1,0 +1,156 @@
+"""Reading windows onto sample grids: stacked reads, scene ranking, empty shard arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from rasterio.warp import Resampling
+
+from las_builder.build import sample as sample_mod
+from las_builder.build.read import read_onto, read_stack_onto
+from las_builder.build.store import write_shard
+
+CRS = "EPSG:32633"
+
+
+def _tif(path: Path, data: np.ndarray, transform: Affine, nodata: float | None) -> Path:
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[1],
+        "height": data.shape[0],
+        "count": 1,
+        "dtype": data.dtype,
+        "crs": CRS,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 64,
+        "blockysize": 64,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    return path
+
+
+@pytest.fixture
+def bands(tmp_path: Path) -> list[Path]:
+    """Three 10 m bands, two 20 m bands and one 20 m band with another nodata."""
+    rng = np.random.default_rng(7)
+    fine = Affine(10, 0, 400_000, 0, -10, 5_000_000)
+    coarse = Affine(20, 0, 400_000, 0, -20, 5_000_000)
+    paths = []
+    for i in range(3):
+        data = rng.integers(1, 5000, (256, 256), dtype="uint16")
+        data[:20, :20] = 0  # nodata corner
+        paths.append(_tif(tmp_path / f"b10_{i}.tif", data, fine, 0))
+    for i in range(2):
+        data = rng.integers(1, 5000, (128, 128), dtype="uint16")
+        paths.append(_tif(tmp_path / f"b20_{i}.tif", data, coarse, 0))
+    data = rng.integers(1, 5000, (128, 128), dtype="uint16")
+    paths.append(_tif(tmp_path / "b20_other.tif", data, coarse, 1))
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("origin", "resampling"),
+    [
+        ((400_500.0, 4_999_500.0), Resampling.bilinear),  # on the 10 m lattice: copied
+        ((400_503.0, 4_999_497.0), Resampling.bilinear),  # off the lattice: warped
+        ((400_503.0, 4_999_497.0), Resampling.nearest),
+        ((399_900.0, 5_000_100.0), Resampling.bilinear),  # over the raster's edge
+    ],
+)
+def test_stacked_read_equals_one_read_per_dataset(
+    bands: list[Path], origin: tuple[float, float], resampling: Resampling
+) -> None:
+    geobox = GeoBox((48, 40), Affine(10, 0, origin[0], 0, -10, origin[1]), CRS)
+    datasets = [rasterio.open(p) for p in bands]
+    try:
+        stacked = read_stack_onto(datasets, geobox, resampling=resampling, nodata=0)
+        single = np.concatenate(
+            [read_onto(ds, geobox, resampling=resampling, nodata=0) for ds in datasets]
+        )
+    finally:
+        for ds in datasets:
+            ds.close()
+    assert stacked.shape == (6, 48, 40) and stacked.dtype == np.uint16
+    np.testing.assert_array_equal(stacked, single)
+    assert stacked.any()
+
+
+class _FakeCache:
+    """Hands out the item itself as its 'dataset' and counts what was opened."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    @contextmanager
+    def assets(self, item: Any, *keys: str) -> Iterator[list[Any]]:
+        self.opened.append(item.id)
+        yield [item for _ in keys]
+
+
+def _scene(item_id: str, cloud_cover: float, scl: np.ndarray) -> Any:
+    return SimpleNamespace(id=item_id, cloud_cover=cloud_cover, assets={"SCL": None}, scl=scl)
+
+
+def _ranked(
+    monkeypatch: pytest.MonkeyPatch, scenes: list[Any], all_scenes: bool
+) -> tuple[list[str], list[str]]:
+    monkeypatch.setattr(sample_mod, "read_onto", lambda ds, geobox, **kw: ds.scl[None])
+    cache = _FakeCache()
+    geobox = GeoBox((4, 4), Affine(10, 0, 0, 0, -10, 0), CRS)
+    ranked = sample_mod._rank_s2(scenes, geobox, cache, all_scenes=all_scenes)  # type: ignore[arg-type]
+    return [c.item.id for c in ranked], cache.opened
+
+
+def test_ranking_stops_at_a_clear_scene_with_the_same_winner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clear = np.full((4, 4), 4, "uint8")  # vegetation
+    cloudy = clear.copy()
+    cloudy[0] = 9  # cloud high probability
+    scenes = [
+        _scene("S2-c", 50.0, cloudy),
+        _scene("S2-b", 10.0, clear),  # clear over the sample, least cloudy scene-wide
+        _scene("S2-a", 30.0, clear),  # clear too, cloudier scene-wide
+        _scene("S2-d", 5.0, cloudy),  # least cloudy scene-wide but cloudy over the sample
+    ]
+    everything, opened_all = _ranked(monkeypatch, scenes, all_scenes=True)
+    early, opened_early = _ranked(monkeypatch, scenes, all_scenes=False)
+    assert everything[0] == early[0] == "S2-b"
+    assert opened_all == ["S2-d", "S2-b", "S2-a", "S2-c"]  # by eo:cloud_cover
+    assert opened_early == ["S2-d", "S2-b"]  # stopped at the first clear, complete scene
+
+
+def test_ranking_reads_every_scene_when_none_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    cloudy = np.full((4, 4), 4, "uint8")
+    cloudy[0] = 9
+    scenes = [_scene("S2-a", 1.0, cloudy), _scene("S2-b", 2.0, cloudy)]
+    ranked, opened = _ranked(monkeypatch, scenes, all_scenes=False)
+    assert opened == ["S2-a", "S2-b"] and ranked == ["S2-a", "S2-b"]
+
+
+def test_an_empty_shard_array_is_not_written_and_a_stale_one_is_removed(tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr")
+    root = zarr.open_group(url, mode="w", zarr_format=3)
+    for name in ("a", "b"):
+        root.create_array(name, shape=(8, 4), chunks=(1, 4), shards=(4, 4), dtype="uint8")
+    full = np.ones((4, 4), "uint8")
+    write_shard(url, 4, {"a": full, "b": full})  # an earlier, killed attempt
+    assert (tmp_path / "s.zarr" / "b" / "c" / "1" / "0").exists()
+    write_shard(url, 4, {"a": full}, empty=["b"])  # this attempt has nothing for "b"
+    assert not (tmp_path / "s.zarr" / "b" / "c" / "1" / "0").exists()
+    again = zarr.open_group(url, mode="r")
+    np.testing.assert_array_equal(again["a"][4:], full)
+    assert not again["b"][:].any()
