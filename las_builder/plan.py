@@ -59,6 +59,13 @@ from las_builder.geobox import (
     sample_id,
 )
 from las_builder.recipe import Recipe
+from las_builder.security import (
+    HrefRefused,
+    check_href,
+    install_log_redaction,
+    redact,
+    register_secret,
+)
 from las_builder.stac.item import ItemParseError, SceneItem, parse_item
 from las_builder.stac.signing import SigningError, make_signer
 
@@ -339,11 +346,20 @@ class _StratumReader:
                 href = self.sign(item.assets[self.asset].href, self.collection)
             except SigningError as err:
                 raise PlanError(str(err)) from None
+            if href != item.assets[self.asset].href and "?" in href:
+                register_secret(href.split("?", 1)[1])  # a signing token: never shown
             try:
-                self._datasets[item.id] = rasterio.open(href)
+                target = check_href(href)  # http(s), s3, or files under the allowed roots
+            except HrefRefused as err:
+                raise PlanError(
+                    f"asset {self.asset!r} of {self.collection} item {item.id} refused: {err}"
+                ) from None
+            try:
+                self._datasets[item.id] = rasterio.open(target)
             except Exception as err:
                 raise PlanError(
-                    f"cannot read asset {self.asset!r} of {self.collection} item {item.id}: {err}"
+                    f"cannot read asset {self.asset!r} of {self.collection} item {item.id}: "
+                    f"{redact(str(err))}"
                 ) from None
         return self._datasets[item.id]
 
@@ -532,6 +548,7 @@ def make_plan(
             cannot be read.
 
     """
+    install_log_redaction()  # tokens and keys never reach a log record
     report: ProgressFn = progress or (lambda _msg: None)
     spec = recipe.sample
     client = _client(recipe)

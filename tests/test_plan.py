@@ -205,3 +205,23 @@ def test_plan_command(stac_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     bad = CliRunner().invoke(app, [*args, "--set", "sample.count=0"])
     assert bad.exit_code == 2
     assert "sample.count = 0 (from --set): must be > 0" in bad.output
+
+
+@pytest.mark.parametrize(
+    "href", ["file:///etc/passwd", "/etc/passwd", "ftp://example.org/x.tif", "/vsizip/x.zip"]
+)
+def test_stratify_hrefs_outside_the_allowlist_are_refused(
+    href: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from las_builder.plan import PlanError, _StratumReader
+
+    monkeypatch.delenv("LAS_ALLOWED_FILE_ROOTS", raising=False)
+    reader = object.__new__(_StratumReader)  # only what _open needs
+    reader.asset, reader.collection, reader._datasets = "map", "esa-worldcover", {}
+    reader.sign = lambda h, _collection: h
+    item = SimpleNamespace(id="wc-1", assets={"map": SimpleNamespace(href=href)})
+    with pytest.raises(PlanError, match="refused"):
+        reader._open(item)  # type: ignore[arg-type]
+    assert reader._datasets == {}
