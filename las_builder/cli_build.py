@@ -41,6 +41,13 @@ def build(
             "latency). 1 on a fast local disk; more against slow remote storage.",
         ),
     ] = 4,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Also rebuild finished shards that hold failed samples (after an outage).",
+        ),
+    ] = False,
     status: Annotated[
         bool, typer.Option("--status", help="Show done/remaining/skipped and exit.")
     ] = False,
@@ -57,7 +64,14 @@ def build(
     )
 
     from las_builder.build.config import config_from_recipe
-    from las_builder.build.run import build_status, read_plan, run_build, summarise
+    from las_builder.build.run import (
+        build_status,
+        read_plan,
+        reopen_failed_shards,
+        run_build,
+        summarise,
+    )
+    from las_builder.build.store import done_shards
     from las_builder.recipe import RecipeError, load_recipe
 
     try:
@@ -89,6 +103,8 @@ def build(
         disable=quiet,
     ) as bar:
         task = bar.add_task(spec.name, total=len(plan), rate=0.0, skipped=0, failed=0)
+        if retry_failed:  # first, so the bar counts their samples as still to do
+            reopen_failed_shards(output, done_shards(output))
         already = build_status(output, plan)
         bar.advance(task, already["ok"] + already["skipped"] + already["failed"])
 

@@ -269,6 +269,26 @@ def build_status(output: str, plan: gpd.GeoDataFrame) -> dict[str, int]:
     return {**counts, **statuses}
 
 
+def reopen_failed_shards(output: str, finished: set[int]) -> set[int]:
+    """Mark the finished shards that hold a failed sample unfinished (their index part goes).
+
+    The part is deleted before anything is rebuilt, so a build killed while rebuilding leaves
+    the shard unfinished, never indexed with arrays of another attempt.
+    """
+    reopened = set()
+    for shard in sorted(finished):
+        path = index_part_path(output, shard)
+        with fsspec.open(path, "rb") as f:
+            statuses = pd.read_parquet(f, columns=["status"])["status"]
+        if (statuses == "failed").any():
+            fs, fs_path = fsspec.core.url_to_fs(path)
+            fs.rm_file(fs_path)
+            reopened.add(shard)
+    if reopened:
+        log.info("rebuilding %d shards with failed samples", len(reopened))
+    return reopened
+
+
 def run_build(
     cfg: BuildConfig,
     output: str,
@@ -279,6 +299,7 @@ def run_build(
     on_shard: Callable[[int, list[dict[str, Any]]], None] | None = None,
     attrs: dict[str, Any] | None = None,
     client: Any | None = None,
+    retry_failed: bool = False,
 ) -> gpd.GeoDataFrame:
     """Build every unfinished shard of the plan and write ``index.parquet``.
 
@@ -292,6 +313,8 @@ def run_build(
         attrs: Extra attributes for the store (recipe name ...).
         client: A connected ``dask.distributed.Client`` to run on (dask-gateway, Coiled,
             dask-kubernetes); it is left open.
+        retry_failed: Build again the finished shards that hold a ``failed`` sample (a
+            catalog outage, a fixed mapping); ``skipped`` samples stay skipped.
 
     Returns:
         The index (one row per planned sample).
@@ -316,6 +339,8 @@ def run_build(
     for row in records:
         by_shard.setdefault(int(row["shard"]), []).append(row)
     finished = done_shards(output)
+    if retry_failed:
+        finished -= reopen_failed_shards(output, finished)
     todo = [s for s in sorted(by_shard) if s not in finished]
     log.info("%d shards to build, %d already done", len(todo), len(by_shard) - len(todo))
     tasks = [

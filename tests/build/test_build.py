@@ -294,3 +294,28 @@ def test_json_lines_log_for_batch_runs(served_world: dict, tmp_path: Path) -> No
     assert sum(e["ok"] + e["skipped"] + e["failed"] for e in shards) == 8
     (done,) = [e for e in events if e.get("event") == "build_done"]
     assert done["samples"] == 8 and done["level"] == "info" and "time" in done
+
+
+def test_retry_failed_rebuilds_only_shards_with_failures(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    parts = sorted((out / "index-parts").glob("shard-*.parquet"))
+    part = pd.read_parquet(parts[1])
+    part.loc[0, ["status", "reason"]] = ["failed", "ReadError: HTTP 503 (simulated outage)"]
+    part.to_parquet(parts[1], index=False)
+    untouched = {p.name: p.stat().st_mtime_ns for p in parts if p != parts[1]}
+    runner = CliRunner()
+    plain = runner.invoke(app, ["build", *_args(served_world, out), "--quiet"])
+    assert plain.exit_code == 0, plain.output
+    assert (gpd.read_parquet(out / "index.parquet")["status"] == "failed").sum() == 1
+    retried = runner.invoke(app, ["build", *_args(served_world, out), "--quiet", "--retry-failed"])
+    assert retried.exit_code == 0, retried.output
+    index = gpd.read_parquet(out / "index.parquet")
+    reference = gpd.read_parquet(built / "index.parquet")
+    assert index["status"].tolist() == reference["status"].tolist()
+    assert {p.name: p.stat().st_mtime_ns for p in parts if p != parts[1]} == untouched
+    assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
