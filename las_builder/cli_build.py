@@ -38,9 +38,10 @@ def build(
         typer.Option(
             min=1,
             help="Samples each shard task builds at a time: their reads overlap (network "
-            "latency). 1 on a fast local disk; more against slow remote storage.",
+            "latency); a sample's band files are read together anyway. More against slow "
+            "remote storage, 1 where the cores are the limit.",
         ),
-    ] = 4,
+    ] = 2,
     retry_failed: Annotated[
         bool,
         typer.Option(

@@ -42,7 +42,7 @@ class BuildConfig:
     labels: tuple[LabelSpec, ...] = field(default_factory=tuple)
     backend: str = "stac"  # or "earthengine": pixels from ee.data.computePixels
     ee_auth: Any = None  # las_builder.sources.earthengine.EarthEngineAuth (picklable)
-    read_threads: int = 4  # samples of a shard built at a time (their reads overlap)
+    read_threads: int = 2  # samples of a shard built at a time (their reads overlap)
     run_id: str = ""  # set per `run_build` call: what workers may reuse within one build
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -149,6 +150,42 @@ def _retrying(call: Callable[[], T], verb: str, name: str, *, reopen: bool = Fal
     raise AssertionError("unreachable")
 
 
+IO_THREADS = 8
+"""Reads and opens of one sample in flight at a time (the band files of a scene)."""
+_io_pool: tuple[int, ThreadPoolExecutor] | None = None
+_io_pool_lock = threading.Lock()
+
+
+def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
+    """Run independent reads or opens at once; results (or their exceptions) in order.
+
+    Against remote storage each request waits for the network: a scene's band files are read
+    together, not one after another. Each call runs in the caller's GDAL options (they are per
+    thread). The pool is per process (re-made after a fork).
+    """
+    global _io_pool
+    if len(calls) <= 1:
+        return [_outcome(call) for call in calls]
+    with _io_pool_lock:
+        if _io_pool is None or _io_pool[0] != os.getpid():
+            _io_pool = (os.getpid(), ThreadPoolExecutor(IO_THREADS, thread_name_prefix="las-io"))
+        pool = _io_pool[1]
+    options = gdal_options()
+
+    def run(call: Callable[[], T]) -> T | BaseException:
+        with rasterio.Env(**options):
+            return _outcome(call)
+
+    return [f.result() for f in [pool.submit(run, call) for call in calls]]
+
+
+def _outcome(call: Callable[[], T]) -> T | BaseException:
+    try:
+        return call()
+    except Exception as err:  # handed back to the caller, which raises the first
+        return err
+
+
 class DatasetCache:
     """Open datasets by href, shared by all the samples of one shard, then closed together.
 
@@ -193,8 +230,15 @@ class DatasetCache:
         """
         taken: list[tuple[str, DatasetReader]] = []
         try:
-            for href in hrefs:
-                taken.append((href, self._take(href)))
+            results = _parallel([lambda href=href: self._take(href) for href in hrefs])
+            taken = [
+                (href, ds)
+                for href, ds in zip(hrefs, results, strict=True)
+                if not isinstance(ds, BaseException)
+            ]
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             yield [ds for _, ds in taken]
         finally:
             with self._lock:
@@ -367,21 +411,23 @@ def _read_bands(
     resampling: Resampling = Resampling.nearest,
 ) -> np.ndarray:
     """The same window of each (dataset, bands), stacked (bands, rows, cols)."""
-    parts = []
+    calls = []
     for ds, bands in layers:
         kwargs: dict[str, Any] = {"window": window}
         if out_shape is not None:
             kwargs.update(out_shape=(len(bands), *out_shape), resampling=resampling)
-        try:
-            parts.append(
-                _retrying(
-                    lambda ds=ds, bands=bands, kw=kwargs: ds.read(bands, **kw),
-                    "read of",
-                    ds.name,
-                )
+        calls.append(
+            lambda ds=ds, bands=bands, kw=kwargs: _retrying(
+                lambda: ds.read(bands, **kw), "read of", ds.name
             )
-        except RasterioError as err:
-            raise ReadError(f"cannot read {_shown(ds.name)}: {_cause(err)}") from None
+        )
+    parts = []
+    for (ds, _), result in zip(layers, _parallel(calls), strict=True):
+        if isinstance(result, RasterioError):
+            raise ReadError(f"cannot read {_shown(ds.name)}: {_cause(result)}") from None
+        if isinstance(result, BaseException):
+            raise result
+        parts.append(result)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 

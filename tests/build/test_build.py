@@ -159,7 +159,7 @@ def test_second_run_is_byte_identical(built: Path, served_world: dict, tmp_path:
 def test_read_threads_do_not_change_the_output(
     built: Path, served_world: dict, tmp_path: Path
 ) -> None:
-    # The fixture builds with the default 4 samples at a time per shard; 1 must be identical.
+    # The fixture builds with the default 2 samples at a time per shard; 1 must be identical.
     one = tmp_path / "las"
     _plan_and_build(served_world, one, build_flags=("--read-threads", "1"))
     assert _zarr_digest(built / "las.zarr") == _zarr_digest(one / "las.zarr")
