@@ -10,7 +10,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -152,8 +152,19 @@ def _retrying(call: Callable[[], T], verb: str, name: str, *, reopen: bool = Fal
 
 IO_THREADS = 8
 """Reads and opens of one sample in flight at a time (the band files of a scene)."""
-_io_pool: tuple[int, ThreadPoolExecutor] | None = None
-_io_pool_lock = threading.Lock()
+SOURCE_THREADS = 16
+"""Sources (a label product, NAIP, Sentinel-1) read at once by the samples of a process."""
+_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(name: str, size: int) -> ThreadPoolExecutor:
+    """A thread pool of this process (re-made after a fork)."""
+    with _pools_lock:
+        entry = _pools.get(name)
+        if entry is None or entry[0] != os.getpid():
+            entry = _pools[name] = (os.getpid(), ThreadPoolExecutor(size, thread_name_prefix=name))
+        return entry[1]
 
 
 def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
@@ -161,15 +172,11 @@ def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
 
     Against remote storage each request waits for the network: a scene's band files are read
     together, not one after another. Each call runs in the caller's GDAL options (they are per
-    thread). The pool is per process (re-made after a fork).
+    thread). The pool is per process; its calls submit nothing further, so it cannot deadlock.
     """
-    global _io_pool
     if len(calls) <= 1:
         return [_outcome(call) for call in calls]
-    with _io_pool_lock:
-        if _io_pool is None or _io_pool[0] != os.getpid():
-            _io_pool = (os.getpid(), ThreadPoolExecutor(IO_THREADS, thread_name_prefix="las-io"))
-        pool = _io_pool[1]
+    pool = _pool("las-io", IO_THREADS)
     options = gdal_options()
 
     def run(call: Callable[[], T]) -> T | BaseException:
@@ -177,6 +184,33 @@ def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
             return _outcome(call)
 
     return [f.result() for f in [pool.submit(run, call) for call in calls]]
+
+
+@contextmanager
+def background() -> Iterator[Callable[[Callable[[], T]], Future[T]]]:
+    """Start independent source reads that run while the caller goes on.
+
+    Yields ``start(call) -> Future``. Each call runs in the caller's GDAL options; every call
+    has finished when the block exits (also on an error), so no read outlives the sample that
+    borrowed its datasets. Calls may use :func:`_parallel`, never ``start`` itself.
+    """
+    pool = _pool("las-src", SOURCE_THREADS)
+    options = gdal_options()
+    futures: list[Future[Any]] = []
+
+    def start(call: Callable[[], T]) -> Future[T]:
+        def run() -> T:
+            with rasterio.Env(**options):
+                return call()
+
+        future = pool.submit(run)
+        futures.append(future)
+        return future
+
+    try:
+        yield start
+    finally:
+        wait(futures)
 
 
 def _outcome(call: Callable[[], T]) -> T | BaseException:

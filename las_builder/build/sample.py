@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,13 @@ from rasterio.warp import Resampling
 from shapely.geometry.base import BaseGeometry
 
 from las_builder.build.config import BuildConfig, LabelSpec
-from las_builder.build.read import DatasetCache, ReadError, read_onto, read_stack_onto
+from las_builder.build.read import (
+    DatasetCache,
+    ReadError,
+    background,
+    read_onto,
+    read_stack_onto,
+)
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, UnknownCodeError, load_mapping
 from las_builder.catalog.labels import load_label_product
 from las_builder.consensus import agreement_fraction, consensus
@@ -212,6 +219,37 @@ def build_sample_earthengine(row: dict[str, Any], source: Any, cfg: BuildConfig)
     return SampleOutcome("ok", "", arrays=arrays, record=record)
 
 
+def _read_s1(
+    items: list[SceneItem], geobox: GeoBox, cache: DatasetCache, cfg: BuildConfig
+) -> tuple[SceneItem, np.ndarray] | None:
+    """The first Sentinel-1 scene (in the given order) that covers the sample, in its units."""
+    for item in items:
+        with cache.assets(item, "vv", "vh") as datasets:
+            vv_vh = read_stack_onto(
+                datasets, geobox, resampling=Resampling.bilinear, nodata=np.nan, dtype="float32"
+            )
+        if float(np.isnan(vv_vh[0]).mean()) <= cfg.max_nodata:
+            return item, s1_to_units(vv_vh, cfg.s1_units)
+    return None
+
+
+def _read_naip(
+    items: list[SceneItem],
+    geobox: GeoBox,
+    footprint: BaseGeometry,
+    cache: DatasetCache,
+    cfg: BuildConfig,
+) -> tuple[SceneItem, np.ndarray] | None:
+    """The first NAIP image that contains the sample, averaged onto its finer grid."""
+    fine = geobox.zoom_out(1 / cfg.naip_factor)
+    for item in items:
+        if item.footprint() is not None and item.footprint().contains(footprint):
+            with cache.assets(item, "image") as (ds,):
+                image = read_onto(ds, fine, resampling=Resampling.average, nodata=0, dtype="uint8")
+            return item, image
+    return None
+
+
 def build_sample(
     row: dict[str, Any],
     items: dict[str, list[SceneItem]],
@@ -219,6 +257,11 @@ def build_sample(
     cache: DatasetCache,
 ) -> SampleOutcome:
     """Build one planned sample.
+
+    Sources that do not depend on the choice of the Sentinel-2 scene (NAIP, label products of
+    a fixed year) are read while that choice is made; the others (the chosen scene's bands,
+    Sentinel-1 matched to its date, Dynamic World of its day) once it is made. Results are
+    taken in source order, so the outcome (and the first error) is that of a sequential build.
 
     Args:
         row: The sample's plan row (sample_id, geometry, epsg, transform, shape, ...).
@@ -234,100 +277,107 @@ def build_sample(
     record: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     try:
-        s2_item = None
-        if cfg.s2_collection:
-            candidates = [
-                it
-                for it in _covering(items.get(cfg.s2_collection, []), footprint)
-                if cfg.start <= it.datetime <= cfg.end
-            ]
-            if not candidates:
-                raise SampleSkipped(
-                    f"no {cfg.s2_collection} scene between {cfg.start:%Y-%m-%d} "
-                    f"and {cfg.end:%Y-%m-%d}"
+        with background() as start:
+            naip = None
+            if cfg.naip_collection:
+                naip_items = _covering(items.get(cfg.naip_collection, []), footprint)
+                naip = start(lambda: _read_naip(naip_items, geobox, footprint, cache, cfg))
+            labels: dict[str, Future[tuple[np.ndarray, list[SceneItem]]]] = {}
+
+            def start_labels(spec: LabelSpec, s2: SceneItem | None) -> None:
+                covering = _covering(items.get(spec.collection, []), footprint)
+                labels[spec.product] = start(
+                    lambda: _read_labels(spec, covering, geobox, s2, cache)
                 )
-            ranked = _rank_s2(candidates, geobox, cache, all_scenes=cfg.composite == "median")
-            best = ranked[0]
-            s2_item, scl, cloud_pct, nodata_frac = (
-                best.item,
-                best.scl,
-                best.cloud_pct,
-                best.nodata_frac,
-            )
-            if nodata_frac > cfg.max_nodata:
-                raise SampleSkipped(
-                    f"too much nodata: {100 * nodata_frac:.1f}% of the best Sentinel-2 scene "
-                    f"{s2_item.id} > {100 * cfg.max_nodata:.0f}%"
-                )
-            if cfg.composite == "median":
-                # The k clearest scenes that cover the sample; cloud is what none saw clearly.
-                used = [c for c in ranked if c.nodata_frac <= cfg.max_nodata][: cfg.composite_k]
-                stacks = [_read_s2(c.item, geobox, cache) for c in used]
-                arrays["sentinel-2"] = median_composite(stacks, [c.scl for c in used])
-                seen = np.zeros(geobox.shape.yx, dtype=bool)
-                for c in used:
-                    seen |= (c.scl > 0) & ~np.isin(c.scl, SCL_CLOUD)
-                cloud_pct = 100.0 * float((~seen).mean())
-                record["s2_composite_items"] = [c.item.id for c in used]
-            if cloud_pct > cfg.max_cloud:
-                raise SampleSkipped(
-                    f"too cloudy: {cloud_pct:.1f}% cloud over the sample in the clearest scene "
-                    f"{s2_item.id} > {cfg.max_cloud:.0f}%"
-                )
-            if cfg.composite != "median":
-                arrays["sentinel-2"] = _read_s2(s2_item, geobox, cache)
-            arrays["sentinel-2-scl"] = scl
-            record.update(
-                s2_item=s2_item.id,
-                s2_datetime=_iso(s2_item.datetime),
-                cloud_pct=round(cloud_pct, 3),
-            )
-        if cfg.s1_collection:
-            s1 = _covering(items.get(cfg.s1_collection, []), footprint)
-            if s2_item is not None:
-                s1.sort(
-                    key=lambda it: (abs((it.datetime - s2_item.datetime).total_seconds()), it.id)
-                )
-            chosen = None
-            for item in s1:
-                with cache.assets(item, "vv", "vh") as datasets:
-                    vv_vh = read_stack_onto(
-                        datasets,
-                        geobox,
-                        resampling=Resampling.bilinear,
-                        nodata=np.nan,
-                        dtype="float32",
+
+            for spec in cfg.labels:
+                if spec.year is not None:
+                    start_labels(spec, None)
+            s2_item = None
+            s2_bands = None
+            if cfg.s2_collection:
+                candidates = [
+                    it
+                    for it in _covering(items.get(cfg.s2_collection, []), footprint)
+                    if cfg.start <= it.datetime <= cfg.end
+                ]
+                if not candidates:
+                    raise SampleSkipped(
+                        f"no {cfg.s2_collection} scene between {cfg.start:%Y-%m-%d} "
+                        f"and {cfg.end:%Y-%m-%d}"
                     )
-                if float(np.isnan(vv_vh[0]).mean()) <= cfg.max_nodata:
-                    chosen = item
-                    arrays["sentinel-1"] = s1_to_units(vv_vh, cfg.s1_units)
-                    break
-            if chosen is None:
-                raise SampleSkipped(f"no {cfg.s1_collection} scene covers the sample")
-            record.update(
-                s1_item=chosen.id,
-                s1_datetime=_iso(chosen.datetime),
-                s1_orbit_state=chosen.orbit_state,
-            )
-        if cfg.naip_collection:
-            fine = geobox.zoom_out(1 / cfg.naip_factor)
-            record["naip_item"] = None
-            for item in _covering(items.get(cfg.naip_collection, []), footprint):
-                if item.footprint() is not None and item.footprint().contains(footprint):
-                    with cache.assets(item, "image") as (ds,):
-                        image = read_onto(
-                            ds, fine, resampling=Resampling.average, nodata=0, dtype="uint8"
-                        )
-                    arrays["naip"] = image
-                    record.update(naip_item=item.id, naip_datetime=_iso(item.datetime))
-                    break
-        natives = {}
-        for spec in cfg.labels:
-            native, used = _read_labels(
-                spec, _covering(items.get(spec.collection, []), footprint), geobox, s2_item, cache
-            )
-            record[f"{spec.product}_items"] = [it.id for it in used]
-            natives[spec.product] = native
+                ranked = _rank_s2(candidates, geobox, cache, all_scenes=cfg.composite == "median")
+                best = ranked[0]
+                s2_item, scl, cloud_pct, nodata_frac = (
+                    best.item,
+                    best.scl,
+                    best.cloud_pct,
+                    best.nodata_frac,
+                )
+                if nodata_frac > cfg.max_nodata:
+                    raise SampleSkipped(
+                        f"too much nodata: {100 * nodata_frac:.1f}% of the best Sentinel-2 "
+                        f"scene {s2_item.id} > {100 * cfg.max_nodata:.0f}%"
+                    )
+                if cfg.composite == "median":
+                    # The k clearest scenes that cover the sample; cloud is what none saw clearly.
+                    used = [c for c in ranked if c.nodata_frac <= cfg.max_nodata][: cfg.composite_k]
+                    stacks = [_read_s2(c.item, geobox, cache) for c in used]
+                    arrays["sentinel-2"] = median_composite(stacks, [c.scl for c in used])
+                    seen = np.zeros(geobox.shape.yx, dtype=bool)
+                    for c in used:
+                        seen |= (c.scl > 0) & ~np.isin(c.scl, SCL_CLOUD)
+                    cloud_pct = 100.0 * float((~seen).mean())
+                    record["s2_composite_items"] = [c.item.id for c in used]
+                if cloud_pct > cfg.max_cloud:
+                    raise SampleSkipped(
+                        f"too cloudy: {cloud_pct:.1f}% cloud over the sample in the clearest "
+                        f"scene {s2_item.id} > {cfg.max_cloud:.0f}%"
+                    )
+                if cfg.composite != "median":
+                    chosen_s2 = s2_item
+                    s2_bands = start(lambda: _read_s2(chosen_s2, geobox, cache))
+            s1 = None
+            if cfg.s1_collection:
+                s1_items = _covering(items.get(cfg.s1_collection, []), footprint)
+                if s2_item is not None:
+                    when = s2_item.datetime
+                    s1_items.sort(key=lambda it: (abs((it.datetime - when).total_seconds()), it.id))
+                s1 = start(lambda: _read_s1(s1_items, geobox, cache, cfg))
+            for spec in cfg.labels:
+                if spec.year is None:
+                    start_labels(spec, s2_item)
+            # Results in source order: the same arrays, record and first error as one by one.
+            if s2_item is not None:
+                if s2_bands is not None:
+                    arrays["sentinel-2"] = s2_bands.result()
+                arrays["sentinel-2-scl"] = scl
+                record.update(
+                    s2_item=s2_item.id,
+                    s2_datetime=_iso(s2_item.datetime),
+                    cloud_pct=round(cloud_pct, 3),
+                )
+            if s1 is not None:
+                found = s1.result()
+                if found is None:
+                    raise SampleSkipped(f"no {cfg.s1_collection} scene covers the sample")
+                s1_item, arrays["sentinel-1"] = found
+                record.update(
+                    s1_item=s1_item.id,
+                    s1_datetime=_iso(s1_item.datetime),
+                    s1_orbit_state=s1_item.orbit_state,
+                )
+            if naip is not None:
+                record["naip_item"] = None
+                image = naip.result()
+                if image is not None:
+                    naip_item, arrays["naip"] = image
+                    record.update(naip_item=naip_item.id, naip_datetime=_iso(naip_item.datetime))
+            natives = {}
+            for spec in cfg.labels:
+                native, used_items = labels[spec.product].result()
+                record[f"{spec.product}_items"] = [it.id for it in used_items]
+                natives[spec.product] = native
         harmonise_labels(natives, arrays, record, cfg)
     except SampleSkipped as skip:
         return SampleOutcome("skipped", str(skip), record=record)

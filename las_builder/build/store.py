@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
 
 from las_builder.build.config import BuildConfig
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_taxonomy
@@ -254,19 +256,24 @@ def write_shard(
             earlier, killed build is deleted. Skipping them saves checking every pixel.
     """
     root = zarr.open_group(url, mode="r+", zarr_format=3)
+    targets = {path: root[path] for path in arrays}
 
-    def write(path: str, data: np.ndarray) -> None:
-        array = root[path]
-        selection = slice(start, start + data.shape[0])
-        try:
-            array[selection] = data
-        except Exception:
-            if not _delete_shard(url, path, array, start):
-                raise
-            array[selection] = data
+    async def write_all() -> list[BaseException | None]:
+        # All arrays at once on zarr's event loop: their encoding and stores overlap.
+        return await asyncio.gather(
+            *(
+                targets[path].async_array.setitem(slice(start, start + data.shape[0]), data)
+                for path, data in arrays.items()
+            ),
+            return_exceptions=True,
+        )
 
-    for path, data in arrays.items():
-        write(path, data)
+    for (path, data), error in zip(arrays.items(), sync(write_all()), strict=True):
+        if error is None:
+            continue
+        if not isinstance(error, Exception) or not _delete_shard(url, path, targets[path], start):
+            raise error
+        targets[path][start : start + data.shape[0]] = data
     for path in empty:
         _delete_shard(url, path, root[path], start)
 
