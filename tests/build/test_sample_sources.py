@@ -1,0 +1,143 @@
+"""Sources of a sample read concurrently: outcomes and first errors as in source order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from affine import Affine
+from shapely.geometry import box
+
+from las_builder.build import sample as sample_mod
+from las_builder.build.config import BuildConfig, LabelSpec
+from las_builder.build.read import ReadError
+
+SHAPE = (8, 8)
+START = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
+END = dt.datetime(2021, 12, 31, tzinfo=dt.UTC)
+
+
+def _row() -> dict[str, Any]:
+    return {
+        "sample_id": "s-1",
+        "shape": SHAPE,
+        "transform": tuple(Affine(10, 0, 500_000, 0, -10, 5_000_080))[:6],
+        "epsg": 32633,
+        "geometry": box(15.0, 45.0, 15.001, 45.001),
+    }
+
+
+def _item(item_id: str) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=item_id,
+        datetime=dt.datetime(2021, 6, 1, tzinfo=dt.UTC),
+        orbit_state="ascending",
+        properties={},
+    )
+
+
+def _cfg(**overrides: Any) -> BuildConfig:
+    base: dict[str, Any] = {
+        "stac_url": "http://127.0.0.1:1/",
+        "start": START,
+        "end": END,
+        "size_px": SHAPE[0],
+        "resolution_m": 10.0,
+        "max_nodata": 0.5,
+        "s1_collection": None,
+        "naip_collection": "naip",
+        "labels": (
+            LabelSpec("esa-worldcover", "esa-worldcover", "map", 2021),
+            LabelSpec("io-lulc-annual-v02", "io-lulc-annual-v02", "data", 2021),
+        ),
+    }
+    return BuildConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def fake_sources(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Replace the readers with slow fakes that record when they finish."""
+    state: dict[str, Any] = {"finished": [], "lock": threading.Lock(), "cloudy": False}
+    s2 = _item("S2A_1")
+
+    def finish(name: str) -> None:
+        time.sleep(0.05)  # still running when the Sentinel-2 path decides
+        with state["lock"]:
+            state["finished"].append(name)
+
+    def covering(items: list[Any], footprint: Any) -> list[Any]:
+        return list(items)
+
+    def rank_s2(items: list[Any], geobox: Any, cache: Any, **_: Any) -> list[Any]:
+        scl = np.full(SHAPE, 9 if state["cloudy"] else 4, dtype="uint8")  # 9: cloud
+        cloud = 100.0 if state["cloudy"] else 0.0
+        return [sample_mod._S2Candidate(s2, scl, cloud, 0.0)]
+
+    def read_s2(item: Any, geobox: Any, cache: Any) -> np.ndarray:
+        finish("s2")
+        return np.ones((12, *SHAPE), dtype="uint16")
+
+    def read_naip(items: list[Any], *args: Any) -> Any:
+        finish("naip")
+        raise ReadError("cannot read naip.tif: HTTP 404")
+
+    def read_labels(spec: LabelSpec, items: list[Any], *args: Any) -> Any:
+        finish(spec.product)
+        if spec.product == "io-lulc-annual-v02":
+            raise ReadError("cannot read lulc.tif: HTTP 404")
+        return np.full(SHAPE, 10, dtype="uint8"), [_item("wc")]
+
+    monkeypatch.setattr(sample_mod, "_covering", covering)
+    monkeypatch.setattr(sample_mod, "_rank_s2", rank_s2)
+    monkeypatch.setattr(sample_mod, "_read_s2", read_s2)
+    monkeypatch.setattr(sample_mod, "_read_naip", read_naip)
+    monkeypatch.setattr(sample_mod, "_read_labels", read_labels)
+    state["items"] = {"sentinel-2-l2a": [s2], "naip": [_item("naip")]}
+    return state
+
+
+def test_a_skip_before_a_failed_source_wins_as_in_source_order(
+    fake_sources: dict[str, Any],
+) -> None:
+    """NAIP and a label product fail in the background, but Sentinel-2 comes first: the
+    sample is skipped for cloud, exactly as a one-by-one build would record it."""
+    fake_sources["cloudy"] = True
+    outcome = sample_mod.build_sample(_row(), fake_sources["items"], _cfg(), cache=None)  # type: ignore[arg-type]
+    assert outcome.status == "skipped"
+    assert outcome.reason.startswith("too cloudy: 100.0% cloud")
+    # Every background read had finished before build_sample returned (none outlives it).
+    assert set(fake_sources["finished"]) == {"naip", "esa-worldcover", "io-lulc-annual-v02"}
+
+
+def test_the_first_failed_source_in_source_order_is_reported(
+    fake_sources: dict[str, Any],
+) -> None:
+    """NAIP (read before the labels in source order) fails: its error is the reason, even if
+    the failing label product finished first."""
+    outcome = sample_mod.build_sample(_row(), fake_sources["items"], _cfg(), cache=None)  # type: ignore[arg-type]
+    assert outcome.status == "failed"
+    assert outcome.reason == "ReadError: cannot read naip.tif: HTTP 404"
+    assert outcome.record["s2_item"] == "S2A_1"
+    assert "naip_item" not in outcome.record or outcome.record["naip_item"] is None
+    assert set(fake_sources["finished"]) == {"s2", "naip", "esa-worldcover", "io-lulc-annual-v02"}
+
+
+def test_without_naip_the_failing_label_product_is_reported(
+    fake_sources: dict[str, Any],
+) -> None:
+    outcome = sample_mod.build_sample(
+        _row(),
+        fake_sources["items"],
+        _cfg(naip_collection=None),
+        cache=None,  # type: ignore[arg-type]
+    )
+    assert outcome.status == "failed"
+    assert outcome.reason == "ReadError: cannot read lulc.tif: HTTP 404"
+    # The product before it in the recipe was taken; nothing after it.
+    assert outcome.record["esa-worldcover_items"] == ["wc"]
+    assert "io-lulc-annual-v02_items" not in outcome.record
