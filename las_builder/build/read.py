@@ -438,13 +438,13 @@ def _grid_key(ds: DatasetReader) -> tuple[Any, ...]:
     return (ds.crs, ds.transform, ds.width, ds.height, ds.nodata, ds.dtypes[0])
 
 
-def _read_bands(
+def _read_calls(
     layers: list[tuple[DatasetReader, list[int]]],
     window: Window,
     out_shape: tuple[int, int] | None = None,
     resampling: Resampling = Resampling.nearest,
-) -> np.ndarray:
-    """The same window of each (dataset, bands), stacked (bands, rows, cols)."""
+) -> list[Callable[[], np.ndarray]]:
+    """One call per (dataset, bands) reading the same window (transient errors retried)."""
     calls = []
     for ds, bands in layers:
         kwargs: dict[str, Any] = {"window": window}
@@ -455,8 +455,13 @@ def _read_bands(
                 lambda: ds.read(bands, **kw), "read of", ds.name
             )
         )
+    return calls
+
+
+def _stacked(layers: list[tuple[DatasetReader, list[int]]], results: list[Any]) -> np.ndarray:
+    """The results of :func:`_read_calls` stacked (bands, rows, cols); the first error raised."""
     parts = []
-    for (ds, _), result in zip(layers, _parallel(calls), strict=True):
+    for (ds, _), result in zip(layers, results, strict=True):
         if isinstance(result, RasterioError):
             raise ReadError(f"cannot read {_shown(ds.name)}: {_cause(result)}") from None
         if isinstance(result, BaseException):
@@ -465,73 +470,107 @@ def _read_bands(
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _read_layers(
-    layers: list[tuple[DatasetReader, list[int]]],
-    geobox: GeoBox,
-    resampling: Resampling,
-    fill: float,
-    dtype: str,
-    use_overviews: bool,
-) -> np.ndarray:
-    """Read the bands of datasets that share one grid and reproject them in one warp.
+class _StackRead:
+    """The bands of datasets that share one grid, read with one window, placed by one warp.
 
     One window and one warp serve the whole stack: the warper's coordinate transformation is
     computed once instead of once per band (Sentinel-2's four 10 m bands, Sentinel-1's VV/VH).
+    Made in two steps so that several stacks' reads can be in flight together: :attr:`calls`
+    (none when the sample lies outside the source), then :meth:`finish` with their results.
     """
-    ref = layers[0][0]
-    n_bands = sum(len(bands) for _, bands in layers)
-    out = np.full((n_bands, *geobox.shape.yx), fill, dtype=dtype)
-    offset = _pixel_offset(ref, geobox)
-    if offset is not None:  # every target pixel is a source pixel: copy, no warp
-        col, row = offset
-        height, width = geobox.shape.yx
-        c0, r0 = max(col, 0), max(row, 0)
-        c1, r1 = min(col + width, ref.width), min(row + height, ref.height)
-        if c1 <= c0 or r1 <= r0:
-            return out
-        data = _read_bands(layers, Window(c0, r0, c1 - c0, r1 - r0))
-        if ref.nodata is not None:  # source nodata becomes the target's fill, as a warp does
-            missing = np.isnan(data) if np.isnan(ref.nodata) else data == ref.nodata
-            data = np.where(missing, fill, data)
-        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = data
-        return out
-    try:
-        window = _source_window(ref, geobox, margin_px=2)
-    except (RasterioError, ValueError, OverflowError) as err:
-        shown = _shown(ref.name)
-        raise ReadError(f"cannot place {shown} on the sample grid: {redact(str(err))}") from None
-    if window is None:
-        return out
-    src_transform = ref.window_transform(window)
-    shape = (int(window.height), int(window.width))
-    decimated = False
-    if use_overviews:
-        target = abs(geobox.resolution.x)
-        source = 0.0 if ref.crs.is_geographic else abs(ref.transform.a)
-        factor = int(target / source) if source else 1
-        if factor >= 2:
-            decimated = True
-            shape = (max(1, shape[0] // factor), max(1, shape[1] // factor))
-            src_transform = src_transform * src_transform.scale(
-                window.width / shape[1], window.height / shape[0]
+
+    def __init__(
+        self,
+        layers: list[tuple[DatasetReader, list[int]]],
+        geobox: GeoBox,
+        resampling: Resampling,
+        fill: float,
+        dtype: str,
+        use_overviews: bool,
+    ) -> None:
+        self.layers = layers
+        self.geobox = geobox
+        self.resampling = resampling
+        self.fill = fill
+        ref = layers[0][0]
+        n_bands = sum(len(bands) for _, bands in layers)
+        self.out = np.full((n_bands, *geobox.shape.yx), fill, dtype=dtype)
+        self.calls: list[Callable[[], np.ndarray]] = []
+        self._copy_to: tuple[slice, slice] | None = None
+        self._src_transform: Affine | None = None
+        offset = _pixel_offset(ref, geobox)
+        if offset is not None:  # every target pixel is a source pixel: copy, no warp
+            col, row = offset
+            height, width = geobox.shape.yx
+            c0, r0 = max(col, 0), max(row, 0)
+            c1, r1 = min(col + width, ref.width), min(row + height, ref.height)
+            if c1 > c0 and r1 > r0:
+                self._copy_to = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+                self.calls = _read_calls(layers, Window(c0, r0, c1 - c0, r1 - r0))
+            return
+        try:
+            window = _source_window(ref, geobox, margin_px=2)
+        except (RasterioError, ValueError, OverflowError) as err:
+            shown = _shown(ref.name)
+            raise ReadError(
+                f"cannot place {shown} on the sample grid: {redact(str(err))}"
+            ) from None
+        if window is None:
+            return
+        src_transform = ref.window_transform(window)
+        shape = (int(window.height), int(window.width))
+        decimated = False
+        if use_overviews:
+            target = abs(geobox.resolution.x)
+            source = 0.0 if ref.crs.is_geographic else abs(ref.transform.a)
+            factor = int(target / source) if source else 1
+            if factor >= 2:
+                decimated = True
+                shape = (max(1, shape[0] // factor), max(1, shape[1] // factor))
+                src_transform = src_transform * src_transform.scale(
+                    window.width / shape[1], window.height / shape[0]
+                )
+        self._src_transform = src_transform
+        # Decimated reads average (GDAL then serves them from the overviews).
+        self.calls = _read_calls(layers, window, shape if decimated else None, Resampling.average)
+
+    def finish(self, results: list[Any]) -> np.ndarray:
+        """The stack on the GeoBox from the results of :attr:`calls` (or the first error)."""
+        if not self.calls:
+            return self.out
+        data = _stacked(self.layers, results)
+        ref = self.layers[0][0]
+        if self._copy_to is not None:
+            if ref.nodata is not None:  # source nodata becomes the target's fill, as a warp does
+                missing = np.isnan(data) if np.isnan(ref.nodata) else data == ref.nodata
+                data = np.where(missing, self.fill, data)
+            self.out[(slice(None), *self._copy_to)] = data
+            return self.out
+        try:
+            reproject(
+                data,
+                self.out,
+                src_transform=self._src_transform,
+                src_crs=ref.crs,
+                src_nodata=ref.nodata,
+                dst_transform=self.geobox.transform,
+                dst_crs=self.geobox.crs.to_wkt(),
+                dst_nodata=self.fill,
+                resampling=self.resampling,
+                num_threads=1,
             )
-    # Decimated reads average (GDAL then serves them from the overviews).
-    data = _read_bands(layers, window, shape if decimated else None, Resampling.average)
-    try:
-        reproject(
-            data,
-            out,
-            src_transform=src_transform,
-            src_crs=ref.crs,
-            src_nodata=ref.nodata,
-            dst_transform=geobox.transform,
-            dst_crs=geobox.crs.to_wkt(),
-            dst_nodata=fill,
-            resampling=resampling,
-            num_threads=1,
-        )
-    except RasterioError as err:
-        raise ReadError(f"cannot reproject {_shown(ref.name)}: {_cause(err)}") from None
+        except RasterioError as err:
+            raise ReadError(f"cannot reproject {_shown(ref.name)}: {_cause(err)}") from None
+        return self.out
+
+
+def _read_stacks(stacks: list[_StackRead]) -> list[np.ndarray]:
+    """Read several stacks' windows together (one round of requests), then place each."""
+    results = _parallel([call for stack in stacks for call in stack.calls])
+    out = []
+    for stack in stacks:
+        out.append(stack.finish(results[: len(stack.calls)]))
+        results = results[len(stack.calls) :]
     return out
 
 
@@ -569,9 +608,10 @@ def read_onto(
     """
     bands = bands or list(range(1, ds.count + 1))
     dtype = dtype or ds.dtypes[bands[0] - 1]
-    return _read_layers(
+    stack = _StackRead(
         [(ds, bands)], geobox, resampling, _fill_of(ds, nodata), dtype, use_overviews
     )
+    return _read_stacks([stack])[0]
 
 
 def read_stack_onto(
@@ -601,15 +641,19 @@ def read_stack_onto(
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, ds in enumerate(datasets):
         groups.setdefault(_grid_key(ds), []).append(i)
-    out = np.empty((len(datasets), *geobox.shape.yx), dtype=dtype)
-    for members in groups.values():
-        ref = datasets[members[0]]
-        out[members] = _read_layers(
+    stacks = [
+        _StackRead(
             [(datasets[i], [1]) for i in members],
             geobox,
             resampling,
-            _fill_of(ref, nodata),
+            _fill_of(datasets[members[0]], nodata),
             dtype,
             False,
         )
+        for members in groups.values()
+    ]
+    out = np.empty((len(datasets), *geobox.shape.yx), dtype=dtype)
+    # Every grid's window is requested at once: one round trip for the scene, not one per grid.
+    for members, stacked in zip(groups.values(), _read_stacks(stacks), strict=True):
+        out[members] = stacked
     return out
