@@ -411,7 +411,8 @@ def profile_build(
     for row in plan.to_dict("records"):
         by_shard.setdefault(int(row["shard"]), []).append(row)
     create_store(f"{output}/las.zarr", n, per_shard, cfg, {})
-    cfg = dataclasses.replace(cfg, read_threads=1)  # cProfile sees only the calling thread
+    # cProfile sees only the calling thread; run_id: the STAC client is reused as in a build
+    cfg = dataclasses.replace(cfg, read_threads=1, run_id="profile")
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
