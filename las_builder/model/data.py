@@ -7,6 +7,14 @@ fsspec URLs (``s3://bucket/las``, ``file:///...``) are read the same way. A ``Da
 batch is read by :meth:`LASDataset.__getitems__` in one round trip to zarr's event loop;
 :class:`ShardBatchSampler` draws batches shard by shard for the fewest zarr calls.
 
+The fastest way through a store (about 2x the samples/s of random batches in
+``benchmarks/loader_bench.py``) reads whole shards, keeps a few decoded (``shard_cache``) and
+lets the dataset build each batch itself (``ds[positions]`` is :meth:`LASDataset.batch`, the
+collated batch, one normalisation per array)::
+
+    ds = LASDataset("out/demo/las", modalities=["sentinel-2"], shard_cache=2)
+    loader = DataLoader(ds, sampler=ShardBatchSampler(ds, batch_size=8), batch_size=None)
+
 Per sample the dataset returns the chosen modalities, each normalised and with its bands'
 wavelengths (micrometres) and polarisation codes, and one label map per chosen label product
 coded as indices into that product's own class-name list, ``255`` where the pixel is nodata or
@@ -31,8 +39,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import math
+import operator
 import os
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from las_builder.model.bands import POL_NONE, POLARISATIONS, sar_pseudo_wavelength_um
 
@@ -65,6 +76,15 @@ IGNORE_INDEX = 255
 
 MODALITIES = ("sentinel-2", "sentinel-1", "naip")
 """Imagery arrays of a LAS store."""
+
+ZARR_READ_CONFIG: dict[str, Any] = {"codec_pipeline.batch_size": 64}
+"""zarr settings :class:`LASDataset` reads with by default.
+
+``codec_pipeline.batch_size``: a read's chunks go through zarr's codec pipeline in groups of
+this size (zarr's default is 1, one group per chunk); 64 takes a whole shard of ``las build``
+(8 to 64 samples) as one group: 5 to 9 % more samples/s in ``benchmarks/loader_bench.py``
+(zarr 3.1; ``async.concurrency`` and ``threading.max_workers`` made no measurable difference).
+"""
 
 S1_DB_OFFSET = 15.0
 S1_DB_SCALE = 10.0
@@ -172,30 +192,49 @@ def val_ids(
     return out
 
 
-def normalise(modality: str, array: np.ndarray, attrs: dict | None = None) -> np.ndarray:
+def normalise(
+    modality: str, array: np.ndarray, attrs: dict | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Normalise one modality's stored values to float32 network input.
+
+    Every operation is elementwise, so a batch (samples first) normalises in one call to the
+    same values as one call per sample.
 
     Args:
         modality: ``sentinel-2``, ``sentinel-1`` or ``naip``.
-        array: Stored values, bands first.
+        array: Stored values, bands first (any leading axes, e.g. a batch).
         attrs: The array's attributes (Sentinel-1 ``units`` says linear or dB).
+        out: Float32 array of ``array``'s shape to write into (``array`` itself is allowed
+            when it is float32); ``None``: a new array.
 
     Returns:
-        Float32 array of the same shape; nodata becomes 0.
+        Float32 array of the same shape (``out`` when given); nodata becomes 0.
 
     """
-    if modality == "sentinel-2":
-        return array.astype(np.float32) / 10000.0
-    if modality == "naip":
-        return array.astype(np.float32) / 255.0
+    if out is None:
+        out = np.empty(array.shape, dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != array.shape:
+        raise ValueError(f"out must be float32 of shape {array.shape}, got {out.dtype} {out.shape}")
+    if modality in ("sentinel-2", "naip"):
+        # the ufunc casts to float32 in its inner loop: the values of astype(float32) / scale
+        scale = np.float32(10000.0 if modality == "sentinel-2" else 255.0)
+        return np.divide(array, scale, out=out, dtype=np.float32, casting="unsafe")
     if modality == "sentinel-1":
         units = str((attrs or {}).get("units", "linear")).lower()
-        x = array.astype(np.float32)
-        finite = np.isfinite(x)
+        x = out
+        if x is not array:
+            np.copyto(x, array, casting="unsafe")
+        nonfinite = ~np.isfinite(x)
         if "db" not in units.replace("(", " ").split():
-            x = 10.0 * np.log10(np.clip(np.where(finite, x, 1.0), 1e-6, None))
-        x = np.clip((x + S1_DB_OFFSET) / S1_DB_SCALE, -3.0, 3.0)
-        return np.where(finite, x, 0.0).astype(np.float32)
+            np.putmask(x, nonfinite, np.float32(1.0))  # log10(1) = 0, set to 0 below
+            np.maximum(x, np.float32(1e-6), out=x)
+            np.log10(x, out=x)
+            np.multiply(x, np.float32(10.0), out=x)
+        np.add(x, np.float32(S1_DB_OFFSET), out=x)
+        np.divide(x, np.float32(S1_DB_SCALE), out=x)
+        np.clip(x, np.float32(-3.0), np.float32(3.0), out=x)
+        np.putmask(x, nonfinite, np.float32(0.0))
+        return x
     raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
 
 
@@ -274,6 +313,15 @@ class LASDataset(Dataset):
         naip_factor: Resample NAIP to ``naip_factor`` pixels per label pixel (``1``: the label
             grid); ``None`` keeps the stored resolution.
         storage_options: fsspec options for URLs.
+        shard_cache: Read whole shards (one zarr call per array and shard) and keep the
+            decoded shards of the last ``shard_cache`` shards read, per process (``0``: read
+            only the samples asked for). Meant for :class:`ShardBatchSampler` batches, which
+            then decode every shard once per epoch; with randomly drawn samples it decodes a
+            whole shard per sample. Memory: ``shard_cache`` times the decoded bytes of one
+            shard of every array read (per worker), e.g. 4.3 MB for Sentinel-2 + Sentinel-1 +
+            one label product at 8 samples of 128 x 128 px per shard, 52 MB more with NAIP.
+        zarr_config: zarr settings in force while the dataset reads (``zarr.config.set``,
+            process-wide for the duration of each read); default :data:`ZARR_READ_CONFIG`.
 
     Attributes:
         class_names: ``{product key: [class names]}``; label indices point into these lists.
@@ -299,7 +347,11 @@ class LASDataset(Dataset):
         random_crop: bool = False,
         naip_factor: int | None = None,
         storage_options: dict | None = None,
+        shard_cache: int = 0,
+        zarr_config: dict[str, Any] | None = None,
     ) -> None:
+        if shard_cache < 0:
+            raise ValueError(f"shard_cache must be at least 0, got {shard_cache}")
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; known: {', '.join(MODALITIES)}")
@@ -312,9 +364,12 @@ class LASDataset(Dataset):
         self.random_crop = random_crop
         self.naip_factor = naip_factor
         self.storage_options = storage_options
+        self.shard_cache = shard_cache
+        self.zarr_config = dict(ZARR_READ_CONFIG if zarr_config is None else zarr_config)
         self._root: Any = None
         self._pid: int | None = None
         self._handles: dict[str, Any] | None = None
+        self._slabs: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
         index = read_index(path, storage_options)
         ok = index[index["status"] == "ok"].sort_values("zarr_index")
@@ -361,17 +416,17 @@ class LASDataset(Dataset):
             if spec.array not in root:
                 raise KeyError(f"label product {spec.key!r}: {spec.array} is not in the store")
             arr = root[spec.array]
+            size = int(np.iinfo(arr.dtype).max) + 1  # a table entry for every storable code
             if spec.native:
                 classes = arr.attrs["classes"]
                 self.class_names[spec.key] = [str(c["name"]) for c in classes]
-                size = int(np.iinfo(arr.dtype).max) + 1
                 self._luts[spec.key] = _lut([c["value"] for c in classes], size)
             else:
                 if not taxonomy:
                     raise KeyError("the store has no LAS taxonomy in its root attributes")
                 ordered = sorted(taxonomy, key=lambda c: int(c["code"]))
                 self.class_names[spec.key] = [str(c["key"]) for c in ordered]
-                self._luts[spec.key] = _lut([int(c["code"]) for c in ordered], 256)
+                self._luts[spec.key] = _lut([int(c["code"]) for c in ordered], max(size, 256))
         self._root = None  # reopened lazily in each worker
 
     # --- store access ------------------------------------------------------------------------
@@ -381,6 +436,7 @@ class LASDataset(Dataset):
             self._root = open_store(self.path, self.storage_options)
             self._pid = os.getpid()
             self._handles = None  # a forked worker must not reuse its parent's handles
+            self._slabs = OrderedDict()
         return self._root
 
     def _arrays(self) -> dict[str, Any]:
@@ -400,6 +456,7 @@ class LASDataset(Dataset):
         state["_root"] = None
         state["_pid"] = None
         state["_handles"] = None
+        state["_slabs"] = OrderedDict()
         return state
 
     def __len__(self) -> int:
@@ -424,16 +481,28 @@ class LASDataset(Dataset):
             y0, x0 = (h - c) // 2, (w - c) // 2
         return y0, x0, c, c
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        """Return one sample.
+    def __getitem__(self, i: int | Sequence[int]) -> dict[str, Any]:
+        """Return one sample, or the collated batch of a sequence of positions.
+
+        A sequence of positions returns :meth:`batch`: so a ``DataLoader`` with
+        ``batch_size=None`` and a batch sampler passed as its ``sampler`` (e.g.
+        ``DataLoader(ds, sampler=ShardBatchSampler(ds, 8), batch_size=None)``) receives whole
+        batches without a per-sample collate.
+
+        Args:
+            i: A dataset position, or several.
 
         Returns:
-            ``sample_id``, ``zarr_index``, ``window`` (y0, x0, h, w in label pixels),
-            ``images`` / ``wavelengths`` / ``polarisations`` / ``available`` keyed by modality,
-            and ``labels`` keyed by product (int64, :data:`IGNORE_INDEX` where unusable).
+            For a position: ``sample_id``, ``zarr_index``, ``window`` (y0, x0, h, w in label
+            pixels), ``images`` / ``wavelengths`` / ``polarisations`` / ``available`` keyed by
+            modality, and ``labels`` keyed by product (int64, :data:`IGNORE_INDEX` where
+            unusable). For positions: the same keys, collated as
+            ``torch.utils.data.default_collate`` collates items.
 
         """
-        return self.__getitems__([i])[0]
+        if isinstance(i, Sequence | np.ndarray | torch.Tensor) and np.ndim(i) > 0:
+            return self.batch([operator.index(j) for j in i])
+        return self.__getitems__([operator.index(i)])[0]  # int, numpy or 0-d tensor integer
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Return several samples, reading the store for all of them at once.
@@ -443,7 +512,8 @@ class LASDataset(Dataset):
         contiguous run of store rows are read by one call per array, so a batch of samples
         from few shards (see :class:`ShardBatchSampler`) costs few zarr calls. Items are the
         same as :meth:`__getitem__`'s, in order; random crops are drawn from torch's RNG in the
-        same order as one ``__getitem__`` call per position would draw them.
+        same order as one ``__getitem__`` call per position would draw them. The items'
+        tensors are views of the batch's tensors (normalised in one operation per array).
 
         Args:
             indices: Dataset positions (repeats allowed).
@@ -452,32 +522,147 @@ class LASDataset(Dataset):
             One item per position, as :meth:`__getitem__` returns it.
 
         """
-        rows = [self.rows[i] for i in indices]
-        windows = [self._window() for _ in rows]  # the RNG order of one __getitem__ per row
-        raw = self._read([row["zarr_index"] for row in rows], windows)
+        if len(indices) == 0:
+            return []
+        rows, windows, images, available, labels = self._load(indices)
         return [
-            self._item(row, window, {name: raw[name][k] for name in raw})
+            {
+                "sample_id": row["sample_id"],
+                "zarr_index": row["zarr_index"],
+                "window": torch.tensor(window),
+                "images": {m: images[m][k] for m in self.modalities},
+                "wavelengths": {
+                    m: torch.tensor(self.bands[m][0], dtype=torch.float32) for m in self.modalities
+                },
+                "polarisations": {
+                    m: torch.tensor(self.bands[m][1], dtype=torch.long) for m in self.modalities
+                },
+                "available": {m: bool(available[m][k]) for m in self.modalities},
+                "labels": {key: value[k] for key, value in labels.items()},
+            }
             for k, (row, window) in enumerate(zip(rows, windows, strict=True))
         ]
 
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Return the samples at ``indices`` as one batch, without per-sample items.
+
+        The batch equals ``default_collate(self.__getitems__(indices))`` (same keys, values,
+        dtypes and RNG draws) at a fraction of the cost: the tensors are made for the whole
+        batch at once.
+
+        Args:
+            indices: Dataset positions (repeats allowed), at least one.
+
+        Returns:
+            ``sample_id`` (list), ``zarr_index`` (B,), ``window`` (B, 4), and ``images``
+            (B, C, H, W) / ``wavelengths`` (B, C) / ``polarisations`` (B, C) / ``available``
+            (B,) keyed by modality and ``labels`` (B, h, w) keyed by product.
+
+        """
+        if len(indices) == 0:
+            raise ValueError("a batch needs at least one position")
+        # in a DataLoader worker, write the batch straight into shared memory (as
+        # default_collate does), so that handing it to the main process copies nothing
+        shared = get_worker_info() is not None
+        rows, windows, images, available, labels = self._load(indices, shared)
+        n = len(rows)
+        return {
+            "sample_id": [row["sample_id"] for row in rows],
+            "zarr_index": torch.tensor([row["zarr_index"] for row in rows]),
+            "window": torch.tensor(windows),
+            "images": images,
+            "wavelengths": {
+                m: torch.tensor(self.bands[m][0], dtype=torch.float32).repeat(n, 1)
+                for m in self.modalities
+            },
+            "polarisations": {
+                m: torch.tensor(self.bands[m][1], dtype=torch.long).repeat(n, 1)
+                for m in self.modalities
+            },
+            "available": {m: torch.from_numpy(available[m]) for m in self.modalities},
+            "labels": labels,
+        }
+
+    def _load(
+        self, indices: Sequence[int], shared: bool = False
+    ) -> tuple[
+        list[dict[str, Any]],
+        list[tuple[int, int, int, int]],
+        dict[str, torch.Tensor],
+        dict[str, np.ndarray],
+        dict[str, torch.Tensor],
+    ]:
+        """Read and normalise a batch: one numpy operation per array for all its samples.
+
+        Args:
+            indices: Dataset positions.
+            shared: Allocate the images and labels in shared memory.
+
+        Returns:
+            ``(rows, windows, images, available, labels)``: the samples' index rows and
+            windows, ``{modality: (B, C, H, W) float32}``, ``{modality: (B,) bool}`` and
+            ``{product key: (B, h, w) int64}``.
+
+        """
+        rows = [self.rows[i] for i in indices]
+        windows = [self._window() for _ in rows]  # the RNG order of one __getitem__ per row
+        raw = self._read([row["zarr_index"] for row in rows], windows)
+        _, _, h, w = windows[0]
+        images: dict[str, torch.Tensor] = {}
+        available: dict[str, np.ndarray] = {}
+        for m in self.modalities:
+            values = raw[m]  # (B, C, H, W) stored values, a buffer of this batch's own
+            flat = values.reshape(len(rows), -1)
+            if m == "naip":
+                has = np.array([row["has_naip"] for row in rows], dtype=bool)
+                available[m] = has & flat.any(axis=1)
+            elif m == "sentinel-1":  # more than half the pixels finite
+                available[m] = 2 * np.count_nonzero(np.isfinite(flat), axis=1) > flat.shape[1]
+            else:
+                available[m] = flat.any(axis=1)
+            if shared:
+                x = _empty(values.shape, torch.float32, shared)
+                normalise(m, values, self.attrs[m], out=x.numpy())
+            else:
+                in_place = values if values.dtype == np.float32 else None
+                x = torch.from_numpy(normalise(m, values, self.attrs[m], out=in_place))
+            if m == "naip":
+                f = values.shape[-1] // w
+                if self.naip_factor is not None and self.naip_factor != f:
+                    size = (h * self.naip_factor, w * self.naip_factor)
+                    x = F.interpolate(x, size=size, mode="area")
+            images[m] = x
+        labels: dict[str, torch.Tensor] = {}
+        for spec in self.products:
+            codes = raw[spec.array]
+            labels[spec.key] = _empty(codes.shape, torch.int64, shared)
+            # every stored code indexes the table (sized to the dtype): "clip" never clips,
+            # and unlike "raise" it writes straight into ``out``
+            np.take(self._luts[spec.key], codes, out=labels[spec.key].numpy(), mode="clip")
+        return rows, windows, images, available, labels
+
     def _read(
         self, zarr_indices: Sequence[int], windows: Sequence[tuple[int, int, int, int]]
-    ) -> dict[str, list[np.ndarray]]:
+    ) -> dict[str, np.ndarray]:
         """Read every array's window of every sample in one round trip to zarr's event loop.
 
         Where an array's chunk holds a whole sample (as ``las build`` writes them), any window
-        decodes the whole chunk anyway: contiguous runs of rows are then read by one call each
-        and cropped here. Otherwise each window is read on its own, so only its chunks decode.
+        decodes the whole chunk anyway: with :attr:`shard_cache` whole shards are read (or
+        taken from the cache), otherwise contiguous runs of rows are read by one call each;
+        both are cropped here. Otherwise each window is read on its own, so only its chunks
+        decode.
 
         Returns:
-            ``{array path: [stored values of each sample's window]}``.
+            ``{array path: stored values of the samples' windows, stacked (B, ...)}``, each a
+            new array the caller may overwrite.
 
         """
         from zarr.core.sync import sync
 
         arrays = self._arrays()
         reads: list[Any] = []  # coroutines, gathered below
-        plans: dict[str, list[tuple[int, Any]]] = {}  # per sample: (read number, crop)
+        slab_reads: dict[tuple[str, int], int] = {}  # (array, shard) -> read number
+        plans: dict[str, list[tuple[Any, Any]]] = {}  # per sample: (read number or slab, crop)
         for name, arr in arrays.items():
             f = arr.shape[-1] // self.shape[1]  # stored pixels per label pixel
             lead = (slice(None),) * (arr.ndim - 3)  # the band axis of imagery, none for labels
@@ -485,8 +670,20 @@ class LASDataset(Dataset):
                 (*lead, slice(y0 * f, (y0 + h) * f), slice(x0 * f, (x0 + w) * f))
                 for y0, x0, h, w in windows
             ]
-            plan: list[tuple[int, Any]] = []
-            if tuple(arr.chunks[-2:]) == tuple(arr.shape[-2:]):
+            plan: list[tuple[Any, Any]] = []
+            if tuple(arr.chunks[-2:]) == tuple(arr.shape[-2:]) and self.shard_cache:
+                per = int((arr.shards or arr.chunks)[0])
+                for zi, crop in zip(zarr_indices, crops, strict=True):
+                    key = (name, zi // per)
+                    if key in self._slabs:
+                        self._slabs.move_to_end(key)
+                    elif key not in slab_reads:
+                        slab_reads[key] = len(reads)
+                        start = key[1] * per
+                        stop = min(start + per, arr.shape[0])
+                        reads.append(arr.async_array.getitem(slice(start, stop)))
+                    plan.append((key, (zi - key[1] * per, *crop)))
+            elif tuple(arr.chunks[-2:]) == tuple(arr.shape[-2:]):
                 start_of: dict[int, tuple[int, int]] = {}
                 for a, b in _runs(zarr_indices):
                     for zi in range(a, b):
@@ -507,50 +704,28 @@ class LASDataset(Dataset):
         async def gather() -> list[Any]:
             return list(await asyncio.gather(*reads))
 
-        done = sync(gather())  # zarr's own loop, as its synchronous API uses
-        return {
-            name: [np.asarray(done[number][crop]) for number, crop in plan]
-            for name, plan in plans.items()
-        }
+        done: list[np.ndarray] = []
+        if reads:
+            import zarr
 
-    def _item(
-        self, row: dict[str, Any], window: tuple[int, int, int, int], raw: dict[str, np.ndarray]
-    ) -> dict[str, Any]:
-        """Normalise one sample's stored values into the item :meth:`__getitem__` returns."""
-        y0, x0, h, w = window
-        images, wls, pols, available = {}, {}, {}, {}
-        for m in self.modalities:
-            values = raw[m]
-            x = torch.from_numpy(normalise(m, values, self.attrs[m]))
-            if m == "naip":
-                f = values.shape[-1] // w
-                ok = row["has_naip"] and bool(np.any(values))
-                if self.naip_factor is not None and self.naip_factor != f:
-                    x = F.interpolate(
-                        x[None], size=(h * self.naip_factor, w * self.naip_factor), mode="area"
-                    )[0]
-            elif m == "sentinel-1":
-                ok = bool(np.isfinite(values).mean() > 0.5)
-            else:
-                ok = bool(np.any(values))
-            images[m] = x
-            wls[m] = torch.tensor(self.bands[m][0], dtype=torch.float32)
-            pols[m] = torch.tensor(self.bands[m][1], dtype=torch.long)
-            available[m] = ok
-        labels = {
-            spec.key: torch.from_numpy(self._luts[spec.key][raw[spec.array]])
-            for spec in self.products
-        }
-        return {
-            "sample_id": row["sample_id"],
-            "zarr_index": row["zarr_index"],
-            "window": torch.tensor([y0, x0, h, w]),
-            "images": images,
-            "wavelengths": wls,
-            "polarisations": pols,
-            "available": available,
-            "labels": labels,
-        }
+            with zarr.config.set(self.zarr_config):  # read by zarr during the call
+                done = [np.asarray(v) for v in sync(gather())]  # zarr's own loop
+        for key, number in slab_reads.items():
+            self._slabs[key] = done[number]
+        out: dict[str, np.ndarray] = {}
+        for name, plan in plans.items():
+            parts = [
+                (self._slabs[ref] if isinstance(ref, tuple) else done[ref], crop)
+                for ref, crop in plan
+            ]
+            first = parts[0][0][parts[0][1]]
+            batch = np.empty((len(parts), *first.shape), dtype=first.dtype)
+            for k, (source, crop) in enumerate(parts):
+                batch[k] = source[crop]
+            out[name] = batch
+        while len(self._slabs) > self.shard_cache * len(arrays):
+            self._slabs.popitem(last=False)
+        return out
 
 
 class ShardBatchSampler(Sampler[list[int]]):
@@ -560,16 +735,23 @@ class ShardBatchSampler(Sampler[list[int]]):
     inside each shard, then cuts that sequence into batches. A batch so holds the samples of
     one shard, or of two at a shard boundary (when ``batch_size`` is at most the samples per
     shard), and :meth:`LASDataset.__getitems__` reads each of its shards with one zarr call per
-    array instead of one call per sample. Every sample is drawn exactly once per epoch.
+    array instead of one call per sample. Every sample is drawn exactly once per epoch. With
+    ``LASDataset(shard_cache=2)`` each shard is then decoded once per epoch, even where batches
+    straddle shards.
 
     The price is less mixed batches: the samples of a shard are neighbours in the store
     (``zarr_index`` order, as ``las build`` planned them), often of one region, so a batch's
     samples are correlated. Use it where loading bounds training; a plain ``RandomSampler``
     (``shuffle=True``) mixes best.
 
-    Use it as a ``batch_sampler``::
+    Use it as a ``batch_sampler`` (per-sample items, collated by the ``DataLoader``)::
 
         loader = DataLoader(ds, batch_sampler=ShardBatchSampler(ds, batch_size=8), ...)
+
+    or, faster, as the ``sampler`` of a ``DataLoader`` without automatic batching, so that the
+    dataset returns each batch whole (:meth:`LASDataset.batch`, the same tensors)::
+
+        loader = DataLoader(ds, sampler=ShardBatchSampler(ds, batch_size=8), batch_size=None)
 
     Args:
         dataset: The dataset whose positions to draw.
@@ -623,6 +805,20 @@ class ShardBatchSampler(Sampler[list[int]]):
         if self.drop_last:
             return self.n // self.batch_size
         return -(-self.n // self.batch_size)
+
+
+def _empty(shape: Sequence[int], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory if ``shared``.
+
+    Shared memory is allocated as torch's own ``default_collate`` allocates a worker's batch:
+    a worker's batch in ordinary memory is copied into shared memory when it is sent to the
+    main process.
+    """
+    if not shared:
+        return torch.empty(tuple(shape), dtype=dtype)
+    empty = torch.empty(0, dtype=dtype)
+    storage = empty._typed_storage()._new_shared(math.prod(shape), device=empty.device)
+    return empty.new(storage).resize_(*shape)
 
 
 def _runs(values: Iterable[int]) -> list[tuple[int, int]]:

@@ -195,3 +195,178 @@ def test_shard_batch_sampler_keeps_batches_within_few_shards(las_tiny: Path) -> 
     assert sum(len(b["sample_id"]) for b in loader) == len(ds)
     with pytest.raises(ValueError, match="batch_size"):
         ShardBatchSampler(ds, batch_size=0)
+
+
+# --- whole batches (``batch`` / ``ds[list]``), the shard cache and the vectorised normalisation
+
+
+@pytest.mark.parametrize(
+    ("crop_px", "random_crop", "naip_factor", "shard_cache"),
+    [
+        (None, False, None, 0),
+        (None, False, None, 2),
+        (16, False, 2, 1),
+        (16, True, 1, 2),
+        (12, True, None, 0),
+    ],
+)
+def test_collated_batches_equal_the_per_item_reader(
+    las_tiny: Path,
+    crop_px: int | None,
+    random_crop: bool,
+    naip_factor: int | None,
+    shard_cache: int,
+) -> None:
+    """``ds.batch(positions)`` and ``ds[positions]`` are ``default_collate`` of the oracle's
+    items (values, dtypes, keys, RNG draws), and the shard cache changes nothing."""
+    ds = LASDataset(
+        las_tiny,
+        modalities=MODS,
+        products=PRODUCTS,
+        crop_px=crop_px,
+        random_crop=random_crop,
+        naip_factor=naip_factor,
+        shard_cache=shard_cache,
+    )
+    positions = [p % len(ds) for p in POSITIONS]
+    for seed in (3, 4):  # the second round finds the shards in the cache
+        torch.manual_seed(seed)
+        expected = default_collate([reference_item(ds, i) for i in positions])
+        after_reference = torch.get_rng_state()
+        torch.manual_seed(seed)
+        assert_same(ds.batch(positions), expected, "batch")
+        assert torch.equal(torch.get_rng_state(), after_reference)
+        torch.manual_seed(seed)
+        assert_same(ds[np.array(positions)], expected, "ds[array]")
+        torch.manual_seed(seed)
+        items = ds.__getitems__(positions)
+        assert_same(default_collate(items), expected, "collated __getitems__")
+        torch.manual_seed(seed)
+        single = ds[positions[1]]
+        torch.manual_seed(seed)
+        assert_same(single, ds.__getitems__([positions[1]])[0], "ds[int]")
+    with pytest.raises(ValueError, match="at least one"):
+        ds.batch([])
+    assert ds.__getitems__([]) == []
+
+
+def test_shard_cache_reads_each_shard_once_and_stays_bounded(
+    las_tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ShardBatchSampler batches, every shard of every array is decoded once per epoch
+    (one zarr call each) and at most ``shard_cache`` shards stay decoded."""
+    from zarr.core.array import AsyncArray
+
+    calls: list[tuple[str, Any]] = []
+    getitem = AsyncArray.getitem
+
+    def counting(self: AsyncArray, selection: Any, **kwargs: Any) -> Any:
+        calls.append((self.path, selection))
+        return getitem(self, selection, **kwargs)
+
+    monkeypatch.setattr(AsyncArray, "getitem", counting)
+    ds = LASDataset(
+        las_tiny,
+        modalities=["sentinel-2", "sentinel-1"],
+        products=["esa-worldcover"],
+        shard_cache=1,
+    )
+    per = ds.samples_per_shard
+    shards = {row["zarr_index"] // per for row in ds.rows}
+    sampler = ShardBatchSampler(ds, batch_size=3, generator=torch.Generator().manual_seed(0))
+    batches = list(sampler)
+    torch.manual_seed(0)
+    got = [ds.batch(b) for b in batches]
+    assert len(calls) == 3 * len(shards)  # 3 arrays, each shard once
+    assert all(isinstance(sel, slice) and sel.start % per == 0 for _, sel in calls)
+    assert len(ds._slabs) <= 1 * 3
+    plain = LASDataset(
+        las_tiny, modalities=["sentinel-2", "sentinel-1"], products=["esa-worldcover"]
+    )
+    for batch, positions in zip(got, batches, strict=True):
+        assert_same(batch, plain.batch(positions))
+    with pytest.raises(ValueError, match="shard_cache"):
+        LASDataset(las_tiny, modalities=["sentinel-2"], products=[], shard_cache=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataloader_whole_batches_match_the_per_item_reader(las_tiny: Path, workers: int) -> None:
+    """``DataLoader(ds, sampler=ShardBatchSampler(...), batch_size=None)``: the dataset
+    returns whole batches (in shared memory in workers), equal to the oracle's collated
+    items."""
+    ds = LASDataset(
+        las_tiny, modalities=MODS, products=["esa-worldcover"], crop_px=16, shard_cache=2
+    )
+    batches = list(ShardBatchSampler(ds, batch_size=5, generator=torch.Generator().manual_seed(1)))
+    loader = DataLoader(
+        ds,
+        sampler=batches,
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context="fork" if workers else None,
+    )
+    n = 0
+    for batch, positions in zip(loader, batches, strict=True):
+        assert_same(batch, default_collate([reference_item(ds, i) for i in positions]))
+        n += len(batch["sample_id"])
+    assert n == len(ds)
+
+
+def test_pickled_dataset_drops_its_shard_cache(las_tiny: Path) -> None:
+    import pickle
+
+    ds = LASDataset(las_tiny, modalities=["sentinel-2"], products=[], shard_cache=2)
+    ds.batch([0, 1])
+    assert ds._slabs
+    clone = pickle.loads(pickle.dumps(ds))
+    assert not clone._slabs and clone.shard_cache == 2
+    assert_same(clone.batch([2, 0]), ds.batch([2, 0]))
+
+
+def _old_normalise(modality: str, array: np.ndarray, attrs: dict | None = None) -> np.ndarray:
+    """``normalise`` as it was before it wrote in place (kept verbatim as oracle)."""
+    if modality == "sentinel-2":
+        return array.astype(np.float32) / 10000.0
+    if modality == "naip":
+        return array.astype(np.float32) / 255.0
+    units = str((attrs or {}).get("units", "linear")).lower()
+    x = array.astype(np.float32)
+    finite = np.isfinite(x)
+    if "db" not in units.replace("(", " ").split():
+        x = 10.0 * np.log10(np.clip(np.where(finite, x, 1.0), 1e-6, None))
+    x = np.clip((x + 15.0) / 10.0, -3.0, 3.0)
+    return np.where(finite, x, 0.0).astype(np.float32)
+
+
+def test_normalise_of_a_batch_is_bitwise_the_per_sample_one() -> None:
+    rng = np.random.default_rng(0)
+    s1 = rng.lognormal(-3, 2, (4, 2, 16, 16)).astype(np.float32)
+    s1.flat[::7], s1.flat[::11], s1.flat[::13] = np.nan, np.inf, -np.inf
+    s1.flat[::17], s1.flat[::19] = 0.0, -1.0
+    s1_db = rng.normal(-15, 10, (4, 2, 16, 16)).astype(np.float32)
+    s1_db.flat[::7], s1_db.flat[::11] = np.nan, -np.inf
+    cases = [
+        ("sentinel-2", rng.integers(0, 65535, (4, 12, 16, 16), dtype=np.uint16), None),
+        ("naip", rng.integers(0, 256, (4, 4, 16, 16), dtype=np.uint8), None),
+        ("sentinel-1", s1, {"units": "linear"}),
+        ("sentinel-1", s1_db, {"units": "gamma0 (dB)"}),
+    ]
+    for modality, values, attrs in cases:
+        before = values.copy()
+        old = _old_normalise(modality, values, attrs)
+        new = normalise(modality, values, attrs)
+        assert np.array_equal(values, before, equal_nan=True)  # input untouched without out
+        per_sample = np.stack([normalise(modality, v, attrs) for v in values])
+        for got in (new, per_sample):
+            assert got.dtype == np.float32 and got.shape == values.shape
+            assert np.array_equal(got.view(np.uint32), old.view(np.uint32)), modality
+        out = np.empty(values.shape, np.float32)
+        assert normalise(modality, values, attrs, out=out) is out
+        assert np.array_equal(out.view(np.uint32), old.view(np.uint32))
+        if values.dtype == np.float32:  # in place
+            assert normalise(modality, values, attrs, out=values) is values
+            assert np.array_equal(values.view(np.uint32), old.view(np.uint32))
+    with pytest.raises(ValueError, match="out must be"):
+        normalise("naip", cases[1][1], out=np.empty((1,), np.float32))
+    with pytest.raises(ValueError, match="unknown modality"):
+        normalise("landsat", cases[1][1])
