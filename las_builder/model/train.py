@@ -205,11 +205,13 @@ def _batches(
     epoch, skip = divmod(start_step, sched.per_epoch)
     while True:
         order = sched.epoch(epoch)[skip:]
+        # Each element of ``order`` is a whole batch: the dataset builds it in one piece
+        # (LASDataset.batch, equal to default_collate of its items), no per-sample collate.
         loader = DataLoader(
             dataset,
-            batch_sampler=order,
+            sampler=order,
+            batch_size=None,
             num_workers=num_workers,
-            collate_fn=default_collate,
             persistent_workers=False,
         )
         for batch in loader:
