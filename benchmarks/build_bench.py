@@ -284,8 +284,9 @@ def raw_read_bound(
     """Read the build's source windows without warping: the I/O and decode floor.
 
     With the build's concurrency: ``threads`` samples at a time (shard tasks x read threads),
-    each sample's windows read together on a pool of ``IO_THREADS`` threads (as the build reads
-    a scene's band files); each I/O thread opens an asset once and keeps it.
+    each sample's windows all read at once on one pool of as many threads as the build reads
+    with (its ``IO_THREADS`` band-file threads plus its ``SOURCE_THREADS`` source threads);
+    each I/O thread opens an asset once and keeps it.
     """
     import threading
 
@@ -294,7 +295,9 @@ def raw_read_bound(
     from baseline_warpedvrt import sample_sources
     from odc.geo.geobox import GeoBox
 
-    from las_builder.build.read import IO_THREADS, _source_window, gdal_options
+    from las_builder.build.read import IO_THREADS, SOURCE_THREADS, _source_window, gdal_options
+
+    io_threads = IO_THREADS + SOURCE_THREADS
 
     local = threading.local()
     opened: list[Any] = []
@@ -313,7 +316,7 @@ def raw_read_bound(
             window = _source_window(ds, geobox, margin_px=2)
             return 0 if window is None else int(ds.read(window=window).size)
 
-    with ThreadPoolExecutor(max_workers=IO_THREADS) as io_pool:
+    with ThreadPoolExecutor(max_workers=io_threads) as io_pool:
 
         def sample_task(row: dict[str, Any]) -> tuple[int, int]:
             geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
@@ -332,7 +335,7 @@ def raw_read_bound(
     return {
         "samples": len(rows),
         "threads": threads,
-        "io_threads": IO_THREADS,
+        "io_threads": io_threads,
         "seconds": seconds,
         "reads": sum(r[0] for r in results),
         "opens": len(opened),
