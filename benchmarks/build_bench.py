@@ -178,10 +178,15 @@ def make_plan(sets: list[str]) -> None:
 
 
 def fresh_output(
-    path: Path, plan_from: Path, shards: int | None = None, samples: int | None = None
+    path: Path,
+    plan_from: Path,
+    shards: int | None = None,
+    samples: int | None = None,
+    spread: int | None = None,
 ) -> int:
-    """An empty output folder holding the plan of ``plan_from`` (its first ``shards`` shards,
-    or its first ``samples`` samples)."""
+    """An empty output folder holding the plan of ``plan_from``: its first ``shards`` shards,
+    its first ``samples`` samples, or (``spread``) about that many samples in whole shards
+    taken evenly across the plan, renumbered, so they cover the same regions as the whole."""
     import geopandas as gpd
 
     if path.exists():
@@ -192,6 +197,17 @@ def fresh_output(
         plan = plan[plan["shard"] < shards].reset_index(drop=True)
     if samples is not None:
         plan = plan[plan["plan_index"] < samples].reset_index(drop=True)
+    if spread is not None and spread < len(plan):
+        per_shard = int(plan.groupby("shard").size().max())
+        all_shards = sorted(set(int(s) for s in plan["shard"]))
+        step = max(1, round(len(all_shards) * per_shard / spread))
+        kept = all_shards[::step]
+        plan = plan[plan["shard"].isin(kept)].sort_values("plan_index").reset_index(drop=True)
+        plan["shard"] = plan["shard"].map({old: new for new, old in enumerate(kept)})
+        plan["plan_index"] = [
+            int(shard) * per_shard + k
+            for shard, k in zip(plan["shard"], plan.groupby("shard").cumcount(), strict=True)
+        ]
     plan.to_parquet(path / "plan.parquet", index=False)
     return len(plan)
 
@@ -223,13 +239,30 @@ def _child_build(argv: list[str]) -> int:
     from las_builder.cli import app
 
     if argv and argv[0] == "--imports-only":
-        print(json.dumps({"seconds": 0.0}))
+        print(json.dumps({"seconds": 0.0, "peak_rss_kib": _own_peak_rss_kib()}))
         return 0
     started = time.perf_counter()
     code = app(["build", *argv, "--quiet"], standalone_mode=False)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "exit": code or 0}))
+    print(json.dumps({"seconds": seconds, "exit": code or 0, "peak_rss_kib": _own_peak_rss_kib()}))
     return int(code or 0)
+
+
+def _own_peak_rss_kib() -> int | None:
+    """This process's own peak RSS (``VmHWM``), KiB; None where /proc is not there.
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark across fork and exec into
+    the child's ``ru_maxrss``, so a child of a big benchmark process "peaks" at the parent's
+    size (every build then read the same 771 MiB). ``VmHWM`` belongs to the process's own
+    address space, made new by exec.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def run_child_build(args: list[str]) -> dict[str, float]:
@@ -243,18 +276,20 @@ def run_child_build(args: list[str]) -> dict[str, float]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        # wait4 gives this child's own resource usage: ru_maxrss is its peak RSS (KiB on Linux).
+        # wait4: this child's CPU time (its ru_maxrss would include the parent's, see
+        # _own_peak_rss_kib: the child reports its own peak).
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     text = log_path.read_text()
     if proc.returncode != 0:
         raise RuntimeError(f"the child build failed ({proc.returncode}):\n{text[-4000:]}")
-    last = [line for line in text.splitlines() if line.startswith("{")][-1]
+    last = json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+    own = last.get("peak_rss_kib")
     return {
-        "seconds": float(json.loads(last)["seconds"]),
+        "seconds": float(last["seconds"]),
         "wall_s": wall,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_rss_mib": (own if own is not None else usage.ru_maxrss) / 1024,
         "cpu_s": usage.ru_utime + usage.ru_stime,
     }
 
@@ -654,7 +689,11 @@ def run_memory(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         for repeat in range(args.rss_repeats):
             for label, count in sizes.items():
                 path = CACHE / "runs" / f"build-rss-{label}"
-                k = fresh_output(path, plan_dir, samples=count)
+                # The small build takes whole shards spread over the large plan: the same
+                # regions, sensors (NAIP in the US) and shard make-up, only fewer of them.
+                # (The plan's first 100 samples all lie in one UTM zone without NAIP.)
+                k = fresh_output(path, plan_dir, spread=count)
+                sizes[label] = k
                 log(f"peak RSS: las build of {k} samples ({label}, run {repeat + 1})")
                 result = run_child_build(
                     _build_args(stac_url, path, k, args.rss_size_px, args.per_shard)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -154,6 +157,60 @@ def _build_rows_earthengine(
     return index_rows
 
 
+_libc: Any = None
+_M_MMAP_THRESHOLD = -3  # mallopt parameters (malloc.h)
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+"""glibc malloc arenas of a build process (glibc's default: 8 per core)."""
+MALLOC_MMAP_THRESHOLD = 1 << 20
+"""Allocations from this size (bytes) get their own mapping, returned to the system when freed."""
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (malloc_trim and mallopt), else None."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+        except OSError:
+            libc = None
+        _libc = libc if libc is not None and hasattr(libc, "malloc_trim") else False
+    return _libc or None
+
+
+def tune_malloc() -> None:
+    """Keep a long build's resident memory from creeping up (glibc only).
+
+    A build allocates and frees the same large arrays shard after shard on many threads. By
+    default glibc gives threads arenas of their own (up to 8 per core), each fragmenting on its
+    own, and after a large block is freed it raises its mmap threshold, so later arrays of a
+    few MB come from those heaps instead of mappings that go back to the system when freed:
+    the peak RSS grew from 381 MiB (100 samples) to 709 MiB (2,000). Arenas are capped at
+    :data:`MALLOC_ARENAS` and the threshold is pinned at :data:`MALLOC_MMAP_THRESHOLD`, unless
+    the ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` environment variables say otherwise.
+    Threads made after this call share the capped arenas.
+    """
+    libc = _glibc()
+    if libc is None:
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+
+
+def release_freed_memory() -> None:
+    """Give the memory a finished shard freed back to the operating system (glibc only).
+
+    glibc keeps freed blocks in its arenas; ``malloc_trim`` returns their free pages, so what
+    one shard freed does not stay resident while the next is built.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def build_shard(
     shard: int,
     rows: list[dict[str, Any]],
@@ -171,6 +228,7 @@ def build_shard(
     without its arrays.
     """
     install_log_redaction()  # also in dask worker processes
+    tune_malloc()
     start = shard * samples_per_shard
     arrays = _ShardArrays(array_specs(cfg), min(samples_per_shard, n_samples - start))
     index_rows = []
@@ -178,6 +236,7 @@ def build_shard(
         index_rows = _build_rows_earthengine(rows, cfg, arrays, start)
         write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
         write_index_part(output, shard, index_rows)  # last: marks the shard complete
+        release_freed_memory()
         return index_rows
     cache = DatasetCache(make_signer(cfg.sign))
     try:
@@ -211,6 +270,7 @@ def build_shard(
             cache.close()
     write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
     write_index_part(output, shard, index_rows)  # last: marks the shard complete
+    release_freed_memory()
     return index_rows
 
 
@@ -324,6 +384,7 @@ def run_build(
             and running the build again builds the missing ones.
     """
     install_log_redaction()
+    tune_malloc()  # before the build's threads exist
     cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex)
     plan = read_plan(output)
     n = len(plan)
