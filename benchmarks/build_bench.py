@@ -685,9 +685,10 @@ def run_memory(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         # GDAL blocks are alive at once), so each size is built several times, alternating,
         # and the medians are compared.
         runs: dict[str, list[dict[str, float]]] = {"small": [], "large": []}
-        sizes = {"small": small_n, "large": min(large_n, planned)}
+        asked = {"small": small_n, "large": min(large_n, planned)}
+        sizes = dict(asked)  # samples actually built (whole shards)
         for repeat in range(args.rss_repeats):
-            for label, count in sizes.items():
+            for label, count in asked.items():
                 path = CACHE / "runs" / f"build-rss-{label}"
                 # The small build takes whole shards spread over the large plan: the same
                 # regions, sensors (NAIP in the US) and shard make-up, only fewer of them.
