@@ -421,6 +421,11 @@ def run_las(dataset: Any, indices: Sequence[int], batch_size: int, workers: int)
         num_workers=workers,
         multiprocessing_context="fork" if workers else None,
     )
+    return _time_las_loader(loader, batch_size, workers)
+
+
+def _time_las_loader(loader: Any, batch_size: int, workers: int) -> dict[str, Any]:
+    """Time a LAS ``DataLoader`` (its first batches untimed); the timing and batch shapes."""
     skip = skip_batches(workers)
     shapes: dict[str, Any] = {}
     out = time_batches(loader, las_counter(shapes), skip)
@@ -480,16 +485,7 @@ def run_las_shards(
             num_workers=workers,
             multiprocessing_context="fork" if workers else None,
         )
-    skip = skip_batches(workers)
-    shapes: dict[str, Any] = {}
-    out = time_batches(loader, las_counter(shapes), skip)
-    return {
-        **out,
-        "batch_size": batch_size,
-        "workers": workers,
-        "skipped_batches": skip,
-        "batch_shapes": shapes,
-    }
+    return _time_las_loader(loader, batch_size, workers)
 
 
 def run_raw_zarr(
