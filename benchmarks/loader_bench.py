@@ -451,8 +451,34 @@ def shard_batches(dataset: Any, samples: int, batch_size: int, seed: int) -> lis
     return batches[: -(-samples // batch_size)]
 
 
+class _Epochs:
+    """The batches of a sampler over repeated epochs, ``n`` in all, drawn lazily (so that a
+    ``ShardBatchSampler(prefetch=True)`` reads ahead only as the loader goes)."""
+
+    def __init__(self, sampler: Any, n: int) -> None:
+        self.sampler, self.n = sampler, n
+
+    def __iter__(self) -> Iterator[list[int]]:
+        done = 0
+        while done < self.n:
+            for batch in self.sampler:
+                if done == self.n:
+                    return
+                done += 1
+                yield batch
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def run_las_shards(
-    dataset: Any, samples: int, batch_size: int, workers: int, seed: int, whole: bool = False
+    dataset: Any,
+    samples: int,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    whole: bool = False,
+    prefetch: bool = False,
 ) -> dict[str, Any]:
     """Time the LAS loader with ``ShardBatchSampler`` over ``samples`` (repeated epochs).
 
@@ -465,11 +491,25 @@ def run_las_shards(
         whole: The dataset returns whole batches (``DataLoader(ds, sampler=batches,
             batch_size=None)``: ``ds[positions]``, no per-sample items or collate); otherwise
             ``batch_sampler=batches`` (``__getitems__`` + ``default_collate``).
+        prefetch: With ``whole``: the same batches from ``ShardBatchSampler(prefetch=True)``
+            (the next batch's shards are read in the background while one is returned).
 
     """
+    import torch
     from torch.utils.data import DataLoader
 
-    batches = shard_batches(dataset, samples, batch_size, seed)
+    from las_builder.model.data import ShardBatchSampler
+
+    batches: Any = shard_batches(dataset, samples, batch_size, seed)
+    if prefetch:
+
+        def epochs(ahead: bool) -> _Epochs:
+            g = torch.Generator().manual_seed(seed)
+            return _Epochs(ShardBatchSampler(dataset, batch_size, generator=g, prefetch=ahead), n)
+
+        n = len(batches)
+        assert list(epochs(False)) == batches  # the same batches as the other configurations
+        batches = epochs(True)
     if whole:
         loader = DataLoader(
             dataset,
@@ -851,6 +891,7 @@ LAS_CONFIGS = {
     "las_loader": "LAS, random batches",
     "las_loader_shard": "LAS + ShardBatchSampler",
     "las_loader_shard_cached": "LAS + ShardBatchSampler + shard cache, whole batches",
+    "las_loader_shard_prefetch": "LAS + ShardBatchSampler(prefetch) + shard cache, whole batches",
 }
 """The LAS loader configurations timed at ``--batch-size`` (``timings`` keys), labelled."""
 
@@ -1005,7 +1046,10 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "las_loader_shard":
                     value = run_las_shards(dataset, args.samples, bs, w, args.seed)
                 else:
-                    value = run_las_shards(cached, args.samples, bs, w, args.seed, whole=True)
+                    ahead = name == "las_loader_shard_prefetch"
+                    value = run_las_shards(
+                        cached, args.samples, bs, w, args.seed, whole=True, prefetch=ahead
+                    )
                 add(name, str(w), value)
             if sources is not None:
                 for bs in [args.batch_size, *extra_sizes]:

@@ -45,6 +45,7 @@ import os
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from las_builder.model.bands import POL_NONE, POLARISATIONS, sar_pseudo_wavelength_um
+from las_builder.model.shard_reader import ShardReader, read_shards, read_shards_later
 
 __all__ = [
     "IGNORE_INDEX",
@@ -369,6 +371,9 @@ class LASDataset(Dataset):
         self._root: Any = None
         self._pid: int | None = None
         self._handles: dict[str, Any] | None = None
+        self._readers: dict[str, ShardReader | None] | None = None
+        # (array, shard) -> (a background read of several shards, this one's place in it)
+        self._pending: dict[tuple[str, int], tuple[Future[list[np.ndarray]], int]] = {}
         self._slabs: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
         index = read_index(path, storage_options)
@@ -436,7 +441,9 @@ class LASDataset(Dataset):
             self._root = open_store(self.path, self.storage_options)
             self._pid = os.getpid()
             self._handles = None  # a forked worker must not reuse its parent's handles
+            self._readers = None
             self._slabs = OrderedDict()
+            self._pending = {}
         return self._root
 
     def _arrays(self) -> dict[str, Any]:
@@ -451,11 +458,20 @@ class LASDataset(Dataset):
             self._handles = {name: root[name] for name in names}
         return self._handles
 
+    def _shard_readers(self) -> dict[str, ShardReader | None]:
+        """Per array, the fast whole-shard reader, or None where zarr reads it."""
+        arrays = self._arrays()
+        if self._readers is None:
+            self._readers = {name: ShardReader.for_array(arr) for name, arr in arrays.items()}
+        return self._readers
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_root"] = None
         state["_pid"] = None
         state["_handles"] = None
+        state["_readers"] = None
+        state["_pending"] = {}
         state["_slabs"] = OrderedDict()
         return state
 
@@ -641,6 +657,38 @@ class LASDataset(Dataset):
             np.take(self._luts[spec.key], codes, out=labels[spec.key].numpy(), mode="clip")
         return rows, windows, images, available, labels
 
+    def prefetch(self, indices: Sequence[int]) -> None:
+        """Start reading the whole shards a coming batch needs, in the background.
+
+        Only with :attr:`shard_cache`, only for arrays the :class:`ShardReader` reads, and only
+        in a process that has already read from the store (so the main process of a
+        ``DataLoader`` with workers, whose dataset copy never reads, never reads ahead). The
+        next :meth:`batch` or :meth:`__getitems__` that needs those shards takes them from the
+        background read (its errors are raised there). At most :attr:`shard_cache` shards per
+        array are read ahead. :class:`ShardBatchSampler` calls this with ``prefetch=True``.
+
+        Args:
+            indices: Dataset positions of a batch to come.
+
+        """
+        if not self.shard_cache or self._root is None or self._pid != os.getpid():
+            return
+        readers = self._shard_readers()
+        if len(self._pending) >= self.shard_cache * len(readers):
+            return
+        requests: dict[tuple[str, int], tuple[ShardReader, int]] = {}
+        for name, reader in readers.items():
+            if reader is None:
+                continue
+            for i in indices:
+                key = (name, self.rows[i]["zarr_index"] // reader.shard_shape[0])
+                if key not in self._slabs and key not in self._pending:
+                    requests.setdefault(key, (reader, key[1]))
+        if requests:
+            future = read_shards_later(list(requests.values()))
+            for place, key in enumerate(requests):
+                self._pending[key] = (future, place)
+
     def _read(
         self, zarr_indices: Sequence[int], windows: Sequence[tuple[int, int, int, int]]
     ) -> dict[str, np.ndarray]:
@@ -660,8 +708,11 @@ class LASDataset(Dataset):
         from zarr.core.sync import sync
 
         arrays = self._arrays()
+        readers = self._shard_readers() if self.shard_cache else {}
         reads: list[Any] = []  # coroutines, gathered below
         slab_reads: dict[tuple[str, int], int] = {}  # (array, shard) -> read number
+        fast_reads: dict[tuple[str, int], tuple[ShardReader, int]] = {}  # by ShardReader
+        taken: list[tuple[str, int]] = []  # slabs a prefetch() is reading
         plans: dict[str, list[tuple[Any, Any]]] = {}  # per sample: (read number or slab, crop)
         for name, arr in arrays.items():
             f = arr.shape[-1] // self.shape[1]  # stored pixels per label pixel
@@ -675,8 +726,13 @@ class LASDataset(Dataset):
                 per = int((arr.shards or arr.chunks)[0])
                 for zi, crop in zip(zarr_indices, crops, strict=True):
                     key = (name, zi // per)
+                    reader = readers.get(name)
                     if key in self._slabs:
                         self._slabs.move_to_end(key)
+                    elif key in self._pending:  # read ahead by prefetch(): taken below
+                        taken.append(key)
+                    elif reader is not None:
+                        fast_reads.setdefault(key, (reader, key[1]))
                     elif key not in slab_reads:
                         slab_reads[key] = len(reads)
                         start = key[1] * per
@@ -712,6 +768,12 @@ class LASDataset(Dataset):
                 done = [np.asarray(v) for v in sync(gather())]  # zarr's own loop
         for key, number in slab_reads.items():
             self._slabs[key] = done[number]
+        if fast_reads:
+            for key, slab in zip(fast_reads, read_shards(list(fast_reads.values())), strict=True):
+                self._slabs[key] = slab
+        for key in dict.fromkeys(taken):
+            future, place = self._pending.pop(key)
+            self._slabs[key] = future.result()[place]  # re-raises the read's error
         out: dict[str, np.ndarray] = {}
         for name, plan in plans.items():
             parts = [
@@ -761,6 +823,11 @@ class ShardBatchSampler(Sampler[list[int]]):
         generator: Torch RNG of the shuffles; ``None`` seeds one from torch's global RNG at
             each epoch, as ``RandomSampler`` does.
         samples_per_shard: Samples per shard; default: :attr:`LASDataset.samples_per_shard`.
+        prefetch: While a batch is returned, have the dataset read the next batch's shards in
+            the background (:meth:`LASDataset.prefetch`; needs ``shard_cache``). For a
+            ``DataLoader`` with ``num_workers=0``, where reading and the rest of a training
+            step would otherwise take turns; with workers, the ``DataLoader`` overlaps them
+            itself and the hint does nothing.
 
     """
 
@@ -772,6 +839,7 @@ class ShardBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         generator: torch.Generator | None = None,
         samples_per_shard: int | None = None,
+        prefetch: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -780,6 +848,7 @@ class ShardBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = generator
+        self.dataset = dataset if prefetch else None
         by_shard: dict[int, list[int]] = {}
         for position, row in enumerate(dataset.rows):
             by_shard.setdefault(row["zarr_index"] // per_shard, []).append(position)
@@ -796,10 +865,16 @@ class ShardBatchSampler(Sampler[list[int]]):
             for k in torch.randperm(len(self.shards), generator=g).tolist():
                 shard = self.shards[k]
                 order += [shard[j] for j in torch.randperm(len(shard), generator=g).tolist()]
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            if len(batch) == self.batch_size or not self.drop_last:
-                yield batch
+        batches = [
+            order[start : start + self.batch_size]
+            for start in range(0, len(order), self.batch_size)
+        ]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        for k, batch in enumerate(batches):
+            if self.dataset is not None and k + 1 < len(batches):
+                self.dataset.prefetch(batches[k + 1])
+            yield batch
 
     def __len__(self) -> int:
         if self.drop_last:

@@ -250,12 +250,16 @@ def test_collated_batches_equal_the_per_item_reader(
     assert ds.__getitems__([]) == []
 
 
+@pytest.mark.parametrize("reader", ["shard_reader", "zarr"])
 def test_shard_cache_reads_each_shard_once_and_stays_bounded(
-    las_tiny: Path, monkeypatch: pytest.MonkeyPatch
+    las_tiny: Path, monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
     """With ShardBatchSampler batches, every shard of every array is decoded once per epoch
-    (one zarr call each) and at most ``shard_cache`` shards stay decoded."""
+    (one whole-shard read each: by the ShardReader for the layout ``las build`` writes, by one
+    zarr call where zarr reads) and at most ``shard_cache`` shards stay decoded."""
     from zarr.core.array import AsyncArray
+
+    import las_builder.model.data as data_module
 
     calls: list[tuple[str, Any]] = []
     getitem = AsyncArray.getitem
@@ -264,7 +268,17 @@ def test_shard_cache_reads_each_shard_once_and_stays_bounded(
         calls.append((self.path, selection))
         return getitem(self, selection, **kwargs)
 
+    fast: list[tuple[str, int]] = []
+    read_shards = data_module.read_shards
+
+    def counting_shards(requests: Any) -> Any:
+        fast.extend((r.array.path, shard) for r, shard in requests)
+        return read_shards(requests)
+
     monkeypatch.setattr(AsyncArray, "getitem", counting)
+    monkeypatch.setattr(data_module, "read_shards", counting_shards)
+    if reader == "zarr":
+        monkeypatch.setattr(data_module.ShardReader, "for_array", classmethod(lambda c, a: None))
     ds = LASDataset(
         las_tiny,
         modalities=["sentinel-2", "sentinel-1"],
@@ -277,8 +291,14 @@ def test_shard_cache_reads_each_shard_once_and_stays_bounded(
     batches = list(sampler)
     torch.manual_seed(0)
     got = [ds.batch(b) for b in batches]
-    assert len(calls) == 3 * len(shards)  # 3 arrays, each shard once
-    assert all(isinstance(sel, slice) and sel.start % per == 0 for _, sel in calls)
+    if reader == "zarr":
+        assert not fast
+        assert len(calls) == 3 * len(shards)  # 3 arrays, each shard once
+        assert all(isinstance(sel, slice) and sel.start % per == 0 for _, sel in calls)
+    else:
+        assert not calls
+        assert len(fast) == len(set(fast)) == 3 * len(shards)
+        assert {shard for _, shard in fast} == shards
     assert len(ds._slabs) <= 1 * 3
     plain = LASDataset(
         las_tiny, modalities=["sentinel-2", "sentinel-1"], products=["esa-worldcover"]
@@ -310,6 +330,75 @@ def test_dataloader_whole_batches_match_the_per_item_reader(las_tiny: Path, work
         assert_same(batch, default_collate([reference_item(ds, i) for i in positions]))
         n += len(batch["sample_id"])
     assert n == len(ds)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prefetching_sampler_gives_the_same_batches_reading_each_shard_once(
+    las_tiny: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """``ShardBatchSampler(prefetch=True)``: the next batch's shards are read in the
+    background; the batches equal the oracle's, every shard is still read once per array,
+    nothing stays pending, and with workers the main process (whose dataset never read)
+    reads nothing ahead."""
+    import las_builder.model.data as data_module
+
+    requested: list[tuple[str, int]] = []
+    later = data_module.read_shards_later
+
+    def counting_later(requests: Any) -> Any:
+        requested.extend((r.array.path, shard) for r, shard in requests)
+        return later(requests)
+
+    monkeypatch.setattr(data_module, "read_shards_later", counting_later)
+    ds = LASDataset(
+        las_tiny, modalities=MODS, products=["esa-worldcover"], crop_px=16, shard_cache=2
+    )
+    g = torch.Generator().manual_seed(3)
+    plain = list(ShardBatchSampler(ds, batch_size=2, generator=g))
+    sampler = ShardBatchSampler(
+        ds, batch_size=2, generator=torch.Generator().manual_seed(3), prefetch=True
+    )
+    loader = DataLoader(
+        ds,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=workers,
+        multiprocessing_context="fork" if workers else None,
+    )
+    got = list(loader)
+    assert len(got) == len(plain)
+    for batch, positions in zip(got, plain, strict=True):
+        assert [ds.rows[i]["sample_id"] for i in positions] == batch["sample_id"]
+        assert_same(batch, default_collate([reference_item(ds, i) for i in positions]))
+    if workers:
+        assert not requested  # the main process's copy never read: no read-ahead there
+    else:
+        per = ds.samples_per_shard
+        shards = {row["zarr_index"] // per for row in ds.rows}
+        assert requested and len(requested) == len(set(requested))  # nothing read twice
+        assert {s for _, s in requested} < shards  # the first batch's shards: read directly
+        assert not ds._pending
+
+
+def test_a_failed_read_ahead_fails_the_batch_that_needs_it(las_tiny: Path, tmp_path: Path) -> None:
+    """A shard damaged under a read-ahead: the batch that takes it raises the reader's error
+    (naming array and shard), never returns other values."""
+    from las_builder.model.shard_reader import ShardCorruptError
+
+    copy = tmp_path / "las"
+    shutil.copytree(las_tiny, copy)
+    ds = LASDataset(copy, modalities=["sentinel-2"], products=[], shard_cache=2)
+    per = ds.samples_per_shard
+    first = [i for i, r in enumerate(ds.rows) if r["zarr_index"] // per == 0]
+    later = [i for i, r in enumerate(ds.rows) if r["zarr_index"] // per == 1]
+    assert first and later
+    ds.batch(first[:1])  # the process has now read: read-ahead is allowed
+    shard = copy / "las.zarr" / "sentinel-2" / "c" / "1" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-3] + b"bad")
+    ds.prefetch(later)
+    assert ("sentinel-2", 1) in ds._pending
+    with pytest.raises(ShardCorruptError, match=r"sentinel-2: shard c/1/0/0/0 fails its index"):
+        ds.batch(later)
 
 
 def test_pickled_dataset_drops_its_shard_cache(las_tiny: Path) -> None:
