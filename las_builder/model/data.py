@@ -7,13 +7,18 @@ fsspec URLs (``s3://bucket/las``, ``file:///...``) are read the same way. A ``Da
 batch is read by :meth:`LASDataset.__getitems__` in one round trip to zarr's event loop;
 :class:`ShardBatchSampler` draws batches shard by shard for the fewest zarr calls.
 
-The fastest way through a store (about 2x the samples/s of random batches in
+The fastest way through a store (about 5x the samples/s of random batches in
 ``benchmarks/loader_bench.py``) reads whole shards, keeps a few decoded (``shard_cache``) and
 lets the dataset build each batch itself (``ds[positions]`` is :meth:`LASDataset.batch`, the
 collated batch, one normalisation per array)::
 
     ds = LASDataset("out/demo/las", modalities=["sentinel-2"], shard_cache=2)
-    loader = DataLoader(ds, sampler=ShardBatchSampler(ds, batch_size=8), batch_size=None)
+    loader = DataLoader(ds, sampler=ShardBatchSampler(ds, batch_size=8, prefetch=True),
+                        batch_size=None)
+
+Whole shards of the layout ``las build`` writes are read by
+:class:`~las_builder.model.shard_reader.ShardReader` (one request per shard, its chunks
+decompressed in parallel); other layouts by zarr.
 
 Per sample the dataset returns the chosen modalities, each normalised and with its bands'
 wavelengths (micrometres) and polarisation codes, and one label map per chosen label product
@@ -315,7 +320,9 @@ class LASDataset(Dataset):
         naip_factor: Resample NAIP to ``naip_factor`` pixels per label pixel (``1``: the label
             grid); ``None`` keeps the stored resolution.
         storage_options: fsspec options for URLs.
-        shard_cache: Read whole shards (one zarr call per array and shard) and keep the
+        shard_cache: Read whole shards (one read per array and shard: a
+            :class:`~las_builder.model.shard_reader.ShardReader` for the layout ``las build``
+            writes, zarr otherwise) and keep the
             decoded shards of the last ``shard_cache`` shards read, per process (``0``: read
             only the samples asked for). Meant for :class:`ShardBatchSampler` batches, which
             then decode every shard once per epoch; with randomly drawn samples it decodes a
