@@ -17,7 +17,7 @@ collated batch, one normalisation per array)::
                         batch_size=None)
 
 Whole shards of the layout ``las build`` writes are read by
-:class:`~las_builder.model.shard_reader.ShardReader` (one request per shard, its chunks
+:class:`~las_builder.zarr_shards.ShardedArray` (one request per shard, its chunks
 decompressed in parallel); other layouts by zarr.
 
 Per sample the dataset returns the chosen modalities, each normalised and with its bands'
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from las_builder.model.bands import POL_NONE, POLARISATIONS, sar_pseudo_wavelength_um
-from las_builder.model.shard_reader import ShardReader, read_shards, read_shards_later
+from las_builder.zarr_shards import ShardedArray, read_shards, read_shards_later
 
 __all__ = [
     "IGNORE_INDEX",
@@ -321,7 +321,7 @@ class LASDataset(Dataset):
             grid); ``None`` keeps the stored resolution.
         storage_options: fsspec options for URLs.
         shard_cache: Read whole shards (one read per array and shard: a
-            :class:`~las_builder.model.shard_reader.ShardReader` for the layout ``las build``
+            :class:`~las_builder.zarr_shards.ShardedArray` for the layout ``las build``
             writes, zarr otherwise) and keep the
             decoded shards of the last ``shard_cache`` shards read, per process (``0``: read
             only the samples asked for). Meant for :class:`ShardBatchSampler` batches, which
@@ -378,7 +378,7 @@ class LASDataset(Dataset):
         self._root: Any = None
         self._pid: int | None = None
         self._handles: dict[str, Any] | None = None
-        self._readers: dict[str, ShardReader | None] | None = None
+        self._readers: dict[str, ShardedArray | None] | None = None
         # (array, shard) -> (a background read of several shards, this one's place in it)
         self._pending: dict[tuple[str, int], tuple[Future[list[np.ndarray]], int]] = {}
         self._slabs: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -465,11 +465,11 @@ class LASDataset(Dataset):
             self._handles = {name: root[name] for name in names}
         return self._handles
 
-    def _shard_readers(self) -> dict[str, ShardReader | None]:
+    def _shard_readers(self) -> dict[str, ShardedArray | None]:
         """Per array, the fast whole-shard reader, or None where zarr reads it."""
         arrays = self._arrays()
         if self._readers is None:
-            self._readers = {name: ShardReader.for_array(arr) for name, arr in arrays.items()}
+            self._readers = {name: ShardedArray.for_array(arr) for name, arr in arrays.items()}
         return self._readers
 
     def __getstate__(self) -> dict:
@@ -667,7 +667,7 @@ class LASDataset(Dataset):
     def prefetch(self, indices: Sequence[int]) -> None:
         """Start reading the whole shards a coming batch needs, in the background.
 
-        Only with :attr:`shard_cache`, only for arrays the :class:`ShardReader` reads, and only
+        Only with :attr:`shard_cache`, only for arrays the :class:`ShardedArray` reads, and only
         in a process that has already read from the store (so the main process of a
         ``DataLoader`` with workers, whose dataset copy never reads, never reads ahead). The
         next :meth:`batch` or :meth:`__getitems__` that needs those shards takes them from the
@@ -683,7 +683,7 @@ class LASDataset(Dataset):
         readers = self._shard_readers()
         if len(self._pending) >= self.shard_cache * len(readers):
             return
-        requests: dict[tuple[str, int], tuple[ShardReader, int]] = {}
+        requests: dict[tuple[str, int], tuple[ShardedArray, int]] = {}
         for name, reader in readers.items():
             if reader is None:
                 continue
@@ -718,7 +718,7 @@ class LASDataset(Dataset):
         readers = self._shard_readers() if self.shard_cache else {}
         reads: list[Any] = []  # coroutines, gathered below
         slab_reads: dict[tuple[str, int], int] = {}  # (array, shard) -> read number
-        fast_reads: dict[tuple[str, int], tuple[ShardReader, int]] = {}  # by ShardReader
+        fast_reads: dict[tuple[str, int], tuple[ShardedArray, int]] = {}  # by ShardedArray
         taken: list[tuple[str, int]] = []  # slabs a prefetch() is reading
         plans: dict[str, list[tuple[Any, Any]]] = {}  # per sample: (read number or slab, crop)
         for name, arr in arrays.items():

@@ -170,7 +170,7 @@ def test_s3_resume_rebuilds_only_the_missing_shard(
 def test_s3_shard_reader_reads_the_remote_store(builds: tuple[str, Path]) -> None:
     """The loader's whole-shard reader fetches shards through zarr's fsspec store: every
     shard of every array read from S3 equals zarr's read of the local build."""
-    from las_builder.model.shard_reader import ShardReader, read_shards
+    from las_builder.zarr_shards import ShardedArray, read_shards
 
     remote, local = builds
     remote_root = zarr.open_group(f"{remote}/las.zarr", mode="r")
@@ -178,7 +178,7 @@ def test_s3_shard_reader_reads_the_remote_store(builds: tuple[str, Path]) -> Non
     for path, array in _arrays(local_root).items():
         if array.shards is None:
             continue  # band-name coordinates
-        reader = ShardReader.for_array(remote_root[path])
+        reader = ShardedArray.for_array(remote_root[path])
         assert reader is not None, path
         shards = range(-(-array.shape[0] // array.shards[0]))
         for shard, got in zip(shards, read_shards([(reader, s) for s in shards]), strict=True):

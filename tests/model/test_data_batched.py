@@ -250,12 +250,12 @@ def test_collated_batches_equal_the_per_item_reader(
     assert ds.__getitems__([]) == []
 
 
-@pytest.mark.parametrize("reader", ["shard_reader", "zarr"])
+@pytest.mark.parametrize("reader", ["sharded_array", "zarr"])
 def test_shard_cache_reads_each_shard_once_and_stays_bounded(
     las_tiny: Path, monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
     """With ShardBatchSampler batches, every shard of every array is decoded once per epoch
-    (one whole-shard read each: by the ShardReader for the layout ``las build`` writes, by one
+    (one whole-shard read each: by the ShardedArray for the layout ``las build`` writes, by one
     zarr call where zarr reads) and at most ``shard_cache`` shards stay decoded."""
     from zarr.core.array import AsyncArray
 
@@ -278,7 +278,7 @@ def test_shard_cache_reads_each_shard_once_and_stays_bounded(
     monkeypatch.setattr(AsyncArray, "getitem", counting)
     monkeypatch.setattr(data_module, "read_shards", counting_shards)
     if reader == "zarr":
-        monkeypatch.setattr(data_module.ShardReader, "for_array", classmethod(lambda c, a: None))
+        monkeypatch.setattr(data_module.ShardedArray, "for_array", classmethod(lambda c, a: None))
     ds = LASDataset(
         las_tiny,
         modalities=["sentinel-2", "sentinel-1"],
@@ -383,7 +383,7 @@ def test_prefetching_sampler_gives_the_same_batches_reading_each_shard_once(
 def test_a_failed_read_ahead_fails_the_batch_that_needs_it(las_tiny: Path, tmp_path: Path) -> None:
     """A shard damaged under a read-ahead: the batch that takes it raises the reader's error
     (naming array and shard), never returns other values."""
-    from las_builder.model.shard_reader import ShardCorruptError
+    from las_builder.zarr_shards import ShardCorruptError
 
     copy = tmp_path / "las"
     shutil.copytree(las_tiny, copy)

@@ -1,4 +1,4 @@
-"""The loader's whole-shard reader: equal to zarr's own read, or no reader at all."""
+"""Whole-shard reads and writes of the layout las build writes: equal to zarr's own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from las_builder.model.shard_reader import ShardCorruptError, ShardReader, read_shards
+from las_builder.zarr_shards import ShardCorruptError, ShardedArray, read_shards, write_shards
 
 
 def _members(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
@@ -24,24 +24,6 @@ def _members(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
 
 def _shards(array: zarr.Array) -> range:
     return range(-(-array.shape[0] // array.shards[0]))
-
-
-def test_every_array_of_a_built_store_reads_as_zarr_reads_it(las_tiny: Path) -> None:
-    """Every sharded array ``las build`` wrote has a reader, and each of its shards equals
-    ``array[start:stop]`` read by zarr (values, dtype, NaN where Sentinel-1 has none)."""
-    root = zarr.open_group(str(las_tiny / "las.zarr"), mode="r")
-    sharded = {p: a for p, a in _members(root).items() if a.shards is not None}
-    assert {"sentinel-2", "sentinel-1", "naip", "consensus"} <= sharded.keys()
-    assert any(p.endswith("/native") for p in sharded) and any(p.endswith("/las") for p in sharded)
-    for path, array in sharded.items():
-        reader = ShardReader.for_array(array)
-        assert reader is not None, f"{path}: the build's layout must be readable"
-        shards = _shards(array)
-        for shard, got in zip(shards, read_shards([(reader, s) for s in shards]), strict=True):
-            start, stop = reader.rows(shard)
-            want = array[start:stop]
-            assert got.dtype == want.dtype and got.shape == want.shape, path
-            np.testing.assert_array_equal(got, want, err_msg=f"{path} shard {shard}")
 
 
 def _array(root: zarr.Group, name: str, rows: int = 21, **kwargs: object) -> zarr.Array:
@@ -66,9 +48,9 @@ def test_partial_shards_missing_chunks_and_missing_shards_take_the_fill_value(
     array[:5] = data[:5]  # shard 0: chunks 5-7 never written
     array[17:19] = data[17:19]  # shard 2 (rows 16-20, cut by the array's end): 2 of 5 chunks
     # shard 1 (rows 8-15) is never written: no object at all
-    reader = ShardReader.for_array(array)
+    reader = ShardedArray.for_array(array)
     assert reader is not None
-    assert reader.key(1) == "c/1/0/0/0"
+    assert reader.key(1) == "group/x/c/1/0/0/0"
     got = read_shards([(reader, 0), (reader, 1), (reader, 2)])
     assert [g.shape[0] for g in got] == [8, 8, 5]
     for shard, part in enumerate(got):
@@ -93,10 +75,10 @@ def test_partial_shards_missing_chunks_and_missing_shards_take_the_fill_value(
 def test_other_layouts_get_no_reader(tmp_path: Path, options: dict) -> None:
     """Anything but the layout ``las build`` writes is left to zarr (``for_array`` -> None)."""
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
-    assert ShardReader.for_array(_array(root, "x", **options)) is None
+    assert ShardedArray.for_array(_array(root, "x", **options)) is None
     v2 = zarr.open_group(str(tmp_path / "v2.zarr"), mode="w", zarr_format=2)
     assert (
-        ShardReader.for_array(v2.create_array("y", shape=(4, 8), chunks=(1, 8), dtype="uint8"))
+        ShardedArray.for_array(v2.create_array("y", shape=(4, 8), chunks=(1, 8), dtype="uint8"))
         is None
     )
 
@@ -107,7 +89,7 @@ def test_a_damaged_shard_fails_naming_array_and_shard(tmp_path: Path) -> None:
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
     array = _array(root, "labels/x", rows=8, dtype="uint8", fill_value=0)
     array[:] = np.arange(8 * 3 * 64, dtype=np.uint8).reshape(array.shape) % 7
-    reader = ShardReader.for_array(array)
+    reader = ShardedArray.for_array(array)
     assert reader is not None
     path = tmp_path / "s.zarr" / "labels" / "x" / "c" / "0" / "0" / "0" / "0"
     good = path.read_bytes()
@@ -130,3 +112,63 @@ def test_a_damaged_shard_fails_naming_array_and_shard(tmp_path: Path) -> None:
 
     path.write_bytes(good)
     np.testing.assert_array_equal(read_shards([(reader, 0)])[0], array[:])
+
+
+def _objects(store: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    }
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill"),
+    [("float32", np.nan), ("uint16", 0), ("float32", 0.0), ("uint8", 255)],
+)
+def test_written_shards_are_byte_identical_to_zarrs(
+    tmp_path: Path, dtype: str, fill: float
+) -> None:
+    """Every object ``write_shards`` stores equals the one zarr stores for the same rows:
+    chunks all fill not stored (NaN fill, a float fill of 0 by bit pattern: -0.0 is stored),
+    a shard of nothing but fill no object at all, the last shard cut by the array's end."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 40, size=(21, 3, 8, 8)).astype(dtype)
+    data[2] = fill  # one chunk of nothing but fill
+    data[8:16] = fill  # a whole shard of fill
+    if dtype == "float32":
+        data[4, 0, 0, 0] = np.nan
+        data[5] = 0.0
+        data[5, 1, 2, 3] = -0.0
+    stores = {}
+    for how in ("zarr", "ours"):
+        root = zarr.open_group(str(tmp_path / how), mode="w", zarr_format=3)
+        array = _array(root, "labels/p", dtype=dtype, fill_value=fill)
+        if how == "zarr":
+            for start in range(0, 21, 8):
+                array[start : start + 8] = data[start : start + 8]
+        else:
+            sharded = ShardedArray.for_array(array)
+            assert sharded is not None
+            write_shards([(sharded, s, data[s * 8 : s * 8 + 8]) for s in range(3)])
+        stores[how] = _objects(tmp_path / how)
+        np.testing.assert_array_equal(array[:], data)
+    assert stores["ours"] == stores["zarr"]
+    assert "labels/p/c/1/0/0/0" not in stores["ours"]  # the all-fill shard
+    assert {"labels/p/c/0/0/0/0", "labels/p/c/2/0/0/0"} <= stores["ours"].keys()
+
+
+def test_a_shard_rewritten_as_all_fill_is_deleted_and_bad_rows_are_refused(
+    tmp_path: Path,
+) -> None:
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    sharded = ShardedArray.for_array(_array(root, "x", rows=8, dtype="uint8", fill_value=0))
+    assert sharded is not None
+    obj = tmp_path / "s.zarr" / "x" / "c" / "0" / "0" / "0" / "0"
+    write_shards([(sharded, 0, np.ones((8, 3, 8, 8), dtype="uint8"))])
+    assert obj.exists()
+    write_shards([(sharded, 0, np.zeros((8, 3, 8, 8), dtype="uint8"))])
+    assert not obj.exists()
+    write_shards([(sharded, 0, np.zeros((8, 3, 8, 8), dtype="uint8"))])  # nothing to delete
+    with pytest.raises(ValueError, match=r"x: shard c/0/0/0/0: rows of shape \(7, 3, 8, 8\)"):
+        write_shards([(sharded, 0, np.zeros((7, 3, 8, 8), dtype="uint8"))])

@@ -1,0 +1,380 @@
+"""Whole shards of the Zarr v3 arrays ``las build`` writes, read and written directly.
+
+A LAS store holds one layout only (``docs/shard-format.md``): every array is sharded along
+its first axis, one inner chunk per sample, inner codecs ``bytes`` (little-endian) then
+``zstd``, the shard index (``(offset, nbytes)`` per chunk, little-endian uint64) followed by
+its CRC32C at the end of the object. zarr-python reads and writes that through its generic
+machinery (per inner chunk a coroutine, a thread hand-off and buffer copies), which costs
+about as much again as the zstd work itself. Both the build, which writes each shard once,
+and the training loader, which reads whole shards, go through this module instead:
+
+* :func:`read_shards` fetches shard objects through the array's own zarr store (local folder
+  or fsspec, e.g. S3), checks each index and decompresses the chunks on a small thread pool
+  (zstd releases the GIL) straight into one output array;
+* :func:`write_shards` compresses the chunks the same way (numcodecs' zstd, the library
+  zarr's ``ZstdCodec`` calls, at the array's level) and stores each object with one request.
+  Its bytes are those zarr writes, chunk for chunk: a chunk equal to the fill value
+  everywhere is not stored, and a shard of nothing but fill is no object (tested against
+  zarr's own writes).
+
+:meth:`ShardedArray.for_array` answers only for arrays of exactly that layout; for anything
+else it returns ``None`` and the caller uses zarr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ShardCorruptError",
+    "ShardedArray",
+    "read_shards",
+    "read_shards_later",
+    "write_shards",
+]
+
+_EMPTY = np.uint64(2**64 - 1)
+"""Offset and length of an inner chunk that is not stored (the specification's marker)."""
+
+CODEC_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads that (de)compress inner chunks (per process; re-made after a fork)."""
+
+_pool_state: dict[str, Any] = {}
+_pool_lock = threading.Lock()
+
+
+def _pool(name: str = "codec") -> ThreadPoolExecutor:
+    """A thread pool of this process (a forked DataLoader worker makes its own).
+
+    ``codec``: inner chunks are (de)compressed there; ``ahead``: one thread that runs
+    :func:`read_shards_later`.
+    """
+    with _pool_lock:
+        if _pool_state.get("pid") != os.getpid():
+            _pool_state.clear()
+            _pool_state["pid"] = os.getpid()
+        if name not in _pool_state:
+            size = CODEC_THREADS if name == "codec" else 1
+            _pool_state[name] = ThreadPoolExecutor(size, thread_name_prefix=f"shard-{name}")
+        pool: ThreadPoolExecutor = _pool_state[name]
+        return pool
+
+
+def _run_all(calls: list[tuple[Any, tuple[Any, ...]]]) -> list[Any]:
+    """Run ``fn(*args)`` for each call, on the codec pool when there are several."""
+    if len(calls) <= 1:
+        return [fn(*args) for fn, args in calls]
+    futures = [_pool().submit(fn, *args) for fn, args in calls]
+    return [f.result() for f in futures]  # re-raises the first failure
+
+
+class ShardCorruptError(ValueError):
+    """A shard object whose index or chunks do not decode; names the array and the object."""
+
+
+class ShardedArray:
+    """Whole-shard access to one sharded Zarr v3 array of the layout ``las build`` writes.
+
+    Args:
+        array: An open ``zarr.Array`` with that layout (see :meth:`for_array`).
+
+    """
+
+    def __init__(self, array: Any) -> None:
+        import numcodecs
+
+        sharding = array.metadata.codecs[0]
+        zstd = sharding.codecs[1]
+        self.array = array
+        self.path = str(array.path).strip("/")
+        self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
+        self.shard_shape: tuple[int, ...] = tuple(int(n) for n in array.shards)
+        self.chunk_shape: tuple[int, ...] = tuple(int(n) for n in sharding.chunk_shape)
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.fill_value = array.fill_value
+        self.chunks_per_shard = self.shard_shape[0] // self.chunk_shape[0]
+        self.index_bytes = 16 * self.chunks_per_shard + 4
+        config = getattr(array.async_array, "config", None)
+        self.write_empty_chunks = bool(getattr(config, "write_empty_chunks", False))
+        self._zstd = numcodecs.Zstd(level=int(zstd.level), checksum=bool(zstd.checksum))
+
+    @classmethod
+    def for_array(cls, array: Any) -> ShardedArray | None:
+        """The whole-shard view of ``array``, or None when its layout is not the one here.
+
+        Supported: Zarr v3, one ``sharding_indexed`` codec whose inner codecs are ``bytes``
+        (little-endian) then ``zstd``, whose index codecs are ``bytes`` then ``crc32c`` with
+        the index at the end, and whose inner chunks differ from the shard only along the
+        first axis (``las build``: one sample per chunk, ``samples_per_shard`` per shard).
+        """
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+
+        metadata = getattr(array, "metadata", None)
+        if getattr(metadata, "zarr_format", None) != 3 or array.shards is None:
+            return None
+        codecs = tuple(metadata.codecs)
+        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+            return None
+        sharding = codecs[0]
+        inner = tuple(sharding.codecs)
+        index = tuple(sharding.index_codecs)
+        little = ("little", None)
+
+        def endian(codec: Any) -> Any:
+            value = getattr(codec, "endian", None)
+            return getattr(value, "value", value)
+
+        if (
+            len(inner) != 2
+            or not isinstance(inner[0], BytesCodec)
+            or endian(inner[0]) not in little
+            or not isinstance(inner[1], ZstdCodec)
+            or len(index) != 2
+            or not isinstance(index[0], BytesCodec)
+            or endian(index[0]) not in little
+            or not isinstance(index[1], Crc32cCodec)
+            or getattr(sharding.index_location, "value", sharding.index_location) != "end"
+        ):
+            return None
+        shards, chunks = tuple(array.shards), tuple(sharding.chunk_shape)
+        if chunks[1:] != shards[1:] or shards[0] % chunks[0]:
+            return None
+        return cls(array)
+
+    def key(self, shard: int) -> str:
+        """The store key of shard number ``shard`` (along the first axis)."""
+        coords = (shard,) + (0,) * (len(self.shape) - 1)
+        name = str(self.array.metadata.encode_chunk_key(coords))
+        return f"{self.path}/{name}" if self.path else name
+
+    def rows(self, shard: int) -> tuple[int, int]:
+        """The first and one-past-last row of the array that shard ``shard`` holds."""
+        start = shard * self.shard_shape[0]
+        if shard < 0 or start >= self.shape[0]:
+            raise IndexError(f"shard {shard} is outside {self.path} ({self.shape[0]} rows)")
+        return start, min(start + self.shard_shape[0], self.shape[0])
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _where(self, shard: int) -> str:
+        return f"{self.path}: shard {self.key(shard).removeprefix(self.path + '/')}"
+
+    def _chunk_table(self, blob: memoryview, shard: int) -> np.ndarray:
+        """The shard's ``(offset, nbytes)`` per inner chunk, checked against its CRC32C."""
+        import google_crc32c
+
+        size = self.index_bytes
+        if len(blob) < size:
+            raise ShardCorruptError(
+                f"{self._where(shard)} is {len(blob)} bytes, shorter than its {size}-byte "
+                "index: the store is damaged; rebuild that shard (las build)"
+            )
+        raw = blob[len(blob) - size :]
+        computed = np.uint32(google_crc32c.value(bytes(raw[:-4]))).tobytes()
+        if bytes(raw[-4:]) != computed:
+            raise ShardCorruptError(
+                f"{self._where(shard)} fails its index checksum: the store is damaged; "
+                "rebuild that shard (las build)"
+            )
+        return np.frombuffer(raw[:-4], dtype="<u8").reshape(self.chunks_per_shard, 2)
+
+    def decode_jobs(
+        self, shard: int, blob: memoryview | None
+    ) -> tuple[np.ndarray, list[tuple[memoryview, np.ndarray, str]]]:
+        """The shard's output array (fill value where nothing is stored) and its chunks.
+
+        Returns:
+            ``(out, jobs)``: ``out`` has the shard's rows; each job is ``(compressed bytes,
+            the slot of out it decodes into, a name for errors)``.
+
+        """
+        start, stop = self.rows(shard)
+        out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+        if blob is None:  # no shard object: nothing of it was ever stored
+            out.fill(self.fill_value)
+            return out, []
+        table = self._chunk_table(blob, shard)
+        jobs = []
+        rows_per_chunk = self.chunk_shape[0]
+        data_end = len(blob) - self.index_bytes
+        for k, (offset, nbytes) in enumerate(table):
+            first = k * rows_per_chunk
+            if first >= stop - start:
+                break
+            slot = out[first : first + rows_per_chunk]
+            if offset == _EMPTY and nbytes == _EMPTY:
+                slot.fill(self.fill_value)
+                continue
+            end = int(offset) + int(nbytes)
+            if end > data_end:
+                raise ShardCorruptError(
+                    f"{self._where(shard)}, chunk {k} points past the data: the store is "
+                    "damaged; rebuild that shard (las build)"
+                )
+            jobs.append((blob[int(offset) : end], slot, self._where(shard)))
+        return out, jobs
+
+    def decode(self, compressed: memoryview, slot: np.ndarray, where: str) -> None:
+        """Decompress one inner chunk into ``slot`` (a full-chunk slice of the output)."""
+        try:
+            if len(slot) == self.chunk_shape[0] and slot.flags.c_contiguous:
+                self._zstd.decode(compressed, out=slot.reshape(-1).view(np.uint8))
+            else:  # the array's last chunk may be cut short by the array's end
+                whole = np.frombuffer(self._zstd.decode(compressed), dtype=self.dtype)
+                slot[...] = whole.reshape(self.chunk_shape)[: len(slot)]
+        except (RuntimeError, ValueError) as err:
+            raise ShardCorruptError(
+                f"{where}: a chunk does not decompress ({err}): the store is damaged; "
+                "rebuild that shard (las build)"
+            ) from err
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _is_fill(self, chunk: np.ndarray) -> bool:
+        """Whether a chunk equals the fill value everywhere, as zarr decides it.
+
+        Such a chunk is not stored. NaN equals a NaN fill; a float fill of 0 compares bit
+        patterns (a chunk of -0.0 is stored).
+        """
+        fill = self.fill_value
+        if chunk.dtype.kind == "f":
+            if np.isnan(fill):
+                return bool(np.isnan(chunk).all())
+            if fill == 0:
+                return not chunk.view(f"u{chunk.dtype.itemsize}").any()
+        return bool((chunk == fill).all())
+
+    def encode_chunk(self, chunk: np.ndarray) -> bytes | None:
+        """One inner chunk compressed, or None when it is not stored (all fill value)."""
+        if not self.write_empty_chunks and self._is_fill(chunk):
+            return None
+        return bytes(self._zstd.encode(np.ascontiguousarray(chunk, dtype=self.dtype)))
+
+    def chunks_of(self, data: np.ndarray) -> list[np.ndarray]:
+        """The inner chunks of one shard's rows, padded with fill past the array's end."""
+        per = self.chunk_shape[0]
+        chunks = []
+        for k in range(-(-data.shape[0] // per)):
+            chunk = data[k * per : (k + 1) * per]
+            if len(chunk) < per:  # the array's last chunk: zarr pads it with fill
+                padded = np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
+                padded[: len(chunk)] = chunk
+                chunk = padded
+            chunks.append(chunk)
+        return chunks
+
+    def assemble(self, encoded: Sequence[bytes | None]) -> bytes | None:
+        """The shard object from its encoded chunks (None: nothing stored, no object)."""
+        import google_crc32c
+
+        if all(part is None for part in encoded):
+            return None
+        index = np.full((self.chunks_per_shard, 2), _EMPTY, dtype="<u8")
+        offset = 0
+        for k, part in enumerate(encoded):
+            if part is not None:
+                index[k] = (offset, len(part))
+                offset += len(part)
+        raw = index.tobytes()
+        crc = np.uint32(google_crc32c.value(raw)).tobytes()
+        return b"".join(part for part in encoded if part is not None) + raw + crc
+
+
+def read_shards(requests: Sequence[tuple[ShardedArray, int]]) -> list[np.ndarray]:
+    """Read whole shards of several arrays at once: one fetch round, one parallel decode.
+
+    Args:
+        requests: ``(array, shard number)`` pairs.
+
+    Returns:
+        One array per request (the shard's rows, in the array's dtype), in request order.
+
+    Raises:
+        ShardCorruptError: A shard's index or a chunk did not decode; names array and shard.
+
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    prototype = default_buffer_prototype()
+
+    async def fetch() -> list[Any]:
+        gets = (a.array.store.get(a.key(shard), prototype) for a, shard in requests)
+        return list(await asyncio.gather(*gets))
+
+    blobs = sync(fetch()) if requests else []
+    outs: list[np.ndarray] = []
+    jobs: list[tuple[Any, tuple[Any, ...]]] = []
+    for (sharded, shard), blob in zip(requests, blobs, strict=True):
+        raw = None if blob is None else blob.as_numpy_array().view(np.uint8).data
+        out, chunk_jobs = sharded.decode_jobs(shard, raw)
+        outs.append(out)
+        jobs.extend((sharded.decode, job) for job in chunk_jobs)
+    _run_all(jobs)
+    return [out.astype(out.dtype.newbyteorder("="), copy=False) for out in outs]
+
+
+def read_shards_later(requests: Sequence[tuple[ShardedArray, int]]) -> Future[list[np.ndarray]]:
+    """Run :func:`read_shards` on a background thread; return its future.
+
+    ``result()`` re-raises its errors. Such reads run one after another, each decoding on the
+    codec pool.
+    """
+    return _pool("ahead").submit(read_shards, list(requests))
+
+
+def write_shards(requests: Sequence[tuple[ShardedArray, int, np.ndarray]]) -> None:
+    """Write whole shards of several arrays, one request per shard object.
+
+    Every chunk is compressed on the codec pool; a shard of nothing but fill value is no
+    object (one left from before is deleted), as zarr does it.
+
+    Args:
+        requests: ``(array, shard number, the shard's rows)``; the rows must be all of the
+            shard's rows inside the array (:meth:`ShardedArray.rows`).
+
+    Raises:
+        ValueError: The rows do not match the shard's extent (names array and shard).
+
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    calls: list[tuple[Any, tuple[Any, ...]]] = []
+    counts = []
+    for sharded, shard, data in requests:
+        start, stop = sharded.rows(shard)
+        if data.shape != (stop - start, *sharded.shape[1:]):
+            raise ValueError(
+                f"{sharded._where(shard)}: rows of shape {data.shape} given, the shard holds "
+                f"{(stop - start, *sharded.shape[1:])}"
+            )
+        chunks = sharded.chunks_of(data)
+        counts.append(len(chunks))
+        calls.extend((sharded.encode_chunk, (chunk,)) for chunk in chunks)
+    encoded = _run_all(calls)
+    prototype = default_buffer_prototype()
+
+    async def store_all() -> None:
+        ops = []
+        at = 0
+        for (sharded, shard, _), n in zip(requests, counts, strict=True):
+            parts = encoded[at : at + n] + [None] * (sharded.chunks_per_shard - n)
+            at += n
+            blob = sharded.assemble(parts)
+            store = sharded.array.store
+            if blob is None:
+                ops.append(store.delete(sharded.key(shard)))
+            else:
+                ops.append(store.set(sharded.key(shard), prototype.buffer.from_bytes(blob)))
+        await asyncio.gather(*ops)
+
+    if requests:
+        sync(store_all())
