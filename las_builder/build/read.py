@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -298,7 +299,7 @@ class DatasetCache:
 
     @staticmethod
     def _open_checked(href: str) -> DatasetReader:
-        shown = _shown(href)
+        # _shown(href) (redaction scans the environment) only where an error needs it
         try:
             target = check_href(href)
         except HrefRefused as err:
@@ -306,13 +307,15 @@ class DatasetCache:
         try:
             ds = _retrying(lambda: rasterio.open(target), "open", target, reopen=True)
         except RasterioError as err:
-            raise ReadError(f"cannot open {shown}: {_cause(err)}") from None
+            raise ReadError(f"cannot open {_shown(href)}: {_cause(err)}") from None
         if ds.crs is None:
             ds.close()
-            raise ReadError(f"{shown} has no CRS: it cannot be placed on the sample grid")
+            raise ReadError(f"{_shown(href)} has no CRS: it cannot be placed on the sample grid")
         if ds.transform == Affine.identity() and not ds.gcps[0]:
             ds.close()
-            raise ReadError(f"{shown} has no geotransform: it cannot be placed on the sample grid")
+            raise ReadError(
+                f"{_shown(href)} has no geotransform: it cannot be placed on the sample grid"
+            )
         return ds
 
     def close(self) -> None:
@@ -372,10 +375,47 @@ def gdal_options() -> dict[str, Any]:
     return options
 
 
+_data_dirs_pinned = False
+
+
+def _pin_data_dirs() -> None:
+    """Point ``GDAL_DATA`` and ``PROJ_DATA`` at rasterio's own data folders, where unset.
+
+    Without them rasterio looks both folders up again (a ``stat`` each) every time it starts
+    its environment, which it does on entering every ``rasterio.Env`` and on leaving every
+    nested one (each ``open``, ``read`` and ``reproject``): thousands of times per shard. Each
+    ``stat`` releases the GIL and the thread then waits to get it back behind the build's
+    other threads, so these look-ups cost far more than their ~10 us. The folders set are the
+    ones rasterio finds first anyway (inside its wheel). ``PROJ_DATA`` is set only while
+    pyproj reads its own bundled data, which an environment variable does not redirect.
+    """
+    global _data_dirs_pinned
+    if _data_dirs_pinned:
+        return
+    _data_dirs_pinned = True
+    package = Path(rasterio.__file__).parent
+    gdal_data = package / "gdal_data"
+    if "GDAL_DATA" not in os.environ and (gdal_data / "gdalvrt.xsd").is_file():
+        os.environ["GDAL_DATA"] = str(gdal_data)
+    proj_data = package / "proj_data"
+    if "PROJ_DATA" in os.environ or "PROJ_LIB" in os.environ:
+        return
+    try:
+        import pyproj.datadir
+
+        own = Path(pyproj.__file__).parent / "proj_dir" / "share" / "proj"
+        pyproj_own = Path(pyproj.datadir.get_data_dir()) == own
+    except Exception:  # no pyproj, or no data for it: leave PROJ alone
+        pyproj_own = False
+    if pyproj_own and (proj_data / "proj.db").is_file():
+        os.environ["PROJ_DATA"] = str(proj_data)
+
+
 @contextmanager
 def gdal_env() -> Iterator[None]:
     """The GDAL configuration for reading COGs over HTTP."""
     _reuse_rasterio_aws_sessions()
+    _pin_data_dirs()
     with rasterio.Env(**gdal_options()):
         yield
 

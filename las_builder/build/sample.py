@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -121,15 +122,44 @@ def median_composite(stacks: list[np.ndarray], scls: list[np.ndarray]) -> np.nda
     return np.round(median).astype(np.uint16)
 
 
+_catalog: dict[tuple[str, str, str], Any] = {}
+_catalog_lock = threading.Lock()
+
+
+def _from_catalog(run_id: str, kind: str, product: str) -> Any:
+    """A product's legend (``kind="legend"``) or LAS mapping, read once per build.
+
+    The catalog loaders check their files on every call (path resolution and a ``stat`` per
+    file, each releasing the GIL to threads that keep it for long), which a build would pay
+    per sample and product. Within one build (``run_id``) the catalog is taken as fixed;
+    without a ``run_id`` (a sample built on its own) the loaders are asked each time.
+    """
+    load = load_label_product if kind == "legend" else load_mapping
+    if not run_id:
+        return load(product)
+    key = (run_id, kind, product)
+    found = _catalog.get(key)
+    if found is None:
+        with _catalog_lock:  # one load, not one per thread that asks at the start
+            found = _catalog.get(key)
+            if found is None:
+                found = load(product)  # a CatalogError is raised, not kept
+                for old in [k for k in _catalog if k[0] != run_id]:  # an earlier build's
+                    del _catalog[old]
+                _catalog[key] = found
+    return found
+
+
 def _read_labels(
     spec: LabelSpec,
     items: list[SceneItem],
     geobox: GeoBox,
     s2: SceneItem | None,
     cache: DatasetCache,
+    run_id: str = "",
 ) -> tuple[np.ndarray, list[SceneItem]]:
     """Native codes of a product on the GeoBox, mosaicked over every tile of the chosen date."""
-    legend = load_label_product(spec.product)
+    legend = _from_catalog(run_id, "legend", spec.product)
     nodata = legend.nodata if legend.nodata is not None else 0
     if spec.year is not None:
         chosen = [it for it in items if (it.start_datetime or it.datetime).year == spec.year]
@@ -165,7 +195,7 @@ def harmonise_labels(
     las_layers = []
     counts: dict[str, dict[str, int]] = {}
     for product, native in natives.items():
-        las = load_mapping(product).map(native)
+        las = _from_catalog(cfg.run_id, "mapping", product).map(native)
         arrays[f"labels/{product}/native"] = native
         arrays[f"labels/{product}/las"] = las
         las_layers.append(las)
@@ -287,7 +317,7 @@ def build_sample(
             def start_labels(spec: LabelSpec, s2: SceneItem | None) -> None:
                 covering = _covering(items.get(spec.collection, []), footprint)
                 labels[spec.product] = start(
-                    lambda: _read_labels(spec, covering, geobox, s2, cache)
+                    lambda: _read_labels(spec, covering, geobox, s2, cache, cfg.run_id)
                 )
 
             for spec in cfg.labels:

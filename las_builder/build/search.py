@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from las_builder.stac import SceneItem, parse_item
 log = logging.getLogger(__name__)
 
 STAC_TIMEOUT_ENV = "LAS_STAC_TIMEOUT_S"
+PARSED_ITEMS = 256
+"""Parsed items a searcher keeps (a shard finds tens; a few KB each, so memory stays flat)."""
 """Environment variable: seconds before a STAC request times out (default 60)."""
 # Client errors that another try cannot fix: bad request, unauthorised, forbidden, not found.
 _NO_RETRY = range(400, 500)
@@ -71,6 +74,9 @@ class StacSearcher:
         self.timeout_s = timeout_s if timeout_s is not None else _stac_timeout()
         self._client: Client | None = None
         self._collections: dict[str, dict[str, Any]] = {}
+        # Items parsed lately, by (collection, id): neighbouring shards find the same scenes,
+        # and an item does not change within one build (a searcher lives for one build).
+        self._parsed: OrderedDict[tuple[str, str], SceneItem] = OrderedDict()
 
     @property
     def client(self) -> Client:
@@ -109,6 +115,21 @@ class StacSearcher:
             self._collections[collection_id] = col.to_dict()
         return self._collections[collection_id]
 
+    def _parse(
+        self, raw: dict[str, Any], collection_id: str, collection: dict[str, Any]
+    ) -> SceneItem:
+        """``parse_item`` of a found item, or the item parsed when an earlier search found it."""
+        key = (collection_id, str(raw.get("id")))
+        item = self._parsed.get(key)
+        if item is not None:
+            self._parsed.move_to_end(key)
+            return item
+        item = parse_item(raw, collection)
+        self._parsed[key] = item
+        if len(self._parsed) > PARSED_ITEMS:
+            self._parsed.popitem(last=False)
+        return item
+
     def search(
         self,
         collection_id: str,
@@ -138,7 +159,7 @@ class StacSearcher:
                 return list(search.items_as_dicts())
 
             for raw in self._retry(run, f"search of {collection_id}"):
-                item = parse_item(raw, collection)
+                item = self._parse(raw, collection_id, collection)
                 found.setdefault(item.id, item)
         union = unary_union(pieces)
         return sorted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,3 +155,33 @@ def test_an_empty_shard_array_is_not_written_and_a_stale_one_is_removed(tmp_path
     again = zarr.open_group(url, mode="r")
     np.testing.assert_array_equal(again["a"][4:], full)
     assert not again["b"][:].any()
+
+
+def test_gdal_and_proj_data_are_pinned_to_rasterios_own_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So that rasterio stops looking them up at every Env: its own folders where unset, the
+    user's where set, and reads still work with them."""
+    from las_builder.build import read as read_mod
+
+    package = Path(rasterio.__file__).parent
+    for name in ("GDAL_DATA", "PROJ_DATA", "PROJ_LIB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(read_mod, "_data_dirs_pinned", False)
+    with read_mod.gdal_env():
+        pass
+    assert os.environ["GDAL_DATA"] == str(package / "gdal_data")
+    assert os.environ["PROJ_DATA"] == str(package / "proj_data")
+    import pyproj.datadir
+
+    assert Path(pyproj.datadir.get_data_dir()).is_relative_to(Path(pyproj.__file__).parent)
+    with read_mod.gdal_env():
+        assert rasterio.crs.CRS.from_epsg(32633).to_epsg() == 32633
+
+    monkeypatch.setenv("GDAL_DATA", "/somewhere/of/mine")
+    monkeypatch.delenv("PROJ_DATA")
+    monkeypatch.setenv("PROJ_LIB", "/mine/too")
+    monkeypatch.setattr(read_mod, "_data_dirs_pinned", False)
+    read_mod._pin_data_dirs()
+    assert os.environ["GDAL_DATA"] == "/somewhere/of/mine"
+    assert "PROJ_DATA" not in os.environ

@@ -141,3 +141,38 @@ def test_without_naip_the_failing_label_product_is_reported(
     # The product before it in the recipe was taken; nothing after it.
     assert outcome.record["esa-worldcover_items"] == ["wc"]
     assert "io-lulc-annual-v02_items" not in outcome.record
+
+
+def test_a_build_reads_each_legend_and_mapping_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within one build (``run_id``) a product's legend and mapping are loaded once, however
+    many threads ask at once; another build loads them again; no run_id: every time."""
+    calls: list[tuple[str, str]] = []
+
+    def loader(kind: str) -> Any:
+        def load(product: str) -> Any:
+            calls.append((kind, product))
+            time.sleep(0.01)  # long enough for the other threads to ask meanwhile
+            return SimpleNamespace(kind=kind, product=product)
+
+        return load
+
+    monkeypatch.setattr(sample_mod, "load_label_product", loader("legend"))
+    monkeypatch.setattr(sample_mod, "load_mapping", loader("mapping"))
+    monkeypatch.setattr(sample_mod, "_catalog", {})
+    got: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda k=k: got.append(sample_mod._from_catalog("run-a", k, "p")))
+        for k in ("legend", "mapping") * 4
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == [("legend", "p"), ("mapping", "p")]
+    assert len({id(g) for g in got}) == 2
+    sample_mod._from_catalog("run-b", "legend", "p")
+    assert calls[-1] == ("legend", "p") and len(calls) == 3
+    assert all(key[0] == "run-b" for key in sample_mod._catalog)  # run-a's entries dropped
+    sample_mod._from_catalog("", "mapping", "p")
+    sample_mod._from_catalog("", "mapping", "p")
+    assert len(calls) == 5

@@ -1,0 +1,49 @@
+"""The shard search: items found again by a later search are not parsed again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from shapely.geometry import shape
+
+from las_builder.build import search as search_mod
+from las_builder.build.search import StacSearcher
+
+
+def _footprints(world: Path, collection: str, n: int) -> list:
+    items = json.loads((world / ".serve" / "stac" / "items" / f"{collection}.json").read_text())
+    feats = items["features"] if isinstance(items, dict) else items
+    return [shape(f["geometry"]).centroid.buffer(0.001) for f in feats[:n]]
+
+
+def test_items_found_again_come_from_the_parsed_items(
+    served_world: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second search over the same area parses nothing and returns equal items; the
+    searcher keeps at most PARSED_ITEMS parsed items."""
+    parsed: list[str] = []
+    real = search_mod.parse_item
+
+    def counting(raw: dict, collection: dict) -> object:
+        parsed.append(raw["id"])
+        return real(raw, collection)
+
+    monkeypatch.setattr(search_mod, "parse_item", counting)
+    searcher = StacSearcher(served_world["stac_url"])
+    where = _footprints(served_world["world"], "esa-worldcover", 2)
+    first = searcher.search("esa-worldcover", where)
+    assert first and len(parsed) >= len(first)
+    n = len(parsed)
+    again = searcher.search("esa-worldcover", where)
+    assert len(parsed) == n  # nothing parsed twice
+    assert [it.id for it in again] == [it.id for it in first]
+    assert all(a is b for a, b in zip(again, first, strict=True))
+    fresh = StacSearcher(served_world["stac_url"]).search("esa-worldcover", where)
+    assert [it.asset("map").href for it in fresh] == [it.asset("map").href for it in first]
+
+    monkeypatch.setattr(search_mod, "PARSED_ITEMS", 1)
+    bounded = StacSearcher(served_world["stac_url"])
+    bounded.search("esa-worldcover", where)
+    assert len(bounded._parsed) == 1
