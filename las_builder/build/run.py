@@ -274,6 +274,10 @@ def build_shard(
     return index_rows
 
 
+_PROGRESS_FIELDS = ("sample_id", "status", "reason")
+"""What a shard task reports of each sample (see :func:`_shard_task`)."""
+
+
 def _shard_task(
     shard: int,
     rows: list[dict[str, Any]],
@@ -285,10 +289,15 @@ def _shard_task(
     """:func:`build_shard` as a Dask task: a shard's failure is returned, not raised.
 
     Returns:
-        ``{"shard", "rows", "error"}``: the index rows, or None and the (redacted) error.
+        ``{"shard", "rows", "error"}``: each sample's ``sample_id``, ``status`` and ``reason``
+        (the whole rows are in the shard's index part; a task result stays in the scheduler's
+        memory until the build ends, so it is kept small), or None and the (redacted) error.
     """
     try:
-        built = build_shard(shard, rows, cfg, output, n_samples, samples_per_shard)
+        built = [
+            {key: row[key] for key in _PROGRESS_FIELDS}
+            for row in build_shard(shard, rows, cfg, output, n_samples, samples_per_shard)
+        ]
     except (SearchError, SigningError) as err:
         message = redact(str(err))
     except Exception as err:  # a store that cannot be written, a bug: report, do not crash
@@ -369,7 +378,8 @@ def run_build(
         samples_per_shard: Samples per Zarr shard (the plan's ``shard`` column agrees).
         workers: Start a dask.distributed LocalCluster with this many workers.
         scheduler: Address of an existing dask.distributed scheduler to join.
-        on_shard: Called with (shard, index rows) as each shard finishes (progress).
+        on_shard: Called with (shard, [{sample_id, status, reason}]) as each shard finishes
+            (progress; the whole rows are in the shard's index part).
         attrs: Extra attributes for the store (recipe name ...).
         client: A connected ``dask.distributed.Client`` to run on (dask-gateway, Coiled,
             dask-kubernetes); it is left open.

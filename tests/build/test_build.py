@@ -319,3 +319,32 @@ def test_retry_failed_rebuilds_only_shards_with_failures(
     assert index["status"].tolist() == reference["status"].tolist()
     assert {p.name: p.stat().st_mtime_ns for p in parts if p != parts[1]} == untouched
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
+
+
+def test_shard_tasks_report_slim_rows_and_the_index_keeps_the_rest(
+    served_world: dict, tmp_path: Path
+) -> None:
+    """A shard task's result stays in the scheduler until the build ends, so it carries only
+    each sample's id, status and reason; the index has every field of every sample."""
+    from las_builder.build.config import config_from_recipe
+    from las_builder.build.run import run_build
+    from las_builder.recipe import load_recipe
+
+    out = tmp_path / "las"
+    args = _args(served_world, out, "sample.count=8")
+    assert CliRunner().invoke(app, ["plan", *args, "--quiet"]).exit_code == 0
+    sets = [a for a in args[1:] if a != "--set"]
+    cfg = config_from_recipe(load_recipe(Path(args[0]), sets))
+    reported: dict[int, list[dict]] = {}
+    index = run_build(cfg, str(out), 4, on_shard=lambda s, rows: reported.setdefault(s, rows))
+    assert sorted(reported) == [0, 1]
+    slim = [row for rows in reported.values() for row in rows]
+    assert all(set(row) == {"sample_id", "status", "reason"} for row in slim)
+    by_id = {row["sample_id"]: row for row in slim}
+    assert sorted(by_id) == sorted(index["sample_id"])
+    for row in index.to_dict("records"):
+        assert (by_id[row["sample_id"]]["status"], by_id[row["sample_id"]]["reason"]) == (
+            row["status"],
+            row["reason"],
+        )
+    assert {"class_counts", "geometry", "s2_item"} <= set(index.columns)
