@@ -12,20 +12,6 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from las_builder.zarr_shards import ShardCorruptError, ShardedArray, read_shards, write_shards
 
 
-def _members(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
-    out: dict[str, zarr.Array] = {}
-    for name, member in group.members():
-        if isinstance(member, zarr.Group):
-            out.update(_members(member, f"{prefix}{name}/"))
-        else:
-            out[f"{prefix}{name}"] = member
-    return out
-
-
-def _shards(array: zarr.Array) -> range:
-    return range(-(-array.shape[0] // array.shards[0]))
-
-
 def _array(root: zarr.Group, name: str, rows: int = 21, **kwargs: object) -> zarr.Array:
     options: dict = {
         "shape": (rows, 3, 8, 8),

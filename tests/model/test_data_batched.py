@@ -250,6 +250,22 @@ def test_collated_batches_equal_the_per_item_reader(
     assert ds.__getitems__([]) == []
 
 
+def _count_shard_reads(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[str, int]]:
+    """Record the (array, shard) of every whole-shard read ``LASDataset`` makes through
+    ``las_builder.model.data.<name>`` (``read_shards`` or ``read_shards_later``)."""
+    import las_builder.model.data as data_module
+
+    seen: list[tuple[str, int]] = []
+    real = getattr(data_module, name)
+
+    def counting(requests: Any) -> Any:
+        seen.extend((r.array.path, shard) for r, shard in requests)
+        return real(requests)
+
+    monkeypatch.setattr(data_module, name, counting)
+    return seen
+
+
 @pytest.mark.parametrize("reader", ["sharded_array", "zarr"])
 def test_shard_cache_reads_each_shard_once_and_stays_bounded(
     las_tiny: Path, monkeypatch: pytest.MonkeyPatch, reader: str
@@ -268,15 +284,8 @@ def test_shard_cache_reads_each_shard_once_and_stays_bounded(
         calls.append((self.path, selection))
         return getitem(self, selection, **kwargs)
 
-    fast: list[tuple[str, int]] = []
-    read_shards = data_module.read_shards
-
-    def counting_shards(requests: Any) -> Any:
-        fast.extend((r.array.path, shard) for r, shard in requests)
-        return read_shards(requests)
-
     monkeypatch.setattr(AsyncArray, "getitem", counting)
-    monkeypatch.setattr(data_module, "read_shards", counting_shards)
+    fast = _count_shard_reads(monkeypatch, "read_shards")
     if reader == "zarr":
         monkeypatch.setattr(data_module.ShardedArray, "for_array", classmethod(lambda c, a: None))
     ds = LASDataset(
@@ -340,16 +349,8 @@ def test_prefetching_sampler_gives_the_same_batches_reading_each_shard_once(
     background; the batches equal the oracle's, every shard is still read once per array,
     nothing stays pending, and with workers the main process (whose dataset never read)
     reads nothing ahead."""
-    import las_builder.model.data as data_module
 
-    requested: list[tuple[str, int]] = []
-    later = data_module.read_shards_later
-
-    def counting_later(requests: Any) -> Any:
-        requested.extend((r.array.path, shard) for r, shard in requests)
-        return later(requests)
-
-    monkeypatch.setattr(data_module, "read_shards_later", counting_later)
+    requested = _count_shard_reads(monkeypatch, "read_shards_later")
     ds = LASDataset(
         las_tiny, modalities=MODS, products=["esa-worldcover"], crop_px=16, shard_cache=2
     )
