@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from odc.geo.geobox import GeoBox
+from rasterio.crs import CRS as RioCRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.warp import Resampling, reproject, transform_bounds
@@ -420,6 +422,16 @@ def gdal_env() -> Iterator[None]:
         yield
 
 
+@functools.lru_cache(maxsize=64)
+def _rio_crs(crs: Any) -> RioCRS:
+    """The rasterio CRS of a GeoBox's CRS, made once per CRS (a build has a few UTM zones).
+
+    Handing rasterio WKT made it parse the WKT into a new CRS at every window and warp,
+    which held the GIL the build's other threads wait for.
+    """
+    return RioCRS.from_wkt(crs.to_wkt())
+
+
 def _source_window(ds: DatasetReader, geobox: GeoBox, margin_px: int) -> Window | None:
     """The window of ``ds`` that covers ``geobox`` (plus a margin), or None if disjoint.
 
@@ -430,7 +442,7 @@ def _source_window(ds: DatasetReader, geobox: GeoBox, margin_px: int) -> Window 
     """
     left, bottom, right, top = geobox.boundingbox
     west, south, east, north = transform_bounds(
-        geobox.crs.to_wkt(), ds.crs, left, bottom, right, top, densify_pts=21
+        _rio_crs(geobox.crs), ds.crs, left, bottom, right, top, densify_pts=21
     )
     if not all(math.isfinite(v) for v in (west, south, east, north)):
         raise ValueError(f"the sample's bounds are not finite in {ds.crs}")
@@ -594,7 +606,7 @@ class _StackRead:
                 src_crs=ref.crs,
                 src_nodata=ref.nodata,
                 dst_transform=self.geobox.transform,
-                dst_crs=self.geobox.crs.to_wkt(),
+                dst_crs=_rio_crs(self.geobox.crs),
                 dst_nodata=self.fill,
                 resampling=self.resampling,
                 num_threads=1,

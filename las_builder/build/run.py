@@ -234,7 +234,7 @@ def build_shard(
     index_rows = []
     if cfg.backend == "earthengine":
         index_rows = _build_rows_earthengine(rows, cfg, arrays, start)
-        write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
+        write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty, cfg.run_id)
         write_index_part(output, shard, index_rows)  # last: marks the shard complete
         release_freed_memory()
         return index_rows
@@ -268,7 +268,7 @@ def build_shard(
     finally:
         with gdal_env():
             cache.close()
-    write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty)
+    write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty, cfg.run_id)
     write_index_part(output, shard, index_rows)  # last: marks the shard complete
     release_freed_memory()
     return index_rows

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -239,8 +240,47 @@ def create_store(
     root.attrs.update({"las_store_version": STORE_VERSION})  # last: the store is complete
 
 
+_opened: dict[tuple[str, str], dict[str, tuple[zarr.Array, ShardedArray | None]]] = {}
+_opened_lock = threading.Lock()
+
+
+def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, zarr.Array]:
+    """The store's arrays at ``paths``, opened once per build (``run_id``) and process.
+
+    Opening an array reads and parses its ``zarr.json``: for 16 arrays at every shard that
+    was a good part of the time the build held the GIL. Within one build the store's layout
+    does not change; without a ``run_id`` (a shard written on its own) arrays are opened anew.
+    """
+    paths = list(paths)
+    if not run_id:
+        root = zarr.open_group(url, mode="r+", zarr_format=3)
+        return {path: root[path] for path in paths}
+    key = (run_id, url)
+    with _opened_lock:
+        known = _opened.setdefault(key, {})
+        for old in [k for k in _opened if k[0] != run_id]:  # an earlier build's
+            del _opened[old]
+        missing = [path for path in paths if path not in known]
+        if missing:
+            root = zarr.open_group(url, mode="r+", zarr_format=3)
+            for path in missing:
+                array = root[path]
+                known[path] = (array, ShardedArray.for_array(array))
+        return {path: known[path][0] for path in paths}
+
+
+def _sharded(url: str, path: str, array: zarr.Array, run_id: str) -> ShardedArray | None:
+    """``ShardedArray.for_array(array)``, the one made by :func:`_open_arrays` when cached."""
+    known = _opened.get((run_id, url), {}).get(path) if run_id else None
+    return known[1] if known is not None else ShardedArray.for_array(array)
+
+
 def write_shard(
-    url: str, start: int, arrays: dict[str, np.ndarray], empty: Iterable[str] = ()
+    url: str,
+    start: int,
+    arrays: dict[str, np.ndarray],
+    empty: Iterable[str] = (),
+    run_id: str = "",
 ) -> None:
     """Write whole shards (rows ``start``..) of every array: one object per array.
 
@@ -255,14 +295,15 @@ def write_shard(
         empty: Array paths whose shard holds only the fill value (e.g. NAIP outside the US):
             nothing is written, as zarr stores no empty chunk, and an object left by an
             earlier, killed build is deleted. Skipping them saves checking every pixel.
+        run_id: The build this shard belongs to: its arrays are opened once per build.
     """
-    root = zarr.open_group(url, mode="r+", zarr_format=3)
-    targets = {path: root[path] for path in arrays}
+    empty = list(empty)
+    targets = _open_arrays(url, [*arrays, *empty], run_id)
     # The layout las build creates is written shard by shard directly (the bytes zarr would
     # write, at a fraction of its per-chunk cost); any other array through zarr.
     direct = []
     for path, data in arrays.items():
-        sharded = ShardedArray.for_array(targets[path])
+        sharded = _sharded(url, path, targets[path], run_id)
         if sharded is not None and start % sharded.shard_shape[0] == 0:
             direct.append((sharded, start // sharded.shard_shape[0], data))
     write_shards(direct)
@@ -286,7 +327,7 @@ def write_shard(
             raise error
         targets[path][start : start + data.shape[0]] = data
     for path in empty:
-        _delete_shard(url, path, root[path], start)
+        _delete_shard(url, path, targets[path], start)
 
 
 def _delete_shard(url: str, path: str, array: zarr.Array, start: int) -> bool:

@@ -157,6 +157,61 @@ def test_an_empty_shard_array_is_not_written_and_a_stale_one_is_removed(tmp_path
     assert not again["b"][:].any()
 
 
+def test_a_builds_arrays_are_opened_once_and_written_like_uncached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within one build (run_id) write_shard opens the store's arrays once, not per shard;
+    the bytes written equal those of uncached writes, and a new build opens them again."""
+    from las_builder.build import store as store_mod
+
+    opens: list[str] = []
+    real_open = zarr.open_group
+
+    def counting_open(url: str, *args: object, **kwargs: object) -> zarr.Group:
+        opens.append(url)
+        return real_open(url, *args, **kwargs)
+
+    monkeypatch.setattr(store_mod.zarr, "open_group", counting_open)
+    stores = {}
+    for label in ("cached", "uncached"):
+        url = str(tmp_path / f"{label}.zarr")
+        root = real_open(url, mode="w", zarr_format=3)
+        for name in ("a", "b"):
+            root.create_array(
+                name,
+                shape=(12, 4),
+                chunks=(1, 4),
+                shards=(4, 4),
+                dtype="uint8",
+                compressors=zarr.codecs.ZstdCodec(level=3),
+            )
+        stores[label] = url
+    rng = np.random.default_rng(0)
+    shards = [(start, rng.integers(0, 9, (4, 4), dtype="uint8")) for start in (0, 4, 8)]
+    for start, data in shards:
+        write_shard(stores["cached"], start, {"a": data, "b": data + 1}, run_id="build-1")
+        write_shard(stores["uncached"], start, {"a": data, "b": data + 1})
+    assert opens.count(stores["cached"]) == 1
+    assert opens.count(stores["uncached"]) == 3
+    for name in ("a", "b"):
+        for key in ("c/0/0", "c/1/0", "c/2/0"):
+            cached = (tmp_path / "cached.zarr" / name / key).read_bytes()
+            assert cached == (tmp_path / "uncached.zarr" / name / key).read_bytes()
+    write_shard(stores["cached"], 0, {"a": shards[0][1]}, run_id="build-2")
+    assert opens.count(stores["cached"]) == 2
+    assert all(key[0] == "build-2" for key in store_mod._opened)  # the old build's dropped
+
+
+def test_the_sample_crs_is_made_once_and_equals_its_wkt() -> None:
+    from las_builder.build.read import _rio_crs
+
+    a = GeoBox((4, 4), Affine(10, 0, 500000, 0, -10, 4000000), "EPSG:32633")
+    b = GeoBox((8, 8), Affine(20, 0, 600000, 0, -20, 4100000), "EPSG:32633")
+    assert _rio_crs(a.crs) is _rio_crs(b.crs)
+    assert _rio_crs(a.crs) == rasterio.crs.CRS.from_wkt(a.crs.to_wkt())
+    assert _rio_crs(a.crs).to_epsg() == 32633
+
+
 def test_gdal_and_proj_data_are_pinned_to_rasterios_own_unless_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
