@@ -157,16 +157,45 @@ IO_THREADS = 8
 """Reads and opens of one sample in flight at a time (the band files of a scene)."""
 SOURCE_THREADS = 16
 """Sources (a label product, NAIP, Sentinel-1) read at once by the samples of a process."""
-_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_pools: dict[str, tuple[tuple[Any, ...], ThreadPoolExecutor]] = {}
 _pools_lock = threading.Lock()
 
 
+def _thread_env(options: dict[str, Any]) -> None:
+    """Enter the GDAL environment of a pool thread once, for the thread's life.
+
+    GDAL options are per thread, and a pool thread only ever reads in the one configuration
+    its pool was made for: entering and leaving ``rasterio.Env`` around every call (tens of
+    times per sample, each rebuilding the environment and checking the process's variables)
+    held the GIL the build's other threads wait for.
+    """
+    _reuse_rasterio_aws_sessions()
+    _pin_data_dirs()
+    rasterio.Env(**options).__enter__()  # left when the thread ends
+
+
 def _pool(name: str, size: int) -> ThreadPoolExecutor:
-    """A thread pool of this process (re-made after a fork)."""
+    """A thread pool of this process whose threads read in the caller's GDAL options.
+
+    Made again after a fork, and when the options (or the AWS variables rasterio takes its
+    credentials from) differ from those the pool was made with; the old pool finishes its
+    calls and ends.
+    """
+    options = gdal_options()
+    key = (
+        os.getpid(),
+        tuple(sorted((k, str(v)) for k, v in options.items())),
+        tuple(os.environ.get(var) for var in _AWS_ENV),
+    )
     with _pools_lock:
         entry = _pools.get(name)
-        if entry is None or entry[0] != os.getpid():
-            entry = _pools[name] = (os.getpid(), ThreadPoolExecutor(size, thread_name_prefix=name))
+        if entry is None or entry[0] != key:
+            if entry is not None and entry[0][0] == os.getpid():
+                entry[1].shutdown(wait=False)
+            pool = ThreadPoolExecutor(
+                size, thread_name_prefix=name, initializer=_thread_env, initargs=(options,)
+            )
+            entry = _pools[name] = (key, pool)
         return entry[1]
 
 
@@ -174,39 +203,30 @@ def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
     """Run independent reads or opens at once; results (or their exceptions) in order.
 
     Against remote storage each request waits for the network: a scene's band files are read
-    together, not one after another. Each call runs in the caller's GDAL options (they are per
-    thread). The pool is per process; its calls submit nothing further, so it cannot deadlock.
+    together, not one after another. Each call runs in the caller's GDAL options (the pool's
+    threads hold them). The pool is per process; its calls submit nothing further, so it
+    cannot deadlock.
     """
     if len(calls) <= 1:
         return [_outcome(call) for call in calls]
     pool = _pool("las-io", IO_THREADS)
-    options = gdal_options()
-
-    def run(call: Callable[[], T]) -> T | BaseException:
-        with rasterio.Env(**options):
-            return _outcome(call)
-
-    return [f.result() for f in [pool.submit(run, call) for call in calls]]
+    return [f.result() for f in [pool.submit(_outcome, call) for call in calls]]
 
 
 @contextmanager
 def background() -> Iterator[Callable[[Callable[[], T]], Future[T]]]:
     """Start independent source reads that run while the caller goes on.
 
-    Yields ``start(call) -> Future``. Each call runs in the caller's GDAL options; every call
-    has finished when the block exits (also on an error), so no read outlives the sample that
-    borrowed its datasets. Calls may use :func:`_parallel`, never ``start`` itself.
+    Yields ``start(call) -> Future``. Each call runs in the caller's GDAL options (the pool's
+    threads hold them); every call has finished when the block exits (also on an error), so
+    no read outlives the sample that borrowed its datasets. Calls may use :func:`_parallel`,
+    never ``start`` itself.
     """
     pool = _pool("las-src", SOURCE_THREADS)
-    options = gdal_options()
     futures: list[Future[Any]] = []
 
     def start(call: Callable[[], T]) -> Future[T]:
-        def run() -> T:
-            with rasterio.Env(**options):
-                return call()
-
-        future = pool.submit(run)
+        future = pool.submit(call)
         futures.append(future)
         return future
 

@@ -240,3 +240,32 @@ def test_gdal_and_proj_data_are_pinned_to_rasterios_own_unless_set(
     read_mod._pin_data_dirs()
     assert os.environ["GDAL_DATA"] == "/somewhere/of/mine"
     assert "PROJ_DATA" not in os.environ
+
+
+def test_pool_threads_read_in_the_callers_gdal_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pool threads hold the GDAL options once for their life (no Env per call); options
+    changed by the environment get a new pool whose threads hold the new values."""
+    from rasterio.env import get_gdal_config
+
+    from las_builder.build import read as read_mod
+
+    def timeouts() -> list[object]:
+        calls = [lambda: get_gdal_config("GDAL_HTTP_TIMEOUT") for _ in range(4)]
+        return read_mod._parallel(calls)
+
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "11")
+    assert timeouts() == [11] * 4
+    with read_mod.background() as start:
+        future = start(lambda: get_gdal_config("GDAL_HTTP_TIMEOUT"))
+    assert future.result() == 11
+    entered = []
+    real_enter = rasterio.Env.__enter__
+    monkeypatch.setattr(
+        rasterio.Env, "__enter__", lambda self: entered.append(1) or real_enter(self)
+    )
+    for _ in range(5):
+        assert timeouts() == [11] * 4
+    # At most once per pool thread (ThreadPoolExecutor starts them as calls come), not per call.
+    assert len(entered) <= read_mod.IO_THREADS < 20
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "12")
+    assert timeouts() == [12] * 4
