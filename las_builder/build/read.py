@@ -486,23 +486,42 @@ def _source_window(ds: DatasetReader, geobox: GeoBox, margin_px: int) -> Window 
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def _pixel_offset(ds: DatasetReader, geobox: GeoBox) -> tuple[int, int] | None:
-    """(col, row) of the GeoBox's corner in ``ds`` when both share CRS, pixel size and lattice.
+def _pixel_zoom(ds: DatasetReader, geobox: GeoBox) -> tuple[int, int, int] | None:
+    """(col, row, k) when the GeoBox's pixels subdivide those of ``ds`` k by k.
 
-    Then every target pixel *is* a source pixel, and any resampling (nearest or bilinear at
-    exactly coincident pixel centres) returns the source value: a plain window copy suffices.
+    Both share the CRS, and the GeoBox's pixels are ``ds``'s pixels split k times along each
+    axis (k = 1: the same pixels), on a lattice that continues ``ds``'s: target pixel (r, c)
+    then lies inside source pixel ((row + r) // k, (col + c) // k), with (col, row) the
+    GeoBox's corner counted in target pixels from ``ds``'s corner. No target pixel centre falls
+    on a source pixel edge, so nearest resampling returns exactly that source pixel (and for
+    k = 1 any resampling does: centres coincide).
     """
     src, dst = ds.transform, geobox.transform
-    if (src.b, src.d, dst.b, dst.d) != (0, 0, 0, 0) or src.a != dst.a or src.e != dst.e:
+    if (src.b, src.d, dst.b, dst.d) != (0, 0, 0, 0) or not dst.a or not dst.e:
         return None
-    col = (dst.c - src.c) / src.a
-    row = (dst.f - src.f) / src.e
+    k = src.a / dst.a
+    if round(k) < 1 or abs(k - round(k)) > 1e-9 or abs(src.e / dst.e - round(k)) > 1e-9:
+        return None
+    col = (dst.c - src.c) / dst.a
+    row = (dst.f - src.f) / dst.e
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
     epsg = geobox.crs.epsg
     if epsg is None or ds.crs is None or ds.crs.to_epsg() != epsg:
         return None
-    return round(col), round(row)
+    return round(col), round(row), round(k)
+
+
+def _source_pixels(first: int, size: int, k: int, limit: int) -> tuple[slice, np.ndarray] | None:
+    """The target pixels ``first``.. ``first + size - 1`` that lie on a source of ``limit``.
+
+    Returns their slice in the target and the source pixel under each, or None if none does.
+    """
+    under = (first + np.arange(size)) // k
+    inside = np.flatnonzero((under >= 0) & (under < limit))
+    if not inside.size:
+        return None
+    return slice(int(inside[0]), int(inside[-1]) + 1), under[inside]
 
 
 def _grid_key(ds: DatasetReader) -> tuple[Any, ...]:
@@ -570,15 +589,23 @@ class _StackRead:
         self.calls: list[Callable[[], np.ndarray]] = []
         self._copy_to: tuple[slice, slice] | None = None
         self._src_transform: Affine | None = None
-        offset = _pixel_offset(ref, geobox)
-        if offset is not None:  # every target pixel is a source pixel: copy, no warp
-            col, row = offset
+        self._take: tuple[np.ndarray, np.ndarray] | None = None
+        zoom = _pixel_zoom(ref, geobox)
+        if zoom is not None and (zoom[2] == 1 or resampling == Resampling.nearest):
+            # Each target pixel lies in one source pixel whose value it takes: read the source
+            # pixels and repeat them (k = 1: a plain copy), exactly what GDAL's warp returns.
+            col, row, k = zoom
             height, width = geobox.shape.yx
-            c0, r0 = max(col, 0), max(row, 0)
-            c1, r1 = min(col + width, ref.width), min(row + height, ref.height)
-            if c1 > c0 and r1 > r0:
-                self._copy_to = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
-                self.calls = _read_calls(layers, Window(c0, r0, c1 - c0, r1 - r0))
+            cols = _source_pixels(col, width, k, ref.width)
+            rows = _source_pixels(row, height, k, ref.height)
+            if cols is not None and rows is not None:
+                (to_cols, src_cols), (to_rows, src_rows) = cols, rows
+                c0, r0 = int(src_cols[0]), int(src_rows[0])
+                window = Window(c0, r0, int(src_cols[-1]) + 1 - c0, int(src_rows[-1]) + 1 - r0)
+                self._copy_to = (to_rows, to_cols)
+                if k > 1:
+                    self._take = (src_rows - r0, src_cols - c0)
+                self.calls = _read_calls(layers, window)
             return
         try:
             window = _source_window(ref, geobox, margin_px=2)
@@ -616,6 +643,8 @@ class _StackRead:
             if ref.nodata is not None:  # source nodata becomes the target's fill, as a warp does
                 missing = np.isnan(data) if np.isnan(ref.nodata) else data == ref.nodata
                 data = np.where(missing, self.fill, data)
+            if self._take is not None:
+                data = data[:, self._take[0][:, None], self._take[1]]
             self.out[(slice(None), *self._copy_to)] = data
             return self.out
         try:

@@ -269,3 +269,59 @@ def test_pool_threads_read_in_the_callers_gdal_options(monkeypatch: pytest.Monke
     assert len(entered) <= read_mod.IO_THREADS < 20
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "12")
     assert timeouts() == [12] * 4
+
+
+@pytest.mark.parametrize("k", [2, 3, 6])
+@pytest.mark.parametrize(
+    ("col", "row"),
+    [(37, 45), (0, 0), (-9, 5), (3, -14), (70 * 6 - 20, 30)],  # inside, corner, off each edge
+)
+def test_a_nearest_read_onto_a_finer_lattice_equals_gdals_warp(
+    tmp_path: Path, k: int, col: int, row: int
+) -> None:
+    """A source on a k-times coarser lattice of the sample's CRS (Sentinel-2 SCL at 20 m onto
+    10 m) is read and its pixels repeated, without a warp: equal to GDAL's nearest warp pixel
+    for pixel, nodata and pixels off the source included."""
+    from rasterio.warp import reproject
+
+    from las_builder.build import read as read_mod
+
+    rng = np.random.default_rng(k * 1000 + col)
+    data = rng.integers(0, 12, (70, 70), dtype="uint8")  # 0 = nodata, as in SCL
+    coarse = Affine(10 * k, 0, 300_000, 0, -10 * k, 4_200_000)
+    path = _tif(tmp_path / "scl.tif", data, coarse, 0)
+    geobox = GeoBox((40, 48), Affine(10, 0, 300_000 + 10 * col, 0, -10, 4_200_000 - 10 * row), CRS)
+    expected = np.full((1, 40, 48), 255, "uint8")
+    with rasterio.open(path) as ds:
+        assert read_mod._pixel_zoom(ds, geobox) == (col, row, k)
+        reproject(
+            rasterio.band(ds, 1),
+            expected,
+            dst_transform=geobox.transform,
+            dst_crs=CRS,
+            dst_nodata=255,
+            resampling=Resampling.nearest,
+        )
+        warps = []
+        real = read_mod.reproject
+        read_mod.reproject = lambda *a, **kw: warps.append(1) or real(*a, **kw)
+        try:
+            got = read_onto(ds, geobox, nodata=255)
+        finally:
+            read_mod.reproject = real
+    assert not warps
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_other_resamplings_onto_a_finer_lattice_still_warp(tmp_path: Path) -> None:
+    from las_builder.build import read as read_mod
+
+    data = np.arange(1, 401, dtype="uint16").reshape(20, 20)
+    path = _tif(tmp_path / "b.tif", data, Affine(20, 0, 300_000, 0, -20, 4_200_000), 0)
+    geobox = GeoBox((16, 16), Affine(10, 0, 300_040, 0, -10, 4_199_960), CRS)
+    with rasterio.open(path) as ds:
+        stack = read_mod._StackRead([(ds, [1])], geobox, Resampling.bilinear, 0, "uint16", False)
+        assert stack._copy_to is None and stack._src_transform is not None
+        same = GeoBox((8, 8), Affine(20, 0, 300_040, 0, -20, 4_199_960), CRS)
+        copy = read_mod._StackRead([(ds, [1])], same, Resampling.bilinear, 0, "uint16", False)
+        assert copy._copy_to is not None and copy._take is None  # k = 1: a copy, any resampling
