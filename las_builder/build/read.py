@@ -153,6 +153,16 @@ def _retrying(call: Callable[[], T], verb: str, name: str, *, reopen: bool = Fal
     raise AssertionError("unreachable")
 
 
+LARGE_READ_BYTES = 2 * 2**20
+"""A source window of more than this, and more than 4 times the bytes it is placed into, is
+read and placed one at a time per process: an aerial image averaged under a sample (4-18 MB
+read, a warp needing 2-5 times that), not a sample's Sentinel-2 bands (about their own size)."""
+
+WARP_MEM_LIMIT_MB = 16
+"""GDAL's working memory per warp (its default is 64 MB): a large warp is done in chunks."""
+
+_large_reads = threading.Lock()
+
 IO_THREADS = 8
 """Reads and opens of one sample in flight at a time (the band files of a scene)."""
 SOURCE_THREADS = 16
@@ -587,6 +597,7 @@ class _StackRead:
         n_bands = sum(len(bands) for _, bands in layers)
         self.out = np.full((n_bands, *geobox.shape.yx), fill, dtype=dtype)
         self.calls: list[Callable[[], np.ndarray]] = []
+        self.source_bytes = 0  # of the window the calls read
         self._copy_to: tuple[slice, slice] | None = None
         self._src_transform: Affine | None = None
         self._take: tuple[np.ndarray, np.ndarray] | None = None
@@ -606,6 +617,7 @@ class _StackRead:
                 if k > 1:
                     self._take = (src_rows - r0, src_cols - c0)
                 self.calls = _read_calls(layers, window)
+                self.source_bytes = _window_bytes(layers, window.height, window.width)
             return
         try:
             window = _source_window(ref, geobox, margin_px=2)
@@ -632,6 +644,12 @@ class _StackRead:
         self._src_transform = src_transform
         # Decimated reads average (GDAL then serves them from the overviews).
         self.calls = _read_calls(layers, window, shape if decimated else None, Resampling.average)
+        self.source_bytes = _window_bytes(layers, *shape)
+
+    @property
+    def large(self) -> bool:
+        """Whether the window is large, and much larger than the stack placed from it."""
+        return self.source_bytes > max(LARGE_READ_BYTES, 4 * self.out.nbytes)
 
     def finish(self, results: list[Any]) -> np.ndarray:
         """The stack on the GeoBox from the results of :attr:`calls` (or the first error)."""
@@ -659,14 +677,36 @@ class _StackRead:
                 dst_nodata=self.fill,
                 resampling=self.resampling,
                 num_threads=1,
+                warp_mem_limit=WARP_MEM_LIMIT_MB,
             )
         except RasterioError as err:
             raise ReadError(f"cannot reproject {_shown(ref.name)}: {_cause(err)}") from None
         return self.out
 
 
+def _window_bytes(layers: list[tuple[DatasetReader, list[int]]], height: int, width: int) -> int:
+    """Bytes of a window of ``height`` x ``width`` over the bands of ``layers``."""
+    return sum(
+        int(height) * int(width) * np.dtype(ds.dtypes[band - 1]).itemsize
+        for ds, bands in layers
+        for band in bands
+    )
+
+
 def _read_stacks(stacks: list[_StackRead]) -> list[np.ndarray]:
-    """Read several stacks' windows together (one round of requests), then place each."""
+    """Read several stacks' windows together (one round of requests), then place each.
+
+    Large windows are read and placed one such call at a time in the process: a build's
+    peak memory is otherwise set by the rare moments when several coincide, and so grows with
+    the length of the build rather than with what one sample needs.
+    """
+    if any(stack.large for stack in stacks):
+        with _large_reads:
+            return _read_and_place(stacks)
+    return _read_and_place(stacks)
+
+
+def _read_and_place(stacks: list[_StackRead]) -> list[np.ndarray]:
     results = _parallel([call for stack in stacks for call in stack.calls])
     out = []
     for stack in stacks:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -325,3 +328,120 @@ def test_other_resamplings_onto_a_finer_lattice_still_warp(tmp_path: Path) -> No
         same = GeoBox((8, 8), Affine(20, 0, 300_040, 0, -20, 4_199_960), CRS)
         copy = read_mod._StackRead([(ds, [1])], same, Resampling.bilinear, 0, "uint16", False)
         assert copy._copy_to is not None and copy._take is None  # k = 1: a copy, any resampling
+
+
+def _aerial(path: Path) -> Path:
+    """A 0.6 m, 4-band aerial image (1,100 px square) in the sample's CRS."""
+    data = np.random.default_rng(3).integers(1, 255, (4, 1100, 1100), dtype="uint8")
+    profile = {
+        "driver": "GTiff",
+        "width": 1100,
+        "height": 1100,
+        "count": 4,
+        "dtype": "uint8",
+        "crs": CRS,
+        "transform": Affine(0.6, 0, 400_000, 0, -0.6, 5_000_000),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def _fine_geobox(shift: float = 0.0) -> GeoBox:
+    """64 px of 10 m split 4 times (2.5 m): what an aerial image is averaged onto."""
+    return GeoBox((256, 256), Affine(2.5, 0, 400_010 + shift, 0, -2.5, 4_999_990), CRS)
+
+
+def test_large_windows_are_read_and_placed_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from las_builder.build import read as read_mod
+
+    image = _aerial(tmp_path / "naip.tif")
+    small = _tif(
+        tmp_path / "small.tif",
+        np.ones((256, 256), dtype="uint16"),
+        Affine(10, 0, 400_000, 0, -10, 5_000_000),
+        0,
+    )
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+    both_small = threading.Barrier(2, timeout=10)
+    real_reproject = read_mod.reproject
+
+    def counting_reproject(*args: Any, **kwargs: Any) -> Any:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        try:
+            if args[1].shape[-1] == 48:  # the small warps: both must be in at once
+                both_small.wait()
+            else:
+                time.sleep(0.05)
+            return real_reproject(*args, **kwargs)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(read_mod, "reproject", counting_reproject)
+
+    def place(path: Path, geobox: GeoBox, resampling: Resampling) -> np.ndarray:
+        with rasterio.open(path) as ds:
+            return read_onto(ds, geobox, resampling=resampling, nodata=0)
+
+    large_calls = [(image, _fine_geobox(shift), Resampling.average) for shift in (0.0, 1.0, 2.0)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda call: place(*call), large_calls))
+    assert most == 1  # three threads, but one large window at a time
+    small_geobox = GeoBox((48, 48), Affine(10, 0, 400_503, 0, -10, 4_999_497), CRS)
+    most = 0
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: place(small, small_geobox, Resampling.bilinear), range(2)))
+    assert most == 2  # small windows are not held back
+
+
+def test_a_large_window_counts_as_large_and_a_band_window_does_not(tmp_path: Path) -> None:
+    from las_builder.build.read import _StackRead
+
+    image = _aerial(tmp_path / "naip.tif")
+    with rasterio.open(image) as ds:
+        aerial = _StackRead(
+            [(ds, [1, 2, 3, 4])], _fine_geobox(), Resampling.average, 0, "uint8", False
+        )
+        assert aerial.source_bytes > 4 * 2**20 and aerial.large
+        # The same image copied onto its own grid: as large as what it becomes.
+        own = GeoBox((1000, 1000), ds.transform, CRS)
+        copied = _StackRead([(ds, [1, 2, 3, 4])], own, Resampling.nearest, 0, "uint8", False)
+        assert copied.source_bytes == 4 * 1000 * 1000 and not copied.large
+
+
+def test_a_warp_in_chunks_equals_gdals_default_warp(tmp_path: Path) -> None:
+    from rasterio.warp import reproject
+
+    from las_builder.build import read as read_mod
+
+    image = _aerial(tmp_path / "naip.tif")
+    geobox = _fine_geobox(shift=1.3)
+    with rasterio.open(image) as ds:
+        placed = read_onto(ds, geobox, resampling=Resampling.average, nodata=0)
+        whole = np.zeros_like(placed)
+        reproject(
+            ds.read(),
+            whole,
+            src_transform=ds.transform,
+            src_crs=ds.crs,
+            src_nodata=0,
+            dst_transform=geobox.transform,
+            dst_crs=ds.crs,
+            dst_nodata=0,
+            resampling=Resampling.average,
+            warp_mem_limit=256,  # one chunk
+        )
+    assert read_mod.WARP_MEM_LIMIT_MB < 64  # GDAL's default: the placed read was chunked
+    np.testing.assert_array_equal(placed, whole)
