@@ -67,7 +67,7 @@ def build(
     from las_builder.build.config import config_from_recipe
     from las_builder.build.run import (
         build_status,
-        read_plan,
+        plan_shards,
         reopen_failed_shards,
         run_build,
         summarise,
@@ -82,11 +82,11 @@ def build(
     output = spec.output.path
     console = Console(stderr=True, quiet=quiet)
     try:
-        plan = read_plan(output)
+        shards = plan_shards(output)
     except FileNotFoundError as err:
         raise _fail(str(err)) from None
     if status:
-        typer.echo(json.dumps(build_status(output, plan), indent=1))
+        typer.echo(json.dumps(build_status(output, shards), indent=1))
         return
     cfg = dataclasses.replace(config_from_recipe(spec), read_threads=read_threads)
     started = time.monotonic()
@@ -103,10 +103,10 @@ def build(
         console=console,
         disable=quiet,
     ) as bar:
-        task = bar.add_task(spec.name, total=len(plan), rate=0.0, skipped=0, failed=0)
+        task = bar.add_task(spec.name, total=len(shards), rate=0.0, skipped=0, failed=0)
         if retry_failed:  # first, so the bar counts their samples as still to do
             reopen_failed_shards(output, done_shards(output))
-        already = build_status(output, plan)
+        already = build_status(output, shards)
         bar.advance(task, already["ok"] + already["skipped"] + already["failed"])
 
         def on_shard(shard: int, rows: list[dict[str, Any]]) -> None:

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +20,8 @@ import fsspec
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from shapely import wkb
 
 from las_builder import __version__
@@ -280,7 +282,7 @@ _PROGRESS_FIELDS = ("sample_id", "status", "reason")
 
 def _shard_task(
     shard: int,
-    rows: list[dict[str, Any]],
+    rows: pa.Table | list[dict[str, Any]],
     cfg: BuildConfig,
     output: str,
     n_samples: int,
@@ -296,7 +298,9 @@ def _shard_task(
     try:
         built = [
             {key: row[key] for key in _PROGRESS_FIELDS}
-            for row in build_shard(shard, rows, cfg, output, n_samples, samples_per_shard)
+            for row in build_shard(
+                shard, _plan_rows(rows), cfg, output, n_samples, samples_per_shard
+            )
         ]
     except (SearchError, SigningError) as err:
         message = redact(str(err))
@@ -311,17 +315,65 @@ def _shard_task(
 
 def read_plan(output: str) -> gpd.GeoDataFrame:
     """The plan written by ``las plan`` (``OUTPUT/plan.parquet``)."""
-    path = f"{output.rstrip('/')}/plan.parquet"
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
-        raise FileNotFoundError(f"{path} not found: run `las plan RECIPE` first")
+    fs, fs_path = _plan_file(output)
     with fs.open(fs_path, "rb") as f:
         return gpd.read_parquet(f)
 
 
-def build_status(output: str, plan: gpd.GeoDataFrame) -> dict[str, int]:
-    """Done / remaining shards and ok / skipped / failed samples of the finished shards."""
-    shards = sorted(set(int(s) for s in plan["shard"]))
+def _plan_file(output: str) -> tuple[Any, str]:
+    path = f"{output.rstrip('/')}/plan.parquet"
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if not fs.exists(fs_path):
+        raise FileNotFoundError(f"{path} not found: run `las plan RECIPE` first")
+    return fs, fs_path
+
+
+def plan_shards(output: str) -> list[int]:
+    """The shard of each planned sample, in plan order (the plan's ``shard`` column only)."""
+    fs, fs_path = _plan_file(output)
+    with fs.open(fs_path, "rb") as f:
+        return [int(s) for s in pq.read_table(f, columns=["shard"]).column("shard").to_pylist()]
+
+
+def _plan_by_shard(output: str) -> tuple[int, dict[int, pa.Table]]:
+    """The plan's length and its rows by shard, each shard's rows as a compact Arrow table.
+
+    Not as Python rows: a plan row's footprint (a densified polygon) and arrays are ~12 KB of
+    objects but ~1 KB in Arrow, and the build holds every unbuilt shard's rows until its end
+    (they are its tasks' arguments), so a plan of 150,000 samples held as rows would take
+    gigabytes. A shard's table is made into rows when its task runs (:func:`_plan_rows`).
+    """
+    fs, fs_path = _plan_file(output)
+    with fs.open(fs_path, "rb") as f:
+        table = pq.read_table(f)
+    order = np.argsort(table.column("plan_index").to_numpy(), kind="stable")
+    shards = table.column("shard").to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+    by_shard: dict[int, list[np.ndarray]] = {}
+    for start, stop in zip(starts, [*starts[1:], len(order)], strict=True):
+        by_shard.setdefault(int(shards[start]), []).append(order[start:stop])
+    # take() copies: each shard's table owns its few rows (a slice would keep, and pickle
+    # to a worker, the whole plan).
+    return table.num_rows, {s: table.take(np.concatenate(i)) for s, i in by_shard.items()}
+
+
+def _plan_rows(rows: pa.Table | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A shard's plan rows as dicts, exactly as ``read_plan(...).to_dict("records")`` has them."""
+    if isinstance(rows, list):
+        return rows
+    frame = rows.to_pandas()
+    frame["geometry"] = gpd.GeoSeries.from_wkb(frame["geometry"].to_numpy())
+    return gpd.GeoDataFrame(frame, geometry="geometry").to_dict("records")
+
+
+def build_status(output: str, shards: Iterable[int]) -> dict[str, int]:
+    """Done / remaining shards and ok / skipped / failed samples of the finished shards.
+
+    Args:
+        output: The build's output folder or URL.
+        shards: Each planned sample's shard (:func:`plan_shards`).
+    """
+    shards = sorted(set(int(s) for s in shards))
     finished = done_shards(output)
     done = [s for s in shards if s in finished]
     counts = {
@@ -396,8 +448,7 @@ def run_build(
     install_log_redaction()
     tune_malloc()  # before the build's threads exist
     cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex)
-    plan = read_plan(output)
-    n = len(plan)
+    n, by_shard = _plan_by_shard(output)
     create_store(
         f"{output}/las.zarr",
         n,
@@ -405,10 +456,6 @@ def run_build(
         cfg,
         {"las_builder": __version__, **(attrs or {})},
     )
-    records = plan.to_dict("records")
-    by_shard: dict[int, list[dict[str, Any]]] = {}
-    for row in records:
-        by_shard.setdefault(int(row["shard"]), []).append(row)
     finished = done_shards(output)
     if retry_failed:
         finished -= reopen_failed_shards(output, finished)
@@ -470,10 +517,9 @@ def run_build(
 
 def write_index(output: str) -> gpd.GeoDataFrame:
     """Concatenate the shard parts into ``OUTPUT/index.parquet`` (GeoParquet, plan order)."""
-    plan = read_plan(output)
     parts = []
     finished = done_shards(output)
-    for s in sorted(set(int(v) for v in plan["shard"])):
+    for s in sorted(set(plan_shards(output))):
         if s in finished:
             with fsspec.open(index_part_path(output, s), "rb") as f:
                 parts.append(pd.read_parquet(f))

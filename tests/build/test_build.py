@@ -348,3 +348,39 @@ def test_shard_tasks_report_slim_rows_and_the_index_keeps_the_rest(
             row["reason"],
         )
     assert {"class_counts", "geometry", "s2_item"} <= set(index.columns)
+
+
+def test_shard_rows_ride_as_compact_tables_and_equal_the_plans_rows(built: Path) -> None:
+    """The build holds each unbuilt shard's plan rows until its task runs: as a small Arrow
+    table of its own (not a slice of the plan, which pickles whole), made into exactly the
+    rows ``read_plan`` gives when the task runs."""
+    import pickle
+
+    from las_builder.build.run import _plan_by_shard, _plan_rows, plan_shards, read_plan
+
+    n, by_shard = _plan_by_shard(str(built))
+    plan = read_plan(str(built))
+    assert n == len(plan)
+    assert plan_shards(str(built)) == [int(s) for s in plan["shard"]]
+    expected: dict[int, list[dict]] = {}
+    for row in plan.to_dict("records"):
+        expected.setdefault(int(row["shard"]), []).append(row)
+    assert sorted(by_shard) == sorted(expected)
+    whole = len(pickle.dumps(_plan_table(built)))
+    for shard, table in by_shard.items():
+        rows = _plan_rows(table)
+        assert [r["plan_index"] for r in rows] == [r["plan_index"] for r in expected[shard]]
+        for got, want in zip(rows, expected[shard], strict=True):
+            assert got.keys() == want.keys()
+            assert got["geometry"].equals(want["geometry"])
+            np.testing.assert_array_equal(got["transform"], want["transform"])
+            np.testing.assert_array_equal(got["shape"], want["shape"])
+            rest = [k for k in want if k not in ("geometry", "transform", "shape")]
+            assert {k: got[k] for k in rest} == {k: want[k] for k in rest}
+        assert len(pickle.dumps(table)) < whole / 2  # its own rows, not the plan's
+
+
+def _plan_table(built: Path):  # noqa: ANN202 - a pyarrow Table
+    import pyarrow.parquet as pq
+
+    return pq.read_table(built / "plan.parquet")
