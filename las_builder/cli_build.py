@@ -70,7 +70,6 @@ def build(
         plan_shards,
         reopen_failed_shards,
         run_build,
-        summarise,
     )
     from las_builder.build.store import done_shards
     from las_builder.recipe import RecipeError, load_recipe
@@ -130,7 +129,7 @@ def build(
             )
 
         try:
-            index = run_build(
+            summary = run_build(
                 cfg,
                 output,
                 spec.output.samples_per_shard,
@@ -141,7 +140,6 @@ def build(
             )
         except ValueError as err:
             raise _fail(str(err)) from None
-    summary = summarise(index)
     log.info(
         "build finished",
         extra={

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyproj
+import shapely
 from shapely import wkb
 
 from las_builder import __version__
@@ -421,7 +423,7 @@ def run_build(
     attrs: dict[str, Any] | None = None,
     client: Any | None = None,
     retry_failed: bool = False,
-) -> gpd.GeoDataFrame:
+) -> dict[str, Any]:
     """Build every unfinished shard of the plan and write ``index.parquet``.
 
     Args:
@@ -439,7 +441,8 @@ def run_build(
             catalog outage, a fixed mapping); ``skipped`` samples stay skipped.
 
     Returns:
-        The index (one row per planned sample).
+        Sample counts by status and skip reason (the index itself is ``OUTPUT/index.parquet``,
+        written without holding it in memory: :func:`write_index`).
 
     Raises:
         BuildIncomplete: Some shards could not be built; the others are built and indexed,
@@ -515,29 +518,176 @@ def run_build(
     )
 
 
-def write_index(output: str) -> gpd.GeoDataFrame:
-    """Concatenate the shard parts into ``OUTPUT/index.parquet`` (GeoParquet, plan order)."""
-    parts = []
+INDEX_ROW_GROUP_ROWS = 4096
+"""Rows per row group of ``index.parquet`` (at least; whole shard parts are not split)."""
+
+
+def write_index(output: str) -> dict[str, Any]:
+    """Stream the shard parts into ``OUTPUT/index.parquet`` (GeoParquet, plan order).
+
+    One part is in memory at a time: each becomes one row group, so the index step needs the
+    same memory for the full LAS's 18,750 parts as for a handful (a pandas concat of every
+    part held the whole index, twice, at the end of the build). Shards are contiguous runs of
+    the plan (``shard = plan_index // samples_per_shard``), so parts in shard order, each in
+    ``plan_index`` order, are the plan's order. Parts whose columns differ (a shard without
+    aerial imagery, a column all null) are brought to one schema as a concat would.
+
+    Returns:
+        The index's :func:`summarise` counts.
+
+    Raises:
+        BuildIncomplete: No shard is built yet.
+    """
     finished = done_shards(output)
-    for s in sorted(set(plan_shards(output))):
-        if s in finished:
-            with fsspec.open(index_part_path(output, s), "rb") as f:
-                parts.append(pd.read_parquet(f))
-    if not parts:
+    paths = [index_part_path(output, s) for s in sorted(set(plan_shards(output))) if s in finished]
+    if not paths:
         raise BuildIncomplete(f"{output}: no shard is built yet")
-    frame = pd.concat(parts, ignore_index=True).sort_values("plan_index", kind="stable")
-    frame["geometry"] = frame["geometry"].map(wkb.loads)
-    index = gpd.GeoDataFrame(frame, geometry="geometry", crs="EPSG:4326").reset_index(drop=True)
-    with fsspec.open(f"{output.rstrip('/')}/index.parquet", "wb") as f:
-        index.to_parquet(f, index=False)
-    return index
+    schemas = []
+    for path in paths:  # footers only
+        with fsspec.open(path, "rb") as f:
+            schemas.append(_part_schema(pq.ParquetFile(f)))
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as err:
+        raise ValueError(
+            f"{output}: the shards' index parts disagree on a column's type ({err}); "
+            "rebuild the shards of an older las-builder (delete their index-parts/*.parquet)"
+        ) from None
+    geo = _GeoColumnStats()
+    counts = _SummaryCounts()
+    fs, fs_path = fsspec.core.url_to_fs(f"{output.rstrip('/')}/index.parquet")
+    # No ARROW:schema in the footer: without it readers take the file's key-value metadata as
+    # the schema's, so the "geo" metadata, known only once every part is read, is found by
+    # pyarrow as by geopandas (the columns' types are plain Parquet ones either way).
+    with (
+        fs.open(fs_path, "wb") as sink,
+        pq.ParquetWriter(sink, schema, store_schema=False) as writer,
+    ):
+        batch: list[pa.Table] = []
+        for i, path in enumerate(paths):
+            with fsspec.open(path, "rb") as f:
+                part = _conform(pq.read_table(f, use_threads=False), schema)
+            part = part.sort_by("plan_index")
+            geo.add(part.column("geometry"))
+            counts.add(part.column("status"), part.column("reason"))
+            batch.append(part)
+            if sum(len(t) for t in batch) >= INDEX_ROW_GROUP_ROWS or i == len(paths) - 1:
+                # row groups of whole parts: few (a footer of 18,750 row groups is itself
+                # megabytes, in the writer's memory and every reader's), each still small
+                writer.write_table(pa.concat_tables(batch), row_group_size=2**31 - 1)
+                batch = []
+                pa.default_memory_pool().release_unused()  # the encoder's pages, ~4x the data
+        writer.add_key_value_metadata({"geo": json.dumps(geo.metadata())})
+    return counts.summary()
 
 
-def summarise(index: gpd.GeoDataFrame) -> dict[str, Any]:
-    """Counts by status and the most common skip reasons."""
-    reasons = index.loc[index["status"] != "ok", "reason"].map(lambda r: r.split(":")[0])
+def _part_schema(part: pq.ParquetFile) -> pa.Schema:
+    """An index part's schema, with its all-null columns typed ``null``.
+
+    pandas writes a column that is missing in every row of a shard (no aerial image under any
+    of its samples) as ``double``, where other shards hold strings; null-typed, it takes the
+    other shards' type.
+    """
+    schema = part.schema_arrow.remove_metadata()
+    meta = part.metadata
+    nulls: dict[str, int] = {}
+    for r in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            column = meta.row_group(r).column(c)
+            stats = column.statistics
+            if "." in column.path_in_schema or stats is None or not stats.has_null_count:
+                continue  # a nested column, or no count: keep its type
+            nulls[column.path_in_schema] = nulls.get(column.path_in_schema, 0) + stats.null_count
+    for name, count in nulls.items():
+        if count == meta.num_rows and meta.num_rows:
+            i = schema.get_field_index(name)
+            schema = schema.set(i, pa.field(name, pa.null()))
+    return schema
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in its order (missing ones null)."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+# shapely.get_type_id's numbering, named as GeoParquet names geometry types
+_GEOMETRY_TYPES = (
+    "Point",
+    "LineString",
+    "LineString",  # a LinearRing is written as a LineString
+    "Polygon",
+    "MultiPoint",
+    "MultiLineString",
+    "MultiPolygon",
+    "GeometryCollection",
+)
+
+
+class _GeoColumnStats:
+    """The GeoParquet 1.1 metadata of a WKB geometry column written part by part."""
+
+    def __init__(self) -> None:
+        self._bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
+        self._types: set[str] = set()
+
+    def add(self, column: pa.ChunkedArray) -> None:
+        geometries = shapely.from_wkb(column.to_numpy(zero_copy_only=False))
+        if len(geometries):
+            box = shapely.total_bounds(geometries)
+            if not np.isnan(box).all():
+                self._bounds[:2] = np.fmin(self._bounds[:2], box[:2])
+                self._bounds[2:] = np.fmax(self._bounds[2:], box[2:])
+        kinds = np.unique(shapely.get_type_id(geometries))
+        self._types |= {_GEOMETRY_TYPES[k] for k in kinds if k >= 0}  # -1: a missing geometry
+
+    def metadata(self) -> dict[str, Any]:
+        column: dict[str, Any] = {
+            "encoding": "WKB",
+            "crs": pyproj.CRS.from_epsg(4326).to_json_dict(),
+            "geometry_types": sorted(self._types),
+        }
+        if np.isfinite(self._bounds).all():
+            column["bbox"] = [float(v) for v in self._bounds]
+        return {
+            "version": "1.1.0",
+            "primary_column": "geometry",
+            "columns": {"geometry": column},
+            "creator": {"library": "las_builder", "version": __version__},
+        }
+
+
+class _SummaryCounts:
+    """:func:`summarise`'s counts, gathered part by part."""
+
+    def __init__(self) -> None:
+        self._statuses: dict[str, int] = {}
+        self._reasons: dict[str, int] = {}
+
+    def add(self, status: pa.ChunkedArray, reason: pa.ChunkedArray) -> None:
+        for s, r in zip(status.to_pylist(), reason.to_pylist(), strict=True):
+            self._statuses[s] = self._statuses.get(s, 0) + 1
+            if s != "ok":
+                key = str(r).split(":")[0]
+                self._reasons[key] = self._reasons.get(key, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        return _summary(self._statuses, self._reasons)
+
+
+def _summary(statuses: dict[str, int], reasons: dict[str, int]) -> dict[str, Any]:
+    """Counts by status and by skip reason (its text before the first colon), most common first."""
+
+    def most_common(counts: dict[str, int]) -> dict[str, int]:
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))  # stable: ties keep order
+
     return {
-        "samples": len(index),
-        **{k: int(v) for k, v in index["status"].value_counts().items()},
-        "reasons": json.loads(reasons.value_counts().to_json()),
+        "samples": sum(statuses.values()),
+        **most_common(statuses),
+        "reasons": most_common(reasons),
     }

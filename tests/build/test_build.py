@@ -336,7 +336,10 @@ def test_shard_tasks_report_slim_rows_and_the_index_keeps_the_rest(
     sets = [a for a in args[1:] if a != "--set"]
     cfg = config_from_recipe(load_recipe(Path(args[0]), sets))
     reported: dict[int, list[dict]] = {}
-    index = run_build(cfg, str(out), 4, on_shard=lambda s, rows: reported.setdefault(s, rows))
+    summary = run_build(cfg, str(out), 4, on_shard=lambda s, rows: reported.setdefault(s, rows))
+    index = gpd.read_parquet(out / "index.parquet")
+    assert summary["samples"] == len(index) == 8
+    assert summary.get("ok", 0) == (index["status"] == "ok").sum()
     assert sorted(reported) == [0, 1]
     slim = [row for rows in reported.values() for row in rows]
     assert all(set(row) == {"sample_id", "status", "reason"} for row in slim)
@@ -384,3 +387,72 @@ def _plan_table(built: Path):  # noqa: ANN202 - a pyarrow Table
     import pyarrow.parquet as pq
 
     return pq.read_table(built / "plan.parquet")
+
+
+def test_index_is_streamed_from_the_parts_in_plan_order(built: Path, tmp_path: Path) -> None:
+    """``write_index`` writes the parts one batch at a time, each part in ``plan_index``
+    order, under one schema: a part whose aerial column is all null (pandas writes it as
+    float) and a part that lacks a column take the others' types; the result equals the
+    parts concatenated in plan order, with GeoParquet metadata and the summary of a count."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from shapely import wkb
+
+    from las_builder.build import run
+
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    parts = sorted((out / "index-parts").glob("shard-*.parquet"))
+    assert len(parts) >= 3
+    first = pd.read_parquet(parts[0]).iloc[::-1]  # rows out of plan order
+    first["naip_item"] = np.nan  # all null, as a float column
+    first.to_parquet(parts[0], index=False)
+    pd.read_parquet(parts[1]).drop(columns=["naip_item"]).to_parquet(parts[1], index=False)
+    assert pq.read_schema(parts[0]).field("naip_item").type == "double"
+
+    frames = [pd.read_parquet(p) for p in parts]
+    want = pd.concat(frames, ignore_index=True).sort_values("plan_index", ignore_index=True)
+
+    summary = run.write_index(str(out))
+    got = gpd.read_parquet(out / "index.parquet")
+
+    assert got.crs == "EPSG:4326"
+    assert list(got["plan_index"]) == sorted(got["plan_index"])
+    assert list(got.columns) == list(want.columns)
+    assert str(got["naip_item"].dtype) in ("str", "string", "object")
+    assert all(isinstance(v, str) or pd.isna(v) for v in got["naip_item"])
+    for column in want.columns.drop("geometry"):
+        assert [_plain(v) for v in got[column]] == [_plain(v) for v in want[column]], column
+    assert got.geometry.geom_equals_exact(gpd.GeoSeries(want["geometry"].map(wkb.loads)), 0).all()
+    geo = json.loads(pq.read_schema(out / "index.parquet").metadata[b"geo"])
+    np.testing.assert_allclose(geo["columns"]["geometry"]["bbox"], got.total_bounds)
+    assert geo["columns"]["geometry"]["geometry_types"] == ["Polygon"]
+    assert summary["samples"] == len(want)
+    assert {k: summary[k] for k in want["status"].unique()} == dict(want["status"].value_counts())
+    assert pq.ParquetFile(out / "index.parquet").metadata.num_row_groups == 1  # 24 rows
+
+
+def _plain(value: object) -> object:
+    """A cell as a comparable Python value: arrays as lists, every kind of missing as None."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def test_index_parts_that_disagree_on_a_type_fail_with_what_to_do(
+    built: Path, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    from las_builder.build import run
+
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    part = sorted((out / "index-parts").glob("shard-*.parquet"))[0]
+    frame = pd.read_parquet(part)
+    frame["lon"] = frame["lon"].map(str)  # a string where every other part has a number
+    frame.to_parquet(part, index=False)
+    with pytest.raises(ValueError, match=r"disagree on a column's type.*delete their index-parts"):
+        run.write_index(str(out))
