@@ -35,6 +35,7 @@ from las_builder.build.store import (
     ArraySpec,
     array_specs,
     create_store,
+    direct_arrays,
     done_shards,
     index_part_path,
     write_index_part,
@@ -43,6 +44,7 @@ from las_builder.build.store import (
 from las_builder.security import install_log_redaction, redact
 from las_builder.stac import SceneItem
 from las_builder.stac.signing import SigningError, make_signer
+from las_builder.zarr_shards import ShardedArray
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +120,24 @@ def _index_row(row: dict[str, Any], outcome: SampleOutcome) -> dict[str, Any]:
 
 
 class _ShardArrays:
-    """A shard's arrays, each allocated (at its fill value) when a sample first brings data."""
+    """A shard's arrays, filled sample by sample from the threads that build them.
 
-    def __init__(self, specs: dict[str, ArraySpec], count: int) -> None:
+    Arrays of the store's own layout (one inner chunk per sample: :func:`direct_arrays`) are
+    kept as each sample's compressed chunk, made as the sample arrives (zstd releases the
+    GIL, so the sample threads compress in parallel): a shard's raw arrays never exist whole,
+    nor twice (an aerial-image shard is 13 MB raw at 64 px, 52 MB at 128 px). Other arrays are
+    allocated (at their fill value) when a sample first brings data.
+    """
+
+    def __init__(
+        self, specs: dict[str, ArraySpec], count: int, direct: dict[str, ShardedArray]
+    ) -> None:
         self._specs = specs
         self._count = count
+        self._direct = direct
+        self._lock = threading.Lock()
         self.filled: dict[str, np.ndarray] = {}
+        self.encoded: dict[str, list[bytes | None]] = {}
 
     def put(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
         """Place one sample's arrays (paths the store lacks are ignored) in its slot."""
@@ -131,15 +145,32 @@ class _ShardArrays:
             spec = self._specs.get(path)
             if spec is None:
                 continue
-            if path not in self.filled:
-                shape = (self._count, *spec.shape)
-                self.filled[path] = np.full(shape, spec.fill, dtype=spec.dtype)
+            sharded = self._direct.get(path)
+            if sharded is not None:
+                # Placed in a chunk at the fill value, exactly as in a whole shard's array.
+                chunk = np.full((1, *spec.shape), spec.fill, dtype=spec.dtype)
+                chunk[0] = data
+                compressed = sharded.encode_chunk(chunk)
+                with self._lock:
+                    self.encoded.setdefault(path, [None] * self._count)[slot] = compressed
+                continue
+            with self._lock:
+                if path not in self.filled:
+                    shape = (self._count, *spec.shape)
+                    self.filled[path] = np.full(shape, spec.fill, dtype=spec.dtype)
             self.filled[path][slot] = data
 
     @property
     def empty(self) -> list[str]:
         """Array paths no sample of the shard brought data to (wholly fill value)."""
-        return [path for path in self._specs if path not in self.filled]
+        return [path for path in self._specs if path not in self.filled | self.encoded]
+
+    def write(self, url: str, start: int, run_id: str) -> None:
+        """Write the shard's arrays (:func:`write_shard`), letting go of each once written."""
+        empty = self.empty
+        filled, self.filled = self.filled, {}
+        encoded, self.encoded = self.encoded, {}
+        write_shard(url, start, filled, empty, run_id, encoded=encoded)
 
 
 def _build_rows_earthengine(
@@ -234,11 +265,17 @@ def build_shard(
     install_log_redaction()  # also in dask worker processes
     tune_malloc()
     start = shard * samples_per_shard
-    arrays = _ShardArrays(array_specs(cfg), min(samples_per_shard, n_samples - start))
+    specs = array_specs(cfg)
+    store = f"{output}/las.zarr"
+    arrays = _ShardArrays(
+        specs,
+        min(samples_per_shard, n_samples - start),
+        direct_arrays(store, specs, start, cfg.run_id),
+    )
     index_rows = []
     if cfg.backend == "earthengine":
         index_rows = _build_rows_earthengine(rows, cfg, arrays, start)
-        write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty, cfg.run_id)
+        arrays.write(store, start, cfg.run_id)
         write_index_part(output, shard, index_rows)  # last: marks the shard complete
         release_freed_memory()
         return index_rows
@@ -250,11 +287,15 @@ def build_shard(
         def one(row: dict[str, Any]) -> SampleOutcome:
             with gdal_env():  # GDAL options are per thread
                 try:
-                    return build_sample(row, items, cfg, cache)
+                    outcome = build_sample(row, items, cfg, cache)
                 except SigningError:
                     raise
                 except Exception as err:  # never let one sample crash the build
                     return _failed_sample(err)
+            if outcome.status == "ok":  # into the shard now, not held until its last sample
+                arrays.put(row["plan_index"] - start, outcome.arrays)
+                outcome = dataclasses.replace(outcome, arrays={})
+            return outcome
 
         # Samples are independent: building a few at a time overlaps their reads (network
         # latency) and their decoding and warping (GDAL releases the GIL). Results keep plan
@@ -265,14 +306,11 @@ def build_shard(
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix=f"shard{shard}") as pool:
                 outcomes = list(pool.map(one, rows))
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if outcome.status == "ok":
-                arrays.put(row["plan_index"] - start, outcome.arrays)
-            index_rows.append(_index_row(row, outcome))
+        index_rows = [_index_row(row, outcome) for row, outcome in zip(rows, outcomes, strict=True)]
     finally:
         with gdal_env():
             cache.close()
-    write_shard(f"{output}/las.zarr", start, arrays.filled, arrays.empty, cfg.run_id)
+    arrays.write(store, start, cfg.run_id)
     write_index_part(output, shard, index_rows)  # last: marks the shard complete
     release_freed_memory()
     return index_rows

@@ -23,7 +23,7 @@ from las_builder.build.config import BuildConfig
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_taxonomy
 from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
-from las_builder.zarr_shards import ShardedArray, write_shards
+from las_builder.zarr_shards import ShardedArray, write_encoded_shards, write_shards
 
 STORE_VERSION = 1
 # Band-name coordinate arrays (named after the band dimension of each imagery array).
@@ -275,12 +275,32 @@ def _sharded(url: str, path: str, array: zarr.Array, run_id: str) -> ShardedArra
     return known[1] if known is not None else ShardedArray.for_array(array)
 
 
+def direct_arrays(
+    url: str, paths: Iterable[str], start: int, run_id: str
+) -> dict[str, ShardedArray]:
+    """The arrays whose shard at row ``start`` is written from one compressed chunk a sample.
+
+    Keyed by path; arrays of another layout (not :class:`ShardedArray`'s, or chunks of
+    several samples) are left out and go through zarr.
+    """
+    paths = list(paths)
+    targets = _open_arrays(url, paths, run_id)
+    direct = {}
+    for path in paths:
+        sharded = _sharded(url, path, targets[path], run_id)
+        if sharded is not None and start % sharded.shard_shape[0] == 0:
+            if sharded.chunk_shape[0] == 1:
+                direct[path] = sharded
+    return direct
+
+
 def write_shard(
     url: str,
     start: int,
     arrays: dict[str, np.ndarray],
     empty: Iterable[str] = (),
     run_id: str = "",
+    encoded: dict[str, list[bytes | None]] | None = None,
 ) -> None:
     """Write whole shards (rows ``start``..) of every array: one object per array.
 
@@ -296,9 +316,19 @@ def write_shard(
             nothing is written, as zarr stores no empty chunk, and an object left by an
             earlier, killed build is deleted. Skipping them saves checking every pixel.
         run_id: The build this shard belongs to: its arrays are opened once per build.
+        encoded: Arrays given as their shard's compressed chunks instead (one per sample, in
+            order, None where not stored: :func:`direct_arrays`); emptied as they are written.
     """
     empty = list(empty)
-    targets = _open_arrays(url, [*arrays, *empty], run_id)
+    encoded = encoded if encoded is not None else {}
+    targets = _open_arrays(url, [*arrays, *empty, *encoded], run_id)
+    if encoded:
+        chunks = []
+        for path in list(encoded):
+            sharded = _sharded(url, path, targets[path], run_id)
+            assert sharded is not None and sharded.chunk_shape[0] == 1, path
+            chunks.append((sharded, start // sharded.shard_shape[0], encoded.pop(path)))
+        write_encoded_shards(chunks)
     # The layout las build creates is written shard by shard directly (the bytes zarr would
     # write, at a fraction of its per-chunk cost); any other array through zarr.
     direct = []
