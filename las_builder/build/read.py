@@ -153,15 +153,49 @@ def _retrying(call: Callable[[], T], verb: str, name: str, *, reopen: bool = Fal
     raise AssertionError("unreachable")
 
 
-LARGE_READ_BYTES = 2 * 2**20
-"""A source window of more than this, and more than 4 times the bytes it is placed into, is
-read and placed one at a time per process: an aerial image averaged under a sample (4-18 MB
-read, a warp needing 2-5 times that), not a sample's Sentinel-2 bands (about their own size)."""
-
 WARP_MEM_LIMIT_MB = 16
 """GDAL's working memory per warp (its default is 64 MB): a large warp is done in chunks."""
 
-_large_reads = threading.Lock()
+READ_BUDGET_BYTES = 24 * 2**20
+"""Memory that window reads and their placing may hold at once in a process (source windows,
+results, warp working memory: :attr:`_StackRead.memory_bytes`). Sentinel-2 bands under a
+sample take a few hundred KB, an aerial image 17 MB at 64 px (a 4.6 MB window, 1.6 MB placed,
+the warp's chunks) and more than the budget at 128 px: such reads wait for each other instead of
+coinciding, which set a long build's peak memory (two or three aerial warps at once: +40 MB).
+A read over the budget runs with small reads only (:meth:`_ByteBudget.share`)."""
+
+
+class _ByteBudget:
+    """A counting semaphore of bytes: hold ``n`` while at most ``limit`` are held in all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._changed = threading.Condition()
+
+    def share(self, n: int) -> int:
+        """What holding ``n`` bytes takes of the budget.
+
+        A request over three quarters of it takes three quarters, so such requests wait for
+        each other but leave small ones room.
+        """
+        return min(n, self.limit * 3 // 4)
+
+    @contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        n = self.share(n)
+        with self._changed:
+            self._changed.wait_for(lambda: self._held + n <= self.limit)
+            self._held += n
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= n
+                self._changed.notify_all()
+
+
+_read_budget = _ByteBudget(READ_BUDGET_BYTES)
 
 IO_THREADS = 8
 """Reads and opens of one sample in flight at a time (the band files of a scene)."""
@@ -647,9 +681,18 @@ class _StackRead:
         self.source_bytes = _window_bytes(layers, *shape)
 
     @property
-    def large(self) -> bool:
-        """Whether the window is large, and much larger than the stack placed from it."""
-        return self.source_bytes > max(LARGE_READ_BYTES, 4 * self.out.nbytes)
+    def memory_bytes(self) -> int:
+        """Bytes reading and placing the stack holds at most.
+
+        The window twice (GDAL's decoded tiles, then the array they are copied into; measured
+        on an aerial window), the result, and a warp's working memory (none for a copy).
+        """
+        if not self.calls:
+            return 0
+        held = 2 * self.source_bytes + self.out.nbytes
+        if self._copy_to is not None:
+            return held
+        return held + min(WARP_MEM_LIMIT_MB * 2**20, self.source_bytes + self.out.nbytes)
 
     def finish(self, results: list[Any]) -> np.ndarray:
         """The stack on the GeoBox from the results of :attr:`calls` (or the first error)."""
@@ -696,14 +739,12 @@ def _window_bytes(layers: list[tuple[DatasetReader, list[int]]], height: int, wi
 def _read_stacks(stacks: list[_StackRead]) -> list[np.ndarray]:
     """Read several stacks' windows together (one round of requests), then place each.
 
-    Large windows are read and placed one such call at a time in the process: a build's
-    peak memory is otherwise set by the rare moments when several coincide, and so grows with
-    the length of the build rather than with what one sample needs.
+    Within the process's :data:`READ_BUDGET_BYTES`: a build's peak memory is otherwise set by
+    the rare moments when several large reads coincide, and so grows with the length of the
+    build rather than with what one sample needs.
     """
-    if any(stack.large for stack in stacks):
-        with _large_reads:
-            return _read_and_place(stacks)
-    return _read_and_place(stacks)
+    with _read_budget.hold(sum(stack.memory_bytes for stack in stacks)):
+        return _read_and_place(stacks)
 
 
 def _read_and_place(stacks: list[_StackRead]) -> list[np.ndarray]:

@@ -356,10 +356,14 @@ def _fine_geobox(shift: float = 0.0) -> GeoBox:
     return GeoBox((256, 256), Affine(2.5, 0, 400_010 + shift, 0, -2.5, 4_999_990), CRS)
 
 
-def test_large_windows_are_read_and_placed_one_at_a_time(
+def test_reads_that_would_overrun_the_budget_wait_for_each_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Three aerial windows, each over half the process's read budget, are read and placed
+    one at a time; two small windows still at once."""
     from las_builder.build import read as read_mod
+
+    monkeypatch.setattr(read_mod, "_read_budget", read_mod._ByteBudget(16 * 2**20))
 
     image = _aerial(tmp_path / "naip.tif")
     small = _tif(
@@ -398,7 +402,7 @@ def test_large_windows_are_read_and_placed_one_at_a_time(
     large_calls = [(image, _fine_geobox(shift), Resampling.average) for shift in (0.0, 1.0, 2.0)]
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(lambda call: place(*call), large_calls))
-    assert most == 1  # three threads, but one large window at a time
+    assert most == 1  # three threads, but one aerial window at a time
     small_geobox = GeoBox((48, 48), Affine(10, 0, 400_503, 0, -10, 4_999_497), CRS)
     most = 0
     with ThreadPoolExecutor(2) as pool:
@@ -406,19 +410,56 @@ def test_large_windows_are_read_and_placed_one_at_a_time(
     assert most == 2  # small windows are not held back
 
 
-def test_a_large_window_counts_as_large_and_a_band_window_does_not(tmp_path: Path) -> None:
-    from las_builder.build.read import _StackRead
+def test_a_reads_memory_counts_window_result_and_warp(tmp_path: Path) -> None:
+    from las_builder.build.read import WARP_MEM_LIMIT_MB, _StackRead
 
     image = _aerial(tmp_path / "naip.tif")
     with rasterio.open(image) as ds:
         aerial = _StackRead(
             [(ds, [1, 2, 3, 4])], _fine_geobox(), Resampling.average, 0, "uint8", False
         )
-        assert aerial.source_bytes > 4 * 2**20 and aerial.large
-        # The same image copied onto its own grid: as large as what it becomes.
+        both = aerial.source_bytes + aerial.out.nbytes
+        assert aerial.source_bytes > 4 * 2**20 and aerial.out.nbytes == 4 * 256 * 256
+        warp = min(both, WARP_MEM_LIMIT_MB * 2**20)
+        assert aerial.memory_bytes == aerial.source_bytes + both + warp
+        # The same image copied onto its own grid: no warp.
         own = GeoBox((1000, 1000), ds.transform, CRS)
         copied = _StackRead([(ds, [1, 2, 3, 4])], own, Resampling.nearest, 0, "uint8", False)
-        assert copied.source_bytes == 4 * 1000 * 1000 and not copied.large
+        assert copied.memory_bytes == 3 * 4 * 1000 * 1000
+        # Outside the image: nothing read, nothing held.
+        away = GeoBox((8, 8), Affine(10, 0, 900_000, 0, -10, 4_000_000), CRS)
+        assert (
+            _StackRead([(ds, [1])], away, Resampling.nearest, 0, "uint8", False).memory_bytes == 0
+        )
+
+
+def test_the_byte_budget_holds_at_most_its_limit() -> None:
+    from las_builder.build.read import _ByteBudget
+
+    budget = _ByteBudget(100)
+    assert [budget.share(n) for n in (10, 75, 76, 400)] == [10, 75, 75, 75]
+    held = 0
+    most = 0
+    big = 0
+    lock = threading.Lock()
+
+    def take(n: int) -> None:
+        nonlocal held, most, big
+        with budget.hold(n):
+            with lock:
+                held += budget.share(n)
+                most = max(most, held)
+                big += n > 75
+                assert big <= 1  # requests over the budget never overlap
+            time.sleep(0.01)
+            with lock:
+                held -= budget.share(n)
+                big -= n > 75
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(take, [60, 60, 30, 30, 400, 10, 10, 20, 300] * 3))
+    assert most <= 100
+    assert held == 0 and budget._held == 0
 
 
 def test_a_warp_in_chunks_equals_gdals_default_warp(tmp_path: Path) -> None:
@@ -445,3 +486,75 @@ def test_a_warp_in_chunks_equals_gdals_default_warp(tmp_path: Path) -> None:
         )
     assert read_mod.WARP_MEM_LIMIT_MB < 64  # GDAL's default: the placed read was chunked
     np.testing.assert_array_equal(placed, whole)
+
+
+def test_samples_compressed_as_they_arrive_write_the_same_shard(tmp_path: Path) -> None:
+    """``_ShardArrays`` compresses each sample's chunk as the sample finishes (from several
+    threads, in any order) for arrays of the store's own layout, and keeps other layouts
+    whole; the shard it writes equals a whole-array write byte for byte: a sample never put
+    (skipped) and a sample all fill are not stored, an array nobody filled is no object."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from las_builder.build.run import _ShardArrays
+    from las_builder.build.store import ArraySpec, direct_arrays
+
+    specs = {
+        "s2": ArraySpec((3, 4, 4), "uint16", 0, ("band", "y", "x"), {}),
+        "labels/x": ArraySpec((4, 4), "uint8", 255, ("y", "x"), {}),
+        # two samples a chunk: through zarr
+        "whole": ArraySpec((4, 4), "float32", float("nan"), ("y", "x"), {}),
+        "naip": ArraySpec((4, 4), "uint8", 0, ("y", "x"), {}),  # nobody brings any
+    }
+    rng = np.random.default_rng(3)
+    samples = {
+        slot: {
+            "s2": rng.integers(1, 900, (3, 4, 4), dtype="uint16"),
+            "labels/x": rng.integers(0, 9, (4, 4), dtype="uint8"),
+            "whole": rng.random((4, 4), dtype="float32"),
+        }
+        for slot in (0, 1, 3, 4, 5, 7)  # 2 and 6 skipped
+    }
+    samples[4]["labels/x"][:] = 255  # all fill: no chunk
+    stores = {}
+    for how in ("sample by sample", "whole arrays"):
+        url = str(tmp_path / f"{how}.zarr")
+        root = zarr.open_group(url, mode="w", zarr_format=3)
+        for path, spec in specs.items():
+            chunks = (2, *spec.shape) if path == "whole" else (1, *spec.shape)
+            root.create_array(
+                path,
+                shape=(16, *spec.shape),
+                chunks=chunks,
+                shards=(8, *spec.shape),
+                dtype=spec.dtype,
+                fill_value=spec.fill,
+                compressors=zarr.codecs.ZstdCodec(level=3),
+            )
+        if how == "sample by sample":
+            direct = direct_arrays(url, specs, 8, "build-x")
+            assert sorted(direct) == ["labels/x", "naip", "s2"]
+            arrays = _ShardArrays(specs, 8, direct)
+            order = [5, 0, 7, 3, 1, 4]
+            with ThreadPoolExecutor(3) as pool:
+                list(pool.map(lambda slot, a=arrays: a.put(slot, samples[slot]), order))
+            assert "s2" not in arrays.filled and "whole" in arrays.filled
+            assert arrays.encoded["labels/x"][4] is None and arrays.encoded["s2"][2] is None
+            assert sorted(arrays.empty) == ["naip"]
+            arrays.write(url, 8, "build-x")
+        else:
+            whole = {}
+            for path, spec in specs.items():
+                if path == "naip":
+                    continue
+                data = np.full((8, *spec.shape), spec.fill, dtype=spec.dtype)
+                for slot, arrays_of in samples.items():
+                    data[slot] = arrays_of[path]
+                whole[path] = data
+            write_shard(url, 8, whole, empty=["naip"])
+        stores[how] = {
+            str(p.relative_to(tmp_path / f"{how}.zarr")): p.read_bytes()
+            for p in sorted((tmp_path / f"{how}.zarr").rglob("*"))
+            if p.is_file()
+        }
+    assert stores["sample by sample"] == stores["whole arrays"]
+    assert "s2/c/1/0/0/0" in stores["whole arrays"] and "naip/c/1/0/0" not in stores["whole arrays"]
