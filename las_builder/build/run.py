@@ -556,16 +556,17 @@ def run_build(
     )
 
 
-INDEX_ROW_GROUP_ROWS = 4096
+INDEX_ROW_GROUP_ROWS = 1024
 """Rows per row group of ``index.parquet`` (at least; whole shard parts are not split)."""
 
 
 def write_index(output: str) -> dict[str, Any]:
     """Stream the shard parts into ``OUTPUT/index.parquet`` (GeoParquet, plan order).
 
-    One part is in memory at a time: each becomes one row group, so the index step needs the
-    same memory for the full LAS's 18,750 parts as for a handful (a pandas concat of every
-    part held the whole index, twice, at the end of the build). Shards are contiguous runs of
+    Only one row group's parts (:data:`INDEX_ROW_GROUP_ROWS` rows) are in memory at a time, so
+    the index step needs about the same memory for the full LAS's 18,750 parts as for a few
+    hundred (a pandas concat of every part held the whole index, twice, at the end of the
+    build). Shards are contiguous runs of
     the plan (``shard = plan_index // samples_per_shard``), so parts in shard order, each in
     ``plan_index`` order, are the plan's order. Parts whose columns differ (a shard without
     aerial imagery, a column all null) are brought to one schema as a concat would.
@@ -580,10 +581,12 @@ def write_index(output: str) -> dict[str, Any]:
     paths = [index_part_path(output, s) for s in sorted(set(plan_shards(output))) if s in finished]
     if not paths:
         raise BuildIncomplete(f"{output}: no shard is built yet")
-    schemas = []
+    schemas: list[pa.Schema] = []  # the distinct ones: parts mostly share a few
     for path in paths:  # footers only
         with fsspec.open(path, "rb") as f:
-            schemas.append(_part_schema(pq.ParquetFile(f)))
+            schema = _part_schema(pq.ParquetFile(f))
+        if schema not in schemas:
+            schemas.append(schema)
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as err:
