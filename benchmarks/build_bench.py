@@ -313,15 +313,20 @@ def resolve_hrefs(rows: Iterable[dict[str, Any]], cfg: Any, stac_url: str) -> di
     return hrefs
 
 
+RAW_IO_THREADS = 24
+"""The raw bound's read threads: the most the build has read with (8 + 16 until round 8), so
+that the build using fewer threads cannot lower the bound it is measured against."""
+
+
 def raw_read_bound(
     rows: list[dict[str, Any]], cfg: Any, hrefs: dict[tuple, str], threads: int
 ) -> dict[str, float]:
     """Read the build's source windows without warping: the I/O and decode floor.
 
     With the build's concurrency: ``threads`` samples at a time (shard tasks x read threads),
-    each sample's windows all read at once on one pool of as many threads as the build reads
-    with (its ``IO_THREADS`` band-file threads plus its ``SOURCE_THREADS`` source threads);
-    each I/O thread opens an asset once and keeps it.
+    each sample's windows all read at once on one pool of :data:`RAW_IO_THREADS` threads, at
+    least as many as the build reads with (its ``IO_THREADS`` band-file threads plus its
+    ``SOURCE_THREADS`` source threads); each I/O thread opens an asset once and keeps it.
     """
     import threading
 
@@ -332,7 +337,7 @@ def raw_read_bound(
 
     from las_builder.build.read import IO_THREADS, SOURCE_THREADS, _source_window, gdal_options
 
-    io_threads = IO_THREADS + SOURCE_THREADS
+    io_threads = max(RAW_IO_THREADS, IO_THREADS + SOURCE_THREADS)
 
     local = threading.local()
     opened: list[Any] = []

@@ -30,7 +30,7 @@ from las_builder import __version__
 from las_builder.build.config import BuildConfig
 from las_builder.build.read import DatasetCache, gdal_env
 from las_builder.build.sample import SampleOutcome, build_sample, build_sample_earthengine
-from las_builder.build.search import SearchError, StacSearcher
+from las_builder.build.search import ParsedItems, SearchError, StacSearcher
 from las_builder.build.store import (
     ArraySpec,
     array_specs,
@@ -66,6 +66,7 @@ def _failed_sample(err: Exception) -> SampleOutcome:
 
 
 _searchers: dict[tuple[str, str, int], StacSearcher] = {}
+_parsed_items: dict[tuple[str, str], ParsedItems] = {}
 _searchers_lock = threading.Lock()
 
 
@@ -73,14 +74,18 @@ def _searcher(cfg: BuildConfig) -> StacSearcher:
     """The STAC client of this build and thread.
 
     The catalog root and collections are fetched once per build, not once per shard, and a new
-    build (a retry after an outage) starts afresh.
+    build (a retry after an outage) starts afresh. The parsed items are shared by the build's
+    threads.
     """
     key = (cfg.stac_url, cfg.run_id, threading.get_ident())
     with _searchers_lock:
         if key not in _searchers:
             for old in [k for k in _searchers if k[1] != cfg.run_id]:
                 del _searchers[old]  # earlier builds' clients
-            _searchers[key] = StacSearcher(cfg.stac_url)
+            for old_items in [k for k in _parsed_items if k[1] != cfg.run_id]:
+                del _parsed_items[old_items]
+            parsed = _parsed_items.setdefault((cfg.stac_url, cfg.run_id), ParsedItems())
+            _searchers[key] = StacSearcher(cfg.stac_url, parsed=parsed)
         return _searchers[key]
 
 

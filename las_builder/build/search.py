@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,9 +23,9 @@ from las_builder.stac import SceneItem, parse_item
 log = logging.getLogger(__name__)
 
 STAC_TIMEOUT_ENV = "LAS_STAC_TIMEOUT_S"
-PARSED_ITEMS = 256
-"""Parsed items a searcher keeps (a shard finds tens; a few KB each, so memory stays flat)."""
 """Environment variable: seconds before a STAC request times out (default 60)."""
+PARSED_ITEMS = 256
+"""Parsed items kept (a shard finds tens; ~30 KB each with a label legend)."""
 # Client errors that another try cannot fix: bad request, unauthorised, forbidden, not found.
 _NO_RETRY = range(400, 500)
 _RETRY_ANYWAY = (408, 429)
@@ -54,6 +55,37 @@ def _pieces(geometry: BaseGeometry) -> list[BaseGeometry]:
     return list(getattr(geometry, "geoms", [geometry]))
 
 
+class ParsedItems:
+    """The items parsed lately, by (collection, id), shared by the searchers of one build.
+
+    Neighbouring shards find the same scenes, and an item does not change within one build.
+    One store for all of a build's threads, not one per thread: each kept item costs ~30 KB.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = PARSED_ITEMS if limit is None else limit
+        self._items: OrderedDict[tuple[str, str], SceneItem] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple[str, str]) -> SceneItem | None:
+        """The item parsed under ``key``, or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple[str, str], item: SceneItem) -> None:
+        """Keep ``item``, letting go of the least recently used beyond the limit."""
+        with self._lock:
+            self._items[key] = item
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+
+
 class StacSearcher:
     """Searches one STAC API with bounded retries, without `query`, `filter` or `sortby`.
 
@@ -67,6 +99,7 @@ class StacSearcher:
         retries: int = 4,
         backoff_s: float = 0.5,
         timeout_s: float | None = None,
+        parsed: ParsedItems | None = None,
     ) -> None:
         self.url = url
         self.retries = retries
@@ -74,9 +107,8 @@ class StacSearcher:
         self.timeout_s = timeout_s if timeout_s is not None else _stac_timeout()
         self._client: Client | None = None
         self._collections: dict[str, dict[str, Any]] = {}
-        # Items parsed lately, by (collection, id): neighbouring shards find the same scenes,
-        # and an item does not change within one build (a searcher lives for one build).
-        self._parsed: OrderedDict[tuple[str, str], SceneItem] = OrderedDict()
+        # A searcher lives for one build (see ParsedItems).
+        self._parsed = parsed if parsed is not None else ParsedItems()
 
     @property
     def client(self) -> Client:
@@ -121,13 +153,9 @@ class StacSearcher:
         """``parse_item`` of a found item, or the item parsed when an earlier search found it."""
         key = (collection_id, str(raw.get("id")))
         item = self._parsed.get(key)
-        if item is not None:
-            self._parsed.move_to_end(key)
-            return item
-        item = parse_item(raw, collection)
-        self._parsed[key] = item
-        if len(self._parsed) > PARSED_ITEMS:
-            self._parsed.popitem(last=False)
+        if item is None:
+            item = parse_item(raw, collection)
+            self._parsed.put(key, item)
         return item
 
     def search(

@@ -47,3 +47,11 @@ def test_items_found_again_come_from_the_parsed_items(
     bounded = StacSearcher(served_world["stac_url"])
     bounded.search("esa-worldcover", where)
     assert len(bounded._parsed) == 1
+
+    # Searchers handed one store share what either parsed.
+    shared = search_mod.ParsedItems(limit=64)
+    StacSearcher(served_world["stac_url"], parsed=shared).search("esa-worldcover", where)
+    n = len(parsed)
+    other = StacSearcher(served_world["stac_url"], parsed=shared)
+    assert [it.id for it in other.search("esa-worldcover", where)] == [it.id for it in first]
+    assert len(parsed) == n
