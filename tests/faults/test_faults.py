@@ -267,7 +267,7 @@ def test_truncated_cog_truncated_body_and_missing_asset_fail_only_their_samples(
 def test_stac_outage_leaves_the_shard_for_the_next_run(
     proxies: Proxied, clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(StacSearcher.__init__, "__defaults__", (1, 0.05, None))
+    monkeypatch.setattr(StacSearcher.__init__, "__defaults__", (1, 0.05, None, None))
     out = tmp_path / "las"
     runner = CliRunner()
     args = build_args(proxies.stac.url, out)
