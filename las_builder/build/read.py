@@ -47,9 +47,9 @@ GDAL_ENV: dict[str, Any] = {
     "GDAL_HTTP_TIMEOUT": "30",
     "VSI_CACHE": "TRUE",
     # GDAL keeps downloaded ranges of every file in one process-wide cache (16 MB by default)
-    # that fills slowly as a build reads on, so a long build held ~12 MB more than a short one;
-    # the handles a shard keeps open cache their own reads (VSI_CACHE) and no speed was lost.
-    "CPL_VSIL_CURL_CACHE_SIZE": str(4 << 20),
+    # that fills slowly as a build reads on, so a long build held ~12 MB more than a short one.
+    # 8 MB made as many requests as 16 on the demo build (4 MB: 7 % more) and no slower.
+    "CPL_VSIL_CURL_CACHE_SIZE": str(8 << 20),
     # GDAL's block cache defaults to 5% of RAM and fills as a build reads on, so peak memory
     # would grow with the number of samples; a shard's tiles fit in far less.
     "GDAL_CACHEMAX": 128,  # MB (rasterio wants an int)
