@@ -274,6 +274,25 @@ def test_pool_threads_read_in_the_callers_gdal_options(monkeypatch: pytest.Monke
     assert timeouts() == [12] * 4
 
 
+def test_gdals_download_cache_is_held_small_unless_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GDAL's process-wide cache of downloaded ranges fills as a build reads on (16 MB by
+    default): reading threads hold it at 8 MB, and the environment variable overrides it."""
+    from rasterio.env import get_gdal_config
+
+    from las_builder.build import read as read_mod
+
+    def cache_sizes() -> list[object]:
+        calls = [lambda: get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE") for _ in range(2)]
+        return read_mod._parallel(calls)
+
+    monkeypatch.delenv("CPL_VSIL_CURL_CACHE_SIZE", raising=False)
+    assert cache_sizes() == [8 << 20] * 2
+    monkeypatch.setenv("CPL_VSIL_CURL_CACHE_SIZE", str(32 << 20))
+    assert cache_sizes() == [32 << 20] * 2
+
+
 @pytest.mark.parametrize("k", [2, 3, 6])
 @pytest.mark.parametrize(
     ("col", "row"),
