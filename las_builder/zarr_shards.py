@@ -8,9 +8,10 @@ machinery (per inner chunk a coroutine, a thread hand-off and buffer copies), wh
 about as much again as the zstd work itself. Both the build, which writes each shard once,
 and the training loader, which reads whole shards, go through this module instead:
 
-* :func:`read_shards` fetches shard objects through the array's own zarr store (local folder
-  or fsspec, e.g. S3), checks each index and decompresses the chunks on a small thread pool
-  (zstd releases the GIL) straight into one output array;
+* :func:`read_shards` fetches shard objects (a local folder's files read directly, any other
+  store, e.g. fsspec's S3, through the array's own zarr store), checks each index and
+  decompresses the chunks on a small thread pool (zstd releases the GIL) straight into one
+  output array;
 * :func:`write_shards` compresses the chunks the same way (numcodecs' zstd, the library
   zarr's ``ZstdCodec`` calls, at the array's level) and stores each object with one request.
   Its bytes are those zarr writes, chunk for chunk: a chunk equal to the fill value
@@ -288,6 +289,36 @@ class ShardedArray:
         return b"".join(part for part in encoded if part is not None) + raw + crc
 
 
+def _local_root(store: Any) -> str | None:
+    """The folder of a zarr ``LocalStore`` (``None`` for any other store)."""
+    from zarr.storage import LocalStore
+
+    return str(store.root) if isinstance(store, LocalStore) else None
+
+
+def _read_file(path: str) -> memoryview | None:
+    """A local shard object's bytes, read straight into one buffer (``None``: no object).
+
+    The same bytes as the store's ``get``, without its trip through zarr's event loop and a
+    worker thread and the copies on the way, which cost the loader about a third of its
+    CPU per shard more than reading the file here (measured on the loader benchmark's store).
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = np.empty(size, dtype=np.uint8)
+            view = memoryview(buf)
+            got = 0
+            while got < size:  # readinto may return less than asked
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+    except FileNotFoundError:
+        return None
+    return view[:got]
+
+
 def read_shards(requests: Sequence[tuple[ShardedArray, int]]) -> list[np.ndarray]:
     """Read whole shards of several arrays at once: one fetch round, one parallel decode.
 
@@ -305,16 +336,27 @@ def read_shards(requests: Sequence[tuple[ShardedArray, int]]) -> list[np.ndarray
     from zarr.core.sync import sync
 
     prototype = default_buffer_prototype()
+    blobs: list[memoryview | None] = [None] * len(requests)
+    remote = []
+    for k, (sharded, shard) in enumerate(requests):
+        root = _local_root(sharded.array.store)
+        if root is None:
+            remote.append(k)
+        else:
+            blobs[k] = _read_file(os.path.join(root, sharded.key(shard)))
 
     async def fetch() -> list[Any]:
-        gets = (a.array.store.get(a.key(shard), prototype) for a, shard in requests)
+        gets = (
+            requests[k][0].array.store.get(requests[k][0].key(requests[k][1]), prototype)
+            for k in remote
+        )
         return list(await asyncio.gather(*gets))
 
-    blobs = sync(fetch()) if requests else []
+    for k, blob in zip(remote, sync(fetch()) if remote else [], strict=True):
+        blobs[k] = None if blob is None else blob.as_numpy_array().view(np.uint8).data
     outs: list[np.ndarray] = []
     jobs: list[tuple[Any, tuple[Any, ...]]] = []
-    for (sharded, shard), blob in zip(requests, blobs, strict=True):
-        raw = None if blob is None else blob.as_numpy_array().view(np.uint8).data
+    for (sharded, shard), raw in zip(requests, blobs, strict=True):
         out, chunk_jobs = sharded.decode_jobs(shard, raw)
         outs.append(out)
         jobs.extend((sharded.decode, job) for job in chunk_jobs)

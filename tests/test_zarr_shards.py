@@ -48,6 +48,43 @@ def test_partial_shards_missing_chunks_and_missing_shards_take_the_fill_value(
         reader.rows(3)
 
 
+def test_local_shards_are_read_from_their_files_and_other_stores_through_zarr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local folder's shard objects are read from the files (the store's ``get`` is not
+    called), a store of another kind goes through ``get``; the values are zarr's either way."""
+    from zarr.storage import LocalStore, MemoryStore
+
+    data = np.random.default_rng(1).normal(size=(21, 3, 8, 8)).astype("float32")
+    local = _array(zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3), "x")
+    memory = _array(zarr.open_group(MemoryStore(), mode="w", zarr_format=3), "x")
+    for array in (local, memory):
+        array[:19] = data[:19]
+    gets: list[str] = []
+    for cls in (LocalStore, MemoryStore):
+        original = cls.get
+
+        async def counted(self, key, *args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            gets.append(f"{type(self).__name__}:{key}")
+            return await _original(self, key, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "get", counted)
+    readers = [ShardedArray.for_array(a) for a in (local, memory)]
+    assert all(r is not None for r in readers)
+    requests = [(r, shard) for r in readers for shard in range(3)]  # type: ignore[misc]
+    got = read_shards(requests)
+    assert gets == [f"MemoryStore:x/c/{shard}/0/0/0" for shard in range(3)]
+    for (reader, shard), part in zip(requests, got, strict=True):
+        start, stop = reader.rows(shard)
+        np.testing.assert_array_equal(part, reader.array[start:stop])  # zarr's own read
+    np.testing.assert_array_equal(got[0], data[:8])
+    # a local shard file cut short fails by name, as one fetched through zarr does
+    path = tmp_path / "s.zarr" / "x" / "c" / "1" / "0" / "0" / "0"
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(ShardCorruptError, match=r"x: shard c/1/0/0/0 is 10 bytes"):
+        read_shards([(readers[0], 1)])  # type: ignore[list-item]
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -830,8 +830,9 @@ class ShardBatchSampler(Sampler[list[int]]):
         generator: Torch RNG of the shuffles; ``None`` seeds one from torch's global RNG at
             each epoch, as ``RandomSampler`` does.
         samples_per_shard: Samples per shard; default: :attr:`LASDataset.samples_per_shard`.
-        prefetch: While a batch is returned, have the dataset read the next batch's shards in
-            the background (:meth:`LASDataset.prefetch`; needs ``shard_cache``). For a
+        prefetch: While a batch is returned, have the dataset read the next two batches'
+            shards in the background (:meth:`LASDataset.prefetch`; needs ``shard_cache``, and
+            reads as far ahead as it allows: with ``shard_cache=1``, one shard). For a
             ``DataLoader`` with ``num_workers=0``, where reading and the rest of a training
             step would otherwise take turns; with workers, the ``DataLoader`` overlaps them
             itself and the hint does nothing.
@@ -879,8 +880,10 @@ class ShardBatchSampler(Sampler[list[int]]):
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         for k, batch in enumerate(batches):
-            if self.dataset is not None and k + 1 < len(batches):
-                self.dataset.prefetch(batches[k + 1])
+            if self.dataset is not None:
+                # two ahead: the decode of one shard can take longer than a batch's own work
+                for ahead in batches[k + 1 : k + 3]:
+                    self.dataset.prefetch(ahead)
             yield batch
 
     def __len__(self) -> int:

@@ -345,7 +345,7 @@ def test_dataloader_whole_batches_match_the_per_item_reader(las_tiny: Path, work
 def test_prefetching_sampler_gives_the_same_batches_reading_each_shard_once(
     las_tiny: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    """``ShardBatchSampler(prefetch=True)``: the next batch's shards are read in the
+    """``ShardBatchSampler(prefetch=True)``: the next two batches' shards are read in the
     background; the batches equal the oracle's, every shard is still read once per array,
     nothing stays pending, and with workers the main process (whose dataset never read)
     reads nothing ahead."""
