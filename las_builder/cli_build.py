@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -71,7 +72,7 @@ def build(
         reopen_failed_shards,
         run_build,
     )
-    from las_builder.build.store import done_shards
+    from las_builder.build.store import build_lock, done_shards
     from las_builder.recipe import RecipeError, load_recipe
 
     try:
@@ -90,19 +91,26 @@ def build(
     cfg = dataclasses.replace(config_from_recipe(spec), read_threads=read_threads)
     started = time.monotonic()
     done = {"samples": 0, "skipped": 0, "failed": 0}
-    with Progress(
-        TextColumn("[bold]build[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "{task.fields[rate]:.2f} samples/s  "
-            "skipped {task.fields[skipped]}  failed {task.fields[failed]}"
-        ),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-    ) as bar:
+    with (
+        contextlib.ExitStack() as stack,
+        Progress(
+            TextColumn("[bold]build[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "{task.fields[rate]:.2f} samples/s  "
+                "skipped {task.fields[skipped]}  failed {task.fields[failed]}"
+            ),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet,
+        ) as bar,
+    ):
         task = bar.add_task(spec.name, total=len(shards), rate=0.0, skipped=0, failed=0)
+        try:  # before anything in the output is changed (--retry-failed deletes parts)
+            stack.enter_context(build_lock(output))
+        except ValueError as err:
+            raise _fail(str(err)) from None
         if retry_failed:  # first, so the bar counts their samples as still to do
             reopen_failed_shards(output, done_shards(output))
         already = build_status(output, shards)

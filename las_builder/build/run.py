@@ -34,6 +34,7 @@ from las_builder.build.search import ParsedItems, SearchError, StacSearcher
 from las_builder.build.store import (
     ArraySpec,
     array_specs,
+    build_lock,
     create_store,
     direct_arrays,
     done_shards,
@@ -490,11 +491,43 @@ def run_build(
     Raises:
         BuildIncomplete: Some shards could not be built; the others are built and indexed,
             and running the build again builds the missing ones.
+        BuildLocked: Another build of ``output`` is running (local outputs:
+            :func:`~las_builder.build.store.build_lock`).
     """
     install_log_redaction()
     tune_malloc()  # before the build's threads exist
     cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex)
     n, by_shard = _plan_by_shard(output)
+    with build_lock(output):
+        return _build_planned(
+            cfg,
+            output,
+            n,
+            by_shard,
+            samples_per_shard,
+            workers,
+            scheduler,
+            on_shard,
+            attrs,
+            client,
+            retry_failed,
+        )
+
+
+def _build_planned(
+    cfg: BuildConfig,
+    output: str,
+    n: int,
+    by_shard: dict[int, pa.Table],
+    samples_per_shard: int,
+    workers: int | None,
+    scheduler: str | None,
+    on_shard: Callable[[int, list[dict[str, Any]]], None] | None,
+    attrs: dict[str, Any] | None,
+    client: Any | None,
+    retry_failed: bool,
+) -> dict[str, Any]:
+    """:func:`run_build` once the plan is read and the output locked."""
     create_store(
         f"{output}/las.zarr",
         n,

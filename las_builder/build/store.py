@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import json
+import logging
 import os
 import re
+import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: builds there go without a lock
+    fcntl = None  # type: ignore[assignment]
 
 import fsspec
 import numpy as np
@@ -24,6 +33,8 @@ from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_taxonomy
 from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
 from las_builder.zarr_shards import ShardedArray, write_encoded_shards, write_shards
+
+log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 # Band-name coordinate arrays (named after the band dimension of each imagery array).
@@ -430,3 +441,93 @@ def done_shards(output: str) -> set[int]:
         if match:
             done.add(int(match.group(1)))
     return done
+
+
+class BuildLocked(ValueError):  # noqa: N818 - the CLI reports ValueErrors as one-line errors
+    """Another ``las build`` is building the same output."""
+
+
+LOCK_NAME = ".las-build.lock"
+"""The file a running build holds in a local output folder (removed when the build ends)."""
+
+
+@contextmanager
+def build_lock(output: str) -> Iterator[None]:
+    """Hold the output's build lock while the body runs; fail at once if another build does.
+
+    Two builds of one output would build the same shards twice and race on the index. The lock
+    is an advisory ``flock`` on ``OUTPUT/.las-build.lock``, which the kernel drops when its
+    process dies, so a build killed with ``kill -9`` leaves nothing to clean up: the next build
+    takes the file over. The file names its holder (pid, host, start) for the error and is
+    removed when the build ends. Object storage has no such lock: there, run one build of an
+    output at a time (logged). The thread that holds the lock may take it again (nested).
+
+    Raises:
+        BuildLocked: Another process holds the lock (the error names it and what to do).
+    """
+    fs, root = fsspec.core.url_to_fs(output)
+    if not _is_local(fs) or fcntl is None:
+        log.info("no build lock on %s: run one build of it at a time", output)
+        yield
+        return
+    path = os.path.join(os.path.abspath(root), LOCK_NAME)
+    key = (path, threading.get_ident())
+    with _held_lock:
+        nested = key in _held
+        _held[key] = _held.get(key, 0) + 1
+    if nested:
+        try:
+            yield
+        finally:
+            _release_nested(key)
+        return
+    try:
+        fd = _locked_fd(output, path)
+    except BaseException:
+        _release_nested(key)
+        raise
+    try:
+        since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(
+            fd, f"las build pid {os.getpid()} on {socket.gethostname()} since {since}".encode()
+        )
+        yield
+    finally:
+        _release_nested(key)
+        os.unlink(path)  # still holding it, so no other build is between its open and lock
+        os.close(fd)
+
+
+_held: dict[tuple[str, int], int] = {}  # (lock file, thread) -> depth
+_held_lock = threading.Lock()
+
+
+def _release_nested(key: tuple[str, int]) -> None:
+    with _held_lock:
+        _held[key] -= 1
+        if not _held[key]:
+            del _held[key]
+
+
+def _locked_fd(output: str, path: str) -> int:
+    """An open descriptor of ``path`` that holds its ``flock`` (raises BuildLocked)."""
+    assert fcntl is not None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise BuildLocked(
+                f"{output} is being built by {holder}: wait for that build to finish or stop "
+                "it, then run `las build` again (it goes on where that one stopped)"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder removed the file while we opened it: lock the new one

@@ -456,3 +456,67 @@ def test_index_parts_that_disagree_on_a_type_fail_with_what_to_do(
     frame.to_parquet(part, index=False)
     with pytest.raises(ValueError, match=r"disagree on a column's type.*delete their index-parts"):
         run.write_index(str(out))
+
+
+def test_a_second_build_of_one_output_fails_naming_the_first(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    """While a build holds the output's lock (another thread, then another process), `las
+    build` fails at once naming it and changes nothing; a build killed with kill -9 leaves a
+    lock file whose lock the kernel dropped, and the next build goes on and removes it."""
+    import signal
+    import threading
+
+    from las_builder.build.store import LOCK_NAME, BuildLocked, build_lock
+
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    (out / "index-parts" / "shard-000002.parquet").unlink()  # one shard left to build
+    before = sorted(p.name for p in (out / "index-parts").iterdir())
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with build_lock(str(out)):
+            taken.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(30)
+        assert f"las build pid {os.getpid()} on " in (out / LOCK_NAME).read_text()
+        for flags in ((), ("--retry-failed",)):
+            result = CliRunner().invoke(app, ["build", *_args(served_world, out), *flags])
+            assert result.exit_code == 2
+            assert f"is being built by las build pid {os.getpid()}" in result.output
+            assert "wait for that build to finish or stop it" in result.output
+        with pytest.raises(BuildLocked), build_lock(str(out)):
+            pass
+    finally:
+        release.set()
+        holder.join()
+    assert not (out / LOCK_NAME).exists()
+    assert sorted(p.name for p in (out / "index-parts").iterdir()) == before
+    script = (
+        "import sys, time\n"
+        "from las_builder.build.store import build_lock\n"
+        "with build_lock(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "locked"
+        with pytest.raises(BuildLocked, match=f"pid {other.pid} on "), build_lock(str(out)):
+            pass
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+    assert (out / LOCK_NAME).exists()  # left by the killed process, its lock dropped
+    result = CliRunner().invoke(app, ["build", *_args(served_world, out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert not (out / LOCK_NAME).exists()
+    assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
+    assert (out / "index-parts" / "shard-000002.parquet").exists()
