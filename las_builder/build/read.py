@@ -581,23 +581,15 @@ def _grid_key(ds: DatasetReader) -> tuple[Any, ...]:
 
 
 def _read_calls(
-    layers: list[tuple[DatasetReader, list[int]]],
-    window: Window,
-    out_shape: tuple[int, int] | None = None,
-    resampling: Resampling = Resampling.nearest,
+    layers: list[tuple[DatasetReader, list[int]]], window: Window
 ) -> list[Callable[[], np.ndarray]]:
     """One call per (dataset, bands) reading the same window (transient errors retried)."""
-    calls = []
-    for ds, bands in layers:
-        kwargs: dict[str, Any] = {"window": window}
-        if out_shape is not None:
-            kwargs.update(out_shape=(len(bands), *out_shape), resampling=resampling)
-        calls.append(
-            lambda ds=ds, bands=bands, kw=kwargs: _retrying(
-                lambda: ds.read(bands, **kw), "read of", ds.name
-            )
+    return [
+        lambda ds=ds, bands=bands: _retrying(
+            lambda: ds.read(bands, window=window), "read of", ds.name
         )
-    return calls
+        for ds, bands in layers
+    ]
 
 
 def _stacked(layers: list[tuple[DatasetReader, list[int]]], results: list[Any]) -> np.ndarray:
@@ -628,7 +620,6 @@ class _StackRead:
         resampling: Resampling,
         fill: float,
         dtype: str,
-        use_overviews: bool,
     ) -> None:
         self.layers = layers
         self.geobox = geobox
@@ -669,23 +660,9 @@ class _StackRead:
             ) from None
         if window is None:
             return
-        src_transform = ref.window_transform(window)
-        shape = (int(window.height), int(window.width))
-        decimated = False
-        if use_overviews:
-            target = abs(geobox.resolution.x)
-            source = 0.0 if ref.crs.is_geographic else abs(ref.transform.a)
-            factor = int(target / source) if source else 1
-            if factor >= 2:
-                decimated = True
-                shape = (max(1, shape[0] // factor), max(1, shape[1] // factor))
-                src_transform = src_transform * src_transform.scale(
-                    window.width / shape[1], window.height / shape[0]
-                )
-        self._src_transform = src_transform
-        # Decimated reads average (GDAL then serves them from the overviews).
-        self.calls = _read_calls(layers, window, shape if decimated else None, Resampling.average)
-        self.source_bytes = _window_bytes(layers, *shape)
+        self._src_transform = ref.window_transform(window)
+        self.calls = _read_calls(layers, window)
+        self.source_bytes = _window_bytes(layers, int(window.height), int(window.width))
 
     @property
     def memory_bytes(self) -> int:
@@ -775,13 +752,10 @@ def read_onto(
     resampling: Resampling = Resampling.nearest,
     nodata: float | None = None,
     dtype: str | None = None,
-    use_overviews: bool = False,
 ) -> np.ndarray:
     """Read the part of ``ds`` under ``geobox`` and reproject it onto ``geobox``.
 
-    Only the source window that covers the GeoBox is read. With ``use_overviews`` (continuous
-    data only), a source much finer than the GeoBox is read decimated, so GDAL serves it from
-    the COG's overviews instead of full-resolution tiles.
+    Only the source window that covers the GeoBox is read.
 
     Args:
         ds: An open dataset.
@@ -790,16 +764,13 @@ def read_onto(
         resampling: Resampling for the reprojection.
         nodata: Value for pixels without data (default: the dataset's nodata, else 0).
         dtype: Output dtype (default: the dataset's).
-        use_overviews: Allow a decimated read when the source is at least twice as fine.
 
     Returns:
         Array (bands, rows, cols) on ``geobox``.
     """
     bands = bands or list(range(1, ds.count + 1))
     dtype = dtype or ds.dtypes[bands[0] - 1]
-    stack = _StackRead(
-        [(ds, bands)], geobox, resampling, _fill_of(ds, nodata), dtype, use_overviews
-    )
+    stack = _StackRead([(ds, bands)], geobox, resampling, _fill_of(ds, nodata), dtype)
     return _read_stacks([stack])[0]
 
 
@@ -837,7 +808,6 @@ def read_stack_onto(
             resampling,
             _fill_of(datasets[members[0]], nodata),
             dtype,
-            False,
         )
         for members in groups.values()
     ]

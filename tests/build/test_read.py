@@ -342,10 +342,10 @@ def test_other_resamplings_onto_a_finer_lattice_still_warp(tmp_path: Path) -> No
     path = _tif(tmp_path / "b.tif", data, Affine(20, 0, 300_000, 0, -20, 4_200_000), 0)
     geobox = GeoBox((16, 16), Affine(10, 0, 300_040, 0, -10, 4_199_960), CRS)
     with rasterio.open(path) as ds:
-        stack = read_mod._StackRead([(ds, [1])], geobox, Resampling.bilinear, 0, "uint16", False)
+        stack = read_mod._StackRead([(ds, [1])], geobox, Resampling.bilinear, 0, "uint16")
         assert stack._copy_to is None and stack._src_transform is not None
         same = GeoBox((8, 8), Affine(20, 0, 300_040, 0, -20, 4_199_960), CRS)
-        copy = read_mod._StackRead([(ds, [1])], same, Resampling.bilinear, 0, "uint16", False)
+        copy = read_mod._StackRead([(ds, [1])], same, Resampling.bilinear, 0, "uint16")
         assert copy._copy_to is not None and copy._take is None  # k = 1: a copy, any resampling
 
 
@@ -434,22 +434,18 @@ def test_a_reads_memory_counts_window_result_and_warp(tmp_path: Path) -> None:
 
     image = _aerial(tmp_path / "naip.tif")
     with rasterio.open(image) as ds:
-        aerial = _StackRead(
-            [(ds, [1, 2, 3, 4])], _fine_geobox(), Resampling.average, 0, "uint8", False
-        )
+        aerial = _StackRead([(ds, [1, 2, 3, 4])], _fine_geobox(), Resampling.average, 0, "uint8")
         both = aerial.source_bytes + aerial.out.nbytes
         assert aerial.source_bytes > 4 * 2**20 and aerial.out.nbytes == 4 * 256 * 256
         warp = min(both, WARP_MEM_LIMIT_MB * 2**20)
         assert aerial.memory_bytes == aerial.source_bytes + both + warp
         # The same image copied onto its own grid: no warp.
         own = GeoBox((1000, 1000), ds.transform, CRS)
-        copied = _StackRead([(ds, [1, 2, 3, 4])], own, Resampling.nearest, 0, "uint8", False)
+        copied = _StackRead([(ds, [1, 2, 3, 4])], own, Resampling.nearest, 0, "uint8")
         assert copied.memory_bytes == 3 * 4 * 1000 * 1000
         # Outside the image: nothing read, nothing held.
         away = GeoBox((8, 8), Affine(10, 0, 900_000, 0, -10, 4_000_000), CRS)
-        assert (
-            _StackRead([(ds, [1])], away, Resampling.nearest, 0, "uint8", False).memory_bytes == 0
-        )
+        assert _StackRead([(ds, [1])], away, Resampling.nearest, 0, "uint8").memory_bytes == 0
 
 
 def test_the_byte_budget_holds_at_most_its_limit() -> None:
