@@ -36,6 +36,7 @@ import numpy as np
 __all__ = [
     "ShardCorruptError",
     "ShardedArray",
+    "read_rows",
     "read_shards",
     "read_shards_later",
     "write_encoded_shards",
@@ -106,6 +107,8 @@ class ShardedArray:
         config = getattr(array.async_array, "config", None)
         self.write_empty_chunks = bool(getattr(config, "write_empty_chunks", False))
         self._zstd = numcodecs.Zstd(level=int(zstd.level), checksum=bool(zstd.checksum))
+        # shard -> its chunk table (None: no object), kept for row reads (16 bytes per chunk)
+        self._tables: dict[int, np.ndarray | None] = {}
 
     @classmethod
     def for_array(cls, array: Any) -> ShardedArray | None:
@@ -170,15 +173,17 @@ class ShardedArray:
 
     def _chunk_table(self, blob: memoryview, shard: int) -> np.ndarray:
         """The shard's ``(offset, nbytes)`` per inner chunk, checked against its CRC32C."""
+        return self._index_table(blob[max(len(blob) - self.index_bytes, 0) :], len(blob), shard)
+
+    def _index_table(self, raw: memoryview | bytes, size: int, shard: int) -> np.ndarray:
+        """The chunk table from a shard's index bytes (``size``: the whole object's bytes)."""
         import google_crc32c
 
-        size = self.index_bytes
-        if len(blob) < size:
+        if size < self.index_bytes or len(raw) != self.index_bytes:
             raise ShardCorruptError(
-                f"{self._where(shard)} is {len(blob)} bytes, shorter than its {size}-byte "
+                f"{self._where(shard)} is {size} bytes, shorter than its {self.index_bytes}-byte "
                 "index: the store is damaged; rebuild that shard (las build)"
             )
-        raw = blob[len(blob) - size :]
         computed = np.uint32(google_crc32c.value(bytes(raw[:-4]))).tobytes()
         if bytes(raw[-4:]) != computed:
             raise ShardCorruptError(
@@ -362,6 +367,168 @@ def read_shards(requests: Sequence[tuple[ShardedArray, int]]) -> list[np.ndarray
         jobs.extend((sharded.decode, job) for job in chunk_jobs)
     _run_all(jobs)
     return [out.astype(out.dtype.newbyteorder("="), copy=False) for out in outs]
+
+
+def read_rows(requests: Sequence[tuple[ShardedArray, Sequence[int]]]) -> list[np.ndarray]:
+    """Read single rows (samples) of several arrays: each row's chunk, not its whole shard.
+
+    For random access (batches drawn at random), where :func:`read_shards` would decode a whole
+    shard per sample. A shard's index is read once and kept by its :class:`ShardedArray` (16
+    bytes per chunk); each row then costs one ranged read of its chunk (a local store's files
+    are read directly, other stores through zarr's ``get`` with a byte range) and its
+    decompression, on the codec pool.
+
+    Args:
+        requests: ``(array, rows)`` pairs; rows in any order, repeats allowed.
+
+    Returns:
+        One array per request, ``(len(rows), *array.shape[1:])``, rows in the given order.
+
+    Raises:
+        IndexError: A row outside its array.
+        ShardCorruptError: A shard's index or a chunk did not decode; names array and shard.
+
+    """
+    outs = []
+    for sharded, rows in requests:
+        for row in rows:
+            if not 0 <= row < sharded.shape[0]:
+                raise IndexError(f"row {row} is outside {sharded.path} ({sharded.shape[0]} rows)")
+        outs.append(np.empty((len(rows), *sharded.shape[1:]), dtype=sharded.dtype))
+    _fetch_tables(
+        {(a, int(r) // a.shard_shape[0]) for a, rows in requests for r in rows}
+        - {(a, shard) for a, _ in requests for shard in a._tables}
+    )
+    # chunk -> (slot of the output, row within the chunk) for each row that needs it
+    wanted: dict[tuple[ShardedArray, int, int], list[tuple[np.ndarray, int]]] = {}
+    for (sharded, rows), out in zip(requests, outs, strict=True):
+        per = sharded.chunk_shape[0]
+        for k, row in enumerate(rows):
+            shard, within = divmod(int(row), sharded.shard_shape[0])
+            table = sharded._tables[shard]
+            chunk = within // per
+            if table is None or tuple(table[chunk]) == (_EMPTY, _EMPTY):
+                out[k] = sharded.fill_value
+            else:
+                wanted.setdefault((sharded, shard, chunk), []).append((out[k], within % per))
+    keys = list(wanted)
+    blobs = _fetch_chunks(keys)
+    jobs = [(_decode_rows, (key, blob, wanted[key])) for key, blob in zip(keys, blobs, strict=True)]
+    _run_all(jobs)
+    return [out.astype(out.dtype.newbyteorder("="), copy=False) for out in outs]
+
+
+def _decode_rows(
+    key: tuple[ShardedArray, int, int], blob: memoryview, slots: list[tuple[np.ndarray, int]]
+) -> None:
+    """Decompress one chunk and copy the rows asked for into their slots."""
+    sharded, shard, chunk = key
+    per = sharded.chunk_shape[0]
+    rows_in_chunk = min(per, sharded.shape[0] - (shard * sharded.shard_shape[0] + chunk * per))
+    if rows_in_chunk == 1 and len(slots) == 1:  # las build's layout: straight into the output
+        sharded.decode(blob, slots[0][0][None], f"{sharded._where(shard)}, chunk {chunk}")
+        return
+    whole = np.empty((rows_in_chunk, *sharded.shape[1:]), dtype=sharded.dtype)
+    sharded.decode(blob, whole, f"{sharded._where(shard)}, chunk {chunk}")
+    for slot, row in slots:
+        slot[...] = whole[row]
+
+
+def _fetch_tables(needed: set[tuple[ShardedArray, int]]) -> None:
+    """Read and keep the chunk tables of ``needed`` shards (None where there is no object)."""
+    from zarr.abc.store import SuffixByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    remote = []
+    for sharded, shard in needed:
+        root = _local_root(sharded.array.store)
+        if root is None:
+            remote.append((sharded, shard))
+            continue
+        path = os.path.join(root, sharded.key(shard))
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                raw = os.pread(f.fileno(), sharded.index_bytes, max(size - sharded.index_bytes, 0))
+        except FileNotFoundError:
+            sharded._tables[shard] = None
+            continue
+        table = sharded._index_table(raw, size, shard)
+        if int(np.max(np.where(table[:, 0] == _EMPTY, 0, table[:, 0] + table[:, 1]))) > (
+            size - sharded.index_bytes
+        ):
+            raise ShardCorruptError(
+                f"{sharded._where(shard)}: a chunk points past the data: the store is damaged; "
+                "rebuild that shard (las build)"
+            )
+        sharded._tables[shard] = table
+    if not remote:
+        return
+    prototype = default_buffer_prototype()
+    suffix = SuffixByteRequest
+
+    async def fetch() -> list[Any]:
+        gets = (
+            a.array.store.get(a.key(shard), prototype, byte_range=suffix(a.index_bytes))
+            for a, shard in remote
+        )
+        return list(await asyncio.gather(*gets))
+
+    for (sharded, shard), blob in zip(remote, sync(fetch()), strict=True):
+        if blob is None:
+            sharded._tables[shard] = None
+            continue
+        raw = blob.as_numpy_array().view(np.uint8).data
+        sharded._tables[shard] = sharded._index_table(raw, len(raw), shard)
+
+
+def _fetch_chunks(keys: list[tuple[ShardedArray, int, int]]) -> list[memoryview]:
+    """The compressed bytes of each chunk (its shard's table must be known)."""
+    from zarr.abc.store import RangeByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    blobs: list[Any] = [None] * len(keys)
+    remote = []
+    by_file: dict[str, list[int]] = {}
+    for i, (sharded, shard, _) in enumerate(keys):
+        root = _local_root(sharded.array.store)
+        if root is None:
+            remote.append(i)
+        else:
+            by_file.setdefault(os.path.join(root, sharded.key(shard)), []).append(i)
+    for path, members in by_file.items():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for i in members:
+                sharded, shard, chunk = keys[i]
+                offset, nbytes = (int(v) for v in sharded._tables[shard][chunk])  # type: ignore[index]
+                blobs[i] = memoryview(os.pread(fd, nbytes, offset))
+        finally:
+            os.close(fd)
+    if remote:
+        prototype = default_buffer_prototype()
+
+        def request(i: int) -> Any:
+            sharded, shard, chunk = keys[i]
+            offset, nbytes = (int(v) for v in sharded._tables[shard][chunk])  # type: ignore[index]
+            return sharded.array.store.get(
+                sharded.key(shard), prototype, byte_range=RangeByteRequest(offset, offset + nbytes)
+            )
+
+        async def fetch() -> list[Any]:
+            return list(await asyncio.gather(*(request(i) for i in remote)))
+
+        for i, blob in zip(remote, sync(fetch()), strict=True):
+            sharded, shard, _ = keys[i]
+            if blob is None:
+                raise ShardCorruptError(
+                    f"{sharded._where(shard)} disappeared while it was read: the store changed "
+                    "under the reader; open the dataset again"
+                )
+            blobs[i] = blob.as_numpy_array().view(np.uint8).data
+    return blobs
 
 
 def read_shards_later(requests: Sequence[tuple[ShardedArray, int]]) -> Future[list[np.ndarray]]:

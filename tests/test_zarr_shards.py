@@ -9,7 +9,13 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from las_builder.zarr_shards import ShardCorruptError, ShardedArray, read_shards, write_shards
+from las_builder.zarr_shards import (
+    ShardCorruptError,
+    ShardedArray,
+    read_rows,
+    read_shards,
+    write_shards,
+)
 
 
 def _array(root: zarr.Group, name: str, rows: int = 21, **kwargs: object) -> zarr.Array:
@@ -83,6 +89,47 @@ def test_local_shards_are_read_from_their_files_and_other_stores_through_zarr(
     path.write_bytes(path.read_bytes()[:10])
     with pytest.raises(ShardCorruptError, match=r"x: shard c/1/0/0/0 is 10 bytes"):
         read_shards([(readers[0], 1)])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_single_rows_equal_zarrs_read_wherever_they_lie(tmp_path: Path, where: str) -> None:
+    """``read_rows``: any rows in any order (repeats too), from full and partial shards, from
+    chunks never written and shards that do not exist (fill value), equal zarr's read; a row
+    outside the array and a damaged index fail by name."""
+    from zarr.storage import MemoryStore
+
+    store = str(tmp_path / "s.zarr") if where == "local" else MemoryStore()
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    array = _array(root, "group/x")
+    data = np.random.default_rng(2).normal(size=array.shape).astype("float32")
+    array[:5] = data[:5]  # shard 0: chunks 5-7 never written
+    array[17:19] = data[17:19]  # shard 2 cut by the array's end; shard 1 never written
+    labels = _array(
+        root, "y", shape=(21, 8, 8), chunks=(1, 8, 8), shards=(8, 8, 8), dtype="uint8", fill_value=0
+    )
+    codes = np.random.default_rng(3).integers(1, 9, size=labels.shape).astype("uint8")
+    labels[:] = codes
+    rows = [18, 3, 3, 9, 0, 20, 6, 17, 4]
+    readers = [ShardedArray.for_array(a) for a in (array, labels)]
+    assert all(r is not None for r in readers)
+    got = read_rows([(r, rows) for r in readers])  # type: ignore[misc]
+    for arr, part in zip((array, labels), got, strict=True):
+        assert part.shape == (len(rows), *arr.shape[1:])
+        np.testing.assert_array_equal(part, np.stack([arr[r] for r in rows]))
+    assert np.isnan(got[0][3]).all() and np.isnan(got[0][6]).all()  # shard 1 / unwritten chunk
+    np.testing.assert_array_equal(got[1], codes[rows])
+    np.testing.assert_array_equal(read_rows([(readers[0], [4, 4])])[0], data[[4, 4]])  # type: ignore[list-item]
+    with pytest.raises(IndexError, match="row 21 is outside group/x"):
+        read_rows([(readers[0], [21])])  # type: ignore[list-item]
+    if where == "local":  # an index that fails its checksum, read afresh by a new reader
+        path = tmp_path / "s.zarr" / "y" / "c" / "2" / "0" / "0"
+        blob = bytearray(path.read_bytes())
+        blob[-6] ^= 0xFF
+        path.write_bytes(bytes(blob))
+        fresh = ShardedArray.for_array(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["y"])
+        assert fresh is not None
+        with pytest.raises(ShardCorruptError, match=r"y: shard c/2/0/0 fails its index checksum"):
+            read_rows([(fresh, [16])])
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from las_builder.model.bands import POL_NONE, POLARISATIONS, sar_pseudo_wavelength_um
-from las_builder.zarr_shards import ShardedArray, read_shards, read_shards_later
+from las_builder.zarr_shards import ShardedArray, read_rows, read_shards, read_shards_later
 
 __all__ = [
     "IGNORE_INDEX",
@@ -703,8 +703,9 @@ class LASDataset(Dataset):
 
         Where an array's chunk holds a whole sample (as ``las build`` writes them), any window
         decodes the whole chunk anyway: with :attr:`shard_cache` whole shards are read (or
-        taken from the cache), otherwise contiguous runs of rows are read by one call each;
-        both are cropped here. Otherwise each window is read on its own, so only its chunks
+        taken from the cache), otherwise each sample's chunk alone (:func:`read_rows`, after
+        its shard's index; zarr reads contiguous runs of rows where the layout is another);
+        all are cropped here. Otherwise each window is read on its own, so only its chunks
         decode.
 
         Returns:
@@ -715,8 +716,9 @@ class LASDataset(Dataset):
         from zarr.core.sync import sync
 
         arrays = self._arrays()
-        readers = self._shard_readers() if self.shard_cache else {}
+        readers = self._shard_readers()
         reads: list[Any] = []  # coroutines, gathered below
+        row_reads: dict[str, ShardedArray] = {}  # arrays read sample by sample: read_rows()
         slab_reads: dict[tuple[str, int], int] = {}  # (array, shard) -> read number
         fast_reads: dict[tuple[str, int], tuple[ShardedArray, int]] = {}  # by ShardedArray
         taken: list[tuple[str, int]] = []  # slabs a prefetch() is reading
@@ -746,6 +748,10 @@ class LASDataset(Dataset):
                         stop = min(start + per, arr.shape[0])
                         reads.append(arr.async_array.getitem(slice(start, stop)))
                     plan.append((key, (zi - key[1] * per, *crop)))
+            elif tuple(arr.chunks[-2:]) == tuple(arr.shape[-2:]) and readers.get(name):
+                # each sample's own chunk, read and decoded straight (read_rows)
+                row_reads[name] = readers[name]  # type: ignore[assignment]
+                plan = [(name, (k, *crop)) for k, crop in enumerate(crops)]
             elif tuple(arr.chunks[-2:]) == tuple(arr.shape[-2:]):
                 start_of: dict[int, tuple[int, int]] = {}
                 for a, b in _runs(zarr_indices):
@@ -773,6 +779,13 @@ class LASDataset(Dataset):
 
             with zarr.config.set(self.zarr_config):  # read by zarr during the call
                 done = [np.asarray(v) for v in sync(gather())]  # zarr's own loop
+        rows_read = dict(
+            zip(
+                row_reads,
+                read_rows([(reader, list(zarr_indices)) for reader in row_reads.values()]),
+                strict=True,
+            )
+        )
         for key, number in slab_reads.items():
             self._slabs[key] = done[number]
         if fast_reads:
@@ -784,7 +797,14 @@ class LASDataset(Dataset):
         out: dict[str, np.ndarray] = {}
         for name, plan in plans.items():
             parts = [
-                (self._slabs[ref] if isinstance(ref, tuple) else done[ref], crop)
+                (
+                    rows_read[ref]
+                    if isinstance(ref, str)
+                    else self._slabs[ref]
+                    if isinstance(ref, tuple)
+                    else done[ref],
+                    crop,
+                )
                 for ref, crop in plan
             ]
             first = parts[0][0][parts[0][1]]
