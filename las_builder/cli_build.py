@@ -29,7 +29,13 @@ def build(
         typer.Option("--set", help="Override a recipe value, e.g. --set output.path=out/x."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Start a dask.distributed LocalCluster of N workers.")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Worker processes (a dask.distributed LocalCluster of N single-thread "
+            "workers). Default: one per core where there are two or more; 0: threads in "
+            "this process.",
+        ),
     ] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Join an existing dask.distributed scheduler (tcp://...).")
@@ -141,7 +147,7 @@ def build(
                 cfg,
                 output,
                 spec.output.samples_per_shard,
-                workers=workers,
+                workers="auto" if workers is None else workers,
                 scheduler=scheduler,
                 on_shard=on_shard,
                 attrs={"recipe": spec.name},
@@ -164,3 +170,13 @@ def build(
     )
     for reason, n in summary["reasons"].items():
         console.print(f"  {n} x {reason}")
+    memory = summary["memory"]
+    workers_peak = memory["worker_peak_rss_mib"]
+    console.print(
+        f"peak memory: {memory['driver_peak_rss_mib']:.0f} MiB in this process"
+        + (
+            f", {max(workers_peak):.0f} MiB in the largest of {len(workers_peak)} workers"
+            if workers_peak
+            else ""
+        )
+    )

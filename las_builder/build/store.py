@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import json
@@ -486,6 +487,7 @@ def build_lock(output: str) -> Iterator[None]:
     except BaseException:
         _release_nested(key)
         raise
+    _held_fds.add(fd)
     try:
         since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
@@ -496,11 +498,33 @@ def build_lock(output: str) -> Iterator[None]:
     finally:
         _release_nested(key)
         os.unlink(path)  # still holding it, so no other build is between its open and lock
+        _held_fds.discard(fd)
         os.close(fd)
 
 
 _held: dict[tuple[str, int], int] = {}  # (lock file, thread) -> depth
 _held_lock = threading.Lock()
+_held_fds: set[int] = set()
+
+
+def _forget_locks_after_fork() -> None:
+    """In a forked worker: close the inherited lock descriptors, forget the held locks.
+
+    The lock belongs to the build's own process. A worker that kept the descriptor would hold
+    the lock on after a ``kill -9`` of that process, and the next build would find it taken
+    until the orphan ends (its shards are complete or absent whichever way it ends).
+    """
+    global _held_lock
+    for fd in _held_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_fds.clear()
+    _held.clear()
+    _held_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
 
 
 def _release_nested(key: tuple[str, int]) -> None:

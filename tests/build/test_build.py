@@ -12,6 +12,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import zarr
@@ -209,12 +210,41 @@ def test_unknown_code_fails_the_sample_and_names_it(served_world: dict, tmp_path
     assert failed["reason"].str.contains(r"\b5\b").all()
 
 
-def test_two_worker_cluster_matches_threaded(
-    built: Path, served_world: dict, tmp_path: Path
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_threads_and_worker_processes_match_the_default_build(
+    built: Path, served_world: dict, tmp_path: Path, workers: str
 ) -> None:
+    # The default is a process per core (forked workers) where there are two or more cores.
     out = tmp_path / "las"
-    _plan_and_build(served_world, out, build_flags=("--workers", "2"))
+    _plan_and_build(served_world, out, build_flags=("--workers", workers))
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "index.parquet"), pd.read_parquet(built / "index.parquet")
+    )
+
+
+def test_build_reports_the_peak_memory_of_each_process(served_world: dict, tmp_path: Path) -> None:
+    out, events = tmp_path / "las", tmp_path / "events.jsonl"
+    runner = CliRunner()
+    assert runner.invoke(app, ["plan", *_args(served_world, out), "--quiet"]).exit_code == 0
+    result = runner.invoke(
+        app,
+        ["--log-json", str(events), "build", *_args(served_world, out), "--workers", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "in the largest of 2 workers" in result.output
+    done = [
+        e
+        for e in map(json.loads, events.read_text().splitlines())
+        if e.get("event") == "build_done"
+    ]
+    memory = done[-1]["memory"]
+    assert memory["processes"] == 3
+    assert len(memory["worker_peak_rss_mib"]) == 2
+    assert all(mib > 50 for mib in memory["worker_peak_rss_mib"])  # a worker holds the build
+    assert memory["total_peak_rss_mib"] == pytest.approx(
+        memory["driver_peak_rss_mib"] + sum(memory["worker_peak_rss_mib"]), abs=0.2
+    )
 
 
 def test_resume_rebuilds_only_missing_shards(

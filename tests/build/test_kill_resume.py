@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import zarr
 from typer.testing import CliRunner
@@ -95,8 +96,13 @@ def test_sigkill_then_resume_is_byte_identical(
             assert time.monotonic() < deadline, "no shard finished within 120 s"
             time.sleep(0.01)
         time.sleep(delay)
+        workers = psutil.Process(proc.pid).children(recursive=True)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
+        # Its worker processes (the default on 2+ cores) end with it, not as orphans that
+        # would go on writing shards under the next build.
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"worker processes outlived the killed build: {alive}"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -105,7 +111,10 @@ def test_sigkill_then_resume_is_byte_identical(
             proc.stderr.close()
 
     done = _parts(out)
-    print(f"seed {SEED}: killed {delay:.3f} s after the first shard; done {sorted(done)}")
+    print(
+        f"seed {SEED}: killed {delay:.3f} s after the first shard ({len(workers)} worker "
+        f"processes); done {sorted(done)}"
+    )
     assert 1 <= len(done) < SHARDS, f"the kill came too late (seed {SEED}): {sorted(done)}"
     assert not (out / "index.parquet").exists()
 

@@ -1,0 +1,120 @@
+"""The build's process choices: workers per core, bounded submission, memory, forked locks."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dask.distributed import Client, LocalCluster
+
+from las_builder.build import run, store
+from las_builder.build.run import _memory_summary, _process_key, _run_submitted, auto_workers
+
+
+@pytest.mark.parametrize(
+    ("cores", "shards", "expected"),
+    [(1, 50, None), (2, 50, 2), (8, 50, 8), (8, 3, 3), (8, 1, None), (4, 0, None)],
+)
+def test_auto_workers_is_one_per_core_and_threads_below_two(
+    monkeypatch: pytest.MonkeyPatch, cores: int, shards: int, expected: int | None
+) -> None:
+    monkeypatch.setattr(run, "usable_cores", lambda: cores)
+    assert auto_workers(shards) == expected
+
+
+def test_usable_cores_follows_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this system")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert run.usable_cores() == 3
+
+
+def _slow_square(x: int) -> dict[str, Any]:
+    time.sleep(0.02)
+    return {"shard": x, "square": x * x}
+
+
+@pytest.mark.parametrize(("threads", "at_least", "window"), [(1, 3, 3), (2, 0, 4)])
+def test_run_submitted_keeps_a_bounded_window_and_runs_every_task(
+    threads: int, at_least: int, window: int
+) -> None:
+    in_flight, most, results = 0, 0, []
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+
+        def submit(shard: int) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            return client.submit(_slow_square, shard, key=f"square-{shard}")
+
+        def finished(result: dict[str, Any]) -> None:
+            nonlocal in_flight
+            in_flight -= 1
+            results.append(result)
+
+        _run_submitted(client, list(range(17)), submit, finished, at_least)
+        assert most == window  # the window was filled, never exceeded
+        assert in_flight == 0
+        assert sorted(r["shard"] for r in results) == list(range(17))
+        assert all(r["square"] == r["shard"] ** 2 for r in results)
+        # Released as they finished: the scheduler holds none of them now.
+        deadline = time.monotonic() + 10
+        while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+            assert time.monotonic() < deadline, "finished tasks were kept by the scheduler"
+            time.sleep(0.05)
+
+
+def test_memory_summary_adds_the_driver_and_each_worker() -> None:
+    here = _process_key()
+    summary = _memory_summary({"node-a:11": 300.0, "node-b:12": 250.5, here: 1.0})
+    assert summary["processes"] == 3
+    assert summary["worker_peak_rss_mib"] == [300.0, 250.5]
+    driver = summary["driver_peak_rss_mib"]
+    assert driver > 1.0  # this process's VmHWM, not the 1 MiB a task reported
+    assert summary["total_peak_rss_mib"] == pytest.approx(driver + 550.5, abs=0.1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_a_forked_child_drops_the_build_lock(tmp_path: Path) -> None:
+    with store.build_lock(str(tmp_path)):
+        (fd,) = store._held_fds
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the descriptor is closed, no lock is held
+            try:
+                closed = False
+                try:
+                    os.fstat(fd)
+                except OSError:
+                    closed = True
+                ok = closed and not store._held and not store._held_fds
+                ok = ok and store._held_lock.acquire(timeout=1)
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        os.fstat(fd)  # the parent still holds its own
+    assert not store._held_fds
+
+
+def test_the_fork_reset_makes_a_fresh_lock_for_held_state() -> None:
+    # A thread held the registry's lock at the fork: the child's copy would never be released.
+    holder = threading.Lock()
+    saved = store._held_lock
+    store._held_lock = holder
+    holder.acquire()
+    try:
+        store._forget_locks_after_fork()
+        assert store._held_lock is not holder
+        assert store._held_lock.acquire(blocking=False)
+    finally:
+        holder.release()
+        store._held_lock = saved
