@@ -588,6 +588,7 @@ def _build_planned(
         from dask.distributed import Client
 
         with contextlib.ExitStack() as stack:
+            stack.enter_context(dask.config.set(CLUSTER_CONFIG))
             queued = _QUEUED_PER_THREAD_MIN
             if client is None:
                 if scheduler:
@@ -698,6 +699,19 @@ def auto_workers(shards: int) -> int | None:
     return n if n >= 2 else None
 
 
+CLUSTER_CONFIG: dict[str, Any] = {
+    # Every connection (client -> scheduler, scheduler -> each worker) keeps its last this-many
+    # messages for debugging, and a shard task's message carries its plan rows (~35 KB): by
+    # default 1,000 of them per worker in the scheduler, growing with the build until then.
+    "distributed.admin.low-level-log-length": 16,
+    # The statistical profiler samples every worker thread's stack each 10 ms, holding the
+    # GIL that the build's threads want, and keeps an hour of it (~10 MiB more per worker after
+    # 1,000 samples). Nobody reads it in a build.
+    "distributed.worker.profile.enabled": False,
+}
+"""Dask settings of a distributed build, in this process (client, and a LocalCluster's
+scheduler and workers); a cluster started elsewhere keeps its own (docs/cluster.md)."""
+
 WORKER_START_METHOD_ENV = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 """Set it (``spawn``, ``forkserver``, ``fork``) to choose how local workers start."""
 
@@ -742,8 +756,13 @@ def _memory_summary(peaks: dict[str, float]) -> dict[str, Any]:
     }
 
 
-INDEX_ROW_GROUP_ROWS = 1024
-"""Rows per row group of ``index.parquet`` (at least; whole shard parts are not split)."""
+INDEX_ROW_GROUP_ROWS = 256
+"""Rows per row group of ``index.parquet`` (at least; whole shard parts are not split).
+
+Parquet's encoder holds ~4x a row group's data while it writes it: 1,024 rows (~1.5 KB each)
+took the index step 39 MiB above the build, 256 rows 27 MiB, as for a 100-sample build's
+single group. The full LAS's index then has ~600 row groups and a ~4 MB footer (7 KB each),
+small beside its ~200 MB of rows."""
 
 
 def write_index(output: str) -> dict[str, Any]:

@@ -118,3 +118,28 @@ def test_the_fork_reset_makes_a_fresh_lock_for_held_state() -> None:
     finally:
         holder.release()
         store._held_lock = saved
+
+
+def _worker_settings(dask_worker: Any) -> tuple[Any, Any, Any]:
+    import dask
+
+    return (
+        dask.config.get("distributed.worker.profile.enabled"),
+        dask.config.get("distributed.admin.low-level-log-length"),
+        dask_worker.batched_stream.recent_message_log.maxlen,
+    )
+
+
+def test_a_local_build_cluster_keeps_no_profile_and_short_message_logs() -> None:
+    """The settings reach the forked workers and bound the scheduler's per-worker logs."""
+    import dask
+
+    with (
+        dask.config.set(run.CLUSTER_CONFIG),
+        run._local_cluster(1) as cluster,
+        Client(cluster) as client,
+    ):
+        settings = client.run(_worker_settings)
+        assert list(settings.values()) == [(False, 16, 16)]
+        streams = list(cluster.scheduler.stream_comms.values())
+        assert streams and all(s.recent_message_log.maxlen == 16 for s in streams)
