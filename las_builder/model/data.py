@@ -7,10 +7,10 @@ fsspec URLs (``s3://bucket/las``, ``file:///...``) are read the same way. A ``Da
 batch is read by :meth:`LASDataset.__getitems__` in one round trip to zarr's event loop;
 :class:`ShardBatchSampler` draws batches shard by shard for the fewest zarr calls.
 
-The fastest way through a store (about 5x the samples/s of random batches in
-``benchmarks/loader_bench.py``) reads whole shards, keeps a few decoded (``shard_cache``) and
-lets the dataset build each batch itself (``ds[positions]`` is :meth:`LASDataset.batch`, the
-collated batch, one normalisation per array)::
+The fastest way through a store (about 1.6x the samples/s of random batches in
+``benchmarks/loader_bench.py``, round 11) reads whole shards, keeps a few decoded
+(``shard_cache``) and lets the dataset build each batch itself (``ds[positions]`` is
+:meth:`LASDataset.batch`, the collated batch without a per-sample collate)::
 
     ds = LASDataset("out/demo/las", modalities=["sentinel-2"], shard_cache=2)
     loader = DataLoader(ds, sampler=ShardBatchSampler(ds, batch_size=8, prefetch=True),
@@ -540,7 +540,7 @@ class LASDataset(Dataset):
         from few shards (see :class:`ShardBatchSampler`) costs few zarr calls. Items are the
         same as :meth:`__getitem__`'s, in order; random crops are drawn from torch's RNG in the
         same order as one ``__getitem__`` call per position would draw them. The items'
-        tensors are views of the batch's tensors (normalised in one operation per array).
+        tensors are views of the batch's tensors.
 
         Args:
             indices: Dataset positions (repeats allowed).
@@ -619,7 +619,7 @@ class LASDataset(Dataset):
         dict[str, np.ndarray],
         dict[str, torch.Tensor],
     ]:
-        """Read and normalise a batch: one numpy operation per array for all its samples.
+        """Read and normalise a batch, each sample from its decoded chunk straight into the batch.
 
         Args:
             indices: Dataset positions.
