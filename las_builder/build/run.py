@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -716,6 +717,39 @@ WORKER_START_METHOD_ENV = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 """Set it (``spawn``, ``forkserver``, ``fork``) to choose how local workers start."""
 
 
+PARENT_POLL_S = 0.5
+"""How often a forked worker checks that the build that started it is still there."""
+
+_parent_watch_installed = False
+
+
+def _exit_with_parent() -> None:
+    """In a process just forked from the build: exit as soon as the build is gone.
+
+    Dask ends a worker whose parent dies by waiting for its end of a pipe to close, but a
+    forked worker also inherits the pipes of the workers forked beside it. When two workers'
+    pipes are made before either is forked, each holds the other's open, neither hears the
+    build die, and both live on as orphans after a ``kill -9`` (seen in the kill-and-resume
+    test). The parent's pid does not lie: an orphan is re-parented.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="las-parent-watch", daemon=True).start()
+
+
+def _forked_children_exit_with_this_process() -> None:
+    """Make every process forked from now on exit when this one is gone (once per process)."""
+    global _parent_watch_installed
+    if not _parent_watch_installed:
+        os.register_at_fork(after_in_child=_exit_with_parent)
+        _parent_watch_installed = True
+
+
 def _local_cluster(workers: int) -> Any:
     """A LocalCluster of ``workers`` single-thread processes, forked on Linux.
 
@@ -726,6 +760,7 @@ def _local_cluster(workers: int) -> Any:
     fsspec reset their event loops at fork, the build lock's descriptor is closed:
     :func:`~las_builder.build.store.build_lock`). Other systems keep dask's default (spawn;
     fork is unsafe on macOS), as does a start method set in :data:`WORKER_START_METHOD_ENV`.
+    Forked workers exit when this process is gone, even if killed (:func:`_exit_with_parent`).
     """
     from dask.distributed import LocalCluster
 
@@ -733,6 +768,8 @@ def _local_cluster(workers: int) -> Any:
     if sys.platform == "linux" and WORKER_START_METHOD_ENV not in os.environ:
         settings["distributed.worker.multiprocessing-method"] = "fork"
     with dask.config.set(settings):
+        if dask.config.get("distributed.worker.multiprocessing-method") == "fork":
+            _forked_children_exit_with_this_process()
         return LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
         )

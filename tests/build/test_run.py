@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from dask.distributed import Client, LocalCluster
 
@@ -143,3 +147,45 @@ def test_a_local_build_cluster_keeps_no_profile_and_short_message_logs() -> None
         assert list(settings.values()) == [(False, 16, 16)]
         streams = list(cluster.scheduler.stream_comms.values())
         assert streams and all(s.recent_message_log.maxlen == 16 for s in streams)
+
+
+_FORKING_PARENT = """
+import os, sys, time
+from las_builder.build import run
+if sys.argv[1] == "watch":
+    run._forked_children_exit_with_this_process()
+pid = os.fork()
+if pid == 0:
+    time.sleep(120)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _orphan_lives(watch: bool) -> bool:
+    """Fork a child from a process, SIGKILL that process: does the child outlive it by 5 s?"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FORKING_PARENT, "watch" if watch else "plain"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    child = psutil.Process(int(proc.stdout.readline()))
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs([child], timeout=5)
+        return bool(alive)
+    finally:
+        if child.is_running():
+            child.kill()
+        proc.stdout.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_forked_workers_exit_when_the_build_is_killed() -> None:
+    # Without the watch a forked child outlives a killed parent (the test is not vacuous);
+    # with it, the child exits within a few of its polls.
+    assert _orphan_lives(watch=False)
+    assert not _orphan_lives(watch=True)
