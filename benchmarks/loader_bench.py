@@ -438,13 +438,17 @@ def _time_las_loader(loader: Any, batch_size: int, workers: int) -> dict[str, An
     }
 
 
-def shard_batches(dataset: Any, samples: int, batch_size: int, seed: int) -> list[list[int]]:
-    """``ShardBatchSampler`` batches covering ``samples`` (epochs repeated, each reshuffled)."""
+def shard_batches(
+    dataset: Any, samples: int, batch_size: int, seed: int, workers: int = 0
+) -> list[list[int]]:
+    """``ShardBatchSampler`` batches covering ``samples`` (epochs repeated, each reshuffled),
+    dealt among ``workers`` DataLoader workers."""
     import torch
 
     from las_builder.model.data import ShardBatchSampler
 
-    sampler = ShardBatchSampler(dataset, batch_size, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    sampler = ShardBatchSampler(dataset, batch_size, generator=g, num_workers=workers)
     batches: list[list[int]] = []
     while len(batches) * batch_size < samples:
         batches += list(sampler)  # each pass is a new shuffled epoch
@@ -500,12 +504,15 @@ def run_las_shards(
 
     from las_builder.model.data import ShardBatchSampler
 
-    batches: Any = shard_batches(dataset, samples, batch_size, seed)
+    batches: Any = shard_batches(dataset, samples, batch_size, seed, workers)
     if prefetch:
 
         def epochs(ahead: bool) -> _Epochs:
             g = torch.Generator().manual_seed(seed)
-            return _Epochs(ShardBatchSampler(dataset, batch_size, generator=g, prefetch=ahead), n)
+            sampler = ShardBatchSampler(
+                dataset, batch_size, generator=g, prefetch=ahead, num_workers=workers
+            )
+            return _Epochs(sampler, n)
 
         n = len(batches)
         assert list(epochs(False)) == batches  # the same batches as the other configurations

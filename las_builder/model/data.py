@@ -588,12 +588,13 @@ class LASDataset(Dataset):
         """
         if len(indices) == 0:
             raise ValueError("a batch needs at least one position")
-        # in a DataLoader worker, write the batch straight into shared memory (as
-        # default_collate does), so that handing it to the main process copies nothing
-        shared = get_worker_info() is not None
-        rows, windows, images, available, labels = self._load(indices, shared)
+        # in a DataLoader worker, write the whole batch straight into one block of shared
+        # memory, so that handing it to the main process copies nothing and passes one file
+        # descriptor (default_collate shares each tensor alone: one socket round trip each)
+        arena = _SharedArena() if get_worker_info() is not None else None
+        rows, windows, images, available, labels = self._load(indices, arena)
         n = len(rows)
-        return {
+        batch = {
             "sample_id": [row["sample_id"] for row in rows],
             "zarr_index": torch.tensor([row["zarr_index"] for row in rows]),
             "window": torch.tensor(windows),
@@ -609,9 +610,10 @@ class LASDataset(Dataset):
             "available": {m: torch.from_numpy(available[m]) for m in self.modalities},
             "labels": labels,
         }
+        return batch if arena is None else arena.batch(batch)
 
     def _load(
-        self, indices: Sequence[int], shared: bool = False
+        self, indices: Sequence[int], arena: _SharedArena | None = None
     ) -> tuple[
         list[dict[str, Any]],
         list[tuple[int, int, int, int]],
@@ -623,7 +625,7 @@ class LASDataset(Dataset):
 
         Args:
             indices: Dataset positions.
-            shared: Allocate the images and labels in shared memory.
+            arena: Allocate the images and labels in this block of shared memory.
 
         Returns:
             ``(rows, windows, images, available, labels)``: the samples' index rows and
@@ -636,12 +638,17 @@ class LASDataset(Dataset):
         parts = self._read([row["zarr_index"] for row in rows], windows)
         _, _, h, w = windows[0]
         n = len(rows)
+        if arena is not None:
+            arena.reserve(
+                [((n, *parts[m][0].shape), torch.float32) for m in self.modalities]
+                + [((n, *parts[p.array][0].shape), torch.int64) for p in self.products]
+            )
         images: dict[str, torch.Tensor] = {}
         available: dict[str, np.ndarray] = {}
         for m in self.modalities:
             views = parts[m]  # each sample's stored values (C, H, W): read-only views
             shape = (n, *views[0].shape)
-            x = _empty(shape, torch.float32, shared)
+            x = _empty(shape, torch.float32, arena)
             out = x.numpy()
             if m == "sentinel-1":  # more than half the pixels finite
                 available[m] = np.array(
@@ -670,7 +677,7 @@ class LASDataset(Dataset):
         labels: dict[str, torch.Tensor] = {}
         for spec in self.products:
             views = parts[spec.array]
-            labels[spec.key] = _empty((n, *views[0].shape), torch.int64, shared)
+            labels[spec.key] = _empty((n, *views[0].shape), torch.int64, arena)
             out = labels[spec.key].numpy()
             lut = self._luts[spec.key]
             for k, v in enumerate(views):
@@ -866,6 +873,13 @@ class ShardBatchSampler(Sampler[list[int]]):
             ``DataLoader`` with ``num_workers=0``, where reading and the rest of a training
             step would otherwise take turns; with workers, the ``DataLoader`` overlaps them
             itself and the hint does nothing.
+        num_workers: The ``num_workers`` of the ``DataLoader`` that draws the batches. A
+            ``DataLoader`` hands batch ``k`` of an epoch to worker ``k % num_workers``, and
+            each worker keeps its own ``shard_cache``; so with workers the sampler deals the
+            epoch's shards among them and interleaves their batches, and a shard is read and
+            decoded by one worker only (without this, two workers decode every shard that
+            their neighbouring batches share). Only the last batches, cut from what is left
+            of each worker's shards, may share a shard between workers. ``0``: one sequence.
 
     """
 
@@ -878,15 +892,19 @@ class ShardBatchSampler(Sampler[list[int]]):
         generator: torch.Generator | None = None,
         samples_per_shard: int | None = None,
         prefetch: bool = False,
+        num_workers: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         per_shard = samples_per_shard or dataset.samples_per_shard
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = generator
         self.dataset = dataset if prefetch else None
+        self.num_workers = num_workers
         by_shard: dict[int, list[int]] = {}
         for position, row in enumerate(dataset.rows):
             by_shard.setdefault(row["zarr_index"] // per_shard, []).append(position)
@@ -894,19 +912,19 @@ class ShardBatchSampler(Sampler[list[int]]):
         self.n = len(dataset.rows)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = [p for shard in self.shards for p in shard]
+        shards = self.shards
         if self.shuffle:
             g = self.generator
             if g is None:
                 g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
-            order = []
+            shards = []
             for k in torch.randperm(len(self.shards), generator=g).tolist():
                 shard = self.shards[k]
-                order += [shard[j] for j in torch.randperm(len(shard), generator=g).tolist()]
-        batches = [
-            order[start : start + self.batch_size]
-            for start in range(0, len(order), self.batch_size)
-        ]
+                shards.append([shard[j] for j in torch.randperm(len(shard), generator=g).tolist()])
+        if self.num_workers > 1:
+            batches = self._dealt(shards, self.num_workers)
+        else:
+            batches = self._cut([p for shard in shards for p in shard])
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         for k, batch in enumerate(batches):
@@ -916,24 +934,159 @@ class ShardBatchSampler(Sampler[list[int]]):
                     self.dataset.prefetch(ahead)
             yield batch
 
+    def _cut(self, order: list[int]) -> list[list[int]]:
+        """``order`` cut into batches of ``batch_size`` (the last one shorter)."""
+        size = self.batch_size
+        return [order[start : start + size] for start in range(0, len(order), size)]
+
+    def _dealt(self, shards: list[list[int]], workers: int) -> list[list[int]]:
+        """The shards dealt among ``workers``, their full batches interleaved.
+
+        Batch ``k`` so holds shards of worker ``k % workers`` only. The rest of every
+        worker's positions (a short batch, and the batches past the shortest worker's)
+        follows, cut as one sequence, so that only the last batch is short.
+        """
+        dealt: list[list[int]] = [[] for _ in range(workers)]
+        for shard in shards:  # each to the worker with the fewest samples so far
+            min(dealt, key=len).extend(shard)
+        size = self.batch_size
+        full = min(len(positions) // size for positions in dealt)
+        batches = [positions[k * size : (k + 1) * size] for k in range(full) for positions in dealt]
+        return batches + self._cut([p for positions in dealt for p in positions[full * size :]])
+
     def __len__(self) -> int:
         if self.drop_last:
             return self.n // self.batch_size
         return -(-self.n // self.batch_size)
 
 
-def _empty(shape: Sequence[int], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor, in shared memory if ``shared``.
-
-    Shared memory is allocated as torch's own ``default_collate`` allocates a worker's batch:
-    a worker's batch in ordinary memory is copied into shared memory when it is sent to the
-    main process.
-    """
-    if not shared:
+def _empty(
+    shape: Sequence[int], dtype: torch.dtype, arena: _SharedArena | None = None
+) -> torch.Tensor:
+    """An uninitialised tensor, from ``arena`` if one is given."""
+    if arena is None:
         return torch.empty(tuple(shape), dtype=dtype)
-    empty = torch.empty(0, dtype=dtype)
-    storage = empty._typed_storage()._new_shared(math.prod(shape), device=empty.device)
-    return empty.new(storage).resize_(*shape)
+    return arena.empty(shape, dtype)
+
+
+_ALIGN = 64  # bytes: every tensor of an arena starts on a cache line
+
+
+def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+    return -(-math.prod(shape) * dtype.itemsize // _ALIGN) * _ALIGN
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a tensor lies in an arena's block: byte offset, dtype, shape."""
+
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class _SharedArena:
+    """The tensors of one batch carved out of one block of shared memory, in a worker.
+
+    A ``DataLoader`` worker sends every tensor of a batch through shared memory: each tensor
+    that is not there yet is copied into a new segment, and each segment's file descriptor
+    travels alone (torch's default ``file_descriptor`` strategy: one socket round trip between
+    the main process and the worker per tensor, ten per LAS batch). An arena allocates the
+    batch's large tensors in one segment (:meth:`reserve` sizes it, the small ones are copied
+    in by :meth:`batch`) and the batch it returns pickles as that one segment plus where each
+    tensor lies in it; the main process unpickles an ordinary ``dict`` of views into it.
+    """
+
+    def __init__(self) -> None:
+        self.flat: torch.Tensor | None = None
+        self.used = 0
+
+    def reserve(self, tensors: Sequence[tuple[Sequence[int], torch.dtype]]) -> None:
+        """Allocate the block: room for ``tensors`` (shape, dtype) and 4 KiB of small ones."""
+        size = sum(_nbytes(shape, dtype) for shape, dtype in tensors) + 4096
+        empty = torch.empty(0, dtype=torch.uint8)
+        storage = empty._typed_storage()._new_shared(size, device=empty.device)
+        self.flat = empty.new(storage)
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor in the block; in a new segment of its own if it is full."""
+        size = _nbytes(shape, dtype)
+        if self.flat is None or self.used + size > self.flat.numel():
+            empty = torch.empty(0, dtype=dtype)
+            storage = empty._typed_storage()._new_shared(math.prod(shape), device=empty.device)
+            return empty.new(storage).resize_(*shape)
+        start, self.used = self.used, self.used + size
+        count = math.prod(shape)
+        return self.flat[start : start + count * dtype.itemsize].view(dtype).view(*shape)
+
+    def batch(self, batch: dict[str, Any]) -> _ArenaBatch:
+        """``batch`` as an :class:`_ArenaBatch`, its tensors outside the block copied in."""
+
+        def placed(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: placed(v) for k, v in value.items()}
+            if isinstance(value, torch.Tensor) and not self.holds(value):
+                return self.empty(value.shape, value.dtype).copy_(value)
+            return value
+
+        return _ArenaBatch({k: placed(v) for k, v in batch.items()}, self)
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is a contiguous view into the block."""
+        return (
+            self.flat is not None
+            and tensor.device.type == "cpu"
+            and tensor.is_contiguous()
+            and tensor.untyped_storage().data_ptr() == self.flat.untyped_storage().data_ptr()
+        )
+
+    def slot(self, tensor: torch.Tensor) -> _Slot:
+        """Where ``tensor`` (one of :meth:`holds`) lies in the block."""
+        offset = tensor.storage_offset() * tensor.element_size()
+        return _Slot(offset, tensor.dtype, tuple(tensor.shape))
+
+
+class _ArenaBatch(dict):
+    """A batch whose tensors lie in one :class:`_SharedArena` block.
+
+    Pickles (as a worker sends it) as the block and each tensor's :class:`_Slot`; a tensor put
+    in afterwards, outside the block, is pickled as itself. ``copy.copy`` (``default_convert``
+    copies a batch) keeps the arena.
+    """
+
+    def __init__(self, values: dict[str, Any], arena: _SharedArena) -> None:
+        super().__init__(values)
+        self.arena = arena
+
+    def __copy__(self) -> _ArenaBatch:
+        return _ArenaBatch(self, self.arena)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        arena = self.arena
+
+        def layout(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: layout(v) for k, v in value.items()}
+            if isinstance(value, torch.Tensor) and arena.holds(value):
+                return arena.slot(value)
+            return value
+
+        return (_unpack_arena_batch, (arena.flat, layout(dict(self))))
+
+
+def _unpack_arena_batch(flat: torch.Tensor, layout: dict[str, Any]) -> dict[str, Any]:
+    """The batch :meth:`_ArenaBatch.__reduce__` packed: a plain dict of views into ``flat``."""
+
+    def unpacked(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: unpacked(v) for k, v in value.items()}
+        if isinstance(value, _Slot):
+            count = math.prod(value.shape)
+            part = flat[value.offset : value.offset + count * value.dtype.itemsize]
+            return part.view(value.dtype).view(*value.shape)
+        return value
+
+    return unpacked(layout)
 
 
 def _runs(values: Iterable[int]) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ sample) as the oracle.
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -197,6 +198,77 @@ def test_shard_batch_sampler_keeps_batches_within_few_shards(las_tiny: Path) -> 
         ShardBatchSampler(ds, batch_size=0)
 
 
+class _ShardedRows:
+    """What ShardBatchSampler reads of a dataset: rows with a ``zarr_index``, shards of 8 of
+    which some lost samples (skipped or in another split)."""
+
+    samples_per_shard = 8
+
+    def __init__(self, shards: int) -> None:
+        self.rows = [{"zarr_index": s * 8 + j} for s in range(shards) for j in range(8 - s % 3)]
+
+
+@pytest.mark.parametrize("batch_size", [3, 8, 12])
+def test_shard_batch_sampler_deals_shards_among_dataloader_workers(batch_size: int) -> None:
+    """With ``num_workers=2`` batch ``k`` goes to worker ``k % 2`` (as a DataLoader hands them
+    out) and a shard's samples reach one worker only, except in the last batches, cut from the
+    ends of the workers' shares; every sample is still drawn once, all batches but the last are
+    full. In one sequence, batches that straddle shards split them between the workers."""
+    ds: Any = _ShardedRows(30)
+    per = ds.samples_per_shard
+
+    def split_shards(batches: list[list[int]]) -> set[int]:
+        workers: dict[int, set[int]] = {}
+        for k, batch in enumerate(batches):
+            for p in batch:
+                workers.setdefault(ds.rows[p]["zarr_index"] // per, set()).add(k % 2)
+        return {shard for shard, seen in workers.items() if len(seen) > 1}
+
+    g = torch.Generator().manual_seed(3)
+    sampler = ShardBatchSampler(ds, batch_size=batch_size, generator=g, num_workers=2)
+    # what is left of each worker's share after its last full batch (the share sizes differ by
+    # at most a shard) is cut last: these batches alone may hold a shard of both workers
+    tail = -(-(2 * batch_size + per - 2) // batch_size)
+    split = {"dealt": 0, "one sequence": 0}
+    for _ in range(4):  # four epochs, each reshuffled
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert Counter(p for b in batches for p in b) == Counter(range(len(ds.rows)))
+        assert all(len(b) == batch_size for b in batches[:-1])
+        in_tail = {ds.rows[p]["zarr_index"] // per for b in batches[-tail:] for p in b}
+        assert split_shards(batches) <= in_tail
+        split["dealt"] += len(split_shards(batches))
+        plain = ShardBatchSampler(ds, batch_size=batch_size, generator=g)
+        split["one sequence"] += len(split_shards(list(plain)))
+    assert split["dealt"] <= 4 * tail and split["one sequence"] > 4 * 10, split
+    again = ShardBatchSampler(
+        ds, batch_size=batch_size, generator=torch.Generator().manual_seed(3), num_workers=2
+    )
+    assert list(again) == list(
+        ShardBatchSampler(
+            ds, batch_size=batch_size, generator=torch.Generator().manual_seed(3), num_workers=2
+        )
+    )  # seeded: deterministic
+    with pytest.raises(ValueError, match="num_workers"):
+        ShardBatchSampler(ds, batch_size=2, num_workers=-1)
+
+
+def test_dataloader_workers_get_dealt_shard_batches(las_tiny: Path) -> None:
+    """A 2-worker DataLoader over dealt batches returns every sample once, as the batches
+    the sampler made, in their order."""
+    ds = LASDataset(las_tiny, modalities=["sentinel-2"], products=[], shard_cache=2)
+    sampler = ShardBatchSampler(
+        ds, batch_size=3, generator=torch.Generator().manual_seed(0), num_workers=2
+    )
+    batches = list(sampler)
+    sampler.generator = torch.Generator().manual_seed(0)
+    loader = DataLoader(
+        ds, sampler=sampler, batch_size=None, num_workers=2, multiprocessing_context="fork"
+    )
+    got = [list(b["sample_id"]) for b in loader]
+    assert got == [[ds.rows[p]["sample_id"] for p in b] for b in batches]
+
+
 # --- whole batches (``batch`` / ``ds[list]``), the shard cache and the vectorised normalisation
 
 
@@ -337,8 +409,62 @@ def test_dataloader_whole_batches_match_the_per_item_reader(las_tiny: Path, work
     n = 0
     for batch, positions in zip(loader, batches, strict=True):
         assert_same(batch, default_collate([reference_item(ds, i) for i in positions]))
+        assert type(batch) is dict
+        if workers:  # every tensor a view into one block of shared memory, sent as one
+            storages = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
+            assert len(storages) == 1 and batch["images"]["sentinel-2"].is_shared()
         n += len(batch["sample_id"])
     assert n == len(ds)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return [value] if isinstance(value, torch.Tensor) else []
+
+
+def test_arena_batch_pickles_as_one_block_and_unpickles_as_a_plain_dict() -> None:
+    """What a worker sends: the block once and each tensor's place; a tensor put in the batch
+    afterwards (outside the block) and one too large for the block travel as themselves."""
+    import copy
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    from las_builder.model.data import _SharedArena
+
+    arena = _SharedArena()
+    arena.reserve([((2, 3, 4, 4), torch.float32), ((2, 4, 4), torch.int64)])
+    images = arena.empty((2, 3, 4, 4), torch.float32).copy_(torch.rand(2, 3, 4, 4))
+    labels = arena.empty((2, 4, 4), torch.int64).copy_(torch.arange(32).view(2, 4, 4))
+    large = arena.empty((4096,), torch.float64).fill_(2.5)  # beyond the block: its own segment
+    assert arena.holds(images) and arena.holds(labels) and not arena.holds(large)
+    assert large.is_shared()
+    batch = arena.batch(
+        {
+            "sample_id": ["a", "b"],
+            "images": {"s2": images},
+            "labels": {"wc": labels},
+            "zarr_index": torch.tensor([7, 9]),
+            "large": large,
+        }
+    )
+    assert arena.holds(batch["zarr_index"])  # small tensors copied into the block
+    clone = copy.copy(batch)  # as default_convert copies a batch
+    clone["extra"] = torch.ones(3)
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(clone)
+    got = pickle.loads(buffer.getvalue())
+    assert type(got) is dict and type(got["images"]) is dict
+    assert got["sample_id"] == ["a", "b"]
+    for key in ("zarr_index", "large", "extra"):
+        assert torch.equal(got[key], clone[key]) and got[key].dtype == clone[key].dtype
+    assert torch.equal(got["images"]["s2"], images) and torch.equal(got["labels"]["wc"], labels)
+    block = got["images"]["s2"].untyped_storage().data_ptr()
+    assert got["labels"]["wc"].untyped_storage().data_ptr() == block
+    assert got["zarr_index"].untyped_storage().data_ptr() == block
+    assert got["large"].untyped_storage().data_ptr() != block
 
 
 @pytest.mark.parametrize("workers", [0, 2])
