@@ -412,9 +412,94 @@ def test_dataloader_whole_batches_match_the_per_item_reader(las_tiny: Path, work
         assert type(batch) is dict
         if workers:  # every tensor a view into one block of shared memory, sent as one
             storages = {t.untyped_storage().data_ptr() for t in _tensors(batch)}
-            assert len(storages) == 1 and batch["images"]["sentinel-2"].is_shared()
+            assert len(storages) == 1
         n += len(batch["sample_id"])
     assert n == len(ds)
+
+
+def test_worker_blocks_are_reused_only_once_the_main_process_let_them_go(
+    las_tiny: Path,
+) -> None:
+    """Two epochs of 1-sample batches from 2 persistent workers: batches the main process
+    dropped have their blocks filled again (far fewer blocks than batches), while every
+    batch it still holds keeps its values (compared with the oracle after both epochs)."""
+    import multiprocessing
+
+    from las_builder.model import data as data_module
+
+    ds = LASDataset(las_tiny, modalities=MODS, products=["esa-worldcover"], crop_px=16)
+    batches = [[i] for i in range(len(ds))]
+    made = multiprocessing.get_context("fork").Value("i", 0)
+    new_shared = data_module._new_shared
+
+    def counted(count: int, dtype: torch.dtype) -> torch.Tensor:
+        with made.get_lock():
+            made.value += 1
+        return new_shared(count, dtype)
+
+    def count_blocks(_: int) -> None:  # in each worker, after the fork
+        data_module._new_shared = counted
+
+    loader = DataLoader(
+        ds,
+        sampler=batches,
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context="fork",
+        persistent_workers=True,
+        worker_init_fn=count_blocks,
+    )
+    for _ in range(2):  # dropped at once: the blocks go round
+        for batch, positions in zip(loader, batches, strict=True):
+            assert_same(batch, default_collate([reference_item(ds, i) for i in positions]))
+    reused = made.value
+    assert reused <= 2 * (data_module._POOLED_BLOCKS + 1) < 2 * len(batches)
+    held = list(loader)  # all kept: no block may be filled again while its batch is alive
+    for batch, positions in zip(held, batches, strict=True):
+        assert_same(batch, default_collate([reference_item(ds, i) for i in positions]))
+    assert made.value > reused
+
+
+def test_block_pool_reuses_a_block_after_its_last_view_is_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block stays taken while any view of the batch unpacked from it lives (a slice
+    included), and is handed out again as soon as none does: by reference counting alone,
+    with the garbage collector off (a reference cycle would hold the block until a
+    collection)."""
+    import gc
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    from las_builder.model import data as data_module
+
+    monkeypatch.setattr(data_module, "_pools", {})
+
+    def sent(value: float) -> tuple[dict[str, Any], int]:
+        arena = data_module._SharedArena()
+        arena.reserve([((4, 8), torch.float32)])
+        batch = arena.batch({"x": arena.empty((4, 8), torch.float32).fill_(value)})
+        buffer = io.BytesIO()
+        ForkingPickler(buffer).dump(batch)
+        assert arena.flat is not None
+        return pickle.loads(buffer.getvalue()), arena.flat.data_ptr()
+
+    gc.collect()
+    gc.disable()
+    try:
+        first, block = sent(1.0)
+        part = first["x"][2:]  # a view made from the batch keeps the block
+        del first
+        second, other = sent(2.0)
+        assert other != block and torch.equal(part, torch.ones(2, 8))
+        del part
+        third, again = sent(3.0)
+    finally:
+        gc.enable()
+    assert again == block and torch.equal(third["x"], torch.full((4, 8), 3.0))
+    assert torch.equal(second["x"], torch.full((4, 8), 2.0))
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
