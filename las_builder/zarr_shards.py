@@ -2,18 +2,20 @@
 
 A LAS store holds one layout only (``docs/shard-format.md``): every array is sharded along
 its first axis, one inner chunk per sample, inner codecs ``bytes`` (little-endian) then
-``zstd``, the shard index (``(offset, nbytes)`` per chunk, little-endian uint64) followed by
-its CRC32C at the end of the object. zarr-python reads and writes that through its generic
-machinery (per inner chunk a coroutine, a thread hand-off and buffer copies), which costs
-about as much again as the zstd work itself. Both the build, which writes each shard once,
-and the training loader, which reads whole shards, go through this module instead:
+``blosc`` (LZ4, bit-shuffled; the default) or ``zstd``, the shard index (``(offset, nbytes)``
+per chunk, little-endian uint64) followed by its CRC32C at the end of the object.
+zarr-python reads and writes that through its generic machinery (per inner chunk a coroutine,
+a thread hand-off and buffer copies), which costs about as much again as the decompression
+itself. Both the build, which writes each shard once, and the training loader, which reads
+whole shards, go through this module instead:
 
 * :func:`read_shards` fetches shard objects (a local folder's files read directly, any other
   store, e.g. fsspec's S3, through the array's own zarr store), checks each index and
-  decompresses the chunks on a small thread pool (zstd releases the GIL) straight into one
-  output array;
-* :func:`write_shards` compresses the chunks the same way (numcodecs' zstd, the library
-  zarr's ``ZstdCodec`` calls, at the array's level) and stores each object with one request.
+  decompresses the chunks on a small thread pool (Blosc and zstd release the GIL) straight
+  into one output array;
+* :func:`write_shards` compresses the chunks the same way (numcodecs' Blosc or zstd, the
+  library zarr's codecs call, with the array's settings) and stores each object with one
+  request.
   Its bytes are those zarr writes, chunk for chunk: a chunk equal to the fill value
   everywhere is not stored, and a shard of nothing but fill is no object (tested against
   zarr's own writes).
@@ -119,6 +121,29 @@ class ShardCorruptError(ValueError):
     """A shard object whose index or chunks do not decode; names the array and the object."""
 
 
+def _numcodec(codec: Any, itemsize: int) -> Any:
+    """The numcodecs codec that zarr's ``codec`` (Blosc or zstd) calls, with its settings.
+
+    Blosc runs without its own threads: the callers' thread pools spread the chunks over the
+    cores, and Blosc's global pool would not survive the build's forked workers.
+    """
+    import numcodecs
+    from numcodecs import blosc
+    from zarr.codecs import BloscCodec
+
+    if isinstance(codec, BloscCodec):
+        blosc.use_threads = False
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]
+        return numcodecs.Blosc(
+            cname=codec.cname.value,
+            clevel=int(codec.clevel),
+            shuffle=shuffle,
+            blocksize=int(codec.blocksize),
+            typesize=int(codec.typesize or itemsize),
+        )
+    return numcodecs.Zstd(level=int(codec.level), checksum=bool(codec.checksum))
+
+
 class ShardedArray:
     """Whole-shard access to one sharded Zarr v3 array of the layout ``las build`` writes.
 
@@ -128,10 +153,7 @@ class ShardedArray:
     """
 
     def __init__(self, array: Any) -> None:
-        import numcodecs
-
         sharding = array.metadata.codecs[0]
-        zstd = sharding.codecs[1]
         self.array = array
         self.path = str(array.path).strip("/")
         self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
@@ -143,7 +165,7 @@ class ShardedArray:
         self.index_bytes = 16 * self.chunks_per_shard + 4
         config = getattr(array.async_array, "config", None)
         self.write_empty_chunks = bool(getattr(config, "write_empty_chunks", False))
-        self._zstd = numcodecs.Zstd(level=int(zstd.level), checksum=bool(zstd.checksum))
+        self._codec = _numcodec(sharding.codecs[1], self.dtype.itemsize)
         # shard -> its chunk table (None: no object), kept for row reads (16 bytes per chunk)
         self._tables: dict[int, np.ndarray | None] = {}
 
@@ -152,11 +174,12 @@ class ShardedArray:
         """The whole-shard view of ``array``, or None when its layout is not the one here.
 
         Supported: Zarr v3, one ``sharding_indexed`` codec whose inner codecs are ``bytes``
-        (little-endian) then ``zstd``, whose index codecs are ``bytes`` then ``crc32c`` with
-        the index at the end, and whose inner chunks differ from the shard only along the
-        first axis (``las build``: one sample per chunk, ``samples_per_shard`` per shard).
+        (little-endian) then ``blosc`` or ``zstd``, whose index codecs are ``bytes`` then
+        ``crc32c`` with the index at the end, and whose inner chunks differ from the shard
+        only along the first axis (``las build``: one sample per chunk, ``samples_per_shard``
+        per shard).
         """
-        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
         metadata = getattr(array, "metadata", None)
         if getattr(metadata, "zarr_format", None) != 3 or array.shards is None:
@@ -177,7 +200,7 @@ class ShardedArray:
             len(inner) != 2
             or not isinstance(inner[0], BytesCodec)
             or endian(inner[0]) not in little
-            or not isinstance(inner[1], ZstdCodec)
+            or not isinstance(inner[1], BloscCodec | ZstdCodec)
             or len(index) != 2
             or not isinstance(index[0], BytesCodec)
             or endian(index[0]) not in little
@@ -269,9 +292,9 @@ class ShardedArray:
         """Decompress one inner chunk into ``slot`` (a full-chunk slice of the output)."""
         try:
             if len(slot) == self.chunk_shape[0] and slot.flags.c_contiguous:
-                self._zstd.decode(compressed, out=slot.reshape(-1).view(np.uint8))
+                self._codec.decode(compressed, out=slot.reshape(-1).view(np.uint8))
             else:  # the array's last chunk may be cut short by the array's end
-                whole = np.frombuffer(self._zstd.decode(compressed), dtype=self.dtype)
+                whole = np.frombuffer(self._codec.decode(compressed), dtype=self.dtype)
                 slot[...] = whole.reshape(self.chunk_shape)[: len(slot)]
         except (RuntimeError, ValueError) as err:
             raise ShardCorruptError(
@@ -299,7 +322,7 @@ class ShardedArray:
         """One inner chunk compressed, or None when it is not stored (all fill value)."""
         if not self.write_empty_chunks and self._is_fill(chunk):
             return None
-        return bytes(self._zstd.encode(np.ascontiguousarray(chunk, dtype=self.dtype)))
+        return bytes(self._codec.encode(np.ascontiguousarray(chunk, dtype=self.dtype)))
 
     def chunks_of(self, data: np.ndarray) -> list[np.ndarray]:
         """The inner chunks of one shard's rows, padded with fill past the array's end."""

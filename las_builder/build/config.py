@@ -43,6 +43,7 @@ class BuildConfig:
     backend: str = "stac"  # or "earthengine": pixels from ee.data.computePixels
     ee_auth: Any = None  # las_builder.sources.earthengine.EarthEngineAuth (picklable)
     read_threads: int = 2  # samples of a shard built at a time (their reads overlap)
+    compressor: str = "blosc-lz4"  # each sample's chunk (recipe output.compressor)
     run_id: str = ""  # set per `run_build` call: what workers may reuse within one build
 
 
@@ -67,6 +68,7 @@ def config_from_recipe(recipe: Recipe) -> BuildConfig:
         labels=tuple(LabelSpec(s.product, s.collection, s.asset, s.year) for s in recipe.labels),
         backend=recipe.backend,
         ee_auth=_ee_auth(recipe) if recipe.backend == "earthengine" else None,
+        compressor=recipe.output.compressor,
     )
 
 

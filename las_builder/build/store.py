@@ -26,7 +26,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from las_builder.build.config import BuildConfig
@@ -38,6 +38,12 @@ from las_builder.zarr_shards import ShardedArray, write_encoded_shards, write_sh
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
+# recipe output.compressor -> each sample chunk's codec; bit-shuffling (every array, whatever
+# its dtype) makes the slowly varying high bits of imagery and labels runs that LZ4 finds.
+COMPRESSORS = {
+    "blosc-lz4": BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+    "zstd": ZstdCodec(level=3),
+}
 # Band-name coordinate arrays (named after the band dimension of each imagery array).
 BAND_COORDINATES = {"s2_band": "sentinel-2", "s1_band": "sentinel-1", "naip_band": "naip"}
 _PART = re.compile(r"shard-(\d+)\.parquet")
@@ -201,6 +207,13 @@ def create_store(
                 f"{url} lacks the arrays {', '.join(missing)} of this recipe: "
                 "delete it or choose another output path"
             )
+        stored = {compressor_name(root[path]) for path in specs}  # type: ignore[arg-type]
+        if stored != {cfg.compressor}:
+            raise ValueError(
+                f"{url} is compressed with {', '.join(sorted(map(str, stored)))}, the recipe "
+                f"says output.compressor: {cfg.compressor}: delete it, choose another output "
+                "path or set the recipe's compressor to the store's"
+            )
         return
     for path, spec in specs.items():
         root.create_array(
@@ -210,7 +223,7 @@ def create_store(
             shards=(samples_per_shard, *spec.shape),
             dtype=spec.dtype,
             fill_value=spec.fill,
-            compressors=ZstdCodec(level=3),
+            compressors=COMPRESSORS[cfg.compressor],
             dimension_names=spec.dims,
             attributes=spec.attrs,
             overwrite=True,
@@ -254,6 +267,18 @@ def create_store(
 
 _opened: dict[tuple[str, str], dict[str, tuple[zarr.Array, ShardedArray | None]]] = {}
 _opened_lock = threading.Lock()
+
+
+def compressor_name(array: zarr.Array) -> str | None:
+    """The :data:`COMPRESSORS` name of ``array``'s sample chunks, None for another codec."""
+    codecs = array.metadata.codecs  # type: ignore[union-attr]
+    inner = getattr(codecs[0], "codecs", codecs) if codecs else ()
+    for codec in inner:
+        if isinstance(codec, BloscCodec) and codec.cname.value == "lz4":
+            return "blosc-lz4"
+        if isinstance(codec, ZstdCodec):
+            return "zstd"
+    return None
 
 
 def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, zarr.Array]:
