@@ -24,9 +24,10 @@ repeated ``--repeats`` times, interleaved, fastest run reported, all runs kept):
 2. **Raw Zarr decode**: the same samples (the same index sequence) and the same three arrays
    read straight with zarr into numpy (``group[name][i]``, arrays opened once), one process,
    no torch, no normalisation; also one zarr call per shard (8 samples at once).
-3. **zstd floor**: numcodecs' zstd decompression of the same samples' chunks (byte-identical
-   to the store's), no zarr at all, on 1 thread and on one thread per core: what any reader
-   of this store must spend, so the ceiling of every LAS figure on this machine.
+3. **Decode floor**: numcodecs' decompression (the store's codec: Blosc LZ4 or zstd) of the
+   same samples' chunks (byte-identical to the store's), no zarr at all, on 1 thread and on
+   one thread per core: what any reader of this store must spend, so the ceiling of every
+   LAS figure on this machine.
 4. **TorchGeo**: ``RasterDataset`` subclasses over the SAME source GeoTIFFs the store was
    built from (the offline world's COGs): Sentinel-2 (12 band files, 10/20/60 m, resampled to
    10 m), Sentinel-1 (vv, vh) and the ESA WorldCover tile (EPSG:4326, reprojected on the fly),
@@ -61,7 +62,7 @@ The store defaults to the build benchmark's (``out/bench/runs/build-demo-128px-1
 by ``make bench``); without it, the script plans and builds its own 100-sample store from the
 demo world (``out/bench/runs/loader-demo-128px-100``, a few minutes once). Results go to
 ``benchmarks/results-loader.json`` (every configuration's runs, the ratios of each to TorchGeo,
-raw Zarr and the zstd floor, and a ``summary`` of the best) and a table is printed.
+raw Zarr and the decode floor, and a ``summary`` of the best) and a table is printed.
 """
 
 from __future__ import annotations
@@ -584,43 +585,45 @@ def run_raw_zarr_shards(store: Path, arrays: Sequence[str], samples: int) -> dic
 
 
 def floor_key(threads: int) -> str:
-    """``timings`` key of the zstd floor on ``threads`` threads."""
-    return f"zstd_floor_{threads}_thread{'s' if threads > 1 else ''}"
+    """``timings`` key of the decode floor on ``threads`` threads."""
+    return f"decode_floor_{threads}_thread{'s' if threads > 1 else ''}"
 
 
-def run_zstd_floor(
+def run_decode_floor(
     store: Path, zarr_indices: Sequence[int], arrays: Sequence[str], threads: int
 ) -> dict[str, Any]:
-    """Time the bare zstd decompression of the same samples' chunks: no zarr, no numpy work.
+    """Time the bare decompression of the same samples' chunks: no zarr, no numpy work.
 
-    Each sample's chunk of each array is re-compressed (untimed) with numcodecs' ``Zstd`` at
-    the array's own settings, which reproduces the store's chunk bytes exactly (the summed
-    sizes are checked against the shard files), then decompressed in the order of
-    ``zarr_indices``, by ``threads`` threads (zstd releases the GIL). Any reader of this store
-    decodes at least this much, so this bounds every loader configuration on that many cores.
+    Each sample's chunk of each array is re-compressed (untimed) with the numcodecs codec of the
+    array's own (Blosc or zstd, :func:`las_builder.zarr_shards.chunk_codec`) settings, which
+    reproduces the store's chunk bytes exactly (the summed sizes are checked against the shard
+    files), then decompressed in the order of ``zarr_indices``, by ``threads`` threads (both
+    codecs release the GIL). Any reader of this store decodes at least this much, so this bounds
+    every loader configuration on that many cores.
     """
-    import numcodecs
     import numpy as np
     import zarr
 
+    from las_builder.zarr_shards import chunk_codec
+
     root = zarr.open_group(str(store / "las.zarr"), mode="r")
     chunks: list[list[bytes]] = []  # per array, per store row
+    codecs: list[Any] = []
     compressed = on_disk = 0
     for name in arrays:
         arr = root[name]
         (codec,) = arr.compressors
-        zstd = numcodecs.Zstd(level=codec.level, checksum=codec.checksum)
-        chunks.append([zstd.encode(np.ascontiguousarray(v)) for v in np.asarray(arr[:])])
+        codecs.append(chunk_codec(codec, np.dtype(arr.dtype).itemsize))
+        chunks.append([codecs[-1].encode(np.ascontiguousarray(v)) for v in np.asarray(arr[:])])
         compressed += sum(len(c) for c in chunks[-1])
         per_shard = int((arr.shards or arr.chunks)[0])
         index_bytes = (16 * per_shard + 4) if arr.shards else 0  # the shard index (crc32c)
         files = [f for f in (store / "las.zarr" / name / "c").rglob("*") if f.is_file()]
         on_disk += sum(f.stat().st_size - index_bytes for f in files)
-    decoders = [numcodecs.Zstd() for _ in arrays]
 
     def decode(i: int) -> None:
-        for zstd, by_index in zip(decoders, chunks, strict=True):
-            zstd.decode(by_index[i])
+        for codec, by_index in zip(codecs, chunks, strict=True):
+            codec.decode(by_index[i])
 
     def batches() -> Iterator[int]:
         if threads <= 1:
@@ -786,8 +789,8 @@ def print_table(results: dict[str, Any]) -> None:
             row(label, v | {"workers": w})
     row("raw Zarr decode, one call per sample", t["raw_zarr"])
     row("raw Zarr decode, one call per shard", t["raw_zarr_shard"])
-    for key in sorted(k for k in t if k.startswith("zstd_floor")):
-        row(f"zstd decode floor, {t[key]['threads']} thread(s), no zarr", t[key])
+    for key in sorted(k for k in t if k.startswith("decode_floor")):
+        row(f"decode floor, {t[key]['threads']} thread(s), no zarr", t[key])
     for key in sorted(k for k in t if k.startswith("torchgeo")):
         for w, v in t[key].items():
             where = tg["region"] or f"EPSG:{tg['epsg']}"
@@ -821,7 +824,7 @@ def print_table(results: dict[str, Any]) -> None:
         )
     for w, ratio in r["ceiling_vs_torchgeo"].items():
         table.add_row(
-            "ceiling: zstd floor on all cores / TorchGeo", w, "", "", f"{ratio:.1f}x", "", "", ""
+            "ceiling: decode floor on all cores / TorchGeo", w, "", "", f"{ratio:.1f}x", "", "", ""
         )
     for w, frac in r["las_vs_raw_zarr"]["las_loader_shard_cached"].items():
         table.add_row(
@@ -845,9 +848,9 @@ def print_table(results: dict[str, Any]) -> None:
             "(info)",
             "",
         )
-    for w, frac in r["las_vs_zstd_floor"]["las_loader_shard_cached"].items():
+    for w, frac in r["las_vs_decode_floor"]["las_loader_shard_cached"].items():
         table.add_row(
-            f"{cached} / zstd floor (all cores)",
+            f"{cached} / decode floor (all cores)",
             w,
             "",
             "",
@@ -867,7 +870,7 @@ def print_table(results: dict[str, Any]) -> None:
         f"(target {TARGET_VS_TORCHGEO:.0f}x: {_met(summary['met'])}); fully random batches: "
         f"{summary['random_batches']['ratio']:.1f}x; each loader at its fastest worker count: "
         f"{summary['each_at_its_best']['ratio']:.1f}x; zarr's own whole-shard read: "
-        f"{summary['zarr_shard_read_vs_torchgeo']:.1f}x; ceiling (zstd floor on all cores): "
+        f"{summary['zarr_shard_read_vs_torchgeo']:.1f}x; ceiling (decode floor on all cores): "
         f"{summary['ceiling_vs_torchgeo']:.1f}x."
     )
 
@@ -1039,11 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
 
     for repeat in range(args.repeats):
         note = f" (run {repeat + 1}/{args.repeats})" if args.repeats > 1 else ""
-        log(f"raw Zarr decode and zstd floor: {args.samples} samples, {', '.join(arrays)}{note}")
+        log(f"raw Zarr decode and decode floor: {args.samples} samples, {', '.join(arrays)}{note}")
         add("raw_zarr", "0", run_raw_zarr(store, sample_rows, arrays, args.batch_size))
         add("raw_zarr_shard", "0", run_raw_zarr_shards(store, arrays, args.samples))
         for threads in floor_threads:
-            add(floor_key(threads), "0", run_zstd_floor(store, sample_rows, arrays, threads))
+            add(floor_key(threads), "0", run_decode_floor(store, sample_rows, arrays, threads))
         for w in workers:
             for name, spec in configs.items():
                 log(f"{spec['label']}, {w} workers: {args.samples} samples{note}")
@@ -1110,8 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
             "met": by_config[c][w] >= TARGET_VS_TORCHGEO,
             "las_vs_raw_zarr": rate(c, w) / raw,
             "las_vs_raw_zarr_shard": rate(c, w) / raw_shard,
-            "zstd_floor_samples_per_s": floor_all,
-            "las_vs_zstd_floor": rate(c, w) / floor_all,
+            "decode_floor_samples_per_s": floor_all,
+            "las_vs_decode_floor": rate(c, w) / floor_all,
             "ceiling_vs_torchgeo": floor_all / tg_rate(c, w),
             "zarr_shard_read_vs_torchgeo": raw_shard / tg_rate(c, w),
             "each_at_its_best": {
@@ -1191,7 +1194,7 @@ def main(argv: list[str] | None = None) -> int:
                 c: {w: v["samples_per_s"] / raw_shard for w, v in timings[c].items()}
                 for c in configs
             },
-            "las_vs_zstd_floor": {
+            "las_vs_decode_floor": {
                 c: {w: v["samples_per_s"] / floor_all for w, v in timings[c].items()}
                 for c in configs
             },
@@ -1241,7 +1244,8 @@ NOTES = [
     "Raw Zarr: the same sample sequence and arrays read with zarr into numpy, arrays opened "
     "once, no torch and no normalisation, one process. The per-shard figure reads whole "
     "shards (8 samples) per zarr call.",
-    "zstd floor: numcodecs' zstd decompression of the same samples' chunks (re-compressed "
+    "decode floor: numcodecs' decompression (the store's codec, Blosc LZ4 or zstd) of the "
+    "same samples' chunks (re-compressed "
     "with the store's codec settings, byte-identical to the store's chunks: "
     "chunk_bytes_match_store), no zarr, no numpy work, with 1 thread and with one thread per "
     "core. Any reader of this store decodes at least this much: the all-cores figure over "
@@ -1262,7 +1266,7 @@ NOTES = [
     "ahead of training.",
     "cores_used: CPU seconds of the process and its reaped children (the DataLoader "
     "workers) over the epoch's wall time. Neither loader is confined to one core with 0 "
-    "workers: zarr decodes on its own thread pool (zstd releases the GIL), and TorchGeo's "
+    "workers: zarr decodes on its own thread pool (the codecs release the GIL), and TorchGeo's "
     "side (GDAL, torch) runs threads too.",
     "Targets are reported, never asserted. Ratios use the same worker count and batch size "
     "on both sides; ratios.las_vs_torchgeo is the best LAS configuration per worker count "

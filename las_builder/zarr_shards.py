@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "chunk_codec",
     "ShardCorruptError",
     "ShardedArray",
     "read_rows",
@@ -121,8 +122,12 @@ class ShardCorruptError(ValueError):
     """A shard object whose index or chunks do not decode; names the array and the object."""
 
 
-def _numcodec(codec: Any, itemsize: int) -> Any:
+def chunk_codec(codec: Any, itemsize: int) -> Any:
     """The numcodecs codec that zarr's ``codec`` (Blosc or zstd) calls, with its settings.
+
+    Args:
+        codec: A zarr v3 ``BloscCodec`` or ``ZstdCodec``.
+        itemsize: Bytes per value of the array (Blosc's shuffle unit when the codec has none).
 
     Blosc runs without its own threads: the callers' thread pools spread the chunks over the
     cores, and Blosc's global pool would not survive the build's forked workers.
@@ -165,7 +170,7 @@ class ShardedArray:
         self.index_bytes = 16 * self.chunks_per_shard + 4
         config = getattr(array.async_array, "config", None)
         self.write_empty_chunks = bool(getattr(config, "write_empty_chunks", False))
-        self._codec = _numcodec(sharding.codecs[1], self.dtype.itemsize)
+        self._codec = chunk_codec(sharding.codecs[1], self.dtype.itemsize)
         # shard -> its chunk table (None: no object), kept for row reads (16 bytes per chunk)
         self._tables: dict[int, np.ndarray | None] = {}
 
