@@ -47,6 +47,7 @@ import asyncio
 import math
 import operator
 import os
+import secrets
 import weakref
 import zlib
 from collections import OrderedDict
@@ -998,6 +999,9 @@ class _BlockPool:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.blocks: list[tuple[torch.Tensor, np.ndarray]] = []
+        # names this process's pooled blocks to the main process (a pid can be reused)
+        self.token = (os.getpid(), secrets.token_hex(8))
+        self.sent: set[int] = set()  # pooled blocks the main process was sent whole
 
     def take(self, size: int) -> torch.Tensor:
         """A block of at least ``size`` bytes after its header, flagged in use."""
@@ -1011,6 +1015,13 @@ class _BlockPool:
         if len(self.blocks) < self.limit:
             self.blocks.append((flat, flag))
         return flat
+
+    def number(self, flat: torch.Tensor) -> int | None:
+        """The pooled block ``flat`` is (its place in the pool), or None for a one-off block."""
+        for k, (block, _) in enumerate(self.blocks):
+            if block is flat:
+                return k
+        return None
 
 
 _pools: dict[int, _BlockPool] = {}  # by process id: a forked worker never takes its parent's
@@ -1101,7 +1112,16 @@ class _ArenaBatch(dict):
         return _ArenaBatch(self, self.arena)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_unpack_arena_batch, (self.arena.flat, _layout(dict(self), self.arena)))
+        layout = _layout(dict(self), self.arena)
+        pool, flat = _pool(), self.arena.flat
+        number = None if flat is None else pool.number(flat)
+        if number is None:  # a one-off block: sent whole, unmapped once its batch is freed
+            return (_unpack_arena_batch, (flat, layout))
+        key = (*pool.token, number)
+        if number in pool.sent:  # the main process keeps this block mapped: name it
+            return (_unpack_known_block, (key, layout))
+        pool.sent.add(number)
+        return (_unpack_new_block, (key, flat, layout))
 
 
 # Recursion through module functions, not closures: a closure that calls itself is a
@@ -1124,6 +1144,49 @@ def _unpack_arena_batch(flat: torch.Tensor, layout: dict[str, Any]) -> dict[str,
     held = flat.numpy()
     weakref.finalize(held, _let_go, flat[:1]).atexit = False
     return _unpacked(layout, torch.from_numpy(held))
+
+
+_received: dict[tuple[int, str, int], torch.Tensor] = {}
+"""Pooled blocks the workers sent, by (worker pid, worker token, block number), kept mapped.
+
+A block sent again is named, not sent: passing its file descriptor cost a socket connection
+and an authentication handshake between the two processes per batch, and mapping it anew a
+page fault per 4 KiB the first time the batch is read. A worker's blocks are let go when a
+block of a new worker arrives and the old worker's process has ended.
+"""
+
+
+def _unpack_new_block(
+    key: tuple[int, str, int], flat: torch.Tensor, layout: dict[str, Any]
+) -> dict[str, Any]:
+    """A batch in a pooled block sent for the first time: kept, then unpacked."""
+    if not any(known[:2] == key[:2] for known in _received):  # a new worker
+        for known in [k for k in _received if not _alive(k[0])]:
+            del _received[known]
+    _received[key] = flat
+    return _unpack_arena_batch(flat, layout)
+
+
+def _unpack_known_block(key: tuple[int, str, int], layout: dict[str, Any]) -> dict[str, Any]:
+    """A batch in a pooled block sent earlier (:func:`_unpack_new_block`)."""
+    flat = _received.get(key)
+    if flat is None:  # only when batches of a worker are unpickled out of their order
+        raise RuntimeError(
+            f"DataLoader worker (pid {key[0]}) sent a batch in shared-memory block {key[2]}, "
+            "which never reached this process: unpickle a worker's batches in the order it "
+            "sent them"
+        )
+    return _unpack_arena_batch(flat, layout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now: not our worker's
+        return False
+    return True
 
 
 def _unpacked(value: Any, base: torch.Tensor) -> Any:

@@ -7,6 +7,7 @@ sample) as the oracle.
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from collections import Counter
@@ -671,3 +672,51 @@ def test_normalise_of_a_batch_is_bitwise_the_per_sample_one() -> None:
         normalise("naip", cases[1][1], out=np.empty((1,), np.float32))
     with pytest.raises(ValueError, match="unknown modality"):
         normalise("landsat", cases[1][1])
+
+
+def test_a_pooled_block_is_sent_once_then_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's pooled block travels whole (its file descriptor) with the first batch in
+    it; later batches in the same block carry only its name and each tensor's place, and
+    unpickle as views into the block the main process kept mapped."""
+    import io
+    import subprocess
+    import sys
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    from las_builder.model import data as data_module
+
+    monkeypatch.setattr(data_module, "_pools", {})
+    monkeypatch.setattr(data_module, "_received", {})
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = (ended.pid, "0" * 16, 0)  # a block of a worker that has ended
+    data_module._received[stale] = torch.zeros(8, dtype=torch.uint8)
+
+    def dumped(value: float) -> bytes:
+        arena = data_module._SharedArena()
+        arena.reserve([((4, 8), torch.float32)])
+        batch = arena.batch({"x": arena.empty((4, 8), torch.float32).fill_(value)})
+        buffer = io.BytesIO()
+        ForkingPickler(buffer).dump(batch)
+        return buffer.getvalue()
+
+    first_bytes = dumped(1.0)
+    first = pickle.loads(first_bytes)
+    assert torch.equal(first["x"], torch.ones(4, 8))
+    assert stale not in data_module._received  # the ended worker's block was let go
+    ((key, kept),) = data_module._received.items()
+    assert key[0] == os.getpid() and first["x"].untyped_storage().data_ptr() == kept.data_ptr()
+    del first  # the block goes back to the pool
+    second_bytes = dumped(2.0)
+    assert b"_unpack_known_block" in second_bytes and b"_unpack_new_block" in first_bytes
+    assert b"rebuild_storage" not in second_bytes  # no storage, no file descriptor
+    second = pickle.loads(second_bytes)
+    assert torch.equal(second["x"], torch.full((4, 8), 2.0))
+    assert second["x"].untyped_storage().data_ptr() == kept.data_ptr()
+
+    data_module._received.clear()  # as if the first batch never reached this process
+    del second
+    with pytest.raises(RuntimeError, match=rf"pid {os.getpid()}\).*block 0"):
+        pickle.loads(dumped(3.0))
