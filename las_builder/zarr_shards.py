@@ -81,18 +81,20 @@ def _bytes_of(args: tuple[Any, ...]) -> int:
     return 1
 
 
-def _run_all(calls: list[tuple[Any, tuple[Any, ...]]]) -> list[Any]:
+def _run_all(calls: list[tuple[Any, tuple[Any, ...]]], threads: int | None = None) -> list[Any]:
     """Run ``fn(*args)`` for each call; several split over the codec pool and the caller.
 
     The calls are dealt into one run per codec thread, balanced by their chunks' bytes, and
     the caller works through the last run itself. One pool task per chunk woke a pool thread
     per chunk (24 per batch of a loader reading S2, S1 and labels), and those wake-ups cost
     ~4 % of the loader's CPU. Every call runs; the first failure (in call order) is raised.
+    ``threads``: runs at most (the caller's included); default :data:`CODEC_THREADS`.
     """
-    if len(calls) <= 1:
+    threads = CODEC_THREADS if threads is None else threads
+    if len(calls) <= 1 or threads <= 1:
         return [fn(*args) for fn, args in calls]
     sizes = [_bytes_of(args) for _, args in calls]
-    runs: list[list[int]] = [[] for _ in range(min(CODEC_THREADS, len(calls)))]
+    runs: list[list[int]] = [[] for _ in range(min(threads, len(calls)))]
     loads = [0] * len(runs)
     for k in sorted(range(len(calls)), key=lambda k: -sizes[k]):  # largest first, least loaded
         least = loads.index(min(loads))
@@ -389,11 +391,15 @@ def _read_file(path: str) -> memoryview | None:
     return view[:got]
 
 
-def read_shards(requests: Sequence[tuple[ShardedArray, int]]) -> list[np.ndarray]:
+def read_shards(
+    requests: Sequence[tuple[ShardedArray, int]], threads: int | None = None
+) -> list[np.ndarray]:
     """Read whole shards of several arrays at once: one fetch round, one parallel decode.
 
     Args:
         requests: ``(array, shard number)`` pairs.
+        threads: Threads that decompress the chunks, the caller's own included (``1``: the
+            caller alone); default :data:`CODEC_THREADS`.
 
     Returns:
         One array per request (the shard's rows, in the array's dtype), in request order.
@@ -430,11 +436,13 @@ def read_shards(requests: Sequence[tuple[ShardedArray, int]]) -> list[np.ndarray
         out, chunk_jobs = sharded.decode_jobs(shard, raw)
         outs.append(out)
         jobs.extend((sharded.decode, job) for job in chunk_jobs)
-    _run_all(jobs)
+    _run_all(jobs, threads)
     return [out.astype(out.dtype.newbyteorder("="), copy=False) for out in outs]
 
 
-def read_rows(requests: Sequence[tuple[ShardedArray, Sequence[int]]]) -> list[np.ndarray]:
+def read_rows(
+    requests: Sequence[tuple[ShardedArray, Sequence[int]]], threads: int | None = None
+) -> list[np.ndarray]:
     """Read single rows (samples) of several arrays: each row's chunk, not its whole shard.
 
     For random access (batches drawn at random), where :func:`read_shards` would decode a whole
@@ -445,6 +453,7 @@ def read_rows(requests: Sequence[tuple[ShardedArray, Sequence[int]]]) -> list[np
 
     Args:
         requests: ``(array, rows)`` pairs; rows in any order, repeats allowed.
+        threads: As in :func:`read_shards`.
 
     Returns:
         One array per request, ``(len(rows), *array.shape[1:])``, rows in the given order.
@@ -479,7 +488,7 @@ def read_rows(requests: Sequence[tuple[ShardedArray, Sequence[int]]]) -> list[np
     keys = list(wanted)
     blobs = _fetch_chunks(keys)
     jobs = [(_decode_rows, (key, blob, wanted[key])) for key, blob in zip(keys, blobs, strict=True)]
-    _run_all(jobs)
+    _run_all(jobs, threads)
     return [out.astype(out.dtype.newbyteorder("="), copy=False) for out in outs]
 
 
@@ -596,13 +605,15 @@ def _fetch_chunks(keys: list[tuple[ShardedArray, int, int]]) -> list[memoryview]
     return blobs
 
 
-def read_shards_later(requests: Sequence[tuple[ShardedArray, int]]) -> Future[list[np.ndarray]]:
+def read_shards_later(
+    requests: Sequence[tuple[ShardedArray, int]], threads: int | None = None
+) -> Future[list[np.ndarray]]:
     """Run :func:`read_shards` on a background thread; return its future.
 
     ``result()`` re-raises its errors. Such reads run one after another, each decoding on the
     codec pool.
     """
-    return _pool("ahead").submit(read_shards, list(requests))
+    return _pool("ahead").submit(read_shards, list(requests), threads)
 
 
 def write_shards(requests: Sequence[tuple[ShardedArray, int, np.ndarray]]) -> None:

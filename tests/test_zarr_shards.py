@@ -105,6 +105,43 @@ def test_local_shards_are_read_from_their_files_and_other_stores_through_zarr(
         read_shards([(readers[0], 1)])  # type: ignore[list-item]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decode_threads_change_who_decodes_not_what(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """``threads=1`` decodes every chunk on the calling thread (the codec pool is never asked);
+    more spread the chunks over the pool; shards and rows come out the same either way."""
+    import threading
+
+    import las_builder.zarr_shards as zs
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    array = _array(root, "x")
+    data = np.random.default_rng(5).normal(size=array.shape).astype("float32")
+    array[:] = data
+    reader = ShardedArray.for_array(array)
+    assert reader is not None
+    decoders: set[str] = set()
+    decode = ShardedArray.decode
+
+    def recording(self: ShardedArray, *args: object) -> None:
+        decoders.add(threading.current_thread().name)
+        decode(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ShardedArray, "decode", recording)
+    got = read_shards([(reader, s) for s in range(3)], threads=threads)
+    np.testing.assert_array_equal(np.concatenate(got), data)
+    rows = [20, 0, 9, 9]
+    np.testing.assert_array_equal(read_rows([(reader, rows)], threads=threads)[0], data[rows])
+    me = threading.current_thread().name
+    if threads == 1:
+        assert decoders == {me}
+    else:
+        assert me in decoders and any(name.startswith("shard-codec") for name in decoders)
+    later = zs.read_shards_later([(reader, 1)], threads=threads).result()
+    np.testing.assert_array_equal(later[0], data[8:16])
+
+
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_single_rows_equal_zarrs_read_wherever_they_lie(tmp_path: Path, where: str) -> None:
     """``read_rows``: any rows in any order (repeats too), from full and partial shards, from

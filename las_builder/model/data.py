@@ -225,9 +225,12 @@ def normalise(
     elif out.dtype != np.float32 or out.shape != array.shape:
         raise ValueError(f"out must be float32 of shape {array.shape}, got {out.dtype} {out.shape}")
     if modality in ("sentinel-2", "naip"):
-        # the ufunc casts to float32 in its inner loop: the values of astype(float32) / scale
+        # the values of astype(float32) / scale; a cast then an in-place divide is ~15 % faster
+        # than one ufunc casting in its buffered inner loop
         scale = np.float32(10000.0 if modality == "sentinel-2" else 255.0)
-        return np.divide(array, scale, out=out, dtype=np.float32, casting="unsafe")
+        if out is not array:
+            np.copyto(out, array, casting="unsafe")
+        return np.divide(out, scale, out=out)
     if modality == "sentinel-1":
         units = str((attrs or {}).get("units", "linear")).lower()
         x = out
@@ -337,6 +340,12 @@ class LASDataset(Dataset):
             one label product at 8 samples of 128 x 128 px per shard, 52 MB more with NAIP.
         zarr_config: zarr settings in force while the dataset reads (``zarr.config.set``,
             process-wide for the duration of each read); default :data:`ZARR_READ_CONFIG`.
+        decode_threads: Threads that decompress a batch's chunks read by a
+            :class:`~las_builder.zarr_shards.ShardedArray`, the reading thread included. The
+            default ``1`` decodes on the reading thread alone: a ``DataLoader``'s workers
+            spread batches over the cores. Measured on 2 cores (loader benchmark, whole
+            batches): one thread instead of two gave +13 % samples/s without workers and
+            +15 % with 2 workers. More may pay off with many idle cores and no workers.
 
     Attributes:
         class_names: ``{product key: [class names]}``; label indices point into these lists.
@@ -364,9 +373,12 @@ class LASDataset(Dataset):
         storage_options: dict | None = None,
         shard_cache: int = 0,
         zarr_config: dict[str, Any] | None = None,
+        decode_threads: int = 1,
     ) -> None:
         if shard_cache < 0:
             raise ValueError(f"shard_cache must be at least 0, got {shard_cache}")
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         unknown = [m for m in modalities if m not in MODALITIES]
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; known: {', '.join(MODALITIES)}")
@@ -380,6 +392,7 @@ class LASDataset(Dataset):
         self.naip_factor = naip_factor
         self.storage_options = storage_options
         self.shard_cache = shard_cache
+        self.decode_threads = decode_threads
         self.zarr_config = dict(ZARR_READ_CONFIG if zarr_config is None else zarr_config)
         self._root: Any = None
         self._pid: int | None = None
@@ -596,19 +609,19 @@ class LASDataset(Dataset):
         arena = _SharedArena() if get_worker_info() is not None else None
         rows, windows, images, available, labels = self._load(indices, arena)
         n = len(rows)
+
+        def per_sample(values: list[float] | list[int], dtype: np.dtype) -> torch.Tensor:
+            # one row repeated: an arena copies the broadcast view into its block anyway
+            row = torch.from_numpy(np.asarray(values, dtype=dtype)).expand(n, -1)
+            return row if arena is not None else row.contiguous()
+
         batch = {
             "sample_id": [row["sample_id"] for row in rows],
             "zarr_index": torch.tensor([row["zarr_index"] for row in rows]),
             "window": torch.tensor(windows),
             "images": images,
-            "wavelengths": {
-                m: torch.tensor(self.bands[m][0], dtype=torch.float32).repeat(n, 1)
-                for m in self.modalities
-            },
-            "polarisations": {
-                m: torch.tensor(self.bands[m][1], dtype=torch.long).repeat(n, 1)
-                for m in self.modalities
-            },
+            "wavelengths": {m: per_sample(self.bands[m][0], np.float32) for m in self.modalities},
+            "polarisations": {m: per_sample(self.bands[m][1], np.int64) for m in self.modalities},
             "available": {m: torch.from_numpy(available[m]) for m in self.modalities},
             "labels": labels,
         }
@@ -716,7 +729,7 @@ class LASDataset(Dataset):
                 if key not in self._slabs and key not in self._pending:
                     requests.setdefault(key, (reader, key[1]))
         if requests:
-            future = read_shards_later(list(requests.values()))
+            future = read_shards_later(list(requests.values()), self.decode_threads)
             for place, key in enumerate(requests):
                 self._pending[key] = (future, place)
 
@@ -807,14 +820,18 @@ class LASDataset(Dataset):
         rows_read = dict(
             zip(
                 row_reads,
-                read_rows([(reader, list(zarr_indices)) for reader in row_reads.values()]),
+                read_rows(
+                    [(reader, list(zarr_indices)) for reader in row_reads.values()],
+                    self.decode_threads,
+                ),
                 strict=True,
             )
         )
         for key, number in slab_reads.items():
             self._slabs[key] = done[number]
         if fast_reads:
-            for key, slab in zip(fast_reads, read_shards(list(fast_reads.values())), strict=True):
+            slabs = read_shards(list(fast_reads.values()), self.decode_threads)
+            for key, slab in zip(fast_reads, slabs, strict=True):
                 self._slabs[key] = slab
         for key in dict.fromkeys(taken):
             future, place = self._pending.pop(key)

@@ -331,9 +331,9 @@ def _count_shard_reads(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple
     seen: list[tuple[str, int]] = []
     real = getattr(data_module, name)
 
-    def counting(requests: Any) -> Any:
+    def counting(requests: Any, threads: int | None = None) -> Any:
         seen.extend((r.array.path, shard) for r, shard in requests)
-        return real(requests)
+        return real(requests, threads)
 
     monkeypatch.setattr(data_module, name, counting)
     return seen
@@ -389,6 +389,45 @@ def test_shard_cache_reads_each_shard_once_and_stays_bounded(
         assert_same(batch, plain.batch(positions))
     with pytest.raises(ValueError, match="shard_cache"):
         LASDataset(las_tiny, modalities=["sentinel-2"], products=[], shard_cache=-1)
+
+
+def test_decode_threads_reach_every_read_and_change_nothing_read(
+    las_tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decode_threads`` (default 1: the reading thread alone) goes with every whole-shard,
+    row and background read the dataset makes; batches are the same with more threads."""
+    import las_builder.model.data as data_module
+
+    passed: list[tuple[str, int | None]] = []
+    names = ("read_shards", "read_rows", "read_shards_later")
+    for name in names:
+        real = getattr(data_module, name)
+
+        def recording(
+            requests: Any, threads: int | None = None, real: Any = real, name: str = name
+        ) -> Any:
+            passed.append((name, threads))
+            return real(requests, threads)
+
+        monkeypatch.setattr(data_module, name, recording)
+    options: dict[str, Any] = {"modalities": MODS, "products": ["esa-worldcover"]}
+    batches = [[0, 1, 2], [3, 4]]
+    got: dict[int, list[dict[str, Any]]] = {}
+    for threads in (1, 3):
+        extra = {} if threads == 1 else {"decode_threads": threads}
+        cached = LASDataset(las_tiny, shard_cache=2, **options, **extra)
+        rows = LASDataset(las_tiny, **options, **extra)
+        assert cached.decode_threads == rows.decode_threads == threads
+        passed.clear()
+        cached.batch(batches[0])
+        cached.prefetch(batches[1])  # read in the background
+        torch.manual_seed(0)
+        got[threads] = [cached.batch(b) for b in batches] + [rows.batch(b) for b in batches]
+        assert set(passed) == {(name, threads) for name in names}, passed
+    for a, b in zip(got[1], got[3], strict=True):
+        assert_same(a, b)
+    with pytest.raises(ValueError, match="decode_threads must be at least 1, got 0"):
+        LASDataset(las_tiny, decode_threads=0, **options)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
