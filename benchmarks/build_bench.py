@@ -706,6 +706,12 @@ def run_scenario(
     build = min(builds, key=lambda r: r["seconds"])
     baseline = min(baselines, key=lambda r: r["seconds"])
     raw = min(raws, key=lambda r: r["seconds"])
+    # Every layout must read the same windows, or the fastest would bound other work.
+    if len({(r["reads"], r["pixels"]) for r in raws}) != 1:
+        raise RuntimeError(
+            f"[{name}] the raw bound's layouts read different windows: "
+            f"{[(r['reads'], r['pixels']) for r in raws]}"
+        )
     log(f"[{name}] baseline with {threads} threads")
     baseline_t = run_baseline(plan_rows, cfg, stac_url, npy, threads=threads)
     shutil.rmtree(npy, ignore_errors=True)
@@ -740,6 +746,7 @@ def run_scenario(
         io_threads=raw["io_threads"],
         reads=raw["reads"],
         opens=raw["opens"],
+        pixels=raw["pixels"],
         shared=raw.get("shared", False),
         runs_s=[r["seconds"] for r in raws if "processes" not in r],
         runs_processes_s=[r["seconds"] for r in raws if "processes" in r and not r["shared"]],
