@@ -1,0 +1,244 @@
+"""Nearest placement of a categorical window onto a GeoBox in another CRS, without a GDAL warp.
+
+GDAL's warper builds its PROJ transformations again at every call (rasterio gives it no way to
+keep them): placing a 7 x 11 px MODIS window on a sample grid cost ~5 ms, almost all of it in
+``OGRCreateCoordinateTransformation``. Here the PROJ pipeline between two CRSs is found once per
+process and instantiated once per thread, target pixel centres on a small lattice are carried
+through it exactly, the rest are interpolated between them, and every centre the interpolation
+puts near a source pixel edge is carried exactly too. Each target pixel therefore takes the
+source pixel under its centre as PROJ places it; GDAL's approximate transformer (error up to
+1/8 source pixel) picks the neighbour for a few centres that lie within its error of an edge.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+
+import numpy as np
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from pyproj.exceptions import ProjError
+from rasterio.crs import CRS as RioCRS
+
+_LATTICE = 9  # points per axis carried exactly through PROJ
+_MAX_CURVE_PX = 1e-2  # worst interpolation error accepted (source pixels) before GDAL warps
+_pipeline_lock = threading.Lock()
+_local = threading.local()
+
+
+def place_nearest(
+    data: np.ndarray,
+    src_transform: Affine,
+    src_crs: RioCRS,
+    src_nodata: float | None,
+    geobox: GeoBox,
+    out: np.ndarray,
+) -> bool:
+    """Write onto ``out`` the pixel of ``data`` under each target pixel's centre.
+
+    Target pixels outside ``data`` and source pixels equal to ``src_nodata`` leave ``out``
+    as it is (filled by the caller), as GDAL's warp does.
+
+    Args:
+        data: Source window (bands, rows, cols).
+        src_transform: The window's affine transform.
+        src_crs: The source CRS.
+        src_nodata: The source nodata value, or None.
+        geobox: The target grid.
+        out: Target array (bands, *geobox.shape), pre-filled.
+
+    Returns:
+        False, with ``out`` untouched, when the placement is left to GDAL: no single PROJ
+        pipeline joins the two CRSs (a choice of grids by area), a centre falls outside the
+        source CRS's domain, the mapping is too curved to interpolate (near a pole or across
+        the antimeridian), or a geographic source runs past ±180°.
+    """
+    if out.dtype != data.dtype:  # GDAL converts (and clamps) between types
+        return False
+    if src_crs.is_geographic and not _within_longitudes(src_transform, data.shape[-1]):
+        return False
+    transformer = _thread_transformer(geobox.crs.to_wkt(), src_crs.to_wkt())
+    if transformer is None:
+        return False
+    height, width = geobox.shape.yx
+    col_halves, col_weights, col_check = _lattice(width)
+    row_halves, row_weights, row_check = _lattice(height)
+    # The lattice at half steps: its even points are the lattice, the odd ones check it.
+    fine_cols, fine_rows = np.meshgrid(col_halves, row_halves)
+    fine_col, fine_row = _to_source_pixels(
+        transformer, geobox.transform, src_transform, fine_cols.ravel(), fine_rows.ravel()
+    )
+    if not (np.isfinite(fine_col).all() and np.isfinite(fine_row).all()):
+        return False
+    fine_col, fine_row = fine_col.reshape(fine_cols.shape), fine_row.reshape(fine_cols.shape)
+    col, row = fine_col[::2, ::2], fine_row[::2, ::2]
+    # Bilinear interpolation's worst error lies between lattice points (cell and edge middles).
+    error = max(
+        float(np.abs(row_check @ col @ col_check.T - fine_col).max()),
+        float(np.abs(row_check @ row @ col_check.T - fine_row).max()),
+    )
+    if error > _MAX_CURVE_PX:
+        return False
+    src_col = row_weights @ col @ col_weights.T
+    src_row = row_weights @ row @ col_weights.T
+    # Centres the interpolation may have put on the wrong side of an edge: carry them exactly.
+    margin = 4 * error + 1e-9
+    src_c, src_r = np.floor(src_col), np.floor(src_row)
+    near = np.abs(src_col - src_c - 0.5) >= 0.5 - margin
+    near |= np.abs(src_row - src_r - 0.5) >= 0.5 - margin
+    if near.any():
+        at_row, at_col = np.nonzero(near)
+        exact_col, exact_row = _to_source_pixels(
+            transformer, geobox.transform, src_transform, at_col + 0.5, at_row + 0.5
+        )
+        if not (np.isfinite(exact_col).all() and np.isfinite(exact_row).all()):
+            return False
+        src_c[near], src_r[near] = np.floor(exact_col), np.floor(exact_row)
+    rows, cols = data.shape[-2:]
+    keep = (src_c >= 0) & (src_c < cols) & (src_r >= 0) & (src_r < rows)
+    values = data[
+        :,
+        np.clip(src_r, 0, rows - 1).astype(np.intp),
+        np.clip(src_c, 0, cols - 1).astype(np.intp),
+    ]
+    if src_nodata is not None:
+        keep = keep & ~(np.isnan(values) if math.isnan(src_nodata) else values == src_nodata)
+    np.copyto(out, values, where=keep)
+    return True
+
+
+def _to_source_pixels(
+    transformer: Transformer,
+    dst_transform: Affine,
+    src_transform: Affine,
+    cols: np.ndarray,
+    rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Target pixel positions carried through PROJ to source pixel positions."""
+    x, y = dst_transform @ (cols, rows)
+    try:
+        sx, sy = transformer.transform(x, y, errcheck=False)
+    except ProjError:
+        nan = np.full(np.shape(cols), np.nan)
+        return nan, nan
+    col, row = ~src_transform @ (np.asarray(sx), np.asarray(sy))
+    return np.asarray(col, dtype=float), np.asarray(row, dtype=float)
+
+
+def _within_longitudes(src_transform: Affine, width: int) -> bool:
+    """Whether a geographic window stays within ±180° (PROJ wraps longitudes there)."""
+    west = src_transform.c
+    east = src_transform.c + src_transform.a * width
+    return -180.0 <= min(west, east) and max(west, east) <= 180.0
+
+
+@functools.lru_cache(maxsize=64)
+def _lattice(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lattice along an axis of ``size`` pixels, at half steps, and its weights.
+
+    Returns the positions at half steps (the lattice is every other one: up to
+    :data:`_LATTICE` pixel centres, the first and last included), the matrix that interpolates
+    the lattice onto every pixel centre, and the one that interpolates it onto the half steps.
+    """
+    halves = np.linspace(0.5, size - 0.5, 2 * min(_LATTICE, size) - 1)
+    at = halves[::2]
+    return halves, _linear_weights(at, np.arange(size) + 0.5), _linear_weights(at, halves)
+
+
+def _linear_weights(at: np.ndarray, to: np.ndarray) -> np.ndarray:
+    """The matrix that interpolates values at positions ``at`` linearly onto positions ``to``."""
+    weights = np.zeros((to.size, at.size))
+    if at.size == 1:
+        weights[:, 0] = 1.0
+        return weights
+    left = np.clip(np.searchsorted(at, to, side="right") - 1, 0, at.size - 2)
+    frac = (to - at[left]) / (at[left + 1] - at[left])
+    weights[np.arange(to.size), left] = 1 - frac
+    weights[np.arange(to.size), left + 1] = frac
+    return weights
+
+
+@functools.lru_cache(maxsize=256)
+def _pipeline(dst_wkt: str, src_wkt: str) -> str | None:
+    """The one PROJ pipeline from the target CRS to the source CRS, or None.
+
+    PROJ may answer with several operations to choose among by area (datum grids); those
+    pairs are left to GDAL, which chooses as before.
+    """
+    with _pipeline_lock:  # PROJ's database search, once per pair and process
+        try:
+            found = Transformer.from_crs(
+                ProjCRS.from_wkt(dst_wkt), ProjCRS.from_wkt(src_wkt), always_xy=True
+            )
+            return found.to_proj4()
+        except ProjError:
+            return None
+
+
+def _thread_transformer(dst_wkt: str, src_wkt: str) -> Transformer | None:
+    """The calling thread's transformer for the pair (from the pipeline: ~0.1 ms, not ~5 ms)."""
+    made: dict[tuple[str, str], Transformer | None] | None = getattr(_local, "made", None)
+    if made is None:
+        made = _local.made = {}
+    key = (dst_wkt, src_wkt)
+    if key not in made:
+        pipeline = _pipeline(dst_wkt, src_wkt)
+        made[key] = Transformer.from_pipeline(pipeline) if pipeline else None
+    return made[key]
+
+
+def place_bilinear_2x(
+    data: np.ndarray, col: int, row: int, src_nodata: float | None, out: np.ndarray
+) -> bool:
+    """Write onto ``out`` the bilinear interpolation of ``data`` on a lattice twice as fine.
+
+    The target grid continues the source's, split in two along each axis; its corner lies
+    ``col``, ``row`` target pixels from the window's corner. Every target centre then lies a
+    quarter of a source pixel from a source centre along each axis, so the weights are 1/4 and
+    3/4 and the sum is exact in integers: the result equals GDAL's bilinear warp pixel for pixel
+    (which computes the same dyadic sums in doubles and rounds half up), ~10x faster.
+
+    Args:
+        data: Source window (bands, rows, cols), unsigned integers of up to 16 bits.
+        col: Column of the target grid's corner, in target pixels from the window's corner.
+        row: Row of the target grid's corner, in target pixels from the window's corner.
+        src_nodata: The source nodata value, or None.
+        out: Target array (bands, rows, cols) of the same dtype.
+
+    Returns:
+        False, with ``out`` untouched, when the window holds nodata (GDAL then renormalises
+        the weights of the valid pixels), a target pixel's four source pixels are not all in
+        the window, or the dtype is not ``uint8``/``uint16``.
+    """
+    if data.dtype not in (np.uint8, np.uint16) or out.dtype != data.dtype:
+        return False
+    height, width = out.shape[-2:]
+    # Target pixel s (from the window's corner) interpolates source pixels (s - 1) // 2 and
+    # the next: rows 2..2h-3 of the doubled window are the ones with both inside.
+    if min(col, row) < 1 or col + width > 2 * data.shape[-1] - 1:
+        return False
+    if row + height > 2 * data.shape[-2] - 1:
+        return False
+    if src_nodata is not None and (data == src_nodata).any():
+        return False
+    src = data.astype(np.int32)
+    rows = _doubled(src, row, height, axis=1)
+    cols = _doubled(rows, col, width, axis=2)
+    out[...] = (cols + 8) >> 4  # the weights were scaled by 4 along each axis
+    return True
+
+
+def _doubled(a: np.ndarray, first: int, size: int, axis: int) -> np.ndarray:
+    """Positions ``first``..``first + size - 1`` of ``a`` doubled along ``axis``, weights x4.
+
+    Position 2m takes a[m - 1] + 3 a[m], position 2m + 1 takes 3 a[m] + a[m + 1].
+    """
+    a = np.moveaxis(a, axis, 0)
+    doubled = np.empty((2 * a.shape[0], *a.shape[1:]), dtype=a.dtype)
+    doubled[2::2] = a[:-1] + 3 * a[1:]
+    doubled[1:-1:2] = 3 * a[:-1] + a[1:]
+    return np.moveaxis(doubled[first : first + size], 0, axis)

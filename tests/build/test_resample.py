@@ -1,0 +1,316 @@
+"""Placing windows without a GDAL warp: exact nearest across CRSs, exact bilinear at 2x zoom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from pyproj import Transformer
+from rasterio.crs import CRS as RioCRS
+from rasterio.warp import Resampling, reproject, transform_bounds
+
+from las_builder.build import read as read_mod
+from las_builder.build import resample as resample_mod
+from las_builder.build.resample import _pipeline, place_bilinear_2x, place_nearest
+
+MODIS = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"  # MODIS sinusoidal
+FILL = 255
+CRS_S2 = "EPSG:32633"  # a Sentinel-2 tile's UTM zone
+
+
+def _geobox(crs: str, west: float, north: float, size: int = 64, res: float = 10.0) -> GeoBox:
+    return GeoBox((size, size), Affine(res, 0, west, 0, -res, north), crs)
+
+
+def _source(
+    geobox: GeoBox, crs: str, res: float, *, seed: int = 0, pad: int = 3
+) -> tuple[np.ndarray, Affine]:
+    """A random categorical window in ``crs`` covering ``geobox`` with ``pad`` pixels to spare."""
+    left, bottom, right, top = transform_bounds(geobox.crs, crs, *geobox.extent.boundingbox)
+    transform = Affine(res, 0, left - pad * res, 0, -res, top + pad * res)
+    width = int(np.ceil((right - left) / res)) + 2 * pad
+    height = int(np.ceil((top - bottom) / res)) + 2 * pad
+    data = np.random.default_rng(seed).integers(0, 200, (1, height, width), dtype="uint8")
+    return data, transform
+
+
+def _brute_force(
+    data: np.ndarray, transform: Affine, crs: str, nodata: float | None, geobox: GeoBox
+) -> np.ndarray:
+    """Every target centre carried through PROJ on its own: the answer by definition."""
+    height, width = geobox.shape.yx
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    x, y = geobox.transform @ (cols.ravel(), rows.ravel())
+    to_src = Transformer.from_crs(
+        geobox.crs.to_wkt(), RioCRS.from_user_input(crs).to_wkt(), always_xy=True
+    )
+    sx, sy = to_src.transform(x, y)
+    src_col, src_row = ~transform @ (np.asarray(sx), np.asarray(sy))
+    c, r = np.floor(src_col).astype(int), np.floor(src_row).astype(int)
+    out = np.full((data.shape[0], height * width), FILL, dtype=data.dtype)
+    inside = (c >= 0) & (c < data.shape[2]) & (r >= 0) & (r < data.shape[1])
+    values = data[:, r[inside], c[inside]]
+    keep = np.ones(values.shape[1], bool) if nodata is None else values[0] != nodata
+    target = np.flatnonzero(inside)[keep]
+    out[:, target] = values[:, keep]
+    return out.reshape(data.shape[0], height, width)
+
+
+def _gdal_nearest(
+    data: np.ndarray, transform: Affine, crs: str, nodata: float | None, geobox: GeoBox
+) -> np.ndarray:
+    out = np.full((data.shape[0], *geobox.shape.yx), FILL, dtype=data.dtype)
+    reproject(
+        data,
+        out,
+        src_transform=transform,
+        src_crs=crs,
+        src_nodata=nodata,
+        dst_transform=geobox.transform,
+        dst_crs=str(geobox.crs),
+        dst_nodata=FILL,
+        resampling=Resampling.nearest,
+    )
+    return out
+
+
+# (source CRS, source pixel size, target CRS, target west, target north): the label products'
+# grids as the build meets them.
+PAIRS = [
+    pytest.param(MODIS, 463.3127, "EPSG:32633", 500_000, 5_000_000, id="modis-sinusoidal"),
+    pytest.param("EPSG:4326", 8.333e-5, "EPSG:32633", 430_000, 5_200_000, id="worldcover-4326"),
+    pytest.param("EPSG:32634", 10.0, "EPSG:32633", 795_000, 5_000_000, id="utm-neighbour-zone"),
+    pytest.param("EPSG:3857", 30.0, "EPSG:32610", 550_000, 4_180_000, id="web-mercator"),
+    pytest.param("EPSG:3413", 100.0, "EPSG:32627", 500_000, 8_700_000, id="polar-stereo"),
+]
+
+
+@pytest.mark.parametrize(("src_crs", "res", "dst_crs", "west", "north"), PAIRS)
+def test_nearest_equals_per_pixel_proj(
+    src_crs: str, res: float, dst_crs: str, west: float, north: float
+) -> None:
+    geobox = _geobox(dst_crs, west, north, size=96)
+    data, transform = _source(geobox, src_crs, res)
+    out = np.full((1, 96, 96), FILL, dtype="uint8")
+
+    assert place_nearest(data, transform, RioCRS.from_user_input(src_crs), None, geobox, out)
+
+    np.testing.assert_array_equal(out, _brute_force(data, transform, src_crs, None, geobox))
+    # GDAL's approximate transformer (error up to 1/8 pixel) picks the neighbour only for
+    # centres that lie that close to an edge.
+    agree = (out == _gdal_nearest(data, transform, src_crs, None, geobox)).mean()
+    assert agree >= 0.99
+
+
+def test_edge_centres_are_carried_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Centres the interpolation puts near a source pixel edge go through PROJ one by one."""
+    geobox = _geobox("EPSG:32633", 430_000, 7_500_000, size=96)  # 67 N: a curved mapping
+    data, transform = _source(geobox, "EPSG:4326", 1e-5, seed=3)  # ~1 m source pixels
+    carried: list[int] = []
+    to_source = resample_mod._to_source_pixels
+
+    def _counting(*args: Any) -> tuple[np.ndarray, np.ndarray]:
+        carried.append(np.size(args[-1]))
+        return to_source(*args)
+
+    monkeypatch.setattr(resample_mod, "_to_source_pixels", _counting)
+    out = np.full((1, 96, 96), FILL, dtype="uint8")
+
+    assert place_nearest(data, transform, RioCRS.from_epsg(4326), None, geobox, out)
+
+    assert carried[0] == 17 * 17  # the lattice at half steps
+    assert len(carried) == 2 and carried[1] > 0  # then the centres near an edge
+    np.testing.assert_array_equal(out, _brute_force(data, transform, "EPSG:4326", None, geobox))
+
+
+def test_nodata_and_partial_cover_keep_the_fill() -> None:
+    geobox = _geobox("EPSG:32633", 500_000, 5_000_000, size=64)
+    data, transform = _source(geobox, MODIS, 46.33, seed=1)
+    data[:, : data.shape[1] // 2] = 0  # nodata over the northern half
+    half = data[:, :, : data.shape[2] // 2]  # and no source east of the middle
+    out = np.full((1, 64, 64), FILL, dtype="uint8")
+
+    assert place_nearest(half, transform, RioCRS.from_user_input(MODIS), 0, geobox, out)
+
+    expected = _brute_force(half, transform, MODIS, 0, geobox)
+    np.testing.assert_array_equal(out, expected)
+    assert (out == FILL).mean() > 0.5  # both the nodata and the uncovered part stayed fill
+    assert (out != FILL).any()
+
+
+def test_many_bands_are_placed_alike() -> None:
+    geobox = _geobox("EPSG:32633", 500_000, 5_000_000, size=32)
+    one, transform = _source(geobox, "EPSG:4326", 1e-4, seed=5)
+    data = np.concatenate([one, 255 - one])
+    out = np.full((2, 32, 32), FILL, dtype="uint8")
+
+    assert place_nearest(data, transform, RioCRS.from_epsg(4326), None, geobox, out)
+
+    np.testing.assert_array_equal(out[1], 255 - out[0])
+
+
+def test_dtype_mismatch_is_left_to_gdal() -> None:
+    geobox = _geobox("EPSG:32633", 500_000, 5_000_000, size=16)
+    data, transform = _source(geobox, "EPSG:4326", 1e-4)
+    out = np.full((1, 16, 16), 7, dtype="uint16")
+
+    assert not place_nearest(data, transform, RioCRS.from_epsg(4326), None, geobox, out)
+    assert (out == 7).all()
+
+
+def test_window_past_the_antimeridian_is_left_to_gdal() -> None:
+    geobox = _geobox("EPSG:32660", 830_000, 5_000_000, size=16)  # UTM 60 reaches past 180 E
+    data = np.ones((1, 40, 40), dtype="uint8")
+    transform = Affine(1e-3, 0, 179.99, 0, -1e-3, 45.2)
+    out = np.full((1, 16, 16), FILL, dtype="uint8")
+
+    assert not place_nearest(data, transform, RioCRS.from_epsg(4326), None, geobox, out)
+    assert (out == FILL).all()
+
+
+def test_pole_is_left_to_gdal() -> None:
+    """Around the pole longitudes turn a full circle across the grid: too curved to interpolate."""
+    geobox = GeoBox((32, 32), Affine(10, 0, -160, 0, -10, 160), "EPSG:3413")
+    data = np.ones((1, 10, 3600), dtype="uint8")
+    transform = Affine(0.1, 0, -180, 0, -0.001, 90)
+    out = np.full((1, 32, 32), FILL, dtype="uint8")
+
+    assert not place_nearest(data, transform, RioCRS.from_epsg(4326), None, geobox, out)
+    assert (out == FILL).all()
+
+
+def test_pairs_without_one_pipeline_are_left_to_gdal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("las_builder.build.resample._thread_transformer", lambda *_: None)
+    geobox = _geobox("EPSG:32633", 500_000, 5_000_000, size=16)
+    data, transform = _source(geobox, "EPSG:4326", 1e-4)
+    out = np.full((1, 16, 16), FILL, dtype="uint8")
+
+    assert not place_nearest(data, transform, RioCRS.from_epsg(4326), None, geobox, out)
+    assert (out == FILL).all()
+
+
+def test_pipeline_is_a_single_operation() -> None:
+    pipeline = _pipeline(RioCRS.from_epsg(32633).to_wkt(), RioCRS.from_epsg(4326).to_wkt())
+    assert pipeline is not None and "+proj=pipeline" in pipeline
+    assert _pipeline("not a crs", RioCRS.from_epsg(4326).to_wkt()) is None
+
+
+def test_read_places_labels_without_a_warp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label COG in EPSG:4326 read onto a UTM grid never reaches GDAL's warper."""
+    geobox = _geobox("EPSG:32633", 500_000, 5_000_000, size=48)
+    data, transform = _source(geobox, "EPSG:4326", 1e-4, seed=9, pad=20)
+    path = tmp_path / "labels.tif"
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:4326",
+        "transform": transform,
+        "nodata": 0,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+    def _no_warp(*_: object, **__: object) -> None:
+        raise AssertionError("GDAL warp called")
+
+    monkeypatch.setattr(read_mod, "reproject", _no_warp)
+    with read_mod.gdal_env(), rasterio.open(path) as ds:
+        got = read_mod.read_onto(ds, geobox, nodata=FILL)
+
+    np.testing.assert_array_equal(got, _brute_force(data, transform, "EPSG:4326", 0, geobox))
+
+
+# Bilinear at 2x: Sentinel-2's 20 m bands onto its own 10 m grid.
+
+
+def _gdal_bilinear(
+    data: np.ndarray, transform: Affine, col: int, row: int, size: tuple[int, int], crs: str
+) -> np.ndarray:
+    fine = transform * Affine.scale(0.5) * Affine.translation(col, row)
+    out = np.zeros((data.shape[0], *size), dtype=data.dtype)
+    reproject(
+        data,
+        out,
+        src_transform=transform,
+        src_crs=crs,
+        dst_transform=fine,
+        dst_crs=crs,
+        resampling=Resampling.bilinear,
+    )
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint8"])
+@pytest.mark.parametrize(("col", "row"), [(1, 1), (2, 3), (7, 4), (5, 10)])
+def test_bilinear_2x_equals_gdal(dtype: str, col: int, row: int) -> None:
+    high = 10_000 if dtype == "uint16" else 255
+    rng = np.random.default_rng(col * 10 + row)
+    data = rng.integers(1, high, (3, 24, 30), dtype=dtype)
+    transform = Affine(20, 0, 600_000, 0, -20, 5_300_000)
+    size = (2 * 24 - 1 - row, 2 * 30 - 1 - col)  # as far as the window's last centres
+    out = np.zeros((3, *size), dtype=dtype)
+
+    assert place_bilinear_2x(data, col, row, 0, out)
+
+    np.testing.assert_array_equal(out, _gdal_bilinear(data, transform, col, row, size, CRS_S2))
+
+
+@pytest.mark.parametrize(
+    ("col", "row", "width", "height"),
+    [(0, 1, 10, 10), (1, 0, 10, 10), (1, 1, 39, 10), (1, 1, 10, 39)],
+    ids=["west-edge", "north-edge", "east-edge", "south-edge"],
+)
+def test_bilinear_2x_needs_all_four_taps(col: int, row: int, width: int, height: int) -> None:
+    data = np.full((1, 20, 20), 5, dtype="uint16")
+    out = np.zeros((1, height, width), dtype="uint16")
+
+    assert not place_bilinear_2x(data, col, row, None, out)
+    assert (out == 0).all()
+
+
+def test_bilinear_2x_leaves_nodata_and_floats_to_gdal() -> None:
+    data = np.full((1, 20, 20), 5, dtype="uint16")
+    data[0, 3, 3] = 0
+    out = np.zeros((1, 8, 8), dtype="uint16")
+    assert not place_bilinear_2x(data, 1, 1, 0, out)
+    assert place_bilinear_2x(data, 1, 1, None, out)  # without nodata, 0 is a value
+    floats = np.ones((1, 20, 20), dtype="float32")
+    assert not place_bilinear_2x(floats, 1, 1, None, np.zeros((1, 8, 8), dtype="float32"))
+
+
+def test_read_onto_zooms_20m_bands_as_gdal_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 20 m band read bilinear onto the 10 m grid: the exact path, no warp, GDAL's answer."""
+    rng = np.random.default_rng(11)
+    data = rng.integers(1, 10_000, (1, 64, 64), dtype="uint16")
+    transform = Affine(20, 0, 600_000, 0, -20, 5_300_000)
+    path = tmp_path / "b11.tif"
+    profile = {
+        "driver": "GTiff",
+        "width": 64,
+        "height": 64,
+        "count": 1,
+        "dtype": "uint16",
+        "crs": CRS_S2,
+        "transform": transform,
+        "nodata": 0,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    geobox = GeoBox((40, 40), Affine(10, 0, 600_250, 0, -10, 5_299_650), CRS_S2)
+    expected = _gdal_bilinear(data, transform, 25, 35, (40, 40), CRS_S2)
+
+    monkeypatch.setattr(read_mod, "reproject", lambda *_, **__: pytest.fail("GDAL warp called"))
+    with read_mod.gdal_env(), rasterio.open(path) as ds:
+        got = read_mod.read_onto(ds, geobox, resampling=Resampling.bilinear)
+
+    np.testing.assert_array_equal(got, expected)
