@@ -200,6 +200,19 @@ def test_pipeline_is_a_single_operation() -> None:
     assert _pipeline("not a crs", RioCRS.from_epsg(4326).to_wkt()) is None
 
 
+def test_datum_shift_chosen_by_area_is_left_to_gdal() -> None:
+    """NAD27 to WGS 84 has many operations (grids by area): no single pipeline, GDAL chooses."""
+    nad27 = RioCRS.from_epsg(4267)
+    assert _pipeline(RioCRS.from_epsg(32615).to_wkt(), nad27.to_wkt()) is None
+    geobox = _geobox("EPSG:32615", 500_000, 4_650_000, size=16)
+    data = np.ones((1, 40, 40), dtype="uint8")
+    transform = Affine(1e-4, 0, -93.01, 0, -1e-4, 42.01)
+    out = np.full((1, 16, 16), FILL, dtype="uint8")
+
+    assert not place_nearest(data, transform, nad27, None, geobox, out)
+    assert (out == FILL).all()
+
+
 def test_read_places_labels_without_a_warp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A label COG in EPSG:4326 read onto a UTM grid never reaches GDAL's warper."""
     geobox = _geobox("EPSG:32633", 500_000, 5_000_000, size=48)
