@@ -230,6 +230,7 @@ def _child_build(argv: list[str]) -> int:
     """Child mode: run ``las build`` in-process after the imports, print its seconds as JSON."""
     # The CLI imports these lazily; import them first so the timing is the build's alone.
     import dask  # noqa: F401
+    import dask.distributed  # noqa: F401 - the build's cluster (imported lazily by it)
     import geopandas  # noqa: F401
     import rasterio  # noqa: F401
     import zarr  # noqa: F401

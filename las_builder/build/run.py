@@ -33,7 +33,7 @@ from shapely import wkb
 
 from las_builder import __version__
 from las_builder.build.config import BuildConfig
-from las_builder.build.read import DatasetCache, gdal_env
+from las_builder.build.read import DatasetCache, close_pooled_datasets, gdal_env
 from las_builder.build.sample import SampleOutcome, build_sample, build_sample_earthengine
 from las_builder.build.search import ParsedItems, SearchError, StacSearcher
 from las_builder.build.store import (
@@ -290,7 +290,7 @@ def build_shard(
         write_index_part(output, shard, index_rows)  # last: marks the shard complete
         release_freed_memory()
         return index_rows
-    cache = DatasetCache(make_signer(cfg.sign))
+    cache = DatasetCache(make_signer(cfg.sign), cfg.run_id)
     try:
         with gdal_env():
             items = _search_shard(rows, cfg)
@@ -611,7 +611,10 @@ def _build_planned(
                     key=f"las-shard-{shard}-{cfg.run_id}",
                 )
 
-            _run_submitted(client, todo, submit, finished_task, queued)
+            try:
+                _run_submitted(client, todo, submit, finished_task, queued)
+            finally:
+                _close_pooled_on(client)
     else:
         from dask.callbacks import Callback
 
@@ -625,8 +628,11 @@ def _build_planned(
             dask.delayed(_shard_task, pure=False)(s, by_shard[s], cfg, output, n, samples_per_shard)
             for s in todo
         ]
-        with _Progress():
-            dask.compute(*tasks, scheduler="threads")
+        try:
+            with _Progress():
+                dask.compute(*tasks, scheduler="threads")
+        finally:
+            close_pooled_datasets()
     if not errors:
         return {**write_index(output), "memory": _memory_summary(peaks)}
     if done_shards(output):
@@ -637,6 +643,14 @@ def _build_planned(
         f"{len(errors)} of {len(set(shards))} shards were not built ({shown}"
         f"{f'; {more} more' if more > 0 else ''}); run `las build` again to build them"
     )
+
+
+def _close_pooled_on(client: Any) -> None:
+    """Close the datasets the cluster's workers kept between this build's shards."""
+    try:
+        client.run(close_pooled_datasets)
+    except Exception as err:  # a worker gone: its handles went with it
+        log.info("could not close the workers' pooled datasets: %s", err)
 
 
 _QUEUED_PER_THREAD = 2

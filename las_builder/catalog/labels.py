@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from las_builder._paths import catalog_dir, file_state
+from las_builder._yaml import safe_load
 
 __all__ = [
     "CatalogError",
@@ -576,7 +577,7 @@ def _load_file(path: Path) -> LabelProduct:
     except OSError as err:
         raise CatalogError(path, [("", f"cannot be read: {err}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as err:
         raise CatalogError(path, [("", f"is not valid YAML: {err}")]) from None
     if not isinstance(data, dict):

@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 from las_builder._paths import catalog_dir, file_state
+from las_builder._yaml import SafeLoader
 from las_builder.catalog.labels import (
     _DTYPE_RANGE,
     CatalogError,
@@ -666,7 +667,7 @@ def _lines(err: CatalogError) -> list[str]:
     return [f"{where}: {f}: {m}" if f else f"{where}: {m}" for f, m in err.problems]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(SafeLoader):
     """A safe loader that refuses repeated mapping keys (PyYAML keeps the last silently)."""
 
 

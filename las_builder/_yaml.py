@@ -1,0 +1,20 @@
+"""Safe YAML loading through libyaml where PyYAML was built with it.
+
+The catalog's legends and mappings are read by every build process; PyYAML's pure-Python
+parser took ~0.2 s of CPU per process for them, libyaml's ~10 times less. Both build the
+same plain data with the same safe constructors (no tags that make objects).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[assignment]
+"""libyaml's safe loader, or PyYAML's own where libyaml is missing."""
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with :data:`SafeLoader`."""
+    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a safe loader

@@ -1,0 +1,225 @@
+"""Handles shared by a shard's samples, waited for when busy, and kept between a build's shards."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from las_builder.build import read as read_mod
+from las_builder.build.read import DatasetCache, ReadError, close_pooled_datasets
+
+
+def _tif(path: Path, seed: int) -> str:
+    data = np.random.default_rng(seed).integers(1, 200, (64, 64), dtype="uint8")
+    profile = {
+        "driver": "GTiff",
+        "width": 64,
+        "height": 64,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(10, 0, 400_000, 0, -10, 5_000_000),
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    return str(path)
+
+
+@pytest.fixture
+def hrefs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("LAS_ALLOWED_FILE_ROOTS", str(tmp_path))
+    return [_tif(tmp_path / f"b{i}.tif", i) for i in range(3)]
+
+
+@pytest.fixture
+def opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The hrefs opened (not taken from a pool or a free handle), in order."""
+    opened: list[str] = []
+    real = DatasetCache._open_checked
+
+    def counting(href: str) -> rasterio.io.DatasetReader:
+        opened.append(href)
+        return real(href)
+
+    monkeypatch.setattr(DatasetCache, "_open_checked", staticmethod(counting))
+    yield opened
+    close_pooled_datasets()
+
+
+def test_a_busy_href_is_waited_for_instead_of_opened_again(
+    hrefs: list[str], opens: list[str]
+) -> None:
+    cache = DatasetCache()
+    held = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with cache.borrow(hrefs[0]) as (ds,):
+            held.set()
+            time.sleep(0.2)
+            order.append("first done")
+            assert ds.read(1).shape == (64, 64)
+
+    def second() -> None:
+        held.wait()
+        with cache.borrow(hrefs[0]) as (ds,):
+            order.append("second got it")
+            assert ds.read(1).shape == (64, 64)
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(first), pool.submit(second)]
+        for f in futures:
+            f.result(timeout=10)
+    cache.close()
+    assert opens == [hrefs[0]]
+    assert order == ["first done", "second got it"]
+
+
+def test_a_set_with_an_href_never_opened_opens_without_waiting(
+    hrefs: list[str], opens: list[str]
+) -> None:
+    cache = DatasetCache()
+    with cache.borrow(hrefs[0]) as (held,):
+        # hrefs[1] has no handle to wait for: the set is opened at once, hrefs[0] a second time
+        with cache.borrow(hrefs[0], hrefs[1]) as (again, other):
+            assert again is not held
+            assert other.name.endswith("b1.tif")
+    cache.close()
+    assert sorted(opens) == sorted([hrefs[0], hrefs[0], hrefs[1]])
+
+
+def test_threads_borrowing_sets_in_opposite_orders_never_wait_for_each_other(
+    hrefs: list[str], opens: list[str]
+) -> None:
+    cache = DatasetCache()
+    with cache.borrow(*hrefs):  # every href has a handle: later borrows may wait
+        pass
+
+    def work(k: int) -> int:
+        total = 0
+        for _ in range(20):
+            chosen = hrefs if k % 2 else hrefs[::-1]
+            with cache.borrow(*chosen) as datasets:
+                total += sum(int(ds.read(1, window=((0, 4), (0, 4))).sum()) for ds in datasets)
+        return total
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [f.result(timeout=30) for f in [pool.submit(work, k) for k in range(6)]]
+    cache.close()
+    assert len(set(results)) == 1  # every thread read the same pixels
+    assert len(opens) == len(hrefs)  # all waited for the one handle of each href
+
+
+def test_a_failed_open_reaches_the_threads_that_waited_for_it(
+    hrefs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = DatasetCache()
+    with cache.borrow(hrefs[0]):
+        pass
+    started = threading.Event()
+
+    def slow_failure(href: str) -> rasterio.io.DatasetReader:
+        started.set()
+        time.sleep(0.2)
+        raise ReadError(f"cannot open {href}: broken")
+
+    monkeypatch.setattr(DatasetCache, "_open_checked", staticmethod(slow_failure))
+
+    def opener() -> None:
+        with cache.borrow(hrefs[0], hrefs[1]):  # hrefs[1] is opened (and fails)
+            pass
+
+    def waiter() -> None:
+        started.wait()
+        with cache.borrow(hrefs[0], hrefs[1]):  # waits for both, then learns the failure
+            pass
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(opener), pool.submit(waiter)]
+        for f in futures:
+            with pytest.raises(ReadError, match="broken"):
+                f.result(timeout=10)
+    cache.close()
+
+
+def test_a_builds_handles_outlive_its_shards_and_a_new_build_closes_them(
+    hrefs: list[str], opens: list[str]
+) -> None:
+    first_shard = DatasetCache(run_id="build-1")
+    with first_shard.borrow(hrefs[0]) as (ds,):
+        pass
+    first_shard.close()
+    assert not ds.closed  # kept for the build's next shard
+    next_shard = DatasetCache(run_id="build-1")
+    with next_shard.borrow(hrefs[0]) as (again,):
+        assert again is ds
+    next_shard.close()
+    assert opens == [hrefs[0]]
+
+    other_build = DatasetCache(run_id="build-2")
+    with other_build.borrow(hrefs[0]) as (fresh,):
+        assert fresh is not ds
+    other_build.close()
+    assert ds.closed  # the earlier build's handle was closed, not reused
+    assert opens == [hrefs[0], hrefs[0]]
+    close_pooled_datasets()
+    assert fresh.closed
+
+
+def test_without_a_build_handles_are_closed_with_the_shard(
+    hrefs: list[str], opens: list[str]
+) -> None:
+    cache = DatasetCache()
+    with cache.borrow(hrefs[0]) as (ds,):
+        pass
+    cache.close()
+    assert ds.closed
+
+
+def test_failures_are_remembered_per_shard_only(
+    tmp_path: Path, hrefs: list[str], opens: list[str]
+) -> None:
+    late = str(tmp_path / "late.tif")
+    shard = DatasetCache(run_id="build-1")
+    with pytest.raises(ReadError), shard.borrow(late):
+        pass
+    shard.close()
+    _tif(Path(late), 9)  # the file appears (a transient outage ended)
+    next_shard = DatasetCache(run_id="build-1")
+    with next_shard.borrow(late) as (ds,):
+        assert ds.read(1).shape == (64, 64)
+    next_shard.close()
+
+
+def test_the_pool_keeps_its_limit_closing_the_least_recently_returned(hrefs: list[str]) -> None:
+    pool = read_mod._DatasetPool(limit=2)
+    datasets = [rasterio.open(href) for href in hrefs]
+    for href, ds in zip(hrefs, datasets, strict=True):
+        pool.give("build", [(href, ds)])
+    assert len(pool) == 2
+    assert datasets[0].closed and not datasets[1].closed and not datasets[2].closed
+    assert pool.take("build", hrefs[0]) is None
+    assert pool.take("other build", hrefs[1]) is None
+    assert pool.take("build", hrefs[1]) is datasets[1]
+    pool.close()
+    assert datasets[2].closed
+    datasets[1].close()
+
+
+def test_a_forked_child_drops_the_parents_handles_unclosed(hrefs: list[str]) -> None:
+    pool = read_mod._DatasetPool(limit=4)
+    ds = rasterio.open(hrefs[0])
+    pool.give("build", [(hrefs[0], ds)])
+    pool._after_fork()  # what os.register_at_fork runs in the child
+    assert len(pool) == 0
+    assert pool.take("build", hrefs[0]) is None
+    assert not ds.closed  # its connections belong to the parent too
+    ds.close()
