@@ -28,7 +28,7 @@ from rasterio.io import DatasetReader
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from las_builder.build.resample import place_bilinear_2x, place_nearest
+from las_builder.build.resample import place_average, place_bilinear_2x, place_nearest
 from las_builder.security import HrefRefused, check_href, redact, register_secret
 from las_builder.stac import SceneItem
 
@@ -849,6 +849,10 @@ class _StackRead:
             return self.out
         if self.resampling == Resampling.nearest and place_nearest(
             data, self._src_transform, ref.crs, ref.nodata, self.geobox, self.out
+        ):
+            return self.out
+        if self.resampling == Resampling.average and place_average(
+            data, self._src_transform, ref.crs, ref.nodata, self.geobox, self.out, self.fill
         ):
             return self.out
         try:

@@ -327,3 +327,146 @@ def test_read_onto_zooms_20m_bands_as_gdal_does(
         got = read_mod.read_onto(ds, geobox, resampling=Resampling.bilinear)
 
     np.testing.assert_array_equal(got, expected)
+
+
+# Area-weighted average: an aerial image in NAD83 UTM onto a finer WGS 84 UTM sample grid.
+
+NAIP_CRS = "EPSG:26910"  # NAD83 / UTM 10N, as NAIP is served
+SAMPLE_CRS = "EPSG:32610"  # the sample grid: WGS 84 / UTM 10N
+NAIP_AT = Affine(0.6, 0, 500_000.3, 0, -0.6, 4_000_000.0)
+SAMPLE_AT = Affine(1.0, 0, 500_010.0, 0, -1.0, 3_999_990.0)
+
+
+def _gdal_average(
+    data: np.ndarray, src_nodata: float | None, size: int, src_crs: str = NAIP_CRS
+) -> np.ndarray:
+    out = np.zeros((data.shape[0], size, size), dtype=data.dtype)
+    reproject(
+        data,
+        out,
+        src_transform=NAIP_AT,
+        src_crs=src_crs,
+        src_nodata=src_nodata,
+        dst_transform=SAMPLE_AT,
+        dst_crs=SAMPLE_CRS,
+        dst_nodata=0,
+        resampling=Resampling.average,
+        num_threads=1,
+    )
+    return out
+
+
+def _ours(
+    data: np.ndarray, src_nodata: float | None, size: int, src_crs: str = NAIP_CRS
+) -> tuple[bool, np.ndarray]:
+    out = np.zeros((data.shape[0], size, size), dtype=data.dtype)
+    geobox = GeoBox((size, size), SAMPLE_AT, SAMPLE_CRS)
+    placed = resample_mod.place_average(
+        data, NAIP_AT, RioCRS.from_user_input(src_crs), src_nodata, geobox, out, 0
+    )
+    return placed, out
+
+
+def _exact_mean(data: np.ndarray, row: int, col: int) -> float:
+    """The area-weighted mean under one target pixel, from the footprint's corners alone."""
+    x0, y0 = SAMPLE_AT * (col, row)
+    x1, y1 = SAMPLE_AT * (col + 1, row + 1)
+    c0, r0 = ~NAIP_AT * (x0, y0)
+    c1, r1 = ~NAIP_AT * (x1, y1)
+    total = weight = 0.0
+    for r in range(int(np.floor(r0)), int(np.ceil(r1))):
+        for c in range(int(np.floor(c0)), int(np.ceil(c1))):
+            w = (min(c1, c + 1) - max(c0, c)) * (min(r1, r + 1) - max(r0, r))
+            total += w * float(data[r, c])
+            weight += w
+    return total / weight
+
+
+@pytest.mark.parametrize("src_nodata", [None, 0])
+def test_average_equals_gdals_across_datums(src_nodata: float | None) -> None:
+    data = np.random.default_rng(3).integers(1, 256, (4, 400, 400), dtype="uint8")
+    data[:, :30, :30] = 0  # missing in every band
+    data[1, 200:260, 100:160] = 0  # dark in one band only: still a value
+    placed, ours = _ours(data, src_nodata, 230)
+    gdal = _gdal_average(data, src_nodata, 230)
+    assert placed
+    differ = ours.astype(int) - gdal
+    assert np.abs(differ).max() <= 1  # rounding of means that sit on .5
+    assert (differ != 0).mean() < 1e-4
+
+
+def test_average_is_the_area_weighted_mean() -> None:
+    data = np.random.default_rng(4).integers(0, 256, (1, 120, 120), dtype="uint8")
+    placed, ours = _ours(data, None, 60)
+    assert placed
+    for row, col in [(0, 0), (1, 2), (7, 13), (30, 31), (59, 40)]:
+        assert ours[0, row, col] == np.floor(_exact_mean(data[0], row, col) + 0.5)
+
+
+def test_average_leaves_uncovered_and_missing_pixels_to_the_fill() -> None:
+    data = np.full((2, 50, 50), 9, dtype="uint8")
+    data[:, :20, :] = 0  # nodata in all bands: 12 m of source rows
+    placed, ours = _ours(data, 0, 30)  # the grid runs past the window's right and bottom
+    assert placed
+    # Target row 0 lies on source rows 16.7-18.3 (nodata). Row 1 ends on source row 20 where
+    # the valid rows start; in floating point it touches row 20 by ~1e-11 of a pixel, which
+    # then makes the whole mean, for GDAL too. The window ends at target row 20 and within
+    # target column 20 (source column 50 = 20.3).
+    assert (ours[:, :1] == 0).all()
+    assert (ours[:, 2:20, :21] == 9).all()
+    assert (ours[:, 20:] == 0).all() and (ours[:, :, 21:] == 0).all()
+    np.testing.assert_array_equal(ours, _gdal_average(data, 0, 30))
+
+
+def test_a_dark_pixel_of_one_band_does_not_become_nodata() -> None:
+    data = np.full((3, 60, 60), 50, dtype="uint8")
+    data[0] = 0  # band 1 is dark everywhere, the others are not: the pixels are valid
+    placed, ours = _ours(data, 0, 30)
+    assert placed
+    np.testing.assert_array_equal(ours, _gdal_average(data, 0, 30))
+    assert (ours[0, :20, :20] == 1).all()  # as GDAL writes it, not the fill
+
+
+def test_average_within_one_crs_and_across_zones_is_left_to_gdal() -> None:
+    data = np.ones((1, 60, 60), dtype="uint8")
+    placed, ours = _ours(data, None, 30, src_crs=SAMPLE_CRS)  # same CRS: GDAL's own weights
+    assert not placed and not ours.any()
+    placed, ours = _ours(data, None, 30, src_crs="EPSG:26911")  # the next zone: not a scale
+    assert not placed and not ours.any()
+
+
+def test_average_of_another_type_is_left_to_gdal() -> None:
+    data = np.ones((1, 60, 60), dtype="uint16")
+    out = np.zeros((1, 30, 30), dtype="uint8")
+    geobox = GeoBox((30, 30), SAMPLE_AT, SAMPLE_CRS)
+    crs = RioCRS.from_user_input(NAIP_CRS)
+    assert not resample_mod.place_average(data, NAIP_AT, crs, None, geobox, out, 0)
+
+
+def test_read_onto_averages_an_aerial_image_without_a_warp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = np.random.default_rng(5).integers(1, 256, (4, 200, 200), dtype="uint8")
+    path = tmp_path / "naip.tif"
+    profile = {
+        "driver": "GTiff",
+        "width": 200,
+        "height": 200,
+        "count": 4,
+        "dtype": "uint8",
+        "crs": NAIP_CRS,
+        "transform": NAIP_AT,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    expected = _gdal_average(data, None, 100)
+
+    def _no_warp(*_: object, **__: object) -> None:
+        raise AssertionError("GDAL warp called")
+
+    monkeypatch.setattr(read_mod, "reproject", _no_warp)
+    geobox = GeoBox((100, 100), SAMPLE_AT, SAMPLE_CRS)
+    with read_mod.gdal_env(), rasterio.open(path) as ds:
+        got = read_mod.read_onto(ds, geobox, resampling=Resampling.average, nodata=0, dtype="uint8")
+    differ = got.astype(int) - expected
+    assert np.abs(differ).max() <= 1 and (differ != 0).mean() < 1e-3
