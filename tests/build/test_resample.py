@@ -369,10 +369,10 @@ def _ours(
 
 def _exact_mean(data: np.ndarray, row: int, col: int) -> float:
     """The area-weighted mean under one target pixel, from the footprint's corners alone."""
-    x0, y0 = SAMPLE_AT * (col, row)
-    x1, y1 = SAMPLE_AT * (col + 1, row + 1)
-    c0, r0 = ~NAIP_AT * (x0, y0)
-    c1, r1 = ~NAIP_AT * (x1, y1)
+    x0, y0 = SAMPLE_AT @ (col, row)
+    x1, y1 = SAMPLE_AT @ (col + 1, row + 1)
+    c0, r0 = ~NAIP_AT @ (x0, y0)
+    c1, r1 = ~NAIP_AT @ (x1, y1)
     total = weight = 0.0
     for r in range(int(np.floor(r0)), int(np.ceil(r1))):
         for c in range(int(np.floor(c0)), int(np.ceil(c1))):
