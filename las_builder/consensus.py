@@ -84,7 +84,7 @@ def consensus(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     arr = _check_layers(layers)
     height, width = arr.shape[1:]
-    present = np.unique(arr)
+    present = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)).astype(np.uint8)
     classes = present[(present != LAS_NODATA) & (present != LAS_IGNORE)]
     any_ignore = (arr == LAS_IGNORE).any(axis=0)
     labels = np.where(any_ignore, np.uint8(LAS_IGNORE), np.uint8(LAS_NODATA)).astype(np.uint8)

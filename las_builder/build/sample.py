@@ -178,6 +178,19 @@ def _read_labels(
     return out, chosen
 
 
+def _class_counts(labels: np.ndarray) -> dict[str, int]:
+    """Pixels per LAS value present in ``labels`` (uint8), by the value as text.
+
+    A histogram (``bincount``): ``np.unique`` sorts every pixel first, ~0.3 ms per 128 px
+    layer, six layers per sample.
+    """
+    if labels.dtype != np.uint8:
+        values, found = np.unique(labels, return_counts=True)
+        return {str(int(v)): int(c) for v, c in zip(values, found, strict=True)}
+    n = np.bincount(labels.ravel(), minlength=256)
+    return {str(int(v)): int(n[v]) for v in np.flatnonzero(n)}
+
+
 def harmonise_labels(
     natives: dict[str, np.ndarray],
     arrays: dict[str, np.ndarray],
@@ -199,15 +212,13 @@ def harmonise_labels(
         arrays[f"labels/{product}/native"] = native
         arrays[f"labels/{product}/las"] = las
         las_layers.append(las)
-        values, n = np.unique(las, return_counts=True)
-        counts[product] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+        counts[product] = _class_counts(las)
     if las_layers:
         stack = np.stack(las_layers)
         cons, agree = consensus(stack)
         arrays["consensus"] = cons
         arrays["agreement"] = agree
-        values, n = np.unique(cons, return_counts=True)
-        counts["consensus"] = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+        counts["consensus"] = _class_counts(cons)
         label_nodata = float((cons == LAS_NODATA).mean())
         if label_nodata > cfg.max_nodata:
             raise SampleSkipped(
