@@ -28,7 +28,7 @@ from rasterio.io import DatasetReader
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from las_builder.build.resample import place_average, place_bilinear_2x, place_nearest
+from las_builder.build.resample import place_average, place_bilinear_zoom, place_nearest
 from las_builder.security import HrefRefused, check_href, redact, register_secret
 from las_builder.stac import SceneItem
 
@@ -777,7 +777,7 @@ class _StackRead:
         self._copy_to: tuple[slice, slice] | None = None
         self._src_transform: Affine | None = None
         self._take: tuple[np.ndarray, np.ndarray] | None = None
-        self._doubled_at: tuple[int, int] | None = None
+        self._zoomed_at: tuple[int, int, int] | None = None
         zoom = _pixel_zoom(ref, geobox)
         if zoom is not None and (zoom[2] == 1 or resampling == Resampling.nearest):
             # Each target pixel lies in one source pixel whose value it takes: read the source
@@ -806,12 +806,10 @@ class _StackRead:
         if window is None:
             return
         self._src_transform = ref.window_transform(window)
-        if zoom is not None and zoom[2] == 2 and resampling == Resampling.bilinear:
-            # The GeoBox's corner counted in its own pixels from the window's corner.
-            self._doubled_at = (
-                zoom[0] - 2 * int(window.col_off),
-                zoom[1] - 2 * int(window.row_off),
-            )
+        if zoom is not None and resampling == Resampling.bilinear:
+            # The GeoBox's corner counted in its own pixels from the window's corner, and k.
+            col, row, k = zoom
+            self._zoomed_at = (col - k * int(window.col_off), row - k * int(window.row_off), k)
         self.calls = _read_calls(layers, window)
         self.source_bytes = _window_bytes(layers, int(window.height), int(window.width))
 
@@ -843,8 +841,8 @@ class _StackRead:
                 data = data[:, self._take[0][:, None], self._take[1]]
             self.out[(slice(None), *self._copy_to)] = data
             return self.out
-        if self._doubled_at is not None and place_bilinear_2x(
-            data, *self._doubled_at, ref.nodata, self.out
+        if self._zoomed_at is not None and place_bilinear_zoom(
+            data, *self._zoomed_at, ref.nodata, self.out
         ):
             return self.out
         if self.resampling == Resampling.nearest and place_nearest(

@@ -192,57 +192,74 @@ def _thread_transformer(dst_wkt: str, src_wkt: str) -> Transformer | None:
     return made[key]
 
 
-def place_bilinear_2x(
-    data: np.ndarray, col: int, row: int, src_nodata: float | None, out: np.ndarray
+def place_bilinear_zoom(
+    data: np.ndarray, col: int, row: int, k: int, src_nodata: float | None, out: np.ndarray
 ) -> bool:
-    """Write onto ``out`` the bilinear interpolation of ``data`` on a lattice twice as fine.
+    """Write onto ``out`` the bilinear interpolation of ``data`` on a lattice ``k`` times finer.
 
-    The target grid continues the source's, split in two along each axis; its corner lies
-    ``col``, ``row`` target pixels from the window's corner. Every target centre then lies a
-    quarter of a source pixel from a source centre along each axis, so the weights are 1/4 and
-    3/4 and the sum is exact in integers: the result equals GDAL's bilinear warp pixel for pixel
-    (which computes the same dyadic sums in doubles and rounds half up), ~10x faster.
+    The target grid continues the source's, each source pixel split ``k`` by ``k``; its corner
+    lies ``col``, ``row`` target pixels from the window's corner. Every target centre then
+    lies a multiple of ``1 / (2k)`` of a source pixel from a source centre, so the weights are
+    integers over ``2k`` along each axis and the sum is exact in integers, rounded half up.
+
+    That is GDAL's bilinear warp pixel for pixel where GDAL's doubles are exact or no sum
+    falls on a half: ``k`` a power of two (Sentinel-2's 20 m bands onto 10 m) or odd. Other
+    ``k`` are left to GDAL: at ``k = 6`` (the 60 m bands) ~2 % of the sums fall exactly on a
+    half, which GDAL's inexact sixths round down about half the time, so the exact sum would
+    change ~1 % of those pixels by one for ~1.3 ms less per call.
 
     Args:
         data: Source window (bands, rows, cols), unsigned integers of up to 16 bits.
         col: Column of the target grid's corner, in target pixels from the window's corner.
         row: Row of the target grid's corner, in target pixels from the window's corner.
+        k: Target pixels per source pixel along each axis (2 or more).
         src_nodata: The source nodata value, or None.
         out: Target array (bands, rows, cols) of the same dtype.
 
     Returns:
         False, with ``out`` untouched, when the window holds nodata (GDAL then renormalises
         the weights of the valid pixels), a target pixel's four source pixels are not all in
-        the window, or the dtype is not ``uint8``/``uint16``.
+        the window, ``k`` is even but not a power of two, or the dtype is not
+        ``uint8``/``uint16``.
     """
-    if data.dtype not in (np.uint8, np.uint16) or out.dtype != data.dtype:
+    if data.dtype not in (np.uint8, np.uint16) or out.dtype != data.dtype or k < 2:
+        return False
+    if k % 2 == 0 and k & (k - 1):
         return False
     height, width = out.shape[-2:]
-    # Target pixel s (from the window's corner) interpolates source pixels (s - 1) // 2 and
-    # the next: rows 2..2h-3 of the doubled window are the ones with both inside.
-    if min(col, row) < 1 or col + width > 2 * data.shape[-1] - 1:
-        return False
-    if row + height > 2 * data.shape[-2] - 1:
+    rows = _zoom_taps(row, height, k, data.shape[-2])
+    cols = _zoom_taps(col, width, k, data.shape[-1])
+    if rows is None or cols is None:
         return False
     if src_nodata is not None and (data == src_nodata).any():
         return False
-    src = data.astype(np.int32)
-    rows = _doubled(src, row, height, axis=1)
-    cols = _doubled(rows, col, width, axis=2)
-    out[...] = (cols + 8) >> 4  # the weights were scaled by 4 along each axis
+    src = data.astype(np.int64)
+    along_rows = _zoomed(src, *rows, k, axis=1)
+    both = _zoomed(along_rows, *cols, k, axis=2)
+    scale = (2 * k) ** 2  # the weights were scaled by 2k along each axis
+    out[...] = (both + scale // 2) // scale
     return True
 
 
-def _doubled(a: np.ndarray, first: int, size: int, axis: int) -> np.ndarray:
-    """Positions ``first``..``first + size - 1`` of ``a`` doubled along ``axis``, weights x4.
+def _zoom_taps(first: int, size: int, k: int, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Source pixel before each target centre ``first``.. and the next one's weight x 2k.
 
-    Position 2m takes a[m - 1] + 3 a[m], position 2m + 1 takes 3 a[m] + a[m + 1].
+    Target pixel ``p`` has its centre at ``(2p + 1 - k) / 2k`` source pixels from the first
+    source centre. None when a centre lacks a source pixel on either side in the window.
     """
+    position = 2 * (first + np.arange(size)) + 1 - k
+    before = position // (2 * k)
+    if before[0] < 0 or before[-1] + 1 > limit - 1:
+        return None
+    return before, position - 2 * k * before
+
+
+def _zoomed(a: np.ndarray, before: np.ndarray, weight: np.ndarray, k: int, axis: int) -> Any:
+    """``a`` interpolated along ``axis``: ``(2k - w) a[before] + w a[before + 1]``."""
     a = np.moveaxis(a, axis, 0)
-    doubled = np.empty((2 * a.shape[0], *a.shape[1:]), dtype=a.dtype)
-    doubled[2::2] = a[:-1] + 3 * a[1:]
-    doubled[1:-1:2] = 3 * a[:-1] + a[1:]
-    return np.moveaxis(doubled[first : first + size], 0, axis)
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    mixed = (2 * k - weight).reshape(shape) * a[before] + weight.reshape(shape) * a[before + 1]
+    return np.moveaxis(mixed, 0, axis)
 
 
 _AFFINE_TOLERANCE_PX = 1e-3

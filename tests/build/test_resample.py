@@ -16,7 +16,7 @@ from rasterio.warp import Resampling, reproject, transform_bounds
 
 from las_builder.build import read as read_mod
 from las_builder.build import resample as resample_mod
-from las_builder.build.resample import _pipeline, place_bilinear_2x, place_nearest
+from las_builder.build.resample import _pipeline, place_bilinear_zoom, place_nearest
 
 MODIS = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"  # MODIS sinusoidal
 FILL = 255
@@ -245,9 +245,15 @@ def test_read_places_labels_without_a_warp(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _gdal_bilinear(
-    data: np.ndarray, transform: Affine, col: int, row: int, size: tuple[int, int], crs: str
+    data: np.ndarray,
+    transform: Affine,
+    col: int,
+    row: int,
+    size: tuple[int, int],
+    crs: str,
+    k: int = 2,
 ) -> np.ndarray:
-    fine = transform * Affine.scale(0.5) * Affine.translation(col, row)
+    fine = transform * Affine.scale(1 / k) * Affine.translation(col, row)
     out = np.zeros((data.shape[0], *size), dtype=data.dtype)
     reproject(
         data,
@@ -271,7 +277,7 @@ def test_bilinear_2x_equals_gdal(dtype: str, col: int, row: int) -> None:
     size = (2 * 24 - 1 - row, 2 * 30 - 1 - col)  # as far as the window's last centres
     out = np.zeros((3, *size), dtype=dtype)
 
-    assert place_bilinear_2x(data, col, row, 0, out)
+    assert place_bilinear_zoom(data, col, row, 2, 0, out)
 
     np.testing.assert_array_equal(out, _gdal_bilinear(data, transform, col, row, size, CRS_S2))
 
@@ -285,7 +291,7 @@ def test_bilinear_2x_needs_all_four_taps(col: int, row: int, width: int, height:
     data = np.full((1, 20, 20), 5, dtype="uint16")
     out = np.zeros((1, height, width), dtype="uint16")
 
-    assert not place_bilinear_2x(data, col, row, None, out)
+    assert not place_bilinear_zoom(data, col, row, 2, None, out)
     assert (out == 0).all()
 
 
@@ -293,10 +299,52 @@ def test_bilinear_2x_leaves_nodata_and_floats_to_gdal() -> None:
     data = np.full((1, 20, 20), 5, dtype="uint16")
     data[0, 3, 3] = 0
     out = np.zeros((1, 8, 8), dtype="uint16")
-    assert not place_bilinear_2x(data, 1, 1, 0, out)
-    assert place_bilinear_2x(data, 1, 1, None, out)  # without nodata, 0 is a value
+    assert not place_bilinear_zoom(data, 1, 1, 2, 0, out)
+    assert place_bilinear_zoom(data, 1, 1, 2, None, out)  # without nodata, 0 is a value
     floats = np.ones((1, 20, 20), dtype="float32")
-    assert not place_bilinear_2x(floats, 1, 1, None, np.zeros((1, 8, 8), dtype="float32"))
+    assert not place_bilinear_zoom(floats, 1, 1, 2, None, np.zeros((1, 8, 8), dtype="float32"))
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_bilinear_zoom_equals_gdal_where_no_sum_is_a_tie_or_the_weights_are_dyadic(k: int) -> None:
+    rng = np.random.default_rng(k)
+    data = rng.integers(1, 10_000, (2, 20, 20), dtype="uint16")
+    transform = Affine(10 * k, 0, 600_000, 0, -10 * k, 5_300_000)
+    col, row, size = k, k + 1, (16 * k, 17 * k)
+    out = np.zeros((2, *size), dtype="uint16")
+
+    assert place_bilinear_zoom(data, col, row, k, 0, out)
+
+    np.testing.assert_array_equal(out, _gdal_bilinear(data, transform, col, row, size, CRS_S2, k))
+
+
+def test_bilinear_6x_is_left_to_gdal_whose_sixths_round_halves_either_way() -> None:
+    """The 60 m bands: the exact sum would differ from GDAL where it is a half, so GDAL runs."""
+    rng = np.random.default_rng(60)
+    data = rng.integers(1, 10_000, (2, 26, 26), dtype="uint16")
+    transform = Affine(60, 0, 600_000, 0, -60, 5_300_000)
+    col, row, size = 7, 9, (128, 128)
+    out = np.zeros((2, *size), dtype="uint16")
+
+    assert not place_bilinear_zoom(data, col, row, 6, 0, out)
+    assert not out.any()
+
+    # Why: per pixel, in exact 144ths, the centre of target (r, c) between four source pixels.
+    r, c = np.meshgrid(np.arange(size[0]) + row, np.arange(size[1]) + col, indexing="ij")
+    y, x = (2 * r + 1 - 6) / 12, (2 * c + 1 - 6) / 12
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    wy, wx = np.rint((y - y0) * 12).astype(int), np.rint((x - x0) * 12).astype(int)
+    src = data.astype(np.int64)
+    total = (
+        (12 - wy) * (12 - wx) * src[:, y0, x0]
+        + (12 - wy) * wx * src[:, y0, x0 + 1]
+        + wy * (12 - wx) * src[:, y0 + 1, x0]
+        + wy * wx * src[:, y0 + 1, x0 + 1]
+    )
+    gdal = _gdal_bilinear(data, transform, col, row, size, CRS_S2, 6)
+    differ = (total + 72) // 144 != gdal
+    halves = total % 144 == 72
+    assert differ.any() and not (differ & ~halves).any()  # GDAL rounds some halves down
 
 
 def test_read_onto_zooms_20m_bands_as_gdal_does(
