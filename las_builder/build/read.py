@@ -298,9 +298,9 @@ def _outcome(call: Callable[[], T]) -> T | BaseException:
 
 POOLED_DATASETS = 96
 """Idle open datasets a process keeps from one shard of a build to the next (least recently
-used closed first). Neighbouring shards read many of the same scenes, so a build opened each
-asset ~1.7 times per process; an open costs ~2 ms of CPU with the GIL held (the header's
-requests and parsing, the CRS identified in PROJ's database). A shard borrows ~60 handles."""
+used closed first). An open costs 0.7-2 ms of CPU, most of it with the GIL held (the header's
+requests and parsing, the CRS identified in PROJ's database); a demo shard uses ~35 handles, so
+the pool holds a few shards' worth. Neighbouring shards share scenes where samples are dense."""
 
 
 class _DatasetPool:
