@@ -47,6 +47,9 @@ COMPRESSORS = {
 # Band-name coordinate arrays (named after the band dimension of each imagery array).
 BAND_COORDINATES = {"s2_band": "sentinel-2", "s1_band": "sentinel-1", "naip_band": "naip"}
 _PART = re.compile(r"shard-(\d+)\.parquet")
+# zarr's LocalStore writes an object aside as <stem>.<uuid4 hex>.partial and renames it; a
+# process killed in between leaves that file behind.
+_ZARR_PARTIAL = re.compile(r"(?P<stem>.+)\.[0-9a-f]{32}\.partial")
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ def create_store(
                 "path or set the recipe's compressor to the store's"
             )
         return
+    _remove_partials(url)  # a build killed while creating the store; it holds no shard yet
     for path, spec in specs.items():
         root.create_array(
             path,
@@ -359,6 +363,7 @@ def write_shard(
     empty = list(empty)
     encoded = encoded if encoded is not None else {}
     targets = _open_arrays(url, [*arrays, *empty, *encoded], run_id)
+    _remove_shard_partials(url, targets, start)
     if encoded:
         chunks = []
         for path in list(encoded):
@@ -395,6 +400,48 @@ def write_shard(
         targets[path][start : start + data.shape[0]] = data
     for path in empty:
         _delete_shard(url, path, targets[path], start)
+
+
+def _local_path(url: str) -> str | None:
+    fs, root = fsspec.core.url_to_fs(url)
+    return root.rstrip("/") if _is_local(fs) else None
+
+
+def _remove_partials(url: str) -> None:
+    """Delete every file zarr left half-written (killed mid-write) in a local store."""
+    root = _local_path(url)
+    if root is None or not os.path.isdir(root):
+        return  # an object store's PUT is atomic: nothing is left half-written
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if _ZARR_PARTIAL.fullmatch(name):
+                os.unlink(os.path.join(folder, name))
+
+
+def _remove_shard_partials(url: str, arrays: dict[str, zarr.Array], start: int) -> None:
+    """Delete the files a killed build left half-written beside the shard at row ``start``.
+
+    Without this they would stay in the store of a resumed build, which is then no longer
+    byte-identical to an uninterrupted one. Only the writer of the shard (it holds the shard)
+    calls this, so no write in progress is touched.
+    """
+    root = _local_path(url)
+    if root is None:
+        return
+    for path, array in arrays.items():
+        if array.shards is None:
+            continue
+        coords = (start // array.shards[0],) + (0,) * (array.ndim - 1)
+        key = array.metadata.encode_chunk_key(coords)
+        folder, name = os.path.split(os.path.join(root, path.strip("/"), key))
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for other in names:
+            match = _ZARR_PARTIAL.fullmatch(other)
+            if match and match.group("stem") == name:
+                os.unlink(os.path.join(folder, other))
 
 
 def _delete_shard(url: str, path: str, array: zarr.Array, start: int) -> bool:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -146,15 +147,16 @@ def test_sigkill_then_resume_is_byte_identical(
         for path in paths:
             np.testing.assert_array_equal(built[path][rows], ref[path][rows], err_msg=path)
 
-    # A shard cut short: garbage where its arrays' objects are, no index part.
+    # A shard cut short: garbage where its arrays' objects are, and beside each the file zarr
+    # writes an object into before renaming it (a kill in between leaves it); no index part.
     torn = min(set(range(SHARDS)) - set(done))
     for path in (p for p in paths if built[p].shards is not None):  # not the band-name arrays
-        shard_file = out / "las.zarr" / path / "c" / str(torn)
-        target = next((p for p in shard_file.rglob("*") if p.is_file()), None)
-        if target is None:
-            target = shard_file.joinpath(*["0"] * (built[path].ndim - 1))
-            target.parent.mkdir(parents=True, exist_ok=True)
+        target = (out / "las.zarr" / path / "c" / str(torn)).joinpath(
+            *["0"] * (built[path].ndim - 1)
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"half-written shard")
+        target.with_name(f"0.{uuid.uuid4().hex}.partial").write_bytes(b"half-written shard")
 
     runner = CliRunner()
     status = json.loads(

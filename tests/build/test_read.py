@@ -160,6 +160,59 @@ def test_an_empty_shard_array_is_not_written_and_a_stale_one_is_removed(tmp_path
     assert not again["b"][:].any()
 
 
+def test_files_a_killed_write_left_beside_a_shard_are_removed(tmp_path: Path) -> None:
+    """zarr writes an object aside (<key>.<uuid>.partial) and renames it; a build killed in
+    between leaves the file, which the shard's next writer removes (and only its own shard's)."""
+    import uuid
+
+    url = str(tmp_path / "s.zarr")
+    root = zarr.open_group(url, mode="w", zarr_format=3)
+    for name in ("a", "b"):
+        root.create_array(name, shape=(8, 4), chunks=(1, 4), shards=(4, 4), dtype="uint8")
+    full = np.ones((4, 4), "uint8")
+    write_shard(url, 0, {"a": full, "b": full})
+    stale = [
+        tmp_path / "s.zarr" / "a" / "c" / "1" / f"0.{uuid.uuid4().hex}.partial",  # never renamed
+        tmp_path / "s.zarr" / "b" / "c" / "0" / f"0.{uuid.uuid4().hex}.partial",  # another shard
+    ]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-written")
+    lookalike = tmp_path / "s.zarr" / "a" / "c" / "1" / "0.notes.partial"
+    lookalike.write_bytes(b"not zarr's")
+    write_shard(url, 4, {"a": full, "b": full})
+    assert not stale[0].exists()
+    assert stale[1].exists()  # shard 0 was not written again: its writer removes it
+    assert lookalike.exists()
+    assert sorted(p.name for p in (tmp_path / "s.zarr" / "a" / "c" / "1").iterdir()) == [
+        "0",
+        "0.notes.partial",
+    ]
+
+
+def test_a_store_created_again_loses_files_a_killed_creation_left(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from las_builder.build.config import BuildConfig
+    from las_builder.build.store import create_store
+
+    cfg = BuildConfig(
+        stac_url="http://127.0.0.1:9/",
+        start=dt.datetime(2021, 6, 1, tzinfo=dt.UTC),
+        end=dt.datetime(2021, 9, 30, tzinfo=dt.UTC),
+        size_px=8,
+        resolution_m=10,
+        max_nodata=0.2,
+    )
+    out = tmp_path / "las.zarr"
+    out.mkdir()
+    stale = out / "zarr.0123456789abcdef0123456789abcdef.partial"
+    stale.write_bytes(b"{")
+    create_store(str(out), 2, 1, cfg, {})
+    assert not stale.exists()
+    assert zarr.open_group(str(out), mode="r").attrs["las_store_version"] >= 1
+
+
 def test_a_builds_arrays_are_opened_once_and_written_like_uncached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
