@@ -1,11 +1,13 @@
-"""Shared fixtures: generated worlds and the real STAC fixtures."""
+"""Shared fixtures: generated worlds, the real STAC fixtures, waiting for processes to end."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from las_builder.world.create import create_world
@@ -45,3 +47,30 @@ def served_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield {"world": world, "stac_url": info.stac_url, "assets_url": info.assets_url}
     finally:
         stop_world(world)
+
+
+def _runs(process: psutil.Process) -> bool:
+    # A zombie has exited; an orphan's new parent (PID 1, in a container often not an init
+    # that reaps at once) may take seconds to reap it, or never.
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+WaitExited = Callable[[list[psutil.Process], float], list[psutil.Process]]
+
+
+@pytest.fixture
+def wait_exited() -> WaitExited:
+    """``wait(processes, timeout_s)``: the processes still running after up to ``timeout_s``."""
+
+    def wait(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            alive = [p for p in processes if _runs(p)]
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            time.sleep(0.05)
+
+    return wait

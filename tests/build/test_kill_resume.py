@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ import zarr
 from typer.testing import CliRunner
 
 from las_builder.cli import app
+
+if TYPE_CHECKING:
+    from conftest import WaitExited
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "demo.yaml"
@@ -73,7 +77,9 @@ def reference(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
-def _kill_mid_build(command: list[str], out: Path, delay: float) -> tuple[dict[int, int], int]:
+def _kill_mid_build(
+    command: list[str], out: Path, delay: float, wait_exited: WaitExited
+) -> tuple[dict[int, int], int]:
     """Start the build, SIGKILL it ``delay`` s after its first finished shard.
 
     Returns the finished shards and how many worker processes the build had.
@@ -91,7 +97,7 @@ def _kill_mid_build(command: list[str], out: Path, delay: float) -> tuple[dict[i
         assert proc.wait(timeout=30) == -signal.SIGKILL
         # Its worker processes (the default on 2+ cores) end with it, not as orphans that
         # would go on writing shards under the next build.
-        _, alive = psutil.wait_procs(workers, timeout=30)
+        alive = wait_exited(workers, 30.0)  # exited, if not yet reaped by their new parent
         assert not alive, f"worker processes outlived the killed build: {alive}"
     finally:
         if proc.poll() is None:
@@ -103,7 +109,7 @@ def _kill_mid_build(command: list[str], out: Path, delay: float) -> tuple[dict[i
 
 
 def test_sigkill_then_resume_is_byte_identical(
-    reference: Path, served_world: dict, tmp_path: Path
+    reference: Path, served_world: dict, tmp_path: Path, wait_exited: WaitExited
 ) -> None:
     out = tmp_path / "las"
     command = [
@@ -123,7 +129,7 @@ def test_sigkill_then_resume_is_byte_identical(
             shutil.rmtree(out)
         out.mkdir()
         shutil.copy(reference / "plan.parquet", out / "plan.parquet")  # the same recipe's plan
-        done, n_workers = _kill_mid_build(command, out, attempt_delay)
+        done, n_workers = _kill_mid_build(command, out, attempt_delay, wait_exited)
         print(
             f"seed {SEED}: killed {attempt_delay:.3f} s after the first shard ({n_workers} "
             f"worker processes); done {sorted(done)}"
