@@ -735,6 +735,12 @@ PARENT_POLL_S = 0.5
 """How often a forked worker checks that the build that started it is still there."""
 
 _parent_watch_installed = False
+_forking_pid = 0  # set in the parent just before each fork, read by the child
+
+
+def _remember_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
 
 
 def _exit_with_parent() -> None:
@@ -744,9 +750,11 @@ def _exit_with_parent() -> None:
     forked worker also inherits the pipes of the workers forked beside it. When two workers'
     pipes are made before either is forked, each holds the other's open, neither hears the
     build die, and both live on as orphans after a ``kill -9`` (seen in the kill-and-resume
-    test). The parent's pid does not lie: an orphan is re-parented.
+    test). The parent's pid does not lie: an orphan is re-parented. It is the pid the parent
+    noted before the fork: a parent killed before the child first ran would make the child's
+    own ``getppid()`` the new parent's (PID 1), and the child would watch that one instead.
     """
-    parent = os.getppid()
+    parent = _forking_pid
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -760,7 +768,7 @@ def _forked_children_exit_with_this_process() -> None:
     """Make every process forked from now on exit when this one is gone (once per process)."""
     global _parent_watch_installed
     if not _parent_watch_installed:
-        os.register_at_fork(after_in_child=_exit_with_parent)
+        os.register_at_fork(before=_remember_forking_pid, after_in_child=_exit_with_parent)
         _parent_watch_installed = True
 
 

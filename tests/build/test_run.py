@@ -155,7 +155,15 @@ def test_a_local_build_cluster_keeps_no_profile_and_short_message_logs() -> None
 _FORKING_PARENT = """
 import os, sys, time
 from las_builder.build import run
-if sys.argv[1] == "watch":
+if sys.argv[1] == "late":
+    # A child that runs only once its parent is gone: its first after-fork hook (they run in
+    # the order registered) waits for that, then the watch's own hook runs.
+    forking = os.getpid()
+    def wait_for_the_parent_to_go():
+        while os.getppid() == forking:
+            time.sleep(0.01)
+    os.register_at_fork(after_in_child=wait_for_the_parent_to_go)
+if sys.argv[1] in ("watch", "late"):
     run._forked_children_exit_with_this_process()
 pid = os.fork()
 if pid == 0:
@@ -166,12 +174,14 @@ time.sleep(120)
 """
 
 
-def _orphan_lives(wait_exited: WaitExited, watch: bool, within_s: float = 5.0) -> bool:
-    """Fork a child from a process, SIGKILL that process: is the child alive ``within_s`` on?"""
+def _orphan_lives(wait_exited: WaitExited, mode: str, within_s: float = 5.0) -> bool:
+    """Fork a child from a process, SIGKILL that process: is the child alive ``within_s`` on?
+
+    ``mode``: ``plain`` (no watch), ``watch``, or ``late`` (watched, and the parent is killed
+    before the child has run at all).
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-c", _FORKING_PARENT, "watch" if watch else "plain"],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", _FORKING_PARENT, mode], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     child = psutil.Process(int(proc.stdout.readline()))
@@ -188,8 +198,15 @@ def _orphan_lives(wait_exited: WaitExited, watch: bool, within_s: float = 5.0) -
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
 def test_forked_workers_exit_when_the_build_is_killed(wait_exited: WaitExited) -> None:
     # Without the watch a forked child outlives a killed parent (the test is not vacuous);
-    # with it, the child exits after its next poll (0.5 s). It then stays a zombie until PID 1
-    # reaps it, here 1-2 s later and under the whole suite's load over 30 s once: a zombie
-    # counts as exited (until it did, this test failed in two clean-clone runs).
-    assert _orphan_lives(wait_exited, watch=False)
-    assert not _orphan_lives(wait_exited, watch=True, within_s=30.0)
+    # with it, the child exits after its next poll (0.5 s), and then stays a zombie until
+    # PID 1 reaps it (1-2 s here): a zombie counts as exited.
+    assert _orphan_lives(wait_exited, "plain")
+    assert not _orphan_lives(wait_exited, "watch", within_s=30.0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_a_child_that_first_runs_after_the_build_died_exits_too(wait_exited: WaitExited) -> None:
+    # The child must watch the pid that forked it, not its getppid() when it first runs: by
+    # then an orphan's is PID 1's, which never goes (the whole suite's load once delayed a
+    # forked child that long, and it lived on).
+    assert not _orphan_lives(wait_exited, "late", within_s=30.0)
