@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -366,7 +367,16 @@ def test_shard_tasks_report_slim_rows_and_the_index_keeps_the_rest(
     sets = [a for a in args[1:] if a != "--set"]
     cfg = config_from_recipe(load_recipe(Path(args[0]), sets))
     reported: dict[int, list[dict]] = {}
-    summary = run_build(cfg, str(out), 4, on_shard=lambda s, rows: reported.setdefault(s, rows))
+    frozen: list[int] = []  # objects kept out of the garbage collector's passes during the build
+
+    def on_shard(shard: int, rows: list[dict]) -> None:
+        reported.setdefault(shard, rows)
+        frozen.append(gc.get_freeze_count())
+
+    assert gc.get_freeze_count() == 0
+    summary = run_build(cfg, str(out), 4, on_shard=on_shard)
+    assert len(frozen) == 2 and min(frozen) > 10_000  # the imports' objects, at least
+    assert gc.get_freeze_count() == 0  # and back to the collector once the build ended
     index = gpd.read_parquet(out / "index.parquet")
     assert summary["samples"] == len(index) == 8
     assert summary.get("ok", 0) == (index["status"] == "ok").sum()
@@ -381,6 +391,35 @@ def test_shard_tasks_report_slim_rows_and_the_index_keeps_the_rest(
             row["reason"],
         )
     assert {"class_counts", "geometry", "s2_item"} <= set(index.columns)
+
+
+def test_an_existing_clusters_workers_freeze_for_the_build_only(
+    served_world: dict, tmp_path: Path
+) -> None:
+    """On a cluster the caller connected (its workers not forked from the build), the objects
+    each worker holds are kept out of the collector's passes while the build runs."""
+    from dask.distributed import Client
+
+    from las_builder.build import run
+    from las_builder.build.config import config_from_recipe
+    from las_builder.recipe import load_recipe
+
+    out = tmp_path / "las"
+    args = _args(served_world, out, "sample.count=8")
+    assert CliRunner().invoke(app, ["plan", *args, "--quiet"]).exit_code == 0
+    sets = [a for a in args[1:] if a != "--set"]
+    cfg = config_from_recipe(load_recipe(Path(args[0]), sets))
+    with run._local_cluster(1) as cluster, Client(cluster) as client:
+        assert list(client.run(gc.get_freeze_count).values()) == [0]  # forked before the build
+        during: list[int] = []
+
+        def on_shard(shard: int, rows: list[dict]) -> None:
+            during.extend(client.run(gc.get_freeze_count).values())
+
+        run.run_build(cfg, str(out), 4, client=client, on_shard=on_shard)
+        assert len(during) == 2 and min(during) > 10_000
+        assert list(client.run(gc.get_freeze_count).values()) == [0]
+    assert gc.get_freeze_count() == 0
 
 
 def test_shard_rows_ride_as_compact_tables_and_equal_the_plans_rows(built: Path) -> None:
