@@ -45,6 +45,7 @@ from las_builder.build.store import (
     direct_arrays,
     done_shards,
     index_part_path,
+    whole_or_absent,
     write_index_part,
     write_shard,
 )
@@ -883,12 +884,12 @@ def write_index(output: str) -> dict[str, Any]:
         ) from None
     geo = _GeoColumnStats()
     counts = _SummaryCounts()
-    fs, fs_path = fsspec.core.url_to_fs(f"{output.rstrip('/')}/index.parquet")
     # No ARROW:schema in the footer: without it readers take the file's key-value metadata as
     # the schema's, so the "geo" metadata, known only once every part is read, is found by
-    # pyarrow as by geopandas (the columns' types are plain Parquet ones either way).
+    # pyarrow as by geopandas (the columns' types are plain Parquet ones either way). A build
+    # killed while writing it leaves no half index for a reader to trip on.
     with (
-        fs.open(fs_path, "wb") as sink,
+        whole_or_absent(f"{output.rstrip('/')}/index.parquet") as sink,
         pq.ParquetWriter(sink, schema, store_schema=False) as writer,
     ):
         batch: list[pa.Table] = []

@@ -466,30 +466,50 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def write_index_part(output: str, shard: int, rows: list[dict[str, Any]]) -> None:
-    """Write a shard's index rows atomically: the part is there whole or not at all.
+@contextmanager
+def whole_or_absent(url: str) -> Iterator[Any]:
+    """A writable file at ``url`` that appears whole when the block ends, or not at all.
 
-    On a local disk the part is written aside, flushed to disk and renamed; on object storage
-    a single PUT is atomic already (a half-uploaded object never becomes visible).
+    On a local disk it is written aside (``URL.tmp``), flushed to disk and renamed over
+    ``url``; an error removes the aside file and leaves what ``url`` held. On object storage
+    an upload becomes visible only once complete (one PUT, or a multipart upload completed
+    when the file is closed), and one aborted on an error never does.
     """
-    path = index_part_path(output, shard)
-    fs, fs_path = fsspec.core.url_to_fs(path)
+    fs, fs_path = fsspec.core.url_to_fs(url)
+    if not _is_local(fs):
+        f = fs.open(fs_path, "wb")
+        try:
+            yield f
+        except BaseException:
+            f.discard()  # aborts a multipart upload begun (s3fs)
+            f.closed = True  # so that closing it does not upload what it holds
+            raise
+        f.close()
+        return
+    fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = fs_path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, fs_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_index_part(output: str, shard: int, rows: list[dict[str, Any]]) -> None:
+    """Write a shard's index rows atomically: the part is there whole or not at all."""
     buffer = io.BytesIO()
     frame = pd.DataFrame(rows)
     for column in frame.columns:
         if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
             frame[column] = frame[column].map(json.dumps)
     frame.to_parquet(buffer, index=False)
-    if not _is_local(fs):
-        fs.pipe_file(fs_path, buffer.getvalue())
-        return
-    fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = fs_path + ".tmp"
-    with open(tmp, "wb") as f:
+    with whole_or_absent(index_part_path(output, shard)) as f:
         f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, fs_path)
 
 
 def shard_done(output: str, shard: int) -> bool:

@@ -213,6 +213,25 @@ def test_a_store_created_again_loses_files_a_killed_creation_left(tmp_path: Path
     assert zarr.open_group(str(out), mode="r").attrs["las_store_version"] >= 1
 
 
+def test_a_local_file_written_whole_or_absent_keeps_the_old_one_on_an_error(
+    tmp_path: Path,
+) -> None:
+    from las_builder.build.store import whole_or_absent
+
+    path = tmp_path / "out" / "index.parquet"
+    with pytest.raises(RuntimeError), whole_or_absent(str(path)) as f:
+        f.write(b"half")
+        raise RuntimeError("killed mid-write")
+    assert not path.exists() and not list(path.parent.iterdir())  # nor the aside file
+    with whole_or_absent(str(path)) as f:
+        f.write(b"old, whole")
+    with pytest.raises(RuntimeError), whole_or_absent(str(path)) as f:
+        f.write(b"new, ha")
+        raise RuntimeError("killed mid-write")
+    assert path.read_bytes() == b"old, whole"
+    assert [p.name for p in path.parent.iterdir()] == ["index.parquet"]
+
+
 def test_a_builds_arrays_are_opened_once_and_written_like_uncached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

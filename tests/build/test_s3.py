@@ -184,3 +184,25 @@ def test_s3_shard_reader_reads_the_remote_store(builds: tuple[str, Path]) -> Non
         for shard, got in zip(shards, read_shards([(reader, s) for s in shards]), strict=True):
             start, stop = reader.rows(shard)
             np.testing.assert_array_equal(got, array[start:stop], err_msg=f"{path} {shard}")
+
+
+def test_a_file_written_whole_or_absent_on_s3_never_appears_half(s3: str) -> None:
+    """An error while the index is written aborts its upload: no object, or the old one."""
+    from las_builder.build.store import whole_or_absent
+
+    fs = fsspec.filesystem("s3")
+    url = f"{s3}/atomic/index.parquet"
+    with pytest.raises(RuntimeError), whole_or_absent(url) as f:
+        f.write(b"x" * (f.blocksize + 1))  # more than a block: a multipart upload under way
+        assert f.mpu is not None
+        raise RuntimeError("killed mid-write")
+    fs.invalidate_cache()
+    assert not fs.exists(url)
+    with whole_or_absent(url) as f:
+        f.write(b"old, whole")
+    with pytest.raises(RuntimeError), whole_or_absent(url) as f:
+        f.write(b"new, ha")
+        raise RuntimeError("killed mid-write")
+    fs.invalidate_cache()
+    assert fs.cat_file(url) == b"old, whole"
+    assert fs.list_multipart_uploads(BUCKET) == []  # the aborted upload left no parts behind
