@@ -210,7 +210,68 @@ SOURCE_THREADS = 8
 
 Every thread that opens, places or warps keeps its own PROJ state (~0.5-1.5 MB, filling as it
 meets the build's CRSs); 16 threads were no faster than 8, even under 20 ms of latency."""
-_pools: dict[str, tuple[tuple[Any, ...], ThreadPoolExecutor]] = {}
+NEAR_IO_THREADS = 2
+""":data:`IO_THREADS` where the storage answers at once (see :class:`_StorageSpeed`).
+
+Threads only hide waiting: where a read waits for nothing, more of them just take turns at the
+GIL (the demo build on a loopback server: 2 + 2 threads 10-15 % faster and cheaper than 8 + 8;
+under 20 ms of latency 2 + 2 took twice as long)."""
+NEAR_SOURCE_THREADS = 2
+""":data:`SOURCE_THREADS` where the storage answers at once."""
+OPEN_S_PER_THREAD = 0.0025
+"""Each this much of a host's quickest open asks for one more read thread (up to the wide
+sizes). An open is a request or two plus ~2 ms of CPU: loopback opens take 1-5 ms (2 threads),
+opens under 20 ms of latency 40 ms and more (8)."""
+NEAR_OPENS = 4
+"""Opens of a host before its speed is judged (the quickest of them counts)."""
+TIMED_OPENS = 64
+"""Opens of a host timed at most; its speed is settled then (the memory stays bounded)."""
+
+
+class _StorageSpeed:
+    """How many read threads this process's storage needs, judged from its opens.
+
+    The quickest first open of a host's files is its latency plus an open's CPU: threads busy
+    with other reads only ever make an open slower, so the least time of several is a fair
+    measure even on a loaded machine. Only the first open of each href counts: opened again,
+    a file's header comes from GDAL's cache without a request, as quick on remote storage as
+    on a local disk. A host with fewer than :data:`NEAR_OPENS` such opens gets the wide pools
+    (a wrong guess that way costs some CPU, the other way the build's speed under latency);
+    the slowest host sets the size.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._hosts: dict[str, tuple[set[str], float]] = {}  # host -> (hrefs timed, quickest)
+
+    def note(self, href: str, seconds: float) -> None:
+        """Record that an open of ``href`` took ``seconds``."""
+        parts = urlsplit(href)
+        host = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "local"
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child judges its own opens
+                self._pid, self._hosts = os.getpid(), {}
+            timed, quickest = self._hosts.setdefault(host, (set(), math.inf))
+            if href in timed or len(timed) >= TIMED_OPENS:
+                return
+            timed.add(href)
+            self._hosts[host] = (timed, min(quickest, seconds))
+
+    def threads(self, wide: int, near: int) -> int:
+        """A read pool's size, from ``near`` (storage that answers at once) to ``wide``."""
+        with self._lock:
+            if self._pid != os.getpid() or not self._hosts:
+                return wide
+            needed = [
+                math.ceil(quickest / OPEN_S_PER_THREAD) if len(timed) >= NEAR_OPENS else wide
+                for timed, quickest in self._hosts.values()
+            ]
+        return min(wide, max(near, *needed))
+
+
+_storage_speed = _StorageSpeed()
+_pools: dict[tuple[str, int], tuple[tuple[Any, ...], ThreadPoolExecutor]] = {}
 _pools_lock = threading.Lock()
 
 
@@ -230,9 +291,11 @@ def _thread_env(options: dict[str, Any]) -> None:
 def _pool(name: str, size: int) -> ThreadPoolExecutor:
     """A thread pool of this process whose threads read in the caller's GDAL options.
 
-    Made again after a fork, and when the options (or the AWS variables rasterio takes its
-    credentials from) differ from those the pool was made with; the old pool finishes its
-    calls and ends.
+    One pool per name and size (a process moves to the near size once its storage has shown
+    that it answers at once). Made again after a fork, and when the options (or the AWS
+    variables rasterio takes its credentials from) differ from those the pool was made with.
+    The pool it replaces is let go, not shut down: a thread may still be handing it calls
+    (a sample's :func:`background` block keeps its pool); it ends once nobody holds it.
     """
     options = gdal_options()
     key = (
@@ -241,14 +304,12 @@ def _pool(name: str, size: int) -> ThreadPoolExecutor:
         tuple(os.environ.get(var) for var in _AWS_ENV),
     )
     with _pools_lock:
-        entry = _pools.get(name)
+        entry = _pools.get((name, size))
         if entry is None or entry[0] != key:
-            if entry is not None and entry[0][0] == os.getpid():
-                entry[1].shutdown(wait=False)
             pool = ThreadPoolExecutor(
                 size, thread_name_prefix=name, initializer=_thread_env, initargs=(options,)
             )
-            entry = _pools[name] = (key, pool)
+            entry = _pools[(name, size)] = (key, pool)
         return entry[1]
 
 
@@ -262,7 +323,7 @@ def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
     """
     if len(calls) <= 1:
         return [_outcome(call) for call in calls]
-    pool = _pool("las-io", IO_THREADS)
+    pool = _pool("las-io", _storage_speed.threads(IO_THREADS, NEAR_IO_THREADS))
     return [f.result() for f in [pool.submit(_outcome, call) for call in calls]]
 
 
@@ -275,7 +336,7 @@ def background() -> Iterator[Callable[[Callable[[], T]], Future[T]]]:
     no read outlives the sample that borrowed its datasets. Calls may use :func:`_parallel`,
     never ``start`` itself.
     """
-    pool = _pool("las-src", SOURCE_THREADS)
+    pool = _pool("las-src", _storage_speed.threads(SOURCE_THREADS, NEAR_SOURCE_THREADS))
     futures: list[Future[Any]] = []
 
     def start(call: Callable[[], T]) -> Future[T]:
@@ -518,7 +579,9 @@ class DatasetCache:
         except HrefRefused as err:
             raise ReadError(f"refused {err}") from None
         try:
+            started = time.perf_counter()
             ds = _retrying(lambda: rasterio.open(target), "open", target, reopen=True)
+            _storage_speed.note(target, time.perf_counter() - started)
         except RasterioError as err:
             raise ReadError(f"cannot open {_shown(href)}: {_cause(err)}") from None
         if ds.crs is None:

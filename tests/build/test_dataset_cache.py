@@ -223,3 +223,106 @@ def test_a_forked_child_drops_the_parents_handles_unclosed(hrefs: list[str]) -> 
     assert pool.take("build", hrefs[0]) is None
     assert not ds.closed  # its connections belong to the parent too
     ds.close()
+
+
+def _threads_used(calls: int) -> set[int]:
+    """The pool threads that ran ``calls`` slow-ish calls handed to ``_parallel`` together."""
+
+    def which() -> int:
+        time.sleep(0.01)  # long enough for every idle thread to take a call
+        return threading.get_ident()
+
+    results = read_mod._parallel([which for _ in range(calls)])
+    return {r for r in results if isinstance(r, int)}
+
+
+def test_storage_that_answers_at_once_narrows_the_pools(
+    hrefs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local files open at once: after NEAR_OPENS opens the build's read pools shrink to the
+    near sizes; until then they stay wide."""
+    speed = read_mod._StorageSpeed()
+    monkeypatch.setattr(read_mod, "_storage_speed", speed)
+    more = [_tif(tmp_path / f"c{i}.tif", 10 + i) for i in range(read_mod.NEAR_OPENS)]
+    cache = DatasetCache()
+    with cache.borrow(*more[: read_mod.NEAR_OPENS - 1]):
+        pass
+    assert speed.threads(8, 2) == 8
+    assert len(_threads_used(read_mod.IO_THREADS)) > read_mod.NEAR_IO_THREADS
+    with cache.borrow(more[-1]):
+        pass
+    cache.close()
+    assert speed.threads(8, 2) == 2, speed._hosts
+    assert len(_threads_used(read_mod.IO_THREADS)) <= read_mod.NEAR_IO_THREADS
+    with read_mod.background() as start:
+        futures = [start(lambda: threading.get_ident()) for _ in range(8)]
+    assert len({f.result() for f in futures}) <= read_mod.NEAR_SOURCE_THREADS
+
+
+def test_the_slowest_host_sets_the_read_pools_size() -> None:
+    speed = read_mod._StorageSpeed()
+    step = read_mod.OPEN_S_PER_THREAD
+    assert speed.threads(8, 2) == 8  # nothing opened yet: remote until shown otherwise
+    for i in range(read_mod.NEAR_OPENS - 1):
+        speed.note(f"http://127.0.0.1:8000/{i}.tif?sig=x", step / 10)
+    speed.note("http://127.0.0.1:8000/0.tif?sig=x", step / 10)  # opened again: not counted
+    assert speed.threads(8, 2) == 8
+    speed.note("http://127.0.0.1:8000/a.tif?sig=x", step / 10)
+    assert speed.threads(8, 2) == 2
+    # A second host (object storage, say) opened fewer times: not judged yet.
+    for i in range(read_mod.NEAR_OPENS - 1):
+        speed.note(f"https://example.blob.core.windows.net/{i}.tif", 20 * step)
+    assert speed.threads(8, 2) == 8
+    speed.note("https://example.blob.core.windows.net/c.tif", 2.5 * step)
+    assert speed.threads(8, 2) == 3  # its quickest open counts: a little latency after all
+    for i in range(read_mod.NEAR_OPENS):
+        speed.note(f"s3://bucket/{i}.tif", 16 * step)
+    assert speed.threads(8, 2) == 8
+    # Once a host's TIMED_OPENS first opens are in, later ones change nothing (bounded memory).
+    for i in range(read_mod.TIMED_OPENS):
+        speed.note(f"s3://bucket/more-{i}.tif", 16 * step)
+    speed.note("s3://bucket/late.tif", 0.0)
+    assert speed.threads(8, 2) == 8
+
+
+def test_a_forked_child_judges_its_own_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    speed = read_mod._StorageSpeed()
+    for i in range(read_mod.NEAR_OPENS):
+        speed.note(f"/data/{i}.tif", 0.0)
+    assert speed.threads(8, 2) == 2
+    monkeypatch.setattr(read_mod.os, "getpid", lambda: -1)  # as seen from a forked child
+    assert speed.threads(8, 2) == 8
+    speed.note("/data/0.tif", 0.0)
+    assert speed.threads(8, 2) == 8  # one open of its own so far
+
+
+def test_a_sample_keeps_its_pool_while_the_process_moves_to_the_near_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sample's background block holds its pool; another sample moving the process to the
+    near size (or to new GDAL options) must not close it under the first one."""
+    speed = read_mod._StorageSpeed()
+    monkeypatch.setattr(read_mod, "_storage_speed", speed)
+    with read_mod.background() as start:
+        first = start(lambda: 1)
+        for i in range(read_mod.NEAR_OPENS):
+            speed.note(f"/data/{i}.tif", 0.0)
+        with read_mod.background() as start_other:  # another sample: the near pool
+            other = start_other(lambda: 2)
+        monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "13")  # and a pool for other options
+        assert read_mod._parallel([lambda: 3, lambda: 4]) == [3, 4]
+        late = start(lambda: 5)  # raised "cannot schedule new futures after shutdown"
+    assert (first.result(), other.result(), late.result()) == (1, 2, 5)
+
+
+def test_a_pool_let_go_ends_its_threads() -> None:
+    pool = read_mod._pool("las-test", 3)
+    assert read_mod._pool("las-test", 3) is pool
+    list(pool.map(lambda _: time.sleep(0.01), range(3)))
+    threads = list(pool._threads)
+    assert threads
+    del read_mod._pools[("las-test", 3)]
+    del pool
+    for thread in threads:
+        thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in threads)
