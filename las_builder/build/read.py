@@ -218,10 +218,11 @@ GIL (the demo build on a loopback server: 2 + 2 threads 10-15 % faster and cheap
 under 20 ms of latency 2 + 2 took twice as long)."""
 NEAR_SOURCE_THREADS = 2
 """:data:`SOURCE_THREADS` where the storage answers at once."""
-OPEN_S_PER_THREAD = 0.0025
+OPEN_S_PER_THREAD = 0.004
 """Each this much of a host's quickest open asks for one more read thread (up to the wide
-sizes). An open is a request or two plus ~2 ms of CPU: loopback opens take 1-5 ms (2 threads),
-opens under 20 ms of latency 40 ms and more (8)."""
+sizes). An open is a request or two plus ~2 ms of CPU: a loopback server's opens take 1-8 ms
+in a build (the first ones, on new connections, the longest: 2 threads), opens under 20 ms of
+latency 40 ms and more (8)."""
 NEAR_OPENS = 4
 """Opens of a host before its speed is judged (the quickest of them counts)."""
 TIMED_OPENS = 64
