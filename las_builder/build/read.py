@@ -272,7 +272,7 @@ class _StorageSpeed:
 
 
 _storage_speed = _StorageSpeed()
-_pools: dict[tuple[str, int], tuple[tuple[Any, ...], ThreadPoolExecutor]] = {}
+_pools: dict[str, tuple[tuple[Any, ...], ThreadPoolExecutor]] = {}
 _pools_lock = threading.Lock()
 
 
@@ -292,25 +292,26 @@ def _thread_env(options: dict[str, Any]) -> None:
 def _pool(name: str, size: int) -> ThreadPoolExecutor:
     """A thread pool of this process whose threads read in the caller's GDAL options.
 
-    One pool per name and size (a process moves to the near size once its storage has shown
-    that it answers at once). Made again after a fork, and when the options (or the AWS
-    variables rasterio takes its credentials from) differ from those the pool was made with.
-    The pool it replaces is let go, not shut down: a thread may still be handing it calls
-    (a sample's :func:`background` block keeps its pool); it ends once nobody holds it.
+    Made again after a fork, when the size changes (a process moves to the near size once its
+    storage has shown that it answers at once), and when the options (or the AWS variables
+    rasterio takes its credentials from) differ from those the pool was made with. The pool it
+    replaces is let go, not shut down: a thread may still be handing it calls (a sample's
+    :func:`background` block keeps its pool); its threads end once nobody holds it.
     """
     options = gdal_options()
     key = (
         os.getpid(),
+        size,
         tuple(sorted((k, str(v)) for k, v in options.items())),
         tuple(os.environ.get(var) for var in _AWS_ENV),
     )
     with _pools_lock:
-        entry = _pools.get((name, size))
+        entry = _pools.get(name)
         if entry is None or entry[0] != key:
             pool = ThreadPoolExecutor(
                 size, thread_name_prefix=name, initializer=_thread_env, initargs=(options,)
             )
-            entry = _pools[(name, size)] = (key, pool)
+            entry = _pools[name] = (key, pool)
         return entry[1]
 
 

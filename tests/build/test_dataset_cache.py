@@ -316,13 +316,16 @@ def test_a_sample_keeps_its_pool_while_the_process_moves_to_the_near_size(
 
 
 def test_a_pool_let_go_ends_its_threads() -> None:
+    """A pool replaced by one of another size is not shut down under its users, nor kept."""
     pool = read_mod._pool("las-test", 3)
     assert read_mod._pool("las-test", 3) is pool
     list(pool.map(lambda _: time.sleep(0.01), range(3)))
     threads = list(pool._threads)
     assert threads
-    del read_mod._pools[("las-test", 3)]
+    assert read_mod._pool("las-test", 2) is not pool
+    assert pool.submit(lambda: 7).result() == 7  # still usable by whoever holds it
     del pool
     for thread in threads:
         thread.join(timeout=5)
     assert not any(thread.is_alive() for thread in threads)
+    del read_mod._pools["las-test"]
