@@ -180,3 +180,6 @@ def build(
             else ""
         )
     )
+    if summary.get("read_threads"):
+        sizes = ", ".join(f"{io} + {source}" for io, source in summary["read_threads"])
+        console.print(f"read threads (I/O + source) per process, as the storage set them: {sizes}")

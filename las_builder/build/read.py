@@ -272,6 +272,16 @@ class _StorageSpeed:
 
 
 _storage_speed = _StorageSpeed()
+
+
+def read_pool_threads() -> tuple[int, int]:
+    """The sizes this process's read pools have now: (I/O threads, source threads)."""
+    return (
+        _storage_speed.threads(IO_THREADS, NEAR_IO_THREADS),
+        _storage_speed.threads(SOURCE_THREADS, NEAR_SOURCE_THREADS),
+    )
+
+
 _pools: dict[str, tuple[tuple[Any, ...], ThreadPoolExecutor]] = {}
 _pools_lock = threading.Lock()
 
@@ -325,7 +335,7 @@ def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
     """
     if len(calls) <= 1:
         return [_outcome(call) for call in calls]
-    pool = _pool("las-io", _storage_speed.threads(IO_THREADS, NEAR_IO_THREADS))
+    pool = _pool("las-io", read_pool_threads()[0])
     return [f.result() for f in [pool.submit(_outcome, call) for call in calls]]
 
 
@@ -338,7 +348,7 @@ def background() -> Iterator[Callable[[Callable[[], T]], Future[T]]]:
     no read outlives the sample that borrowed its datasets. Calls may use :func:`_parallel`,
     never ``start`` itself.
     """
-    pool = _pool("las-src", _storage_speed.threads(SOURCE_THREADS, NEAR_SOURCE_THREADS))
+    pool = _pool("las-src", read_pool_threads()[1])
     futures: list[Future[Any]] = []
 
     def start(call: Callable[[], T]) -> Future[T]:

@@ -34,7 +34,12 @@ from shapely import wkb
 
 from las_builder import __version__
 from las_builder.build.config import BuildConfig
-from las_builder.build.read import DatasetCache, close_pooled_datasets, gdal_env
+from las_builder.build.read import (
+    DatasetCache,
+    close_pooled_datasets,
+    gdal_env,
+    read_pool_threads,
+)
 from las_builder.build.sample import SampleOutcome, build_sample, build_sample_earthengine
 from las_builder.build.search import ParsedItems, SearchError, StacSearcher
 from las_builder.build.store import (
@@ -379,9 +384,9 @@ def _shard_task(
         log.exception("shard %d failed", shard)
         message = redact(f"{type(err).__name__}: {err}")
     else:
-        return {"shard": shard, "rows": built, "error": None, **_process_memory()}
+        return {"shard": shard, "rows": built, "error": None, **_process_state()}
     log.error("shard %d not built: %s", shard, message)
-    return {"shard": shard, "rows": None, "error": message, **_process_memory()}
+    return {"shard": shard, "rows": None, "error": message, **_process_state()}
 
 
 def _peak_rss_mib() -> float | None:
@@ -396,9 +401,13 @@ def _peak_rss_mib() -> float | None:
     return None
 
 
-def _process_memory() -> dict[str, Any]:
-    """Which process ran a shard task and its peak memory so far (for the build's summary)."""
-    return {"process": _process_key(), "peak_rss_mib": _peak_rss_mib()}
+def _process_state() -> dict[str, Any]:
+    """Which process ran a shard task, its peak memory and its read pools (for the summary)."""
+    return {
+        "process": _process_key(),
+        "peak_rss_mib": _peak_rss_mib(),
+        "read_threads": list(read_pool_threads()),
+    }
 
 
 def _process_key() -> str:
@@ -593,6 +602,7 @@ def _build_planned(
     log.info("%d shards to build, %d already done", len(todo), len(set(shards)) - len(todo))
     errors: dict[int, str] = {}
     peaks: dict[str, float] = {}  # host:pid -> peak RSS (MiB) of the processes that built shards
+    pools: dict[str, list[int]] = {}  # host:pid -> its read pools' sizes after its last shard
     if workers == "auto":
         workers = auto_workers(len(todo)) if client is None and not scheduler else None
 
@@ -600,6 +610,8 @@ def _build_planned(
         if result.get("peak_rss_mib") is not None:
             key = result["process"]
             peaks[key] = max(peaks.get(key, 0.0), result["peak_rss_mib"])
+        if result.get("read_threads"):
+            pools[result["process"]] = result["read_threads"]
         if result["error"] is not None:
             errors[result["shard"]] = result["error"]
         elif on_shard:
@@ -658,7 +670,12 @@ def _build_planned(
         finally:
             close_pooled_datasets()
     if not errors:
-        return {**write_index(output), "memory": _memory_summary(peaks)}
+        return {
+            **write_index(output),
+            "memory": _memory_summary(peaks),
+            # [I/O, source] threads per process that built shards, as its storage set them.
+            "read_threads": [pools[key] for key in sorted(pools)],
+        }
     if done_shards(output):
         write_index(output)  # what is built so far
     shown = "; ".join(f"shard {s}: {errors[s]}" for s in sorted(errors)[:_SHARD_ERRORS_SHOWN])

@@ -21,6 +21,7 @@ from affine import Affine
 from rasterio.warp import Resampling, reproject
 from typer.testing import CliRunner
 
+from las_builder.build import read as read_mod
 from las_builder.catalog import load_label_product, load_mapping
 from las_builder.cli import app
 
@@ -246,6 +247,13 @@ def test_build_reports_the_peak_memory_of_each_process(served_world: dict, tmp_p
     assert memory["total_peak_rss_mib"] == pytest.approx(
         memory["driver_peak_rss_mib"] + sum(memory["worker_peak_rss_mib"]), abs=0.2
     )
+    # Each worker's read pools as its own opens of the loopback world sized them.
+    pools = done[-1]["read_threads"]
+    assert len(pools) == 2
+    for io, source in pools:
+        assert read_mod.NEAR_IO_THREADS <= io <= read_mod.IO_THREADS
+        assert read_mod.NEAR_SOURCE_THREADS <= source <= read_mod.SOURCE_THREADS
+    assert "read threads (I/O + source) per process" in result.output
 
 
 def test_resume_rebuilds_only_missing_shards(
