@@ -213,6 +213,62 @@ def test_datum_shift_chosen_by_area_is_left_to_gdal() -> None:
     assert (out == FILL).all()
 
 
+def _gdal_bounds(geobox: GeoBox, crs: RioCRS) -> tuple[float, ...]:
+    return transform_bounds(
+        RioCRS.from_wkt(geobox.crs.to_wkt()), crs, *geobox.boundingbox, densify_pts=21
+    )
+
+
+@pytest.mark.parametrize(
+    ("sample_crs", "west", "north", "source_crs"),
+    [
+        ("EPSG:32633", 500_000, 5_000_000, MODIS),  # a label product in MODIS sinusoidal
+        ("EPSG:32633", 300_000, 5_000_000, "EPSG:32634"),  # a scene of the next UTM zone
+        ("EPSG:32760", 700_000, 5_100_000, "EPSG:32701"),  # a scene across the antimeridian
+        ("EPSG:32633", 500_000, 5_000_000, "EPSG:32633"),  # the same CRS
+    ],
+)
+def test_source_bounds_into_a_projected_crs_are_gdals_without_gdal(
+    sample_crs: str, west: float, north: float, source_crs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    geobox = _geobox(sample_crs, west, north, size=128)
+    crs = RioCRS.from_user_input(source_crs)
+    expected = _gdal_bounds(geobox, crs)
+
+    def no_gdal(*_: Any, **__: Any) -> None:
+        raise AssertionError("GDAL's transform_bounds was called")
+
+    monkeypatch.setattr(read_mod, "transform_bounds", no_gdal)
+    got = read_mod._bounds_in(crs, geobox)
+
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "source_crs",
+    [
+        "EPSG:4326",  # geographic: pyproj's pipeline has no target CRS to wrap longitudes by
+        "EPSG:26715",  # NAD27 UTM: datum grids chosen by area, no single pipeline
+    ],
+)
+def test_source_bounds_are_left_to_gdal_where_pyproj_cannot_answer_alike(
+    source_crs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    geobox = _geobox("EPSG:32615", 500_000, 4_650_000, size=64)
+    crs = RioCRS.from_user_input(source_crs)
+    calls: list[Any] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return transform_bounds(*args, **kwargs)
+
+    monkeypatch.setattr(read_mod, "transform_bounds", counted)
+    got = read_mod._bounds_in(crs, geobox)
+
+    assert len(calls) == 1
+    assert got == _gdal_bounds(geobox, crs)
+
+
 def test_read_places_labels_without_a_warp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A label COG in EPSG:4326 read onto a UTM grid never reaches GDAL's warper."""
     geobox = _geobox("EPSG:32633", 500_000, 5_000_000, size=48)
