@@ -87,10 +87,16 @@ def place_nearest(
     src_col = row_weights @ col @ col_weights.T
     src_row = row_weights @ row @ col_weights.T
     # Centres the interpolation may have put on the wrong side of an edge: carry them exactly.
+    # (In place: each pass over the grid's doubles costs about as much as the arithmetic.)
     margin = 4 * error + 1e-9
     src_c, src_r = np.floor(src_col), np.floor(src_row)
-    near = np.abs(src_col - src_c - 0.5) >= 0.5 - margin
-    near |= np.abs(src_row - src_r - 0.5) >= 0.5 - margin
+    near = np.empty(src_c.shape, dtype=bool)
+    near_row = np.empty(src_c.shape, dtype=bool)
+    for position, pixel, flags in ((src_col, src_c, near), (src_row, src_r, near_row)):
+        position -= pixel
+        position -= 0.5
+        np.greater_equal(np.abs(position, out=position), 0.5 - margin, out=flags)
+    near |= near_row
     if near.any():
         at_row, at_col = np.nonzero(near)
         exact_col, exact_row = _to_source_pixels(
@@ -100,12 +106,13 @@ def place_nearest(
             return False
         src_c[near], src_r[near] = np.floor(exact_col), np.floor(exact_row)
     rows, cols = data.shape[-2:]
-    keep = (src_c >= 0) & (src_c < cols) & (src_r >= 0) & (src_r < rows)
-    values = data[
-        :,
-        np.clip(src_r, 0, rows - 1).astype(np.intp),
-        np.clip(src_c, 0, cols - 1).astype(np.intp),
-    ]
+    at_c, at_r = src_c.astype(np.intp), src_r.astype(np.intp)
+    # Negative positions read as huge unsigned ones: one comparison per axis.
+    keep = at_c.view(np.uintp) < cols
+    keep &= at_r.view(np.uintp) < rows
+    at_r *= cols
+    at_r += at_c
+    values = data.reshape(data.shape[0], -1).take(at_r, axis=1, mode="clip")
     if src_nodata is not None:
         keep = keep & ~(np.isnan(values) if math.isnan(src_nodata) else values == src_nodata)
     np.copyto(out, values, where=keep)
@@ -233,11 +240,22 @@ def place_bilinear_zoom(
         return False
     if src_nodata is not None and (data == src_nodata).any():
         return False
-    src = data.astype(np.int64)
-    along_rows = _zoomed(src, *rows, k, axis=1)
-    both = _zoomed(along_rows, *cols, k, axis=2)
     scale = (2 * k) ** 2  # the weights were scaled by 2k along each axis
-    out[...] = (both + scale // 2) // scale
+    # The sums reach scale * 65535: int32 up to k = 90. A band at a time keeps the temporaries
+    # small (under the malloc mmap threshold: no page faults on every use).
+    work = np.int32 if scale * 65536 < 2**31 else np.int64
+    (row_before, row_weight), (col_before, col_weight) = rows, cols
+    row_weight, col_weight = row_weight.astype(work), col_weight.astype(work)
+    row_other, col_other = 2 * k - row_weight[:, None], 2 * k - col_weight
+    row_weight = row_weight[:, None]
+    shift = scale.bit_length() - 1 if scale & (scale - 1) == 0 else None
+    for band, target in zip(data, out, strict=True):
+        src = band.astype(work)
+        along_rows = row_other * src[row_before] + row_weight * src[row_before + 1]
+        both = along_rows[:, col_before] * col_other
+        both += along_rows[:, col_before + 1] * col_weight
+        both += scale // 2
+        target[...] = both >> shift if shift is not None else both // scale
     return True
 
 
@@ -252,14 +270,6 @@ def _zoom_taps(first: int, size: int, k: int, limit: int) -> tuple[np.ndarray, n
     if before[0] < 0 or before[-1] + 1 > limit - 1:
         return None
     return before, position - 2 * k * before
-
-
-def _zoomed(a: np.ndarray, before: np.ndarray, weight: np.ndarray, k: int, axis: int) -> Any:
-    """``a`` interpolated along ``axis``: ``(2k - w) a[before] + w a[before + 1]``."""
-    a = np.moveaxis(a, axis, 0)
-    shape = (-1,) + (1,) * (a.ndim - 1)
-    mixed = (2 * k - weight).reshape(shape) * a[before] + weight.reshape(shape) * a[before + 1]
-    return np.moveaxis(mixed, 0, axis)
 
 
 _AFFINE_TOLERANCE_PX = 1e-3
