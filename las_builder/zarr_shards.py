@@ -358,7 +358,8 @@ class ShardedArray:
                 offset += len(part)
         raw = index.tobytes()
         crc = np.uint32(google_crc32c.value(raw)).tobytes()
-        return b"".join(part for part in encoded if part is not None) + raw + crc
+        # One join: each `+` of a shard-sized object would copy it into fresh pages again.
+        return b"".join([*(part for part in encoded if part is not None), raw, crc])
 
 
 def _local_root(store: Any) -> str | None:
