@@ -216,13 +216,16 @@ SOURCE_THREADS = 8
 
 Every thread that opens, places or warps keeps its own PROJ state (~0.5-1.5 MB, filling as it
 meets the build's CRSs); 16 threads were no faster than 8, even under 20 ms of latency."""
-NEAR_IO_THREADS = 2
+NEAR_IO_THREADS = 1
 """:data:`IO_THREADS` where the storage answers at once (see :class:`_StorageSpeed`).
 
 Threads only hide waiting: where a read waits for nothing, more of them just take turns at the
-GIL (the demo build on a loopback server: 2 + 2 threads 10-15 % faster and cheaper than 8 + 8;
-under 20 ms of latency 2 + 2 took twice as long)."""
-NEAR_SOURCE_THREADS = 2
+GIL, each turn a pair of futex calls and a cold cache (the demo build on a loopback server: 2 + 2
+threads 10-15 % faster and cheaper than 8 + 8, and every read on the calling thread, one
+sample at a time, 15-20 % faster again; under 20 ms of latency 2 + 2 took twice as long). A pool
+of one is no pool: its calls run on the calling thread, and a process per core keeps the cores
+busy."""
+NEAR_SOURCE_THREADS = 1
 """:data:`SOURCE_THREADS` where the storage answers at once."""
 OPEN_S_PER_THREAD = 0.004
 """Each this much of a host's quickest open asks for one more read thread (up to the wide
@@ -288,6 +291,15 @@ def read_pool_threads() -> tuple[int, int]:
     )
 
 
+def samples_at_once(wanted: int) -> int:
+    """How many samples a shard task should build at a time: ``wanted``, or one.
+
+    One where this process's storage answers at once: its reads then run on the calling
+    thread, and more samples in flight would only take turns at the GIL.
+    """
+    return 1 if read_pool_threads() == (1, 1) else wanted
+
+
 _pools: dict[str, tuple[tuple[Any, ...], ThreadPoolExecutor]] = {}
 _pools_lock = threading.Lock()
 
@@ -339,9 +351,10 @@ def _parallel(calls: list[Callable[[], T]]) -> list[T | BaseException]:
     threads hold them). The pool is per process; its calls submit nothing further, so it
     cannot deadlock.
     """
-    if len(calls) <= 1:
+    size = read_pool_threads()[0]
+    if len(calls) <= 1 or size == 1:
         return [_outcome(call) for call in calls]
-    pool = _pool("las-io", read_pool_threads()[0])
+    pool = _pool("las-io", size)
     return [f.result() for f in [pool.submit(_outcome, call) for call in calls]]
 
 
@@ -354,10 +367,18 @@ def background() -> Iterator[Callable[[Callable[[], T]], Future[T]]]:
     no read outlives the sample that borrowed its datasets. Calls may use :func:`_parallel`,
     never ``start`` itself.
     """
-    pool = _pool("las-src", read_pool_threads()[1])
+    size = read_pool_threads()[1]
+    pool = _pool("las-src", size) if size > 1 else None
     futures: list[Future[Any]] = []
 
     def start(call: Callable[[], T]) -> Future[T]:
+        if pool is None:  # storage that answers at once: the call runs now, on this thread
+            ran: Future[T] = Future()
+            try:
+                ran.set_result(call())
+            except BaseException as err:  # the caller's result() raises it, as from a pool
+                ran.set_exception(err)
+            return ran
         future = pool.submit(call)
         futures.append(future)
         return future

@@ -39,6 +39,7 @@ from las_builder.build.read import (
     close_pooled_datasets,
     gdal_env,
     read_pool_threads,
+    samples_at_once,
 )
 from las_builder.build.sample import SampleOutcome, build_sample, build_sample_earthengine
 from las_builder.build.search import ParsedItems, SearchError, StacSearcher
@@ -334,9 +335,10 @@ def build_shard(
             return outcome
 
         # Samples are independent: building a few at a time overlaps their reads (network
-        # latency) and their decoding and warping (GDAL releases the GIL). Results keep plan
-        # order, so the shard is the same whatever the thread count.
-        threads = max(1, min(cfg.read_threads, len(rows)))
+        # latency) and their decoding and warping (GDAL releases the GIL); where the storage
+        # answers at once there is nothing to overlap and one at a time is quickest. Results
+        # keep plan order, so the shard is the same whatever the thread count.
+        threads = max(1, min(samples_at_once(cfg.read_threads), len(rows)))
         if threads == 1:
             outcomes = [one(row) for row in rows]
         else:

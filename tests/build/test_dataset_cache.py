@@ -259,6 +259,40 @@ def test_storage_that_answers_at_once_narrows_the_pools(
     assert len({f.result() for f in futures}) <= read_mod.NEAR_SOURCE_THREADS
 
 
+def test_on_storage_that_answers_at_once_every_read_runs_on_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool of one is no pool: reads, source reads and a shard's samples run one after
+    another on the calling thread, errors handed back as from a pool."""
+    speed = read_mod._StorageSpeed()
+    monkeypatch.setattr(read_mod, "_storage_speed", speed)
+    assert read_mod.samples_at_once(2) == 2  # not judged yet: remote until shown otherwise
+    for i in range(read_mod.NEAR_OPENS):
+        speed.note(f"/data/{i}.tif", 0.0)
+    assert read_mod.read_pool_threads() == (1, 1)
+    assert read_mod.samples_at_once(2) == 1
+    me = threading.get_ident()
+    order: list[int] = []
+
+    def call(i: int) -> int:
+        order.append(i)
+        if i == 2:
+            raise ValueError("broken window")
+        return threading.get_ident()
+
+    results = read_mod._parallel([lambda i=i: call(i) for i in range(4)])
+    assert results[:2] == [me, me] and results[3] == me
+    assert isinstance(results[2], ValueError)
+    with read_mod.background() as start:
+        first = start(lambda: call(10))
+        assert order[-1] == 10 and first.done()  # ran before start() returned
+        broken = start(lambda: call(2))
+    assert first.result() == me
+    with pytest.raises(ValueError, match="broken window"):
+        broken.result()
+    assert order == [0, 1, 2, 3, 10, 2]
+
+
 def test_the_slowest_host_sets_the_read_pools_size() -> None:
     speed = read_mod._StorageSpeed()
     step = read_mod.OPEN_S_PER_THREAD

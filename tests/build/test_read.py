@@ -359,6 +359,9 @@ def test_gdals_download_cache_is_held_small_unless_the_environment_says(
         calls = [lambda: get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE") for _ in range(2)]
         return read_mod._parallel(calls)
 
+    # Storage not judged yet: the wide pools, whose threads enter the options themselves.
+    monkeypatch.setattr(read_mod, "_storage_speed", read_mod._StorageSpeed())
+
     monkeypatch.delenv("CPL_VSIL_CURL_CACHE_SIZE", raising=False)
     assert cache_sizes() == [8 << 20] * 2
     monkeypatch.setenv("CPL_VSIL_CURL_CACHE_SIZE", str(32 << 20))
