@@ -254,6 +254,27 @@ def tune_malloc() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
 
 
+_blas_on_one_thread_in: int | None = None
+
+
+def blas_on_one_thread() -> None:
+    """Keep numpy's BLAS on the threads that call it, in this process from now on.
+
+    The build's matrix products are small (placement lattices: 256 x 9 by 9 x 256) and a
+    process per core already keeps the cores busy. OpenBLAS splits such products over threads
+    of its own, which then spin waiting for the next call: at 256 px they burnt ~45 % of a
+    single-process build's CPU (perf: ``blas_thread_server``), the other core's time that the
+    build's other worker needed. Per process, for good: a worker is the build's alone.
+    """
+    global _blas_on_one_thread_in
+    if _blas_on_one_thread_in == os.getpid():
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    _blas_on_one_thread_in = os.getpid()
+
+
 @contextlib.contextmanager
 def objects_of_before_left_to_refcounting() -> Iterator[None]:
     """Spare the cyclic garbage collector the objects that exist when a build starts.
@@ -301,6 +322,7 @@ def build_shard(
     """
     install_log_redaction()  # also in dask worker processes
     tune_malloc()
+    blas_on_one_thread()
     start = shard * samples_per_shard
     specs = array_specs(cfg)
     store = f"{output}/las.zarr"

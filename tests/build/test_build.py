@@ -597,3 +597,23 @@ def test_a_second_build_of_one_output_fails_naming_the_first(
     assert not (out / LOCK_NAME).exists()
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
     assert (out / "index-parts" / "shard-000002.parquet").exists()
+
+
+def test_a_shard_task_keeps_numpys_blas_on_its_own_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenBLAS's threads spin between the build's small products, taking CPU from the other
+    workers: a build process limits them to one, once."""
+    from threadpoolctl import threadpool_info
+
+    from las_builder.build import run as run_mod
+
+    monkeypatch.setattr(run_mod, "_blas_on_one_thread_in", None)
+    run_mod.blas_on_one_thread()
+    blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert blas and all(lib["num_threads"] == 1 for lib in blas)
+
+    import threadpoolctl
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda **_: pytest.fail("again"))
+    run_mod.blas_on_one_thread()  # the same process: nothing to do
