@@ -408,18 +408,26 @@ def raw_read_bound(
     # options entered once): the build's layout where the storage answers at once.
     serial = threads == 1 and io_threads == 1
     if serial:
+
+        def read_all() -> list[tuple[int, int]]:
+            with rasterio.Env(**options):
+                done = []
+                for row in rows:
+                    geobox = GeoBox(
+                        tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}"
+                    )
+                    sizes = [
+                        read_one(hrefs[(src.collection, src.item_id, src.asset)], geobox)
+                        for src in sample_sources(row, cfg)
+                    ]
+                    done.append((len(sizes), sum(sizes)))
+                return done
+
         started = time.perf_counter()
-        with rasterio.Env(**options):
-            results = []
-            for row in rows:
-                geobox = GeoBox(
-                    tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}"
-                )
-                sizes = [
-                    read_one(hrefs[(src.collection, src.item_id, src.asset)], geobox)
-                    for src in sample_sources(row, cfg)
-                ]
-                results.append((len(sizes), sum(sizes)))
+        # On a thread of its own, as a build worker's: a forked child's main thread would
+        # reuse GDAL's HTTP connections of the parent's main thread (shared sockets).
+        with ThreadPoolExecutor(max_workers=1) as one:
+            results = one.submit(read_all).result()
         seconds = time.perf_counter() - started
     else:
         results, seconds = _raw_pooled(rows, cfg, hrefs, threads, io_threads, read_one)
