@@ -44,9 +44,10 @@ def build(
         int,
         typer.Option(
             min=1,
-            help="Samples each shard task builds at a time: their reads overlap (network "
-            "latency); a sample's band files are read together anyway. More against slow "
-            "remote storage, 1 where the cores are the limit.",
+            help="Samples each shard task builds at a time against remote storage: their "
+            "reads overlap (network latency); a sample's band files are read together anyway. "
+            "More against slow storage. Where a worker finds its storage answering at once "
+            "it builds one at a time.",
         ),
     ] = 2,
     retry_failed: Annotated[
