@@ -371,8 +371,6 @@ def raw_read_bound(
     import threading
 
     import rasterio
-    from affine import Affine
-    from baseline_warpedvrt import sample_sources
     from odc.geo.geobox import GeoBox
 
     from las_builder.build.read import IO_THREADS, SOURCE_THREADS, _source_window, gdal_options
@@ -413,13 +411,8 @@ def raw_read_bound(
             with rasterio.Env(**options):
                 done = []
                 for row in rows:
-                    geobox = GeoBox(
-                        tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}"
-                    )
-                    sizes = [
-                        read_one(hrefs[(src.collection, src.item_id, src.asset)], geobox)
-                        for src in sample_sources(row, cfg)
-                    ]
+                    geobox, assets = _sample_assets(row, cfg, hrefs)
+                    sizes = [read_one(href, geobox) for href in assets]
                     done.append((len(sizes), sum(sizes)))
                 return done
 
@@ -454,24 +447,29 @@ def _raw_pooled(
     read_one: Callable[[str, Any], int],
 ) -> tuple[list[tuple[int, int]], float]:
     """``threads`` samples at a time, each one's windows at once on ``io_threads`` threads."""
-    from affine import Affine
-    from baseline_warpedvrt import sample_sources
-    from odc.geo.geobox import GeoBox
-
     with ThreadPoolExecutor(max_workers=io_threads) as io_pool:
 
         def sample_task(row: dict[str, Any]) -> tuple[int, int]:
-            geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
-            futures = [
-                io_pool.submit(read_one, hrefs[(src.collection, src.item_id, src.asset)], geobox)
-                for src in sample_sources(row, cfg)
-            ]
+            geobox, assets = _sample_assets(row, cfg, hrefs)
+            futures = [io_pool.submit(read_one, href, geobox) for href in assets]
             return len(futures), sum(f.result() for f in futures)
 
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=threads) as pool:
             results = list(pool.map(sample_task, rows))
         return results, time.perf_counter() - started
+
+
+def _sample_assets(row: dict[str, Any], cfg: Any, hrefs: dict[tuple, str]) -> tuple[Any, list[str]]:
+    """A sample's grid and the hrefs of the source windows the raw bound reads for it."""
+    from affine import Affine
+    from baseline_warpedvrt import sample_sources
+    from odc.geo.geobox import GeoBox
+
+    geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
+    return geobox, [
+        hrefs[(src.collection, src.item_id, src.asset)] for src in sample_sources(row, cfg)
+    ]
 
 
 def _raw_part(
