@@ -127,14 +127,22 @@ def test_the_fork_reset_makes_a_fresh_lock_for_held_state() -> None:
         store._held_lock = saved
 
 
-def _worker_settings(dask_worker: Any) -> tuple[Any, Any, Any]:
+def _worker_settings(dask_worker: Any) -> tuple[Any, ...]:
     import dask
 
     return (
         dask.config.get("distributed.worker.profile.enabled"),
         dask.config.get("distributed.admin.low-level-log-length"),
         dask_worker.batched_stream.recent_message_log.maxlen,
+        _periods(dask_worker),
     )
+
+
+def _periods(server: Any) -> dict[str, float]:
+    """Milliseconds between the wake-ups of a Dask server's timers that tick, check memory
+    or sample the system."""
+    wanted = ("tick", "memory_monitor", "monitor")
+    return {k: pc.callback_time for k, pc in server.periodic_callbacks.items() if k in wanted}
 
 
 def test_a_local_build_cluster_keeps_no_profile_and_short_message_logs() -> None:
@@ -147,9 +155,14 @@ def test_a_local_build_cluster_keeps_no_profile_and_short_message_logs() -> None
         Client(cluster) as client,
     ):
         settings = client.run(_worker_settings)
-        assert list(settings.values()) == [(False, 16, 16)]
+        worker_periods = {"tick": 1000, "memory_monitor": 500, "monitor": 2000}
+        assert list(settings.values()) == [(False, 16, 16, worker_periods)]
         streams = list(cluster.scheduler.stream_comms.values())
         assert streams and all(s.recent_message_log.maxlen == 16 for s in streams)
+        # The scheduler and the nannies in this process wake as seldom.
+        assert _periods(cluster.scheduler) == {"tick": 1000, "monitor": 2000}
+        for nanny in cluster.workers.values():
+            assert _periods(nanny) == worker_periods
 
 
 _FORKING_PARENT = """
