@@ -32,8 +32,8 @@ def build(
         int | None,
         typer.Option(
             min=0,
-            help="Worker processes (a dask.distributed LocalCluster of N single-thread "
-            "workers). Default: one per core where there are two or more; 0: threads in "
+            help="Worker processes (a dask.distributed LocalCluster of N workers, two shard "
+            "tasks each). Default: one per core where there are two or more; 0: threads in "
             "this process.",
         ),
     ] = None,

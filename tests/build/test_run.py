@@ -15,7 +15,7 @@ import psutil
 import pytest
 from dask.distributed import Client, LocalCluster
 
-from las_builder.build import run, store
+from las_builder.build import read, run, store
 from las_builder.build.run import _memory_summary, _process_key, _run_submitted, auto_workers
 
 if TYPE_CHECKING:
@@ -127,6 +127,70 @@ def test_the_fork_reset_makes_a_fresh_lock_for_held_state() -> None:
         store._held_lock = saved
 
 
+def _judged_storage(monkeypatch: pytest.MonkeyPatch, open_s: float) -> None:
+    """This process's storage judged from opens of ``open_s`` seconds each."""
+    speed = read._StorageSpeed()
+    for i in range(read.NEAR_OPENS):
+        speed.note(f"http://storage.example/{i}.tif", open_s)
+    monkeypatch.setattr(read, "_storage_speed", speed)
+
+
+def test_shard_tasks_build_a_sample_at_a_time_where_the_storage_answers_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _judged_storage(monkeypatch, 0.001)
+    assert read.read_pool_threads() == (read.NEAR_IO_THREADS, read.NEAR_SOURCE_THREADS)
+    inside, most = 0, 0
+    count = threading.Lock()
+
+    def shard_task() -> None:
+        nonlocal inside, most
+        for _ in range(20):
+            with run._alone_where_near():
+                with count:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.001)
+                with count:
+                    inside -= 1
+
+    tasks = [threading.Thread(target=shard_task) for _ in range(run.SHARD_TASKS_PER_WORKER)]
+    for task in tasks:
+        task.start()
+    for task in tasks:
+        task.join()
+    assert most == 1
+
+
+def test_shard_tasks_overlap_where_the_storage_has_latency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _judged_storage(monkeypatch, 0.040)
+    both_inside = threading.Barrier(2, timeout=10)  # broken unless both tasks are in at once
+
+    def shard_task() -> None:
+        with run._alone_where_near():
+            both_inside.wait()
+
+    tasks = [threading.Thread(target=shard_task) for _ in range(2)]
+    for task in tasks:
+        task.start()
+    for task in tasks:
+        task.join()
+    assert not both_inside.broken
+
+
+def test_a_forked_child_gets_a_free_near_sample_lock() -> None:
+    held = run._near_sample_lock
+    with held:
+        run._forget_near_sample_lock()
+        try:
+            assert run._near_sample_lock is not held
+            assert not run._near_sample_lock.locked()
+        finally:
+            run._near_sample_lock = held
+
+
 def _worker_settings(dask_worker: Any) -> tuple[Any, ...]:
     import dask
 
@@ -155,6 +219,7 @@ def test_a_local_build_cluster_keeps_no_profile_and_short_message_logs() -> None
         Client(cluster) as client,
     ):
         settings = client.run(_worker_settings)
+        assert list(client.nthreads().values()) == [run.SHARD_TASKS_PER_WORKER]
         worker_periods = {"tick": 1000, "memory_monitor": 500, "monitor": 2000}
         assert list(settings.values()) == [(False, 16, 16, worker_periods)]
         streams = list(cluster.scheduler.stream_comms.values())
