@@ -14,11 +14,12 @@ world's STAC API or its range file server) and answers with the upstream's respo
   a corrupted, truncated or CRS-less copy of an asset.
 
 A fault applies to the first ``times`` matching requests (``None``: to all of them) of the
-given ``methods``. JSON bodies pass through ``rewrite`` (e.g. the upstream's URLs replaced by
-proxies' URLs), so STAC responses can point clients at the asset proxy. Everything is
-bounded: upstream requests time out, delays are capped and interrupted by
-:meth:`FaultProxy.stop`, bodies are size-capped, and the request log keeps at most ``MAX_LOG``
-entries.
+given ``methods``; with ``body``, only to requests whose body matches that pattern too (one
+region's STAC searches, say, whichever worker sends them and in whatever order). JSON bodies
+pass through ``rewrite`` (e.g. the upstream's URLs replaced by proxies' URLs), so STAC
+responses can point clients at the asset proxy. Everything is bounded: upstream requests time
+out, delays are capped and interrupted by :meth:`FaultProxy.stop`, bodies are size-capped, and
+the request log keeps at most ``MAX_LOG`` entries.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Fault:
     keep: float = 0.5
     path: Path | None = None
     methods: tuple[str, ...] = ("GET", "HEAD", "POST")
+    body: str | None = None
     hits: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -71,10 +73,15 @@ class Fault:
         if self.kind == "file" and self.path is None:
             raise ValueError("a file fault needs a path")
         self._regex = re.compile(self.pattern)
+        self._body_regex = re.compile(self.body) if self.body is not None else None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         """Whether the fault applies to a request (and counts it if so)."""
         if method not in self.methods or not self._regex.search(path):
+            return False
+        if self._body_regex is not None and not self._body_regex.search(
+            body.decode("utf-8", "replace")
+        ):
             return False
         if self.times is not None and self.hits >= self.times:
             return False
@@ -109,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        fault = proxy.match(self.command, self.path)
+        fault = proxy.match(self.command, self.path, body)
         proxy.record(self.command, self.path, fault.kind if fault else "pass")
         try:
             if fault is None:
@@ -293,11 +300,11 @@ class FaultProxy:
             self.faults = list(faults)
             self.log.clear()
 
-    def match(self, method: str, path: str) -> Fault | None:
+    def match(self, method: str, path: str, body: bytes = b"") -> Fault | None:
         """The fault that applies to a request, if any."""
         with self._lock:
             for fault in self.faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, body):
                     return fault
         return None
 

@@ -272,8 +272,10 @@ def test_stac_outage_leaves_the_shard_for_the_next_run(
     runner = CliRunner()
     args = build_args(proxies.stac.url, out)
     _plan(proxies.stac.url, out, clean)
-    # Two tries per request: the third 503 exhausts exactly one shard's search.
-    proxies.stac.set_faults([Fault(r"^/search", "status", times=3, status=503)])
+    # Every search of the Lapland samples (latitude 69, all in shard 0) fails, whichever
+    # worker thread sends it and when: shard 0 runs out of tries, shards 1 and 2 build.
+    lapland = Fault(r"^/search", "status", status=503, body=r",\s*69\.\d+\s*\]")
+    proxies.stac.set_faults([lapland])
     result = runner.invoke(app, ["build", *args, "--quiet"])
     assert result.exit_code == 2, result.output
     assert "1 of 3 shards were not built" in result.output
@@ -281,6 +283,7 @@ def test_stac_outage_leaves_the_shard_for_the_next_run(
     status = json.loads(runner.invoke(app, ["build", *args, "--status"]).output)
     assert status["shards_done"] == 2 and status["shards_remaining"] == 1
     assert len(_index(out)) == 8  # what was built is indexed
+    assert set(_index(out)["shard"]) == {1, 2} and lapland.hits == 2  # 1 retry, then given up
     proxies.stac.set_faults([])
     result = runner.invoke(app, ["build", *args, "--quiet"])
     assert result.exit_code == 0, result.output
