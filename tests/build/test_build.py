@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,6 +23,7 @@ from rasterio.warp import Resampling, reproject
 from typer.testing import CliRunner
 
 from las_builder.build import read as read_mod
+from las_builder.build import run as run_mod
 from las_builder.catalog import load_label_product, load_mapping
 from las_builder.cli import app
 
@@ -214,11 +216,21 @@ def test_unknown_code_fails_the_sample_and_names_it(served_world: dict, tmp_path
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_threads_and_worker_processes_match_the_default_build(
-    built: Path, served_world: dict, tmp_path: Path, workers: str
+    built: Path, served_world: dict, tmp_path: Path, workers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The default is a process per core (forked workers) where there are two or more cores.
     out = tmp_path / "las"
+    write_index, index_threads = run_mod.write_index, []
+
+    def recorded(output: str) -> dict:
+        index_threads.append(threading.current_thread().name)
+        return write_index(output)
+
+    monkeypatch.setattr(run_mod, "write_index", recorded)
     _plan_and_build(served_world, out, build_flags=("--workers", workers))
+    # With a cluster the index is written while the cluster closes, on a thread of its own.
+    assert len(index_threads) == 1
+    assert index_threads[0].startswith("las-index") == (workers == "2")
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
     pd.testing.assert_frame_equal(
         pd.read_parquet(out / "index.parquet"), pd.read_parquet(built / "index.parquet")
