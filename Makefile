@@ -20,6 +20,7 @@ system-deps:
 
 test: install
 	$(BIN)/ruff check las_builder tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 demo: install
@@ -28,6 +29,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check las_builder tests benchmarks
 	$(BIN)/ruff format --check las_builder tests benchmarks
+	$(BIN)/mypy
 
 # Loader first (its figures are merged into benchmarks/results.json), then the build.
 bench: install

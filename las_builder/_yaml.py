@@ -11,8 +11,16 @@ from typing import Any
 
 import yaml
 
-SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # type: ignore[assignment]
-"""libyaml's safe loader, or PyYAML's own where libyaml is missing."""
+__all__ = ["SafeLoader", "safe_load"]
+
+# libyaml's safe loader, or PyYAML's own where libyaml is missing (PyYAML defines
+# ``CSafeLoader`` exactly when it was built with libyaml); imported, not assigned, so that it
+# is a class to the type checker and loaders can subclass it.
+try:
+    from yaml import CSafeLoader as SafeLoader
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    # Another class than the stubs' CSafeLoader; both are safe loaders with the same constructors.
+    from yaml import SafeLoader  # type: ignore[assignment]
 
 
 def safe_load(text: str) -> Any:

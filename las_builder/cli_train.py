@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -148,7 +148,7 @@ def eval_(
     for n in names:
         table.add_column(n[:10], justify="right")
 
-    def row(ref: str, pred: str, rep: dict) -> None:
+    def row(ref: str, pred: str, rep: dict[str, Any]) -> None:
         cells = [
             f"{rep['per_class_iou'][n]:.2f}" if n in rep["per_class_iou"] else "-" for n in names
         ]

@@ -52,7 +52,8 @@ def valid_votes(layers: np.ndarray) -> np.ndarray:
 
     """
     arr = _check_layers(layers)
-    return ((arr != LAS_NODATA) & (arr != LAS_IGNORE)).sum(axis=0, dtype=np.uint8)
+    votes: np.ndarray = ((arr != LAS_NODATA) & (arr != LAS_IGNORE)).sum(axis=0, dtype=np.uint8)
+    return votes
 
 
 def consensus(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -146,7 +146,7 @@ def sample_geobox(lon: float, lat: float, size_px: int, resolution_m: float) -> 
 def _split_antimeridian(polygon: Polygon) -> BaseGeometry:
     """Cut a polygon in unwrapped longitudes into pieces inside [-180, 180]."""
     west, _, east, _ = polygon.bounds
-    pieces = []
+    pieces: list[BaseGeometry] = []
     for shift in (-360.0, 0.0, 360.0):
         if east + shift <= -180.0 or west + shift >= 180.0:
             continue

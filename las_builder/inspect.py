@@ -39,11 +39,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from las_builder.catalog.taxonomy import LAS_IGNORE, LAS_NODATA
+
+if TYPE_CHECKING:
+    from las_builder.stats import DatasetStats
 
 __all__ = [
     "IGNORE_COLOR",
@@ -90,9 +93,13 @@ class InspectError(ValueError):
 
 
 class ProgressLike(Protocol):
-    """The part of :class:`rich.progress.Progress` that :func:`inspect_dataset` uses."""
+    """The part of :class:`rich.progress.Progress` that :func:`inspect_dataset` uses.
 
-    def add_task(self, description: str, total: float | None = ..., **kwargs: Any) -> Any:
+    Task ids are opaque: whatever ``add_task`` returns is handed back to ``advance`` and
+    ``update``.
+    """
+
+    def add_task(self, description: str, *, total: float | None = ...) -> Any:
         """Start a task."""
 
     def advance(self, task_id: Any, advance: float = 1) -> None:
@@ -201,7 +208,8 @@ def colorize(labels: np.ndarray, legend: Legend) -> np.ndarray:
     """
     labels = np.asarray(labels)
     if labels.dtype.kind == "u" and labels.dtype.itemsize == 1:
-        return legend.lut()[labels]
+        painted: np.ndarray = legend.lut()[labels]
+        return painted
     out = np.empty((*labels.shape, 3), dtype=np.uint8)
     out[:] = hex_to_rgb(UNKNOWN_COLOR)
     for e in legend.entries:
@@ -243,7 +251,7 @@ def s2_true_colour(s2: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     """
     index = {b: i for i, b in enumerate(bands)}
     rgb = np.stack([s2[index[b]] for b in ("B04", "B03", "B02")], axis=-1).astype(np.float64)
-    valid = (rgb > 0).all(axis=-1)
+    valid = np.asarray((rgb > 0).all(axis=-1))
     bounds = _stretch(rgb, np.repeat(valid[..., None], 3, axis=-1))
     if bounds is None:
         return np.zeros(rgb.shape, dtype=np.uint8)
@@ -323,16 +331,26 @@ def _open(dataset: Path) -> _Dataset:
             raise InspectError(f"{dataset} is not a built LAS dataset: {p.name} is missing")
     root = zarr.open_group(store, mode="r", zarr_format=3)
     index = gpd.read_parquet(index_path)
-    products = sorted(root["labels"].group_keys()) if "labels" in root else []
-    taxonomy = root.attrs.get("taxonomy")
-    if not taxonomy:
+    products: list[str] = []
+    if "labels" in root:
+        labels = root["labels"]
+        if not isinstance(labels, zarr.Group):
+            raise InspectError(f"{store}: labels is an array, not a group of label products")
+        products = sorted(labels.group_keys())
+    attr = root.attrs.get("taxonomy")
+    taxonomy: list[dict[str, Any]]
+    if not attr:
         from las_builder.catalog import load_taxonomy
 
         taxonomy = [
             {"code": c.code, "key": c.key, "name": c.name, "color": c.color}
             for c in load_taxonomy().classes
         ]
-    return _Dataset(dataset, root, index, list(taxonomy), products)
+    elif isinstance(attr, list) and all(isinstance(c, dict) for c in attr):
+        taxonomy = [c for c in attr if isinstance(c, dict)]
+    else:
+        raise InspectError(f"{store}: the taxonomy attribute is not a list of classes")
+    return _Dataset(dataset, root, index, taxonomy, products)
 
 
 def choose_samples(index: Any, n: int) -> list[int]:
@@ -422,7 +440,9 @@ def _render_sample(ds: _Dataset, row: Any, out: Path, legends: dict[str, Legend]
     view = SampleView(sid, i, _facts(row))
     rel = Path("panels") / sid
 
-    def add(key: str, title: str, rgb: np.ndarray | None, legend: str | None = None, note=""):
+    def add(
+        key: str, title: str, rgb: np.ndarray | None, legend: str | None = None, note: str = ""
+    ) -> None:
         if rgb is None:
             view.panels.append(Panel(key, title, None, legend, note))
             return
@@ -766,7 +786,9 @@ def _short(text: str, width: int = 34) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _bar_panel(ax: Any, labels: list[str], values: list[float], colors: list[str], title: str):
+def _bar_panel(
+    ax: Any, labels: list[str], values: list[float], colors: list[str], title: str
+) -> None:
     y = np.arange(len(labels))
     ax.barh(y, values, color=colors, edgecolor="#444444", linewidth=0.4)
     ax.set_yticks(y, labels, fontsize=6)
@@ -811,7 +833,9 @@ def _plot_histograms(
 # --- counting ----------------------------------------------------------------------------------
 
 
-def _count_labels(ds: _Dataset, ok_rows: np.ndarray) -> tuple[dict, dict, dict]:
+def _count_labels(
+    ds: _Dataset, ok_rows: np.ndarray
+) -> tuple[dict[str, dict[int, int]], dict[str, dict[int, int]], dict[str, float | None]]:
     """Native counts, LAS counts and agreement with the consensus, per product (ok samples)."""
     native: dict[str, dict[int, int]] = {p: {} for p in ds.products}
     las: dict[str, np.ndarray] = {}
@@ -950,7 +974,9 @@ class InspectResult:
     """Per legend, the values present in the quicklooks."""
 
 
-def _pairwise_stats(dataset: Path, out: Path) -> tuple[list[Confusion], dict, Any]:
+def _pairwise_stats(
+    dataset: Path, out: Path
+) -> tuple[list[Confusion], dict[str, float | None], DatasetStats | None]:
     """Pairwise confusion matrices by :func:`las_builder.stats.compute_stats`; ``stats.json``."""
     from las_builder.stats import StatsError, compute_stats
 
@@ -965,8 +991,8 @@ def _pairwise_stats(dataset: Path, out: Path) -> tuple[list[Confusion], dict, An
     pairwise: dict[str, float | None] = {}
     for p in stats.products:
         values = [c.agreement for c in confusion if p in (c.rows, c.columns)]
-        values = [v for v in values if v is not None]
-        pairwise[p] = float(np.mean(values)) if values else None
+        known = [v for v in values if v is not None]
+        pairwise[p] = float(np.mean(known)) if known else None
     return confusion, pairwise, stats
 
 

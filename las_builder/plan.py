@@ -440,6 +440,8 @@ def _boxes_overlap(a: GeoBox, b: GeoBox) -> bool:
         ax0, ay0, ax1, ay1 = a.extent.boundingbox
         bx0, by0, bx1, by1 = b.extent.boundingbox
         return min(ax1, bx1) > max(ax0, bx0) and min(ay1, by1) > max(ay0, by0)
+    # Sample geoboxes always carry their UTM CRS (odc-geo types ``GeoBox.crs`` as optional).
+    assert a.crs is not None and b.crs is not None
     to_a = _transformer(b.crs.epsg or b.crs.to_wkt(), a.crs.epsg or a.crs.to_wkt())
     edge = shapely.segmentize(b.extent.geom, abs(b.resolution.x))
     other = shapely.transform(edge, lambda xy: np.column_stack(to_a.transform(xy[:, 0], xy[:, 1])))
@@ -608,6 +610,9 @@ def _to_frame(recipe: Recipe, chosen: list[_Candidate]) -> gpd.GeoDataFrame:
     records = []
     for index, cand in enumerate(chosen):
         t = cand.geobox.transform
+        # Sample geoboxes are always in a UTM zone, which has an EPSG code.
+        epsg = cand.geobox.crs.epsg if cand.geobox.crs is not None else None
+        assert epsg is not None
         records.append(
             {
                 "sample_id": sample_id(
@@ -620,7 +625,7 @@ def _to_frame(recipe: Recipe, chosen: list[_Candidate]) -> gpd.GeoDataFrame:
                 "lon": cand.lon,
                 "lat": cand.lat,
                 "geometry": cand.footprint,
-                "epsg": int(cand.geobox.crs.epsg),
+                "epsg": int(epsg),
                 "transform": [float(v) for v in (t.a, t.b, t.c, t.d, t.e, t.f)],
                 "shape": [int(v) for v in cand.geobox.shape.yx],
                 "resolution_m": float(spec.resolution_m),

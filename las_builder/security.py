@@ -209,9 +209,7 @@ def install_log_redaction() -> None:
             record.msg = redact(message)
             record.args = None
             if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = redact(
-                    logging.Formatter().formatException(record.exc_info)  # type: ignore[arg-type]
-                )
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
                 record.exc_info = None
             return record
 

@@ -26,11 +26,14 @@ import json
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from las_builder.catalog.taxonomy import LAS_IGNORE, LAS_NODATA
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "CONSENSUS",
@@ -186,13 +189,17 @@ def compute_stats(dataset: str | Path) -> DatasetStats:
     ok_rows = np.sort(index.loc[index["status"] == "ok", "zarr_index"].to_numpy(dtype=np.int64))
     root = zarr.open_group(store, mode="r")
     classes = _classes(root.attrs.get("taxonomy"))
-    products = sorted(root["labels"].group_keys()) if "labels" in root else []
-    products = [p for p in products if "las" in root[f"labels/{p}"]]
+    products: list[str] = []
+    if "labels" in root:
+        labels = root["labels"]
+        if not isinstance(labels, zarr.Group):
+            raise StatsError(f"{store}: labels is an array, not a group of label products")
+        products = sorted(name for name, group in labels.groups() if "las" in group)
     if not products:
         raise StatsError(f"{store} holds no label products (labels/<product>/las)")
-    arrays = {p: root[f"labels/{p}/las"] for p in products}
+    arrays = {p: _array(root, f"labels/{p}/las", store) for p in products}
     if CONSENSUS in root:
-        arrays[CONSENSUS] = root[CONSENSUS]
+        arrays[CONSENSUS] = _array(root, CONSENSUS, store)
     first = arrays[products[0]]
     n_total, height, width = first.shape
     if ok_rows.size and (ok_rows[0] < 0 or ok_rows[-1] >= n_total):
@@ -233,7 +240,16 @@ def compute_stats(dataset: str | Path) -> DatasetStats:
     )
 
 
-def _block_rows(array: Any) -> int:
+def _array(root: zarr.Group, path: str, store: Path) -> zarr.Array[Any]:
+    import zarr
+
+    node = root[path]
+    if not isinstance(node, zarr.Array):
+        raise StatsError(f"{store}: {path} is a group, not an array")
+    return node
+
+
+def _block_rows(array: zarr.Array[Any]) -> int:
     shards = getattr(array, "shards", None)
     rows = int(shards[0]) if shards else int(array.chunks[0])
     return max(rows, 1)

@@ -191,6 +191,7 @@ class ShardedArray:
         metadata = getattr(array, "metadata", None)
         if getattr(metadata, "zarr_format", None) != 3 or array.shards is None:
             return None
+        assert metadata is not None  # it has a zarr_format
         codecs = tuple(metadata.codecs)
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return None
@@ -380,7 +381,7 @@ def _read_file(path: str) -> memoryview | None:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             buf = np.empty(size, dtype=np.uint8)
-            view = memoryview(buf)
+            view = memoryview(buf)  # type: ignore[arg-type]  # numpy types __buffer__ from 3.12
             got = 0
             while got < size:  # readinto may return less than asked
                 n = f.readinto(view[got:])

@@ -22,6 +22,7 @@ from las_builder.cli_inspect import inspect as inspect_command
 from las_builder.inspect import (
     IGNORE_COLOR,
     NODATA_COLOR,
+    InspectError,
     Legend,
     LegendEntry,
     choose_samples,
@@ -265,6 +266,33 @@ def test_skipped_samples_reasons_quiet_and_default_out(dataset: Path, tmp_path: 
     bad = CliRunner().invoke(_app(), [str(tmp_path / "nothing")])
     assert bad.exit_code == 2
     assert "not a built LAS dataset" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("taxonomy", "labels_array", "message"),
+    [
+        ({"code": 1}, False, "the taxonomy attribute is not a list of classes"),
+        (["forest"], False, "the taxonomy attribute is not a list of classes"),
+        (None, True, "labels is an array, not a group"),
+    ],
+)
+def test_malformed_store_is_an_inspect_error(
+    tmp_path: Path, taxonomy: object, labels_array: bool, message: str
+) -> None:
+    from shapely.geometry import box
+
+    root = zarr.open_group(tmp_path / "las.zarr", mode="w", zarr_format=3)
+    if taxonomy is not None:
+        root.attrs["taxonomy"] = taxonomy
+    if labels_array:
+        root.create_array("labels", shape=(1,), dtype="uint8")
+    gpd.GeoDataFrame(
+        {"sample_id": ["s000"], "zarr_index": [0], "status": ["ok"]},
+        geometry=[box(0, 0, 1, 1)],
+        crs="EPSG:4326",
+    ).to_parquet(tmp_path / "index.parquet")
+    with pytest.raises(InspectError, match=message):
+        inspect_dataset(tmp_path, tmp_path / "inspect")
 
 
 def test_colour_helpers() -> None:

@@ -133,6 +133,26 @@ def test_product_with_itself_is_diagonal(tmp_path: Path) -> None:
     assert result.agreement("alpha", "beta") < 1.0
 
 
+@pytest.mark.parametrize(
+    ("move", "message"),
+    [
+        ("labels", "labels is an array, not a group"),
+        ("labels/beta/las", "labels/beta/las is a group, not an array"),
+        ("consensus", "consensus is a group, not an array"),
+    ],
+)
+def test_malformed_store_layout(dataset: tuple[Path, dict], move: str, message: str) -> None:
+    path, _ = dataset
+    root = zarr.open_group(path / "las.zarr", mode="r+")
+    del root[move]
+    if move == "labels":
+        root.create_array("labels", shape=(N,), dtype="uint8")
+    else:
+        root.create_group(move).create_array("las", shape=(N,), dtype="uint8")
+    with pytest.raises(StatsError, match=message):
+        compute_stats(path)
+
+
 def test_writes_json_and_plots(dataset: tuple[Path, dict]) -> None:
     path, _ = dataset
     result = compute_stats(path)

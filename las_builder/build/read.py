@@ -552,7 +552,10 @@ class DatasetCache:
                 if ready:
                     taken = [(href, self._free[href].pop()) for href in hrefs]
             if not ready:
-                results = _parallel([lambda href=href: self._take(href) for href in hrefs])
+                # mypy cannot infer a lambda whose default binds the loop variable.
+                results = _parallel(
+                    [lambda href=href: self._take(href) for href in hrefs]  # type: ignore[misc]
+                )
                 taken = [
                     (href, ds)
                     for href, ds in zip(hrefs, results, strict=True)
@@ -684,7 +687,7 @@ def _reuse_rasterio_aws_sessions() -> None:
                 return sessions[key]
 
         from_environ._las_reused = True  # type: ignore[attr-defined]
-        Session.from_environ = staticmethod(from_environ)  # type: ignore[method-assign]
+        Session.from_environ = staticmethod(from_environ)
 
 
 def gdal_options() -> dict[str, Any]:
@@ -760,6 +763,7 @@ def _bounds_in(crs: RioCRS, geobox: GeoBox) -> tuple[float, float, float, float]
     no single pipeline joins the pair.
     """
     left, bottom, right, top = geobox.boundingbox
+    assert geobox.crs is not None  # sample grids always have a CRS
     if not crs.is_geographic:
         transformer = _thread_transformer(geobox.crs.to_wkt(), crs.to_wkt())
         if transformer is not None:
@@ -769,7 +773,10 @@ def _bounds_in(crs: RioCRS, geobox: GeoBox) -> tuple[float, float, float, float]
                 bounds = (math.nan,) * 4
             if all(math.isfinite(v) for v in bounds):
                 return bounds
-    return transform_bounds(_rio_crs(geobox.crs), crs, left, bottom, right, top, densify_pts=21)
+    rio_bounds: tuple[float, float, float, float] = transform_bounds(
+        _rio_crs(geobox.crs), crs, left, bottom, right, top, densify_pts=21
+    )
+    return rio_bounds
 
 
 def _source_window(ds: DatasetReader, geobox: GeoBox, margin_px: int) -> Window | None:
@@ -823,6 +830,7 @@ def _pixel_zoom(ds: DatasetReader, geobox: GeoBox) -> tuple[int, int, int] | Non
     row = (dst.f - src.f) / dst.e
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
+    assert geobox.crs is not None  # sample grids always have a CRS
     epsg = geobox.crs.epsg
     if epsg is None or ds.crs is None or ds.crs.to_epsg() != epsg:
         return None
@@ -850,8 +858,9 @@ def _read_calls(
     layers: list[tuple[DatasetReader, list[int]]], window: Window
 ) -> list[Callable[[], np.ndarray]]:
     """One call per (dataset, bands) reading the same window (transient errors retried)."""
+    # mypy cannot infer a lambda whose defaults bind the loop variables.
     return [
-        lambda ds=ds, bands=bands: _retrying(
+        lambda ds=ds, bands=bands: _retrying(  # type: ignore[misc]
             lambda: ds.read(bands, window=window), "read of", ds.name
         )
         for ds, bands in layers
@@ -963,6 +972,8 @@ class _StackRead:
                 data = data[:, self._take[0][:, None], self._take[1]]
             self.out[(slice(None), *self._copy_to)] = data
             return self.out
+        # Calls outside a plain copy exist only once the window, hence its transform, is known.
+        assert self._src_transform is not None
         if self._zoomed_at is not None and place_bilinear_zoom(
             data, *self._zoomed_at, ref.nodata, self.out
         ):

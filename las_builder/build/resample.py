@@ -62,6 +62,7 @@ def place_nearest(
         return False
     if src_crs.is_geographic and not _within_longitudes(src_transform, data.shape[-1]):
         return False
+    assert geobox.crs is not None  # sample grids always have a CRS
     transformer = _thread_transformer(geobox.crs.to_wkt(), src_crs.to_wkt())
     if transformer is None:
         return False
@@ -127,7 +128,8 @@ def _to_source_pixels(
     rows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Target pixel positions carried through PROJ to source pixel positions."""
-    x, y = dst_transform @ (cols, rows)
+    # affine's types take one point of floats; the transform maps arrays of points alike.
+    x, y = dst_transform @ (cols, rows)  # type: ignore[operator]
     try:
         sx, sy = transformer.transform(x, y, errcheck=False)
     except ProjError:
@@ -312,6 +314,7 @@ def place_average(
     """
     if out.dtype != data.dtype or data.ndim != 3:
         return False
+    assert geobox.crs is not None  # sample grids always have a CRS
     dst_wkt, src_wkt = geobox.crs.to_wkt(), src_crs.to_wkt()
     if _pipeline(dst_wkt, src_wkt) == "+proj=noop":
         # Within one CRS GDAL's average weighs edges another way (~2 % of pixels differ by

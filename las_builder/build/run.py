@@ -518,7 +518,8 @@ def _plan_rows(rows: pa.Table | list[dict[str, Any]]) -> list[dict[str, Any]]:
         return rows
     frame = rows.to_pandas()
     frame["geometry"] = gpd.GeoSeries.from_wkb(frame["geometry"].to_numpy())
-    return gpd.GeoDataFrame(frame, geometry="geometry").to_dict("records")
+    records: list[dict[str, Any]] = gpd.GeoDataFrame(frame, geometry="geometry").to_dict("records")
+    return records
 
 
 def build_status(output: str, shards: Iterable[int]) -> dict[str, int]:
@@ -714,7 +715,9 @@ def _build_planned(
                 # its processes.
                 indexed = index_writer.submit(write_index, output)
     else:
+        from dask.base import compute
         from dask.callbacks import Callback
+        from dask.delayed import delayed
 
         class _Progress(Callback):
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
@@ -723,12 +726,12 @@ def _build_planned(
 
         _, by_shard = _plan_by_shard(output)
         tasks = [
-            dask.delayed(_shard_task, pure=False)(s, by_shard[s], cfg, output, n, samples_per_shard)
+            delayed(_shard_task, pure=False)(s, by_shard[s], cfg, output, n, samples_per_shard)
             for s in todo
         ]
         try:
-            with _Progress():
-                dask.compute(*tasks, scheduler="threads")
+            with _Progress():  # type: ignore[no-untyped-call]  # dask's __init__ is untyped
+                compute(*tasks, scheduler="threads")
         finally:
             close_pooled_datasets()
     if not errors:

@@ -284,7 +284,7 @@ def _read_naip(
     """The first NAIP image that contains the sample, averaged onto its finer grid."""
     fine = geobox.zoom_out(1 / cfg.naip_factor)
     for item in items:
-        if item.footprint() is not None and item.footprint().contains(footprint):
+        if (outline := item.footprint()) is not None and outline.contains(footprint):
             with cache.assets(item, "image") as (ds,):
                 image = read_onto(ds, fine, resampling=Resampling.average, nodata=0, dtype="uint8")
             return item, image

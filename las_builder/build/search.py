@@ -191,8 +191,16 @@ class StacSearcher:
                 found.setdefault(item.id, item)
         union = unary_union(pieces)
         return sorted(
-            (it for it in found.values() if it.footprint().intersects(union)), key=lambda it: it.id
+            (it for it in found.values() if _footprint(it).intersects(union)), key=lambda it: it.id
         )
+
+
+def _footprint(item: SceneItem) -> BaseGeometry:
+    """The item's footprint; an item found by a search for an area has one."""
+    footprint = item.footprint()
+    if footprint is None:
+        raise ValueError(f"STAC item {item.id!r} has neither a geometry nor a bbox")
+    return footprint
 
 
 def _iso(when: dt.datetime) -> str:

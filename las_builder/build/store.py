@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 try:
     import fcntl
@@ -34,6 +34,9 @@ from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_taxonomy
 from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
 from las_builder.zarr_shards import ShardedArray, write_encoded_shards, write_shards
+
+if TYPE_CHECKING:
+    from zarr.types import ArrayV3
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +272,13 @@ def create_store(
     root.attrs.update({"las_store_version": STORE_VERSION})  # last: the store is complete
 
 
-_opened: dict[tuple[str, str], dict[str, tuple[zarr.Array, ShardedArray | None]]] = {}
+_opened: dict[tuple[str, str], dict[str, tuple[ArrayV3, ShardedArray | None]]] = {}
 _opened_lock = threading.Lock()
 
 
-def compressor_name(array: zarr.Array) -> str | None:
+def compressor_name(array: ArrayV3) -> str | None:
     """The :data:`COMPRESSORS` name of ``array``'s sample chunks, None for another codec."""
+    # zarr types ``Array.metadata`` as v2 or v3 whatever the array's own type says.
     codecs = array.metadata.codecs  # type: ignore[union-attr]
     inner = getattr(codecs[0], "codecs", codecs) if codecs else ()
     for codec in inner:
@@ -285,7 +289,7 @@ def compressor_name(array: zarr.Array) -> str | None:
     return None
 
 
-def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, zarr.Array]:
+def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, ArrayV3]:
     """The store's arrays at ``paths``, opened once per build (``run_id``) and process.
 
     Opening an array reads and parses its ``zarr.json``: for 16 arrays at every shard that
@@ -295,7 +299,8 @@ def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, zarr.
     paths = list(paths)
     if not run_id:
         root = zarr.open_group(url, mode="r+", zarr_format=3)
-        return {path: root[path] for path in paths}
+        # A group's member may be a group too: the store's layout makes these v3 arrays.
+        return {path: cast("ArrayV3", root[path]) for path in paths}
     key = (run_id, url)
     with _opened_lock:
         known = _opened.setdefault(key, {})
@@ -305,12 +310,12 @@ def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, zarr.
         if missing:
             root = zarr.open_group(url, mode="r+", zarr_format=3)
             for path in missing:
-                array = root[path]
+                array = cast("ArrayV3", root[path])  # a v3 array, as above
                 known[path] = (array, ShardedArray.for_array(array))
         return {path: known[path][0] for path in paths}
 
 
-def _sharded(url: str, path: str, array: zarr.Array, run_id: str) -> ShardedArray | None:
+def _sharded(url: str, path: str, array: ArrayV3, run_id: str) -> ShardedArray | None:
     """``ShardedArray.for_array(array)``, the one made by :func:`_open_arrays` when cached."""
     known = _opened.get((run_id, url), {}).get(path) if run_id else None
     return known[1] if known is not None else ShardedArray.for_array(array)
@@ -418,7 +423,7 @@ def _remove_partials(url: str) -> None:
                 os.unlink(os.path.join(folder, name))
 
 
-def _remove_shard_partials(url: str, arrays: dict[str, zarr.Array], start: int) -> None:
+def _remove_shard_partials(url: str, arrays: dict[str, ArrayV3], start: int) -> None:
     """Delete the files a killed build left half-written beside the shard at row ``start``.
 
     Without this they would stay in the store of a resumed build, which is then no longer
@@ -444,7 +449,7 @@ def _remove_shard_partials(url: str, arrays: dict[str, zarr.Array], start: int) 
                 os.unlink(os.path.join(folder, other))
 
 
-def _delete_shard(url: str, path: str, array: zarr.Array, start: int) -> bool:
+def _delete_shard(url: str, path: str, array: ArrayV3, start: int) -> bool:
     """Delete the shard object of ``array`` holding row ``start``; False if there is none."""
     assert array.shards is not None
     coords = (start // array.shards[0],) + (0,) * (array.ndim - 1)

@@ -377,15 +377,15 @@ def _asset_legend(key: str, asset: Mapping[str, Any]) -> Legend | None:
                 source = f"{which}[{i}].classification:classes"
                 band = b
                 break
-    classes: list[dict[str, Any]]
+    parsed: Sequence[dict[str, Any] | None]
     if raw is not None:
-        classes = [_from_classification(c) for c in raw if isinstance(c, Mapping)]
+        parsed = [_from_classification(c) for c in raw if isinstance(c, Mapping)]
     elif asset.get("file:values"):
         source = "file:values"
-        classes = _from_file_values(asset["file:values"])
+        parsed = _from_file_values(asset["file:values"])
     else:
         return None
-    classes = [c for c in classes if c is not None]
+    classes = [c for c in parsed if c is not None]
     if not classes:
         return None
     nodata = band.get("nodata", asset.get("nodata"))
@@ -690,7 +690,7 @@ def _dtype(legend: Legend) -> tuple[str, str | None]:
     if legend.nodata is not None:
         values.append(legend.nodata)
     low, high = min(values), max(values)
-    if legend.dtype in get_args(DType):
+    if legend.dtype is not None and legend.dtype in get_args(DType):
         lo, hi = _DTYPE_RANGE[legend.dtype]
         if lo <= low and high <= hi:
             return legend.dtype, None

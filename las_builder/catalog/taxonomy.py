@@ -28,7 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 import yaml
@@ -74,14 +74,14 @@ __all__ = [
     "taxonomy_dir",
 ]
 
-LAS_NODATA = 0
+LAS_NODATA: Final = 0
 """LAS label value of pixels no product covers (the product's own nodata, or outside it)."""
 
-LAS_IGNORE = 255
+LAS_IGNORE: Final = 255
 """LAS label value of pixels that are covered but carry no usable class: a native class without
 a faithful LAS class (mosaics, clouds), or a tie between products in the consensus."""
 
-LUT_UNMAPPED = 254
+LUT_UNMAPPED: Final = 254
 """Value of a lookup table (:meth:`ProductMapping.lut`) at codes that are not in the product's
 legend or that its mapping does not cover. It never appears in a LAS label raster."""
 
@@ -424,6 +424,7 @@ class ProductMapping(_Strict):
         table = self.lut()
         size = table.shape[0]
         info = np.iinfo(arr.dtype)
+        out: np.ndarray
         if info.min >= 0 and info.max < size:
             out = table[arr]
         else:

@@ -86,16 +86,16 @@ class OptimSpec(_Strict):
 
     """
 
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    batch_size: int = Field(8, ge=1)
-    steps: int = Field(1000, ge=1)
-    epochs: int | None = Field(None, ge=1)
-    warmup_steps: int = Field(50, ge=0)
-    min_lr_ratio: float = Field(0.05, ge=0, le=1)
-    grad_clip: float = Field(1.0, ge=0)
-    prior_weight: float = Field(0.1, ge=0)
-    class_balance: float = Field(0.0, ge=0, le=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    batch_size: int = Field(default=8, ge=1)
+    steps: int = Field(default=1000, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    warmup_steps: int = Field(default=50, ge=0)
+    min_lr_ratio: float = Field(default=0.05, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0)
+    prior_weight: float = Field(default=0.1, ge=0)
+    class_balance: float = Field(default=0.0, ge=0, le=1)
 
 
 class TrainConfig(_Strict):
@@ -148,25 +148,25 @@ class TrainConfig(_Strict):
     inputs: list[list[str]] = Field(default_factory=lambda: [["sentinel-2"]], min_length=1)
     input_weights: list[float] | None = None
     eval_inputs: list[str] | None = None
-    naip_factor: int | None = Field(None, ge=1)
-    crop_px: int | None = Field(None, ge=32)
+    naip_factor: int | None = Field(default=None, ge=1)
+    crop_px: int | None = Field(default=None, ge=32)
     augment: bool = True
-    val_fraction: float = Field(0.2, ge=0, lt=1)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
     split_seed: int = 0
     split_by: str | None = "epsg"
-    presence_threshold: float = Field(0.01, ge=0, lt=1)
+    presence_threshold: float = Field(default=0.01, ge=0, lt=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     text: TextSpec = Field(default_factory=TextSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     seed: int = 0
     device: str = "auto"
-    threads: int | None = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
-    log_every: int = Field(10, ge=1)
-    val_every: int = Field(0, ge=0)
-    checkpoint_every: int = Field(200, ge=1)
-    keep_checkpoints: int = Field(2, ge=0)
-    max_minutes: float | None = Field(None, gt=0)
+    threads: int | None = Field(default=None, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+    log_every: int = Field(default=10, ge=1)
+    val_every: int = Field(default=0, ge=0)
+    checkpoint_every: int = Field(default=200, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=0)
+    max_minutes: float | None = Field(default=None, gt=0)
     out_dir: str = "out/train/landsegmenter"
 
     @field_validator("products")

@@ -55,9 +55,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex, TypedDict, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler, get_worker_info
@@ -117,7 +118,7 @@ def _dataset_root(path: str | Path) -> str | Path:
     return text if _is_url(text) else Path(text)
 
 
-def open_store(path: str | Path, storage_options: dict | None = None) -> Any:
+def open_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> Any:
     """Open ``<path>/las.zarr`` read-only (a local folder or an fsspec URL).
 
     Args:
@@ -138,7 +139,7 @@ def open_store(path: str | Path, storage_options: dict | None = None) -> Any:
     return zarr.open_group(str(store), mode="r")
 
 
-def read_index(path: str | Path, storage_options: dict | None = None) -> Any:
+def read_index(path: str | Path, storage_options: dict[str, Any] | None = None) -> Any:
     """Read ``index.parquet`` as a plain pandas ``DataFrame`` (geometry left as WKB)."""
     import pandas as pd
 
@@ -202,7 +203,10 @@ def val_ids(
 
 
 def normalise(
-    modality: str, array: np.ndarray, attrs: dict | None = None, out: np.ndarray | None = None
+    modality: str,
+    array: np.ndarray,
+    attrs: dict[str, Any] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Normalise one modality's stored values to float32 network input.
 
@@ -230,7 +234,8 @@ def normalise(
         scale = np.float32(10000.0 if modality == "sentinel-2" else 255.0)
         if out is not array:
             np.copyto(out, array, casting="unsafe")
-        return np.divide(out, scale, out=out)
+        divided: np.ndarray = np.divide(out, scale, out=out)
+        return divided
     if modality == "sentinel-1":
         units = str((attrs or {}).get("units", "linear")).lower()
         x = out
@@ -254,7 +259,7 @@ def normalise(
     raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
 
 
-def band_info(modality: str, attrs: dict) -> tuple[list[float], list[int]]:
+def band_info(modality: str, attrs: dict[str, Any]) -> tuple[list[float], list[int]]:
     """Return ``(wavelengths_um, polarisations)`` of a stored modality from its attributes."""
     if modality == "sentinel-1":
         bands = [str(b).lower() for b in attrs.get("bands", ["vv", "vh"])]
@@ -310,7 +315,28 @@ def _lut(values: Iterable[int], size: int) -> np.ndarray:
     return lut
 
 
-class LASDataset(Dataset):
+class SampleRow(TypedDict):
+    """A usable sample of the index, as :attr:`LASDataset.rows` keeps it.
+
+    Attributes:
+        sample_id: The sample's id.
+        zarr_index: Its row in the store's arrays.
+        has_naip: Whether the index names a NAIP item for it.
+        epsg: EPSG code of its grid.
+        transform: Coefficients ``a, b, c, d, e, f`` of its label grid's affine transform.
+        shape: ``(height, width)`` of its label grid.
+
+    """
+
+    sample_id: str
+    zarr_index: int
+    has_naip: bool
+    epsg: int
+    transform: list[float]
+    shape: list[int]
+
+
+class LASDataset(Dataset[dict[str, Any]]):
     """Random access to the usable samples of a LAS store.
 
     Args:
@@ -350,7 +376,7 @@ class LASDataset(Dataset):
     Attributes:
         class_names: ``{product key: [class names]}``; label indices point into these lists.
         las_keys: The store's LAS class keys in code order (index ``i`` is code ``i + 1``).
-        rows: The samples, each a dict with ``sample_id``, ``zarr_index``, ``has_naip``.
+        rows: The samples, each a :class:`SampleRow` (``sample_id``, ``zarr_index``, ...).
         bands: ``{modality: (wavelengths_um, polarisations)}``.
         samples_per_shard: Samples per shard of the store (per chunk if unsharded); see
             :class:`ShardBatchSampler`.
@@ -370,7 +396,7 @@ class LASDataset(Dataset):
         crop_px: int | None = None,
         random_crop: bool = False,
         naip_factor: int | None = None,
-        storage_options: dict | None = None,
+        storage_options: dict[str, Any] | None = None,
         shard_cache: int = 0,
         zarr_config: dict[str, Any] | None = None,
         decode_threads: int = 1,
@@ -416,7 +442,7 @@ class LASDataset(Dataset):
             records = [by_id[s] for s in sample_ids]
         else:
             records = ok.to_dict("records")
-        self.rows = [
+        self.rows: list[SampleRow] = [
             {
                 "sample_id": str(r["sample_id"]),
                 "zarr_index": int(r["zarr_index"]),
@@ -491,7 +517,7 @@ class LASDataset(Dataset):
             self._readers = {name: ShardedArray.for_array(arr) for name, arr in arrays.items()}
         return self._readers
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_root"] = None
         state["_pid"] = None
@@ -544,7 +570,8 @@ class LASDataset(Dataset):
         """
         if isinstance(i, Sequence | np.ndarray | torch.Tensor) and np.ndim(i) > 0:
             return self.batch([operator.index(j) for j in i])
-        return self.__getitems__([operator.index(i)])[0]  # int, numpy or 0-d tensor integer
+        # int, numpy or 0-d tensor integer (the check above lets no sequence through)
+        return self.__getitems__([operator.index(cast(SupportsIndex, i))])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Return several samples, reading the store for all of them at once.
@@ -610,7 +637,7 @@ class LASDataset(Dataset):
         rows, windows, images, available, labels = self._load(indices, arena)
         n = len(rows)
 
-        def per_sample(values: list[float] | list[int], dtype: np.dtype) -> torch.Tensor:
+        def per_sample(values: list[float] | list[int], dtype: npt.DTypeLike) -> torch.Tensor:
             # one row repeated: an arena copies the broadcast view into its block anyway
             row = torch.from_numpy(np.asarray(values, dtype=dtype)).expand(n, -1)
             return row if arena is not None else row.contiguous()
@@ -630,7 +657,7 @@ class LASDataset(Dataset):
     def _load(
         self, indices: Sequence[int], arena: _SharedArena | None = None
     ) -> tuple[
-        list[dict[str, Any]],
+        list[SampleRow],
         list[tuple[int, int, int, int]],
         dict[str, torch.Tensor],
         dict[str, np.ndarray],
@@ -1000,7 +1027,8 @@ def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
 def _new_shared(count: int, dtype: torch.dtype) -> torch.Tensor:
     """A new tensor of ``count`` elements in its own segment of shared memory."""
     empty = torch.empty(0, dtype=dtype)
-    return empty.new(empty._typed_storage()._new_shared(count, device=empty.device))
+    storage = empty._typed_storage()
+    return empty.new(storage._new_shared(count, device=empty.device))
 
 
 class _BlockPool:
@@ -1109,11 +1137,12 @@ class _SharedArena:
 
     def slot(self, tensor: torch.Tensor) -> _Slot:
         """Where ``tensor`` (one of :meth:`holds`) lies in the block."""
-        offset = tensor.storage_offset() * tensor.element_size()
+        # storage_offset() is typed int | SymInt; a SymInt only arises under symbolic tracing
+        offset = cast(int, tensor.storage_offset()) * tensor.element_size()
         return _Slot(offset, tensor.dtype, tuple(tensor.shape))
 
 
-class _ArenaBatch(dict):
+class _ArenaBatch(dict[str, Any]):
     """A batch whose tensors lie in one :class:`_SharedArena` block.
 
     Pickles (as a worker sends it) as the block and each tensor's :class:`_Slot`; a tensor put
@@ -1160,7 +1189,8 @@ def _unpack_arena_batch(flat: torch.Tensor, layout: dict[str, Any]) -> dict[str,
     """
     held = flat.numpy()
     weakref.finalize(held, _let_go, flat[:1]).atexit = False
-    return _unpacked(layout, torch.from_numpy(held))
+    batch: dict[str, Any] = _unpacked(layout, torch.from_numpy(held))
+    return batch
 
 
 _received: dict[tuple[int, str, int], torch.Tensor] = {}

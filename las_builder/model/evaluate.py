@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from las_builder.model.data import IGNORE_INDEX, LASDataset, ProductSpec, compose_input
+from las_builder.model.data import IGNORE_INDEX, LASDataset, ProductSpec, SampleRow, compose_input
 from las_builder.model.fusion import fuse
 from las_builder.model.train import load_checkpoint, resolve_device
 
@@ -97,7 +97,7 @@ def evaluate(
     device: str = "auto",
     fusion_gamma: float = 1.0,
     out: str | Path | None = None,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Score a checkpoint on a LAS dataset (LAS classes), optionally against the truth.
@@ -216,10 +216,13 @@ def evaluate(
     return metrics
 
 
-_TRUTH_CACHE: dict[tuple, np.ndarray] = {}
+_TruthKey = tuple[tuple[str, ...], int, tuple[float, ...], tuple[int, ...]]
+"""Truth item hrefs, then the sample grid's EPSG code, transform and shape."""
+
+_TRUTH_CACHE: dict[_TruthKey, np.ndarray] = {}
 
 
-def _truth_codes(items: Sequence[Any], row: dict[str, Any]) -> np.ndarray:
+def _truth_codes(items: Sequence[Any], row: SampleRow) -> np.ndarray:
     from las_builder.model.truth import truth_on_grid
 
     key = (tuple(i.href for i in items), row["epsg"], tuple(row["transform"]), tuple(row["shape"]))
@@ -259,7 +262,7 @@ def _scores(
     gamma: float,
     device: torch.device,
 ) -> torch.Tensor:
-    out = model(image.to(device), wl.to(device), text, pol.to(device))
+    out: dict[str, torch.Tensor] = model(image.to(device), wl.to(device), text, pol.to(device))
     if use_fusion:
         fused, _ = fuse(out["logits"], out["presence_logits"], gamma)
         return (fused / fused.sum(1, keepdim=True).clamp_min(1e-12)).cpu()
@@ -340,7 +343,7 @@ def predict(
     fusion_gamma: float = 1.0,
     tile: int = 1024,
     device: str = "auto",
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict a GeoTIFF for a dataset sample or any raster, with any class names.
 
@@ -414,7 +417,8 @@ def _read_tags(path: Path) -> dict[str, str]:
     import rasterio
 
     with rasterio.open(path) as src:
-        return src.tags()
+        tags: dict[str, str] = src.tags()
+        return tags
 
 
 def _predict_raster(

@@ -273,7 +273,8 @@ def _pool(x: torch.Tensor, pool: nn.Module | None) -> torch.Tensor:
     """Apply a 2-D pooling to ``(B, H, W, C)``."""
     if pool is None:
         return x
-    return pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    pooled: torch.Tensor = pool(x.permute(0, 3, 1, 2))
+    return pooled.permute(0, 2, 3, 1)
 
 
 # --- wavelength-conditioned patch embedding ---------------------------------------------------
@@ -425,7 +426,8 @@ class MultiScaleAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         )
-        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        proj: torch.Tensor = self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        return proj
 
 
 class MultiScaleBlock(nn.Module):
@@ -475,7 +477,8 @@ class MultiScaleBlock(nn.Module):
                 pad_hw = (h + (ws - h % ws) % ws, w + (ws - w % ws) % ws)
             x = window_unpartition(x, ws, pad_hw, (h, w))
         x = shortcut + self.drop_path(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        mlp: torch.Tensor = self.drop_path(self.mlp(self.norm2(x)))
+        return x + mlp
 
 
 class HighFrequencyFusion(nn.Module):
@@ -626,7 +629,8 @@ class ImageEncoder(nn.Module):
         self, x: torch.Tensor, wavelengths_um: torch.Tensor, pol: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """Run the trunk."""
-        return self.trunk(x, wavelengths_um, pol)
+        stages: list[torch.Tensor] = self.trunk(x, wavelengths_um, pol)
+        return stages
 
 
 # --- decoder ---------------------------------------------------------------------------------
@@ -634,6 +638,8 @@ class ImageEncoder(nn.Module):
 
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier positional encoding of normalised pixel coordinates (as SAM)."""
+
+    gaussian: torch.Tensor  # a buffer (register_buffer): declared for the type checker
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -713,10 +719,11 @@ class MaskDecoder(nn.Module):
     def stride16(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """The decoder input: ``proj(stage 3) + upsample(proj(stage 4))`` at stride 16."""
         s3, s4 = feats[2], feats[3]
-        f = self.proj3(s3) + F.interpolate(
+        f: torch.Tensor = self.proj3(s3) + F.interpolate(
             self.proj4(s4), size=s3.shape[-2:], mode="bilinear", align_corners=False
         )
-        return f + self.mix(f)
+        mixed: torch.Tensor = self.mix(f)
+        return f + mixed
 
     def forward(
         self,
@@ -904,7 +911,7 @@ class LandSegmenter(nn.Module):
 
         """
         feats = self.encode(image, wavelengths_um, polarisations)
-        return self.decode(feats, text, tuple(image.shape[-2:]), with_prior)
+        return self.decode(feats, text, (image.shape[-2], image.shape[-1]), with_prior)
 
     def num_parameters(self) -> int:
         """Trainable parameter count."""

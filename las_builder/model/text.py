@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +96,7 @@ def _open_clip(model: str, weights: str) -> tuple[Any, Any]:
     return net, open_clip.get_tokenizer(model)
 
 
-def load_text_encoder(spec: TextEncoderSpec) -> Any:
+def load_text_encoder(spec: TextEncoderSpec) -> Callable[[Sequence[str]], torch.Tensor]:
     """Return a callable ``texts -> (K, dim) float32 tensor`` (L2-normalised rows).
 
     Raises:
@@ -107,7 +107,9 @@ def load_text_encoder(spec: TextEncoderSpec) -> Any:
         model = _minilm(spec.weights)
 
         def encode(texts: Sequence[str]) -> torch.Tensor:
-            emb = model.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True)
+            emb: torch.Tensor = model.encode(
+                list(texts), convert_to_tensor=True, normalize_embeddings=True
+            )
             return emb.detach().float().cpu().clone()  # a normal tensor, not an inference one
 
         return encode
@@ -145,7 +147,7 @@ class TextPrompter:
     ) -> None:
         self.spec = spec or TextEncoderSpec()
         self.cache: dict[tuple[str, ...], torch.Tensor] = dict(cache or {})
-        self._encode: Any = None
+        self._encode: Callable[[Sequence[str]], torch.Tensor] | None = None
 
     @property
     def dim(self) -> int:

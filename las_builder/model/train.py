@@ -263,13 +263,14 @@ def quick_miou(
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=default_collate)
     for batch in loader:
         image, wl, pol = compose_input(batch, inputs)
+        out_size = (image.shape[-2], image.shape[-1])
         feats = model.encode(image.to(device), wl.to(device), pol.to(device))
         by_names: dict[tuple[str, ...], torch.Tensor] = {}
         for product, target in batch["labels"].items():
             names = tuple(dataset.class_names[product])
             if names not in by_names:
                 text = prompter.embed(names).to(device)
-                by_names[names] = model.decode(feats, text, tuple(image.shape[-2:]))["logits"]
+                by_names[names] = model.decode(feats, text, out_size)["logits"]
             logits = by_names[names]
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear")
@@ -360,7 +361,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
 
-    common = dict(
+    common: dict[str, Any] = dict(
         modalities=cfg.modalities,
         products=cfg.products,
         val_fraction=cfg.val_fraction,
@@ -385,7 +386,8 @@ def train(
 
     sched_batches = _EpochBatches(len(train_ds), cfg.optim.batch_size, cfg.seed)
     total = cfg.optim.epochs * sched_batches.per_epoch if cfg.optim.epochs else cfg.optim.steps
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "pos_embed" in name or "token" in name else decay).append(p)
     optimizer = torch.optim.AdamW(
@@ -428,7 +430,7 @@ def train(
             train_config=cfg.model_dump(),
             text=prompter.state(),
             class_names=train_ds.class_names,
-            bands={m: list(map(list, b)) for m, b in train_ds.bands.items()},
+            bands={m: [list(v) for v in b] for m, b in train_ds.bands.items()},
             rng={
                 "python": rng.getstate(),
                 "torch": torch.get_rng_state(),
@@ -488,7 +490,7 @@ def train(
                     idx = [i for i, p in enumerate(products) if p == product]
                     sel = torch.tensor(idx, device=device)
                     out = model.decode(
-                        [f[sel] for f in feats], text[product], tuple(image.shape[-2:])
+                        [f[sel] for f in feats], text[product], (image.shape[-2], image.shape[-1])
                     )
                     ce, valid = masked_cross_entropy(
                         out["logits"], targets[sel], cfg.optim.class_balance
@@ -514,11 +516,14 @@ def train(
             step += 1
             last_loss = float(loss.detach())
             now = time.monotonic()
+            lr = scheduler.get_last_lr()[0]
+            # a group's lr keeps the type it was given (AdamW(lr=float)): never a tensor here
+            assert isinstance(lr, float)
             metrics = {
                 "loss": last_loss,
                 "ce": float(ce_loss.detach()),
                 "presence": float(pres_sum.detach()),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": lr,
                 "sec_per_step": now - t_last,
             }
             t_last = now

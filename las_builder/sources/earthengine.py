@@ -49,7 +49,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ee
 import numpy as np
@@ -260,10 +260,11 @@ def compute_pixels_grid(geobox: GeoBox, row0: int = 0, rows: int | None = None) 
     Returns:
         ``{"dimensions": {"width", "height"}, "affineTransform": {...}, "crsCode": "EPSG:n"}``.
 
+    Raises:
+        ValueError: The GeoBox has no CRS, or its CRS has no EPSG code.
+
     """
-    epsg = geobox.crs.epsg
-    if epsg is None:
-        raise ValueError(f"the GeoBox's CRS has no EPSG code: {geobox.crs}")
+    epsg = _epsg(geobox)
     height, width = geobox.shape.yx
     rows = height - row0 if rows is None else rows
     t = geobox.transform
@@ -285,13 +286,37 @@ def sample_region(geobox: GeoBox) -> ee.Geometry:
     """The sample's footprint as an EE rectangle in the sample's own CRS (planar edges).
 
     Stating the rectangle in the UTM/UPS CRS keeps it exact and needs no antimeridian split.
+
+    Raises:
+        ValueError: The GeoBox has no CRS, or its CRS has no EPSG code.
+
     """
+    epsg = _epsg(geobox)
     left, bottom, right, top = geobox.boundingbox
-    return ee.Geometry.Rectangle(
-        [float(left), float(bottom), float(right), float(top)],
-        f"EPSG:{geobox.crs.epsg}",
-        False,
+    # ee types this call as Any (an untyped decorator wraps it): name its documented type.
+    region: ee.Geometry = ee.Geometry.Rectangle(
+        [float(left), float(bottom), float(right), float(top)], f"EPSG:{epsg}", False
     )
+    return region
+
+
+def _epsg(geobox: GeoBox) -> int:
+    """The EPSG code of the GeoBox's CRS.
+
+    Args:
+        geobox: A sample grid.
+
+    Returns:
+        The EPSG code.
+
+    Raises:
+        ValueError: The GeoBox has no CRS, or its CRS has no EPSG code.
+
+    """
+    epsg = geobox.crs.epsg if geobox.crs is not None else None
+    if epsg is None:
+        raise ValueError(f"the GeoBox's CRS has no EPSG code: {geobox.crs}")
+    return epsg
 
 
 # --------------------------------------------------------------------------- the source
@@ -473,12 +498,15 @@ class EarthEngineSource:
         """
         spec = self.s2_spec
         prop = spec["cloud_property"]
-        return (
+        # ee types its constructors and many methods as Any (untyped decorators wrap them), so
+        # the results here and below are named with their documented types.
+        col: ee.ImageCollection = (
             ee.ImageCollection(spec["asset"])
             .filterBounds(sample_region(geobox))
             .filterDate(*self._window())
             .sort(prop)
         )
+        return col
 
     def s2_image(self, scene_id: str) -> ee.Image:
         """One Sentinel-2 scene by ``system:index``: 12 LAS bands (bilinear) then SCL (nearest).
@@ -492,7 +520,8 @@ class EarthEngineSource:
             [b["ee"] for b in spec["bands"]], [b["las"] for b in spec["bands"]]
         ).resample(spec["resampling"]["bands"])
         scl = image.select([spec["scl"]["ee"]], [spec["scl"]["las"]])
-        return bands.addBands(scl).unmask(spec["nodata"]).toUint16()
+        out: ee.Image = bands.addBands(scl).unmask(spec["nodata"]).toUint16()
+        return out
 
     def s1_collection(self, geobox: GeoBox, near_ms: float | None = None) -> ee.ImageCollection:
         """IW scenes with VV and VH over the sample in the window, closest to ``near_ms`` first.
@@ -503,7 +532,7 @@ class EarthEngineSource:
 
         """
         spec = self.s1_spec
-        col = (
+        col: ee.ImageCollection = (
             ee.ImageCollection(spec["asset"])
             .filterBounds(sample_region(geobox))
             .filterDate(*self._window())
@@ -512,25 +541,29 @@ class EarthEngineSource:
         for pol in spec["filters"]["transmitterReceiverPolarisation"]:
             col = col.filter(ee.Filter.listContains("transmitterReceiverPolarisation", pol))
         if near_ms is None:
-            return col.sort("system:time_start")
+            col = col.sort("system:time_start")
+            return col
         near = ee.Number(float(near_ms))
 
         def distance(image: ee.Image) -> ee.Image:
             start = ee.Number(image.get("system:time_start"))
-            return image.set("las_dt", start.subtract(near).abs())
+            # Element.set is typed to return Element; it casts the result back to an Image.
+            return cast(ee.Image, image.set("las_dt", start.subtract(near).abs()))
 
-        return col.map(distance).sort("las_dt")
+        col = col.map(distance).sort("las_dt")
+        return col
 
     def s1_image(self, scene_id: str) -> ee.Image:
         """One Sentinel-1 scene by ``system:index``: VV, VH in dB, masked pixels at the fill."""
         spec = self.s1_spec
         image = ee.Image(f"{spec['asset']}/{scene_id}")
-        return (
+        out: ee.Image = (
             image.select([b["ee"] for b in spec["bands"]], [b["las"] for b in spec["bands"]])
             .resample(spec["resampling"])
             .unmask(float(spec["fill"]))
             .toFloat()
         )
+        return out
 
     def label_image(
         self, product: str, year: int | None, geobox: GeoBox, scene_ids: Sequence[str] = ()
@@ -555,7 +588,8 @@ class EarthEngineSource:
             if spec["match"] == "year" and year is not None:  # _label_spec demands the year
                 col = col.filterDate(f"{year}-01-01", f"{year + 1}-01-01")
             mosaic = col.mosaic()
-        return mosaic.select([band], [product]).unmask(int(spec["nodata"]))
+        out: ee.Image = mosaic.select([band], [product]).unmask(int(spec["nodata"]))
+        return out
 
     def scene_info(
         self, collection: ee.ImageCollection, properties: Sequence[str]

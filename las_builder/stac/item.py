@@ -27,6 +27,7 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import re
@@ -302,9 +303,10 @@ class SceneItem(BaseModel):
 
     id: str
     collection: str | None = None
-    datetime: datetime
-    start_datetime: datetime
-    end_datetime: datetime
+    # ``_dt.datetime``: inside the class body the field ``datetime`` shadows the type.
+    datetime: _dt.datetime
+    start_datetime: _dt.datetime
+    end_datetime: _dt.datetime
     bbox: tuple[float, float, float, float] | None = None
     geometry: BaseGeometry | None = None
     platform: str | None = None

@@ -32,6 +32,7 @@ def write_cog(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     small = max(height, width) <= 256
+    assert geobox.crs is not None  # every grid of the world has a CRS
     profile = {
         "driver": "COG",
         "width": width,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from las_builder._paths import catalog_dir
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -121,7 +123,7 @@ def _load_yaml(path: Path) -> Any:
         raise FileNotFoundError(f"{path} is missing from the catalog") from None
 
 
-def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
+def _validate(model: type[_Model], data: Any, path: Path) -> _Model:
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from odc.geo.geobox import GeoBox
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from las_builder import __version__
@@ -30,6 +31,12 @@ WORLD_VERSION = 1
 MANIFEST = "world.json"
 
 
+def _epsg(geobox: GeoBox) -> int | None:
+    """EPSG code of the CRS of a grid of the world (every grid of the world has a CRS)."""
+    assert geobox.crs is not None
+    return geobox.crs.epsg
+
+
 def _truth_scene(region: Region, truth: np.ndarray, state: RegionImagery, world_dir: Path) -> Scene:
     legend = load_truth()
     href = Path("truth") / f"{region.id}.tif"
@@ -43,7 +50,7 @@ def _truth_scene(region: Region, truth: np.ndarray, state: RegionImagery, world_
         {
             "las:region": region.id,
             "las:biome": region.biome,
-            "proj:epsg": state.truth_geobox.crs.epsg,
+            "proj:epsg": _epsg(state.truth_geobox),
         },
     )
     scene.assets["truth"] = {
@@ -140,7 +147,7 @@ def create_world(
         "regions": [
             {
                 **region.model_dump(),
-                "epsg": s.geobox.crs.epsg,
+                "epsg": _epsg(s.geobox),
                 "bounds": list(s.geobox.boundingbox),
                 "truth": s.assets["truth"]["href"],
             }

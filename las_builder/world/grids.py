@@ -85,6 +85,7 @@ def _edge_pixels(geobox: GeoBox, points_per_side: int) -> tuple[np.ndarray, np.n
 def boundary_lonlat(geobox: GeoBox, points_per_side: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Longitudes and latitudes along the edge of a GeoBox (densified)."""
     xs, ys = pixel_to_crs(geobox, *_edge_pixels(geobox, points_per_side))
+    assert geobox.crs is not None  # every grid of the world has a CRS
     to_ll = Transformer.from_crs(geobox.crs.to_wkt(), 4326, always_xy=True)
     lon, lat = to_ll.transform(np.asarray(xs), np.asarray(ys))
     return np.asarray(lon), np.asarray(lat)
@@ -107,6 +108,7 @@ def lonlat_pieces(geobox: GeoBox) -> list[tuple[float, float, float, float]]:
 def utm_zones(geobox: GeoBox) -> list[int]:
     """UTM zones whose longitude range the GeoBox touches, its own zone first."""
     lon, lat = boundary_lonlat(geobox)
+    assert geobox.crs is not None  # every grid of the world has a CRS
     centre_lon, _ = Transformer.from_crs(geobox.crs.to_wkt(), 4326, always_xy=True).transform(
         *pixel_to_crs(geobox, np.array(geobox.shape[1] / 2), np.array(geobox.shape[0] / 2))
     )
@@ -120,6 +122,7 @@ def utm_zones(geobox: GeoBox) -> list[int]:
 def utm_geobox(geobox: GeoBox, zone: int, resolution: float, south: bool) -> GeoBox:
     """Cover ``geobox`` on the ``resolution`` lattice of a UTM zone."""
     epsg = (32700 if south else 32600) + zone
+    assert geobox.crs is not None  # every grid of the world has a CRS
     to_utm = Transformer.from_crs(geobox.crs.to_wkt(), epsg, always_xy=True)
     xs, ys = to_utm.transform(*pixel_to_crs(geobox, *_edge_pixels(geobox, 16)))
     return snapped_geobox((min(xs), min(ys), max(xs), max(ys)), epsg, resolution)

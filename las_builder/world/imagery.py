@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
@@ -51,7 +52,7 @@ def _tile_geoboxes(truth_geobox: GeoBox, region: Region) -> list[GeoBox]:
     for zone in utm_zones(truth_geobox):
         g60 = utm_geobox(truth_geobox, zone, 60.0, south)
         out.append(
-            GeoBox(tuple(s * 6 for s in g60.shape.yx), g60.transform * Affine.scale(1 / 6), g60.crs)
+            GeoBox((g60.shape.y * 6, g60.shape.x * 6), g60.transform * Affine.scale(1 / 6), g60.crs)
         )
     return out
 
@@ -82,14 +83,16 @@ class RegionImagery:
 
     def mix(self, table: np.ndarray) -> np.ndarray:
         """Linear mixture of per-class values (n + 1, bands) by class fraction at 10 m."""
-        out = np.einsum("khw,kb->bhw", self.fractions[1:], table[1:].astype(np.float32))
+        out: npt.NDArray[np.float32] = np.einsum(
+            "khw,kb->bhw", self.fractions[1:], table[1:].astype(np.float32)
+        )
         out /= np.maximum(1.0 - self.fractions[0], 1e-6)[None]
         out[:, ~self.valid] = np.nan
         return out
 
     def dominant(self) -> np.ndarray:
         """Dominant truth class at 10 m (0 where mostly nodata)."""
-        dom = np.argmax(self.fractions[1:], axis=0).astype(np.uint8) + 1
+        dom: npt.NDArray[np.uint8] = np.argmax(self.fractions[1:], axis=0).astype(np.uint8) + 1
         dom[~self.valid] = 0
         return dom
 
@@ -112,6 +115,7 @@ def render_sentinel2(
     scl_base[~state.valid] = 0
     scenes = []
     for tile_geobox in state.tiles:
+        assert tile_geobox.crs is not None  # every grid of the world has a CRS
         zone = int(str(tile_geobox.crs.epsg)[-2:])
         tile = mgrs_tile(state.region.lon, state.region.lat, zone)
         refl = resample(reflectance, state.grid10, tile_geobox, Resampling.bilinear, np.nan)
@@ -226,7 +230,8 @@ def _add_atmosphere(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clouds, their shadows, thin cirrus and sensor noise, with the SCL that flags them."""
     shape = refl.shape[1:]
-    out = refl * np.float32(rng.uniform(0.97, 1.03))
+    # float32 at run time (NEP 50); numpy's stubs widen some of the steps below to float64.
+    out: npt.NDArray[np.floating[Any]] = refl * np.float32(rng.uniform(0.97, 1.03))
     out *= 1 + 0.03 * smooth_field(rng, shape, 8)[None]
     out += rng.normal(0, 0.004, size=refl.shape).astype(np.float32)
     scl = scl.copy()
@@ -259,6 +264,8 @@ def render_sentinel1(
     linear = state.mix(10 ** (state.class_table("backscatter", 2) / 10))
     scenes = []
     for tile_geobox in state.tiles:
+        # UTM tiles: always a CRS with an EPSG code
+        assert tile_geobox.crs is not None and tile_geobox.crs.epsg is not None
         power = resample(linear, state.grid10, tile_geobox, Resampling.bilinear, np.nan)
         for i, date in enumerate(preset.sentinel1.dates):
             ascending = i % 2 == 0
@@ -335,6 +342,7 @@ def render_naip(state: RegionImagery, preset: Preset, world_dir: Path, seed: int
     """Render a NAIP 4-band 0.6 m image (NAD83 UTM) over the centre of a US region."""
     sensor = load_sensor("naip")
     gsd = float(sensor["gsd"])
+    assert state.truth_geobox.crs is not None  # every grid of the world has a CRS
     zone = int(str(state.truth_geobox.crs.epsg)[-2:])
     epsg = 26900 + zone
     x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(

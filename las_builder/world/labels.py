@@ -230,19 +230,22 @@ def render_labels(
     product, legend = products[pid], load_label_product(pid)
     for year in preset.years.get(pid, ()):
         for grid in state.tiles:
+            assert grid.crs is not None  # every grid of the world has a CRS
             zone = int(str(grid.crs.epsg)[-2:])
-            tile = mgrs_tile(state.region.lon, state.region.lat, zone)[:3]
+            tile_name = mgrs_tile(state.region.lon, state.region.lat, zone)[:3]
             classes = classes_on(grid, coarse=False)
             codes = apply_confusion(
-                classes, product, state.legend, 10.0, rng_for(seed, pid, region, year, tile)
+                classes, product, state.legend, 10.0, rng_for(seed, pid, region, year, tile_name)
             )
-            item_id = f"{tile}-{year}"
-            href = Path(f"assets/io-lulc-annual-v02/{year}/{tile}_{year}0101-{year + 1}0101.tif")
+            item_id = f"{tile_name}-{year}"
+            href = Path(
+                f"assets/io-lulc-annual-v02/{year}/{tile_name}_{year}0101-{year + 1}0101.tif"
+            )
             write_cog(world_dir / href, codes, grid, nodata=product.nodata, categorical=True)
             props = {
                 **_year_span(year),
-                "io:tile_id": tile,
-                "io:supercell_id": tile,
+                "io:tile_id": tile_name,
+                "io:supercell_id": tile_name,
                 "proj:epsg": grid.crs.epsg,
             }
             scene = Scene(pid, item_id, dt.datetime(year, 1, 1, tzinfo=dt.UTC), grid, props)
@@ -256,6 +259,7 @@ def render_labels(
     product, legend = products[pid], load_label_product(pid)
     for s2 in s2_scenes:
         grid = s2.geobox
+        assert grid.crs is not None  # every grid of the world has a CRS
         classes = classes_on(grid, coarse=False)
         codes = apply_confusion(
             classes, product, state.legend, 10.0, rng_for(seed, pid, s2.item_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage, special
 
 
@@ -18,7 +19,9 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], cell_px: floa
     """A zero-mean, unit-variance random field whose features are about ``cell_px`` pixels wide."""
     cell = max(float(cell_px), 1.0)
     coarse_shape = (int(shape[0] / cell) + 4, int(shape[1] / cell) + 4)
-    coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 0.8)
+    coarse: npt.NDArray[np.float32] = ndimage.gaussian_filter(
+        rng.standard_normal(coarse_shape).astype(np.float32), 0.8
+    )
     if cell <= 1.0:
         field = coarse[: shape[0], : shape[1]]
     else:
@@ -27,7 +30,8 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], cell_px: floa
         field = field @ _interpolation_matrix(shape[1], cell, coarse_shape[1]).T
     field = field - field.mean()
     std = field.std()
-    return (field / std if std > 0 else field).astype(np.float32)
+    out: npt.NDArray[np.float32] = (field / std if std > 0 else field).astype(np.float32)
+    return out
 
 
 def _interpolation_matrix(n: int, cell: float, n_coarse: int) -> np.ndarray:
@@ -43,7 +47,7 @@ def _interpolation_matrix(n: int, cell: float, n_coarse: int) -> np.ndarray:
 
 def uniform_field(rng: np.random.Generator, shape: tuple[int, int], cell_px: float) -> np.ndarray:
     """A spatially coherent field with a uniform [0, 1) marginal."""
-    u = special.ndtr(smooth_field(rng, shape, cell_px)).astype(np.float32)
+    u: npt.NDArray[np.float32] = special.ndtr(smooth_field(rng, shape, cell_px)).astype(np.float32)
     return np.minimum(u, np.float32(0.999999))
 
 
@@ -56,5 +60,5 @@ def top_fraction(score: np.ndarray, fraction: float, where: np.ndarray | None = 
         return np.zeros(score.shape, dtype=bool)
     sample = pool[:: max(1, pool.size // 200_000)]
     threshold = np.quantile(sample, 1.0 - min(fraction, 1.0))
-    mask = score > threshold
+    mask: npt.NDArray[np.bool_] = score > threshold
     return mask & where if where is not None else mask

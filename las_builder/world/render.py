@@ -26,7 +26,10 @@ def class_fractions(truth: np.ndarray, factor: int, n_classes: int) -> np.ndarra
 def block_mean(data: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor`` x ``factor`` blocks of the last two axes (NaN-propagating)."""
     *lead, h, w = data.shape
-    return data.reshape(*lead, h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
+    out: np.ndarray = data.reshape(*lead, h // factor, factor, w // factor, factor).mean(
+        axis=(-3, -1)
+    )
+    return out
 
 
 def resample(
@@ -42,6 +45,7 @@ def resample(
     """
     if src == dst:
         return data
+    assert src.crs is not None and dst.crs is not None  # every grid of the world has a CRS
     squeeze = data.ndim == 2
     source = data[None] if squeeze else data
     out = np.full((source.shape[0], *dst.shape.yx), nodata, dtype=source.dtype)

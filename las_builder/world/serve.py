@@ -35,10 +35,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import FrameType
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
 SERVERS = ("rustac", "pgstac")
@@ -498,8 +500,9 @@ def _state_entries(state: dict[str, Any]) -> list[tuple[str, int, int | None]]:
 
     That is the reverse of the start order: the STAC API, then PostgreSQL, then the files.
     """
-    pids = state.get("pids") if isinstance(state.get("pids"), dict) else {}
-    starts = state.get("pid_starts") if isinstance(state.get("pid_starts"), dict) else {}
+    raw_pids, raw_starts = state.get("pids"), state.get("pid_starts")
+    pids: dict[str, Any] = raw_pids if isinstance(raw_pids, dict) else {}
+    starts: dict[str, Any] = raw_starts if isinstance(raw_starts, dict) else {}
     entries = []
     for name, pid in pids.items():
         if isinstance(pid, int) and pid > 0:
@@ -969,7 +972,7 @@ def serve_world(
 
 def _block_until_stopped(root: Path, started: _Started, info: ServeInfo) -> None:
     """Wait for Ctrl-C, SIGTERM, ``las world stop`` or a dying server; then stop everything."""
-    handlers: dict[int, Any] = {}
+    handlers: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     if threading.current_thread() is threading.main_thread():
 
         def interrupt(signum: int, frame: Any) -> None:
@@ -1099,7 +1102,10 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
     import functools
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from RangeHTTPServer import RangeRequestHandler
+    if TYPE_CHECKING:  # RangeHTTPServer ships no types; its handler subclasses this one
+        from http.server import SimpleHTTPRequestHandler as RangeRequestHandler
+    else:
+        from RangeHTTPServer import RangeRequestHandler
 
     stats = {"requests": 0, "bytes": 0}
     stats_lock = threading.Lock()
@@ -1116,7 +1122,7 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
         disable_nagle_algorithm = True
         timeout = 120
 
-        def send_head(self) -> BinaryIO | None:  # type: ignore[override]
+        def send_head(self) -> BinaryIO | None:
             self.range = None
             if self.path == STATS_PATH:
                 with stats_lock:

@@ -51,7 +51,10 @@ def footprint(geobox: GeoBox) -> Polygon | MultiPolygon:
 
 
 def _round_geometry(geom: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(mapping(geom)), parse_float=lambda s: round(float(s), 7))
+    rounded: dict[str, Any] = json.loads(
+        json.dumps(mapping(geom)), parse_float=lambda s: round(float(s), 7)
+    )
+    return rounded
 
 
 def _extensions(fields: set[str]) -> list[str]:

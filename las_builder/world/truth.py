@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from scipy import ndimage
@@ -44,7 +46,7 @@ def _band(
     angle = rng.uniform(0, math.pi)
     _, v = _rotated(xx, yy, angle)
     offset = rng.uniform(-0.25, 0.25) * float(xx.max() - xx.min())
-    centre = np.float32(offset)
+    centre: np.float32 | npt.NDArray[np.floating[Any]] = np.float32(offset)
     for k, amp in ((wavelength, amplitude), (wavelength / 2.7, 0.3 * amplitude)):
         # sin(a x + b y + phase) split into separable products: no per-pixel transcendental.
         a = 2 * math.pi * math.cos(angle) / k

@@ -38,6 +38,7 @@ from las_builder.sources.earthengine import (
     authenticate,
     catalog,
     compute_pixels_grid,
+    sample_region,
 )
 
 S2_ID = "20210607T104021_20210607T104528_T31UFT"
@@ -182,6 +183,18 @@ def test_grid_is_exactly_the_geobox(lon: float, lat: float, size: int, res: floa
     band = compute_pixels_grid(geobox, row0=5, rows=3)
     assert band["affineTransform"]["translateY"] == top - 5 * res
     assert band["dimensions"] == {"width": size, "height": 3}
+
+
+def test_grid_and_region_need_a_crs_with_an_epsg_code() -> None:
+    from odc.geo.geobox import GeoBox
+
+    no_crs = GeoBox((4, 4), Affine(10, 0, 500_000, 0, -10, 5_000_000), None)
+    custom = GeoBox((4, 4), Affine(10, 0, 0, 0, -10, 0), "+proj=sinu +lon_0=0 +units=m")
+    for geobox in (no_crs, custom):
+        with pytest.raises(ValueError, match="has no EPSG code"):
+            compute_pixels_grid(geobox)
+        with pytest.raises(ValueError, match="has no EPSG code"):
+            sample_region(geobox)
 
 
 # --------------------------------------------------------------------------- the wire
