@@ -293,6 +293,37 @@ def test_on_storage_that_answers_at_once_every_read_runs_on_the_calling_thread(
     assert order == [0, 1, 2, 3, 10, 2]
 
 
+def test_on_remote_storage_the_caller_makes_the_last_call_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Wide pools: in the build's GDAL options all but the last call go to the pool and the
+    caller makes the last (it would only wait otherwise); results and errors come back in the
+    calls' order. A caller outside those options hands every call to the pool's threads."""
+    monkeypatch.setattr(read_mod, "_storage_speed", read_mod._StorageSpeed())
+    assert read_mod.read_pool_threads()[0] == read_mod.IO_THREADS
+    me = threading.get_ident()
+
+    def run(calls: int) -> list[object]:
+        started = threading.Barrier(calls, timeout=5)  # all run at once
+
+        def call(i: int) -> int:
+            started.wait()
+            if i == 1:
+                raise ValueError("broken window")
+            return threading.get_ident()
+
+        return read_mod._parallel([lambda i=i: call(i) for i in range(calls)])
+
+    with read_mod.gdal_env():
+        results = run(3)
+        assert read_mod._parallel([lambda: 3, lambda: 4]) == [3, 4]
+    assert isinstance(results[1], ValueError)
+    assert results[2] == me and results[0] not in (me, None)
+    results = run(3)
+    assert isinstance(results[1], ValueError)
+    assert me not in results
+
+
 def test_the_slowest_host_sets_the_read_pools_size() -> None:
     speed = read_mod._StorageSpeed()
     step = read_mod.OPEN_S_PER_THREAD
