@@ -194,7 +194,9 @@ def searched_sources(
     grid = sample_grid(row)
     searches = 0
 
-    def search(collection: str, start: dt.datetime | None = None, end: dt.datetime | None = None):
+    def search(
+        collection: str, start: dt.datetime | None = None, end: dt.datetime | None = None
+    ) -> list[Any]:
         nonlocal searches
         searches += 1
         when = f"{_iso(start)}/{_iso(end)}" if start and end else None
@@ -276,7 +278,7 @@ def run_baseline(
     out_dir: Path,
     threads: int = 1,
     find: str = "search",
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Run the baseline over ``rows`` (``threads`` samples at a time); time it.
 
     Args:

@@ -287,7 +287,7 @@ def _own_peak_rss_kib() -> int | None:
     return None
 
 
-def run_child_build(args: list[str]) -> dict[str, float]:
+def run_child_build(args: list[str]) -> dict[str, Any]:
     """Run the child build; return its build seconds, wall seconds and peak RSS (MiB)."""
     log_path = CACHE / "child-build.log"
     with log_path.open("w") as log:
@@ -603,7 +603,7 @@ def profile_build(
     wall = time.perf_counter() - started
     stats = pstats.Stats(profiler)
     total = float(stats.total_tt)  # type: ignore[attr-defined]
-    buckets = []
+    buckets: list[dict[str, Any]] = []
     accounted = 0.0
     for label, suffix, func in PROFILE_BUCKETS:
         seconds, calls = _bucket_seconds(stats, suffix, func)
@@ -1194,6 +1194,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         sc = (prod or {}).get(name)
         if not sc:
             continue
+        assert prod is not None  # sc came from it
         where = (
             f"LAS v1 size ({prod['size_px']} px, {prod['samples_per_shard']} a shard), "
             f"{name} ({sc['latency_ms']:g} ms)"

@@ -37,6 +37,7 @@ def _aligned(value: float, resolution: float) -> bool:
 def _centre_offset(lon: float, lat: float, size_px: int, res: float) -> tuple[float, float]:
     """Distance (x, y) in the box's CRS between the point and the box's centre."""
     gb = sample_geobox(lon, lat, size_px, res)
+    assert gb.crs is not None
     x, y = Transformer.from_crs(4326, gb.crs.epsg, always_xy=True).transform(lon, lat)
     t = gb.transform
     cx, cy = t.c + t.a * size_px / 2, t.f + t.e * size_px / 2
@@ -46,6 +47,7 @@ def _centre_offset(lon: float, lat: float, size_px: int, res: float) -> tuple[fl
 @pytest.mark.parametrize("lon", [180.0, -180.0, 179.9995, -179.9995])
 def test_antimeridian_sample(lon: float) -> None:
     gb = sample_geobox(lon, -16.55, 128, 10)
+    assert gb.crs is not None
     assert gb.crs.epsg in (32701, 32760)
     assert tuple(gb.shape.yx) == (128, 128)
     assert (gb.transform.a, gb.transform.e) == (10, -10)
@@ -74,6 +76,7 @@ def test_footprint_away_from_antimeridian_is_one_polygon() -> None:
 
 def test_far_north_uses_ups_north() -> None:
     gb = sample_geobox(30.0, 85.5, 64, 10)
+    assert gb.crs is not None
     assert gb.crs.epsg == UPS_NORTH == 32661
     fp = geobox_footprint(gb)
     assert fp.is_valid and fp.covers(Point(30.0, 85.5))
@@ -82,6 +85,7 @@ def test_far_north_uses_ups_north() -> None:
 
 def test_box_around_the_north_pole() -> None:
     gb = sample_geobox(0.0, 90.0, 64, 10)
+    assert gb.crs is not None
     assert gb.crs.epsg == UPS_NORTH
     fp = geobox_footprint(gb)
     assert isinstance(fp, Polygon) and fp.is_valid
@@ -92,6 +96,7 @@ def test_box_around_the_north_pole() -> None:
 
 def test_far_south_uses_ups_south() -> None:
     gb = sample_geobox(-60.0, -82.0, 64, 10)
+    assert gb.crs is not None
     assert gb.crs.epsg == UPS_SOUTH == 32761
     fp = geobox_footprint(gb)
     assert fp.covers(Point(-60.0, -82.0))

@@ -7,6 +7,7 @@ import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote
 
 import geopandas as gpd
@@ -183,9 +184,9 @@ def test_legend_colours_match_the_catalog(report: Path) -> None:
     for product in products:
         legend = parser.legends[product]
         catalog = load_label_product(product)
-        for c in catalog.classes:
-            if c.color is not None:
-                assert legend[c.value] == c.color, (product, c.value)
+        for pc in catalog.classes:
+            if pc.color is not None:
+                assert legend[pc.value] == pc.color, (product, pc.value)
         assert {e["value"]: e["color"] for e in summary["legends"][product]} == legend
 
 
@@ -200,7 +201,8 @@ def test_label_panels_are_painted_in_the_legend_colours(report: Path, dataset: P
             if not panel["legend"] or not panel["path"]:
                 continue
             key = panel["key"]
-            labels = root["consensus" if key == "consensus" else f"labels/{key}"][i]
+            array = cast(zarr.Array, root["consensus" if key == "consensus" else f"labels/{key}"])
+            labels = cast(np.ndarray, array[i])  # one sample: a 2-D ndarray
             if panel["legend"] == "las":
                 colours = las_colours
             else:
@@ -277,7 +279,7 @@ def test_skipped_samples_reasons_quiet_and_default_out(dataset: Path, tmp_path: 
     ],
 )
 def test_malformed_store_is_an_inspect_error(
-    tmp_path: Path, taxonomy: object, labels_array: bool, message: str
+    tmp_path: Path, taxonomy: dict[str, int] | list[str] | None, labels_array: bool, message: str
 ) -> None:
     from shapely.geometry import box
 

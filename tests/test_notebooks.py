@@ -7,8 +7,12 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # a dev extra: imported below with importorskip
+    from nbformat import NotebookNode
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is in the dev extra")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is in the dev extra")
@@ -71,7 +75,7 @@ def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset: Path) -
     return work
 
 
-def _execute(name: str, work: Path) -> object:
+def _execute(name: str, work: Path) -> NotebookNode:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=300, kernel_name=KERNEL, resources={"metadata": {"path": str(work)}}
@@ -80,7 +84,7 @@ def _execute(name: str, work: Path) -> object:
     return nb
 
 
-def _outputs(nb: object) -> tuple[str, list[str]]:
+def _outputs(nb: NotebookNode) -> tuple[str, list[str]]:
     text, kinds = [], []
     for cell in nb.cells:
         for output in cell.get("outputs", []):

@@ -6,6 +6,7 @@ import itertools
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import typer
 from pystac_client import Client
 from shapely.geometry import Point, box
+from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 from typer.testing import CliRunner
 
@@ -48,7 +50,7 @@ def _recipe(stac_url: str, tmp_path: Path, *overrides: str) -> Recipe:
 
 
 @pytest.fixture(scope="module")
-def frame(stac_url: str) -> object:
+def frame(stac_url: str) -> BaseGeometry:
     items = Client.open(stac_url).search(collections=["las-world-truth"]).items_as_dicts()
     return unary_union([parse_item(i).footprint() for i in items])
 
@@ -63,7 +65,8 @@ def plan_all(stac_url: str, tmp_path_factory: pytest.TempPathFactory) -> gpd.Geo
     return make_plan(_recipe(stac_url, tmp_path_factory.mktemp("pall"), "sample.count=1000"))
 
 
-def _utm_box(row: object) -> object:
+def _utm_box(row: Any) -> BaseGeometry:
+    """The UTM box of a plan row (a pandas itertuples row: its fields are dynamic)."""
     a, _, c, _, e, f = row.transform
     h, w = row.shape
     return box(c, f + e * h, c + a * w, f)
@@ -83,6 +86,7 @@ def test_plan_columns_and_order(plan20: gpd.GeoDataFrame) -> None:
     # Each row's grid is the sample_geobox of its centre, in the UTM zone of the centre.
     for row in plan20.itertuples():
         gb = sample_geobox(row.lon, row.lat, SIZE_PX, 10)
+        assert gb.crs is not None
         assert gb.crs.epsg == row.epsg
         assert list(gb.transform)[:6] == pytest.approx(list(row.transform))
         assert row.geometry.covers(Point(row.lon, row.lat))
@@ -123,7 +127,7 @@ def test_touching_spacing_still_gives_disjoint_samples(stac_url: str, tmp_path: 
     assert gdf["sample_id"].str.startswith("10m32px320s_").all()
 
 
-def test_samples_lie_inside_the_frame(plan_all: gpd.GeoDataFrame, frame: object) -> None:
+def test_samples_lie_inside_the_frame(plan_all: gpd.GeoDataFrame, frame: BaseGeometry) -> None:
     for geom in plan_all.geometry:
         assert frame.covers(geom)
     # All three regions are used, the antimeridian one on both sides of 180.
@@ -165,7 +169,7 @@ def test_unstratified_plan(stac_url: str, tmp_path: Path) -> None:
 
 
 def test_drawn_cells_for_large_frames(
-    stac_url: str, tmp_path: Path, frame: object, monkeypatch: pytest.MonkeyPatch
+    stac_url: str, tmp_path: Path, frame: BaseGeometry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(plan_mod, "ENUMERATE_LIMIT", 0)  # force random drawing of cells
     gdf = make_plan(_recipe(stac_url, tmp_path, "sample.count=15"))

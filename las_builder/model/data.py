@@ -549,7 +549,7 @@ class LASDataset(Dataset[dict[str, Any]]):
             y0, x0 = (h - c) // 2, (w - c) // 2
         return y0, x0, c, c
 
-    def __getitem__(self, i: int | Sequence[int]) -> dict[str, Any]:
+    def __getitem__(self, i: int | Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, Any]:
         """Return one sample, or the collated batch of a sequence of positions.
 
         A sequence of positions returns :meth:`batch`: so a ``DataLoader`` with
@@ -558,7 +558,7 @@ class LASDataset(Dataset[dict[str, Any]]):
         batches without a per-sample collate.
 
         Args:
-            i: A dataset position, or several.
+            i: A dataset position, or several (a sequence, an integer array or tensor).
 
         Returns:
             For a position: ``sample_id``, ``zarr_index``, ``window`` (y0, x0, h, w in label

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -21,6 +22,7 @@ import zarr
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 from typer.testing import CliRunner
+from zarr.core.metadata import ArrayV3Metadata
 
 from las_builder.build import read as read_mod
 from las_builder.build import run as run_mod
@@ -88,18 +90,35 @@ def test_index_has_one_row_per_planned_sample(built: Path) -> None:
     assert sum(counts["consensus"].values()) == 32 * 32
 
 
+def _array(group: zarr.Group, path: str) -> zarr.Array:
+    """``group[path]``, an array of the store (zarr types a member as an array or a group)."""
+    node = group[path]
+    assert isinstance(node, zarr.Array), path
+    return node
+
+
+def _read(group: zarr.Group, path: str, selection: int | slice = slice(None)) -> np.ndarray:
+    """``group[path][selection]``: numpy data (zarr types it as any array-like or a scalar)."""
+    return cast(np.ndarray, _array(group, path)[selection])
+
+
 def test_store_layout(built: Path) -> None:
     root = zarr.open_group(built / "las.zarr", mode="r")
-    s2 = root["sentinel-2"]
+    s2 = _array(root, "sentinel-2")
     assert s2.shape == (24, 12, 32, 32)
     assert s2.shards == (4, 12, 32, 32)
+    assert isinstance(s2.metadata, ArrayV3Metadata)
     assert s2.metadata.dimension_names == ("sample", "s2_band", "y", "x")
-    assert root["s2_band"][:].tolist() == s2.attrs["bands"]
-    assert s2.attrs["bands"][:4] == ["B01", "B02", "B03", "B04"]
-    assert s2.attrs["center_wavelength_um"][3] == pytest.approx(0.665)
-    assert root["naip"].shape == (24, 4, 128, 128)
-    assert root["labels/esa-worldcover/native"].attrs["classes"][0]["value"] == 10
-    assert {c["key"] for c in root.attrs["taxonomy"]} >= {"water", "trees", "cropland"}
+    # Attributes are typed as any JSON value: cast to what the store writes.
+    assert _read(root, "s2_band").tolist() == s2.attrs["bands"]
+    assert cast(list[str], s2.attrs["bands"])[:4] == ["B01", "B02", "B03", "B04"]
+    assert cast(list[float], s2.attrs["center_wavelength_um"])[3] == pytest.approx(0.665)
+    assert _array(root, "naip").shape == (24, 4, 128, 128)
+    worldcover = _array(root, "labels/esa-worldcover/native")
+    classes = cast(list[dict[str, Any]], worldcover.attrs["classes"])
+    assert classes[0]["value"] == 10
+    taxonomy = cast(list[dict[str, Any]], root.attrs["taxonomy"])
+    assert {c["key"] for c in taxonomy} >= {"water", "trees", "cropland"}
 
 
 def _independent_labels(
@@ -182,8 +201,8 @@ def test_cloudy_samples_are_skipped_with_a_reason(served_world: dict, tmp_path: 
     assert skipped["reason"].str.startswith("too cloudy").all()
     root = zarr.open_group(out / "las.zarr", mode="r")
     for i in skipped["zarr_index"]:
-        assert not root["sentinel-2"][i].any()
-        assert not root["consensus"][i].any()
+        assert not _read(root, "sentinel-2", i).any()
+        assert not _read(root, "consensus", i).any()
 
 
 def test_unknown_code_fails_the_sample_and_names_it(served_world: dict, tmp_path: Path) -> None:
@@ -303,9 +322,9 @@ def test_naip_grid_covers_the_sample_exactly(built: Path) -> None:
     with_naip = index[index["naip_item"].notna() & (index["status"] == "ok")]
     assert len(with_naip) >= 1, "the tiny world's NAIP should fully cover at least one sample"
     for i in with_naip["zarr_index"]:
-        assert (root["naip"][i] > 0).all(), "NAIP must cover every fine pixel of the sample"
+        assert (_read(root, "naip", i) > 0).all(), "NAIP must cover every fine pixel of the sample"
     for i in index.loc[index["naip_item"].isna(), "zarr_index"]:
-        assert not root["naip"][i].any()
+        assert not _read(root, "naip", i).any()
 
 
 def test_median_composite_clears_clouds(built: Path, served_world: dict, tmp_path: Path) -> None:
@@ -472,7 +491,7 @@ def test_shard_rows_ride_as_compact_tables_and_equal_the_plans_rows(built: Path)
         assert len(pickle.dumps(table)) < whole / 2  # its own rows, not the plan's
 
 
-def _plan_table(built: Path):  # noqa: ANN202 - a pyarrow Table
+def _plan_table(built: Path) -> Any:  # a pyarrow Table (pyarrow is untyped)
     import pyarrow.parquet as pq
 
     return pq.read_table(built / "plan.parquet")

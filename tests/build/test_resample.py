@@ -46,6 +46,7 @@ def _brute_force(
     height, width = geobox.shape.yx
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     x, y = geobox.transform @ (cols.ravel(), rows.ravel())
+    assert geobox.crs is not None
     to_src = Transformer.from_crs(
         geobox.crs.to_wkt(), RioCRS.from_user_input(crs).to_wkt(), always_xy=True
     )
@@ -214,6 +215,7 @@ def test_datum_shift_chosen_by_area_is_left_to_gdal() -> None:
 
 
 def _gdal_bounds(geobox: GeoBox, crs: RioCRS) -> tuple[float, ...]:
+    assert geobox.crs is not None
     return transform_bounds(
         RioCRS.from_wkt(geobox.crs.to_wkt()), crs, *geobox.boundingbox, densify_pts=21
     )

@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from shapely.geometry import box
 from las_builder.build import sample as sample_mod
 from las_builder.build.config import BuildConfig, LabelSpec
 from las_builder.build.read import ReadError
+from las_builder.stac import SceneItem
 
 SHAPE = (8, 8)
 START = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
@@ -32,12 +33,16 @@ def _row() -> dict[str, Any]:
     }
 
 
-def _item(item_id: str) -> SimpleNamespace:
-    return SimpleNamespace(
-        id=item_id,
-        datetime=dt.datetime(2021, 6, 1, tzinfo=dt.UTC),
-        orbit_state="ascending",
-        properties={},
+def _item(item_id: str) -> SceneItem:
+    """A stand-in with the fields the sample code reads."""
+    return cast(
+        SceneItem,
+        SimpleNamespace(
+            id=item_id,
+            datetime=dt.datetime(2021, 6, 1, tzinfo=dt.UTC),
+            orbit_state="ascending",
+            properties={},
+        ),
     )
 
 

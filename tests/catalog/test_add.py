@@ -10,8 +10,9 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -189,7 +190,8 @@ def test_below_threshold_goes_to_ignore(tmp_path: Path) -> None:
     source.write_text(json.dumps(collection))
     result = add_product(source, out=tmp_path / "catalog", product_id="with-clouds")
     clouds = next(s for s in result.suggestions if s.code == 99)
-    assert clouds.target == IGNORE and clouds.similarity < 0.35
+    assert clouds.target == IGNORE
+    assert clouds.similarity is not None and clouds.similarity < 0.35
     assert clouds.why and "0.35" in clouds.why
     text = result.mapping_path.read_text()
     assert "to: ignore" in text
@@ -317,9 +319,13 @@ def test_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no request lines in the test's output
+
+
 def test_reads_a_collection_over_http(tmp_path: Path) -> None:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(NLCD.parent))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    handler = functools.partial(_QuietHandler, directory=str(NLCD.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -348,7 +354,7 @@ def test_suggest_mapping_with_a_stub_encoder() -> None:
         "Trees": at["trees"],
     }
 
-    def encode(texts: list[str]) -> np.ndarray:
+    def encode(texts: Sequence[str]) -> np.ndarray:
         return np.array([vectors[t] for t in texts])
 
     classes = [

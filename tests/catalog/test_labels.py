@@ -14,7 +14,9 @@ import yaml
 from las_builder._paths import catalog_dir
 from las_builder.catalog import (
     CatalogError,
+    EarthEngineRef,
     LabelProduct,
+    LabelVersion,
     label_product_ids,
     label_products,
     load_label_product,
@@ -88,6 +90,13 @@ def test_products_not_on_planetary_computer_say_where_they_are() -> None:
             assert product.earth_engine is not None, product.id
 
 
+def _ee_ref(product: LabelProduct, version: LabelVersion | str) -> EarthEngineRef:
+    """``product.earth_engine_for(version)``, which must exist."""
+    ref = product.earth_engine_for(version)
+    assert ref is not None, (product.id, version)
+    return ref
+
+
 def test_esa_worldcover_details() -> None:
     wc = load_label_product("esa-worldcover")
     assert wc.codes == [10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
@@ -95,12 +104,13 @@ def test_esa_worldcover_details() -> None:
     assert wc.crs == "EPSG:4326"
     assert wc.resolution.unit == "degree"
     assert wc.resolution.value == pytest.approx(1 / 12000)
+    assert wc.stac is not None
     assert (wc.stac.collection, wc.stac.asset) == ("esa-worldcover", "map")
     assert [(v.name, v.years()) for v in wc.versions] == [("v100", [2020]), ("v200", [2021])]
     v100 = wc.version_for_year(2020)
-    assert wc.earth_engine_for(v100).asset == "ESA/WorldCover/v100"
-    assert wc.earth_engine_for("v200").asset == "ESA/WorldCover/v200"
-    assert wc.earth_engine_for("v200").band == "Map"
+    assert _ee_ref(wc, v100).asset == "ESA/WorldCover/v100"
+    assert _ee_ref(wc, "v200").asset == "ESA/WorldCover/v200"
+    assert _ee_ref(wc, "v200").band == "Map"
     assert wc.color_table()[10] == (0, 100, 0)
     with pytest.raises(KeyError, match="no version covers 2019"):
         wc.version_for_year(2019)
@@ -129,6 +139,7 @@ def test_other_products_details() -> None:
     assert "+proj=sinu" in modis.crs and "+R=6371007.181" in modis.crs
     assert (modis.resolution.value, modis.resolution.unit) == (463.312716528, "metre")
     assert modis.years() == list(range(2001, 2023))
+    assert modis.stac is not None
     assert (modis.stac.collection, modis.stac.asset) == ("modis-12Q1-061", "LC_Type1")
 
     dw = load_label_product("dynamic-world-v1")
@@ -138,6 +149,7 @@ def test_other_products_details() -> None:
         "shrub_and_scrub", "built", "bare", "snow_and_ice",
     ]  # fmt: skip
     assert dw.class_by_value(8).color == "#b39fe1"
+    assert dw.earth_engine is not None and dw.stac is not None
     assert (dw.earth_engine.asset, dw.earth_engine.band) == ("GOOGLE/DYNAMICWORLD/V1", "label")
     assert (dw.stac.collection, dw.stac.asset) == ("dynamic-world-v1", "label")
     assert dw.versions[0].ongoing

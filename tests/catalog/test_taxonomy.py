@@ -268,7 +268,8 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 WC = "taxonomy/mappings/esa-worldcover.yaml"
-BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
+# Breakers return whatever their last call does (shutil.copy: the destination); it is unused.
+BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "missing code": (
         lambda c: _edit(c / WC, "  95: mangroves ", "  # 95 removed "),
         "esa-worldcover.yaml: legend codes neither mapped nor ignored: 95 (Mangroves)",

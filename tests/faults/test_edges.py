@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import geopandas as gpd
 import numpy as np
@@ -27,6 +28,7 @@ EDGES = {"antimeridian": (180.0, -16.5487), "north-pole": (0.0, 90.0), "south-po
 
 def _row(lon: float, lat: float, shard: int, index: int) -> dict:
     geobox = sample_geobox(lon, lat, 32, 10.0)
+    assert geobox.crs is not None and geobox.crs.epsg is not None
     t = geobox.transform
     return {
         "sample_id": sample_id(lon, lat, 400.0, resolution_m=10.0, size_px=32),
@@ -91,7 +93,8 @@ def test_the_antimeridian_sample_reads_both_sides(edge_build: Path, served_world
         assert part.any(), f"{tile} contributes to the sample"
         expected[expected == 0] = part[expected == 0]
     root = zarr.open_group(edge_build / "las.zarr", mode="r")
-    np.testing.assert_array_equal(root["labels/esa-worldcover/native"][4], expected)
+    native = cast(zarr.Array, root["labels/esa-worldcover/native"])
+    np.testing.assert_array_equal(native[4], expected)
 
 
 def test_polar_samples_are_skipped_with_a_reason(edge_build: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 import geopandas as gpd
 import numpy as np
@@ -76,8 +77,9 @@ def _expected_failures(clean: Path, broken: dict[str, str]) -> dict[str, str]:
     Labels are read in recipe order and the items of a product in record order; the first
     broken one fails the sample.
     """
-    expected = {}
+    expected: dict[str, str] = {}
     for sample_id, row in _index(clean).iterrows():
+        assert isinstance(sample_id, str)  # the index is the sample ids
         for product in LABELS:
             used = (
                 json.loads(row[f"{product}_items"])
@@ -100,6 +102,7 @@ def _check_against_clean(out: Path, clean: Path, expected: dict[str, str]) -> No
         zarr.open_group(clean / "las.zarr", mode="r"),
     )
     for sample_id, row in index.iterrows():
+        assert isinstance(sample_id, str)  # the index is the sample ids
         ref = reference.loc[sample_id]
         for secret in SECRETS:
             assert secret not in row["reason"], row["reason"]
@@ -118,9 +121,8 @@ def _check_against_clean(out: Path, clean: Path, expected: dict[str, str]) -> No
                 "consensus",
                 "labels/esa-worldcover/native",
             ):
-                np.testing.assert_array_equal(
-                    root[name][i], ref_root[name][i], err_msg=f"{sample_id} {name}"
-                )
+                array, ref_array = cast(zarr.Array, root[name]), cast(zarr.Array, ref_root[name])
+                np.testing.assert_array_equal(array[i], ref_array[i], err_msg=f"{sample_id} {name}")
 
 
 def _assert_no_secret_in(folder: Path, *texts: str) -> None:

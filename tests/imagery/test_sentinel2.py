@@ -76,7 +76,7 @@ def test_real_items_resolve_every_band(stac_fixtures: Path) -> None:
         "earth-search/items/sentinel-2-l2a.json",
         "earth-search/items/sentinel-2-c1-l2a.json",
     ]
-    offsets = {}
+    offsets: dict[str, set[int]] = {}
     for name in files:
         for raw in json.loads((stac_fixtures / name).read_text())["features"]:
             if "assets" not in raw:
@@ -84,6 +84,7 @@ def test_real_items_resolve_every_band(stac_fixtures: Path) -> None:
             item = parse_item(raw)
             keys = [asset_key(item, "sentinel-2-l2a", b) for b in (*S2_BANDS, "SCL")]
             assert len(set(keys)) == len(S2_BANDS) + 1
+            assert item.collection is not None
             offsets.setdefault(name.split("/")[0] + "/" + item.collection, set()).add(
                 s2_offset_dn(item)
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import cast
 
 import geopandas as gpd
 import numpy as np
@@ -39,7 +40,8 @@ def test_dataset_reads_a_built_dataset(las_tiny: Path) -> None:
     assert torch.isfinite(item["images"]["sentinel-1"]).all()
     root = zarr.open_group(las_tiny / "las.zarr", mode="r")
     zi = item["zarr_index"]
-    raw = root["labels/esa-worldcover/las"][zi]
+    raw = cast(zarr.Array, root["labels/esa-worldcover/las"])[zi]
+    assert isinstance(raw, np.ndarray)
     lab = item["labels"]["esa-worldcover"].numpy()
     assert ((raw == 0) | (raw == 255) == (lab == IGNORE_INDEX)).all()
     np.testing.assert_array_equal(lab[(raw > 0) & (raw < 255)], raw[(raw > 0) & (raw < 255)] - 1)

@@ -12,7 +12,7 @@ import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 import zarr
 from torch.utils.data import DataLoader, default_collate
+from zarr.core.metadata import ArrayV3Metadata
 
 from las_builder.model.data import LASDataset, ShardBatchSampler, normalise
+from las_builder.zarr_shards import ShardedArray
 
 MODS = ["sentinel-2", "sentinel-1", "naip"]
 PRODUCTS = ["esa-worldcover", "dynamic-world-v1:native", "consensus"]
@@ -35,9 +37,9 @@ def reference_item(ds: LASDataset, i: int) -> dict[str, Any]:
     y0, x0, h, w = ds._window()
     images, wls, pols, available = {}, {}, {}, {}
     for m in ds.modalities:
-        arr = root[m]
+        arr = cast(zarr.Array, root[m])
         f = arr.shape[-1] // ds.shape[1]
-        raw = arr[zi, :, y0 * f : (y0 + h) * f, x0 * f : (x0 + w) * f]
+        raw = cast(np.ndarray, arr[zi, :, y0 * f : (y0 + h) * f, x0 * f : (x0 + w) * f])
         x = torch.from_numpy(normalise(m, np.asarray(raw), ds.attrs[m]))
         if m == "naip":
             ok = row["has_naip"] and bool(np.any(raw))
@@ -55,7 +57,7 @@ def reference_item(ds: LASDataset, i: int) -> dict[str, Any]:
         available[m] = ok
     labels = {}
     for spec in ds.products:
-        raw = np.asarray(root[spec.array][zi, y0 : y0 + h, x0 : x0 + w])
+        raw = np.asarray(cast(zarr.Array, root[spec.array])[zi, y0 : y0 + h, x0 : x0 + w])
         labels[spec.key] = torch.from_numpy(ds._luts[spec.key][raw])
     return {
         "sample_id": row["sample_id"],
@@ -126,8 +128,9 @@ def test_windows_are_read_alone_when_chunks_are_smaller_than_a_sample(
     copy = tmp_path / "las"
     shutil.copytree(las_tiny, copy)
     root = zarr.open_group(str(copy / "las.zarr"), mode="a")
-    old = root["sentinel-2"]
+    old = cast(zarr.Array, root["sentinel-2"])
     data, attrs = old[:], dict(old.attrs)
+    assert isinstance(data, np.ndarray)
     n, bands, h, w = old.shape
     del root["sentinel-2"]
     new = root.create_array(
@@ -137,7 +140,7 @@ def test_windows_are_read_alone_when_chunks_are_smaller_than_a_sample(
         chunks=(1, bands, h // 4, w // 4),
         shards=(4, bands, h, w),
         attributes=attrs,
-        dimension_names=old.metadata.dimension_names,
+        dimension_names=cast(ArrayV3Metadata, old.metadata).dimension_names,
     )
     new[:] = data
     ds = LASDataset(
@@ -348,8 +351,6 @@ def test_shard_cache_reads_each_shard_once_and_stays_bounded(
     zarr call where zarr reads) and at most ``shard_cache`` shards stay decoded."""
     from zarr.core.array import AsyncArray
 
-    import las_builder.model.data as data_module
-
     calls: list[tuple[str, Any]] = []
     getitem = AsyncArray.getitem
 
@@ -360,7 +361,7 @@ def test_shard_cache_reads_each_shard_once_and_stays_bounded(
     monkeypatch.setattr(AsyncArray, "getitem", counting)
     fast = _count_shard_reads(monkeypatch, "read_shards")
     if reader == "zarr":
-        monkeypatch.setattr(data_module.ShardedArray, "for_array", classmethod(lambda c, a: None))
+        monkeypatch.setattr(ShardedArray, "for_array", classmethod(lambda c, a: None))
     ds = LASDataset(
         las_tiny,
         modalities=["sentinel-2", "sentinel-1"],
@@ -414,7 +415,7 @@ def test_decode_threads_reach_every_read_and_change_nothing_read(
     batches = [[0, 1, 2], [3, 4]]
     got: dict[int, list[dict[str, Any]]] = {}
     for threads in (1, 3):
-        extra = {} if threads == 1 else {"decode_threads": threads}
+        extra: dict[str, Any] = {} if threads == 1 else {"decode_threads": threads}
         cached = LASDataset(las_tiny, shard_cache=2, **options, **extra)
         rows = LASDataset(las_tiny, **options, **extra)
         assert cached.decode_threads == rows.decode_threads == threads
@@ -686,7 +687,7 @@ def test_normalise_of_a_batch_is_bitwise_the_per_sample_one() -> None:
     s1.flat[::17], s1.flat[::19] = 0.0, -1.0
     s1_db = rng.normal(-15, 10, (4, 2, 16, 16)).astype(np.float32)
     s1_db.flat[::7], s1_db.flat[::11] = np.nan, -np.inf
-    cases = [
+    cases: list[tuple[str, np.ndarray, dict[str, Any] | None]] = [
         ("sentinel-2", rng.integers(0, 65535, (4, 12, 16, 16), dtype=np.uint16), None),
         ("naip", rng.integers(0, 256, (4, 4, 16, 16), dtype=np.uint8), None),
         ("sentinel-1", s1, {"units": "linear"}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -11,7 +12,10 @@ import torch.nn.functional as F
 from las_builder.model.bands import parse_band_spec, sar_pseudo_wavelength_um
 from las_builder.model.fusion import class_confidence, fuse
 from las_builder.model.model import (
+    MLP,
+    HighFrequencyFusion,
     LandSegmenter,
+    MultiScaleBlock,
     WavelengthPatchEmbed,
     high_frequency,
     load_sam2_weights,
@@ -42,7 +46,14 @@ def net() -> LandSegmenter:
         ("odd-size", 3, S2_WL[1:4], None, 40),
     ],
 )
-def test_shapes_for_every_modality(net, name, bands, wl, pol, size) -> None:
+def test_shapes_for_every_modality(
+    net: LandSegmenter,
+    name: str,
+    bands: int,
+    wl: torch.Tensor,
+    pol: torch.Tensor | None,
+    size: int,
+) -> None:
     text = torch.randn(5, 384)
     with torch.no_grad():
         out = net(torch.rand(2, bands, size, size + 8), wl, text, pol, with_prior=True)
@@ -52,7 +63,7 @@ def test_shapes_for_every_modality(net, name, bands, wl, pol, size) -> None:
     assert torch.isfinite(out["logits"]).all()
 
 
-def test_per_batch_text_and_encoder_stages(net) -> None:
+def test_per_batch_text_and_encoder_stages(net: LandSegmenter) -> None:
     feats = net.encode(torch.rand(2, 12, 64, 64), S2_WL)
     assert [f.shape[1] for f in feats[:4]] == [32, 64, 128, 256]
     assert [f.shape[-1] for f in feats[:4]] == [16, 8, 4, 2]
@@ -94,12 +105,13 @@ def test_gradients_reach_wavelength_adapter_fusion_and_decoder() -> None:
         ("band mixer", trunk.patch_embed.band_mlp.layers[0].weight),
         ("HF embedding", trunk.hf_embed.to_weight.weight),
         ("HF fusion gate", trunk.fusions[0].gate),
-        ("HF fusion attention", trunk.fusions[-1].kv.weight),
-        ("decoder prompt MLP", net.decoder.prompt_mlp[1].layers[0].weight),
+        ("HF fusion attention", cast(HighFrequencyFusion, trunk.fusions[-1]).kv.weight),
+        ("decoder prompt MLP", cast(MLP, net.decoder.prompt_mlp[1]).layers[0].weight),
         ("decoder hyper MLP", net.decoder.hyper.layers[-1].weight),
         ("pixel embedding", net.pixel_embed.to_weight.weight),
         ("image-text prior", net.prior.proj[1].weight),
     ]:
+        assert isinstance(param, torch.Tensor), name
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
@@ -163,8 +175,8 @@ def test_sam2_checkpoint_loads_what_matches(tmp_path: Path) -> None:
     )
     assert "decoder.hyper.layers.0.weight" in report["not_in_checkpoint"]
     torch.testing.assert_close(
-        net.image_encoder.trunk.blocks[1].mlp.layers[0].weight,
-        donor.image_encoder.trunk.blocks[1].mlp.layers[0].weight,
+        cast(MultiScaleBlock, net.image_encoder.trunk.blocks[1]).mlp.layers[0].weight,
+        cast(MultiScaleBlock, donor.image_encoder.trunk.blocks[1]).mlp.layers[0].weight,
     )
 
 

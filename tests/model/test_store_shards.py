@@ -21,6 +21,7 @@ def _members(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
 
 
 def _shards(array: zarr.Array) -> range:
+    assert array.shards is not None
     return range(-(-array.shape[0] // array.shards[0]))
 
 
@@ -38,5 +39,6 @@ def test_every_array_of_a_built_store_reads_as_zarr_reads_it(las_tiny: Path) -> 
         for shard, got in zip(shards, read_shards([(reader, s) for s in shards]), strict=True):
             start, stop = reader.rows(shard)
             want = array[start:stop]
+            assert isinstance(want, np.ndarray), path
             assert got.dtype == want.dtype and got.shape == want.shape, path
             np.testing.assert_array_equal(got, want, err_msg=f"{path} shard {shard}")

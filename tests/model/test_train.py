@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -169,7 +170,9 @@ def test_predict_zero_shot_on_a_sample(run: Path, las_tiny: Path, tmp_path: Path
 def test_predict_a_raster_from_band_descriptions(run: Path, las_tiny: Path, tmp_path: Path) -> None:
     sample = LASDatasetIds.first(las_tiny)
     root = zarr.open_group(las_tiny / "las.zarr", mode="r")
-    data = root["sentinel-2"][sample["zarr_index"]][[1, 2, 3, 7]]
+    s2 = cast(zarr.Array, root["sentinel-2"])[sample["zarr_index"]]
+    assert isinstance(s2, np.ndarray)
+    data = s2[[1, 2, 3, 7]]
     src_path = tmp_path / "s2.tif"
     profile = {
         "driver": "GTiff", "width": 32, "height": 32, "count": 4, "dtype": "uint16",

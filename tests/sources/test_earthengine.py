@@ -156,8 +156,10 @@ def test_catalog_maps_las_band_order_and_label_assets() -> None:
         if spec["match"] == "version":
             for v in spec["versions"]:
                 ref = legend.earth_engine_for(legend.version_for_year(v["year"]))
+                assert ref is not None, (product, v)
                 assert (ref.asset, ref.band) == (v["asset"], spec["band"])
         else:
+            assert legend.earth_engine is not None, product
             assert (legend.earth_engine.asset, legend.earth_engine.band) == (
                 spec["asset"],
                 spec["band"],
@@ -179,6 +181,7 @@ def test_grid_is_exactly_the_geobox(lon: float, lat: float, size: int, res: floa
     assert (t["translateX"], t["translateY"]) == (left, top)  # the upper-left corner
     assert t["scaleY"] == -res < 0 and t["scaleX"] == res
     assert grid["dimensions"] == {"width": size, "height": size}
+    assert geobox.crs is not None
     assert grid["crsCode"] == f"EPSG:{geobox.crs.epsg}"
     band = compute_pixels_grid(geobox, row0=5, rows=3)
     assert band["affineTransform"]["translateY"] == top - 5 * res

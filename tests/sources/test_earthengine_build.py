@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from fake_earthengine import FakeEarthEngine
 from shapely.geometry import box
@@ -78,7 +79,7 @@ def test_earthengine_unknown_code_fails_the_sample(fake_ee: FakeEarthEngine) -> 
 
 
 def test_earthengine_shard_is_written_to_the_store(
-    fake_ee: FakeEarthEngine, tmp_path: Path, monkeypatch
+    fake_ee: FakeEarthEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _answers(fake_ee)
     cfg = _cfg()
@@ -90,6 +91,14 @@ def test_earthengine_shard_is_written_to_the_store(
     rows = build_shard(0, [_row()], cfg, str(tmp_path), 1, 1)
     assert [r["status"] for r in rows] == ["ok"]
     root = zarr.open_group(tmp_path / "las.zarr", mode="r")
-    assert root["sentinel-2"][0].shape == (12, 32, 32)
-    assert root["consensus"][0].any()
+    s2 = root["sentinel-2"]
+    assert isinstance(s2, zarr.Array)
+    s2_first = s2[0]
+    assert isinstance(s2_first, np.ndarray)
+    assert s2_first.shape == (12, 32, 32)
+    consensus = root["consensus"]
+    assert isinstance(consensus, zarr.Array)
+    consensus_first = consensus[0]
+    assert isinstance(consensus_first, np.ndarray)
+    assert consensus_first.any()
     assert (tmp_path / "index-parts" / "shard-000000.parquet").exists()

@@ -42,6 +42,12 @@ def _by_id(items: list[SceneItem]) -> dict[str, SceneItem]:
     return {i.id: i for i in items}
 
 
+def _bbox(item: SceneItem) -> tuple[float, float, float, float]:
+    """``item.bbox``, which must be set."""
+    assert item.bbox is not None, item.id
+    return item.bbox
+
+
 def _minimal_item(collection: str, assets: dict[str, Any], **props: Any) -> dict[str, Any]:
     return {
         "type": "Feature",
@@ -71,7 +77,9 @@ def test_every_fixture_item_parses(path: Path) -> None:
     assert [i.id for i in items] == [f["id"] for f in fc["features"]]
     for item, feature in zip(items, fc["features"], strict=True):
         assert item.collection == feature["collection"] == path.stem
-        assert item.datetime.tzinfo is not None and item.datetime.utcoffset().total_seconds() == 0
+        assert item.datetime.tzinfo is not None
+        offset = item.datetime.utcoffset()
+        assert offset is not None and offset.total_seconds() == 0
         assert item.start_datetime <= item.datetime <= item.end_datetime
         assert item.bbox == pytest.approx(tuple(feature["bbox"]))
         assert set(item.assets) == set(feature.get("assets", {}))
@@ -132,7 +140,8 @@ def test_pc_sentinel2_first_item_facts() -> None:
     assert band.scale is None and band.offset is None and band.nodata is None
 
     scl = item.asset("SCL")
-    assert scl.shape == (5490, 5490) and scl.transform[0] == 20.0 and scl.bands == ()
+    assert scl.shape == (5490, 5490) and scl.transform is not None
+    assert scl.transform[0] == 20.0 and scl.bands == ()
     assert [b.name for b in item.asset("visual").bands] == ["B04", "B03", "B02"]
 
 
@@ -144,8 +153,8 @@ def test_pc_sentinel2_processing_baselines_and_earth_search_are_on_both_sides_of
     # The recorded PC page holds only pre-04.00 scenes (all from 2019-01-01).
     assert pc_baselines == {"02.12"}
     assert es_baselines == {"05.09", "05.11"}
-    assert all(i.baseline_version < (4, 0) for i in pc)
-    assert all(i.baseline_version >= (4, 0) for i in es)
+    assert all(i.baseline_version is not None and i.baseline_version < (4, 0) for i in pc)
+    assert all(i.baseline_version is not None and i.baseline_version >= (4, 0) for i in es)
 
 
 def test_pc_sentinel2_spans_several_utm_zones() -> None:
@@ -183,7 +192,9 @@ def test_pc_naip_nine_number_transform_and_bands() -> None:
         ("NIR", "nir"),
     ]
     # The item-level grid is the image's grid: the geobox reproduces proj:bbox.
-    bb = image.geobox().boundingbox
+    image_box = image.geobox()
+    assert image_box is not None
+    bb = image_box.boundingbox
     assert (bb.left, bb.bottom, bb.right, bb.top) == pytest.approx(image.proj_bbox)
     # Non-raster assets inherit neither the grid nor the gsd.
     assert fl.asset("metadata").crs is None and fl.asset("metadata").gsd is None
@@ -277,7 +288,8 @@ def test_earth_search_sentinel2_c1_offsets_and_partial_features() -> None:
         assert item.geometry is None and item.platform is None and item.cloud_cover is None
         assert item.mgrs_tile is None and item.processing_baseline is None
         assert isinstance(item.footprint(), Polygon)
-        assert item.footprint().bounds == pytest.approx(item.bbox)
+        footprint = item.footprint()
+        assert footprint is not None and footprint.bounds == pytest.approx(item.bbox)
     for item in full:
         assert item.processing_baseline == "05.11"
         red = item.asset("red").bands[0]
@@ -302,7 +314,9 @@ def test_earth_search_sentinel1_grd_orbit_and_time_range() -> None:
     hh = item.asset("hh")
     assert hh.epsg == 4326 and hh.shape == (25386, 19623)
     assert hh.bands[0].data_type == "uint16" and hh.bands[0].nodata == 0
-    assert hh.geobox().crs.epsg == 4326
+    hh_box = hh.geobox()
+    assert hh_box is not None and hh_box.crs is not None
+    assert hh_box.crs.epsg == 4326
     assert item.asset("thumbnail").crs is None  # a PNG quick-look, not a raster to read
     assert all(i.orbit_state == "ascending" for i in items)
 
@@ -316,7 +330,8 @@ def test_esa_worldcover_classes_from_item_assets() -> None:
         _minimal_item("esa-worldcover", {"map": {"href": "https://example.test/map.tif"}}), coll
     )
     m = item.asset("map")
-    assert m.roles == ("data",) and m.media_type.startswith("image/tiff")
+    assert m.roles == ("data",) and m.media_type is not None
+    assert m.media_type.startswith("image/tiff")
     assert [c.value for c in m.classes] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
     tree = m.class_map()[10]
     assert (tree.description, tree.color_hint, tree.label) == ("Tree cover", "006400", "Tree cover")
@@ -420,10 +435,15 @@ def test_projection_v2_code_wkt2_and_projjson() -> None:
     assert (item.asset("a").epsg, item.asset("a").crs) == (32633, "EPSG:32633")
     assert (item.asset("b").epsg, item.asset("b").crs) == (32634, "EPSG:32634")
     assert item.asset("c").epsg is None and item.asset("c").crs == wkt
-    assert item.asset("c").geobox().crs.epsg == 4326
-    assert item.asset("d").epsg == 32633 and json.loads(item.asset("d").crs) == projjson
+    c_box = item.asset("c").geobox()
+    assert c_box is not None and c_box.crs is not None
+    assert c_box.crs.epsg == 4326
+    assert item.asset("d").epsg == 32633
+    d_crs = item.asset("d").crs
+    assert d_crs is not None and json.loads(d_crs) == projjson
     assert item.asset("e").epsg is None and item.asset("e").crs == "IAU_2015:30100"
     box = item.asset("b").geobox()
+    assert box is not None and box.crs is not None
     assert box.crs.epsg == 32634 and box.shape == (100, 200)
     assert (box.resolution.x, box.resolution.y) == (10, -10)
 
@@ -445,7 +465,8 @@ def test_stac_1_1_bands_with_asset_level_defaults() -> None:
     red, nir = parse_item(feature).asset("img").bands
     assert (red.name, red.common_name, red.center_wavelength) == ("B04", "red", 0.665)
     assert (red.scale, red.offset, red.nodata, red.data_type) == (0.0001, None, 0, "uint16")
-    assert (nir.scale, nir.offset) == (0.0001, -0.1) and math.isnan(nir.nodata)
+    assert (nir.scale, nir.offset) == (0.0001, -0.1) and nir.nodata is not None
+    assert math.isnan(nir.nodata)
 
 
 # --------------------------------------------------------------------------- geobox
@@ -454,15 +475,18 @@ def test_stac_1_1_bands_with_asset_level_defaults() -> None:
 def test_geobox_of_pc_and_earth_search_assets() -> None:
     pc = parse_item(_features("planetary-computer/items/sentinel-2-l2a.json")[0])
     box = pc.asset("B02").geobox()
+    assert box is not None and box.crs is not None
     assert box.crs.epsg == 32658 and box.shape == (10980, 10980)
     bb = box.boundingbox
     assert (bb.left, bb.bottom, bb.right, bb.top) == (600000.0, 5890200.0, 709800.0, 6000000.0)
     scl = pc.asset("SCL").geobox()
+    assert scl is not None
     assert scl.shape == (5490, 5490) and scl.boundingbox == bb
     assert pc.asset("product-metadata").geobox() is None
 
     es = parse_item(_features("earth-search/items/sentinel-2-l2a.json")[0])
     es_box = es.asset("nir").geobox()
+    assert es_box is not None and es_box.crs is not None
     assert es_box.crs.epsg == 32613 and es_box.resolution.x == 10
     assert es_box.boundingbox.left == 399960.0 and es_box.boundingbox.top == 4500000.0
 
@@ -498,15 +522,18 @@ def test_split_multipolygon_and_wrapping_bbox() -> None:
     feature["bbox"] = [179.0, 60.0, -179.5, 61.0]
     item = parse_item(feature)
     assert item.crosses_antimeridian
+    assert item.geometry is not None
     assert item.geometry.area == pytest.approx(1.5)
     no_geom = parse_item({**feature, "geometry": None})
-    assert no_geom.crosses_antimeridian and no_geom.footprint().area == pytest.approx(1.5)
+    assert no_geom.crosses_antimeridian
+    footprint = no_geom.footprint()
+    assert footprint is not None and footprint.area == pytest.approx(1.5)
 
 
 def test_fixture_footprints_do_not_cross_antimeridian() -> None:
     items = parse_item_collection(_load("planetary-computer/items/sentinel-2-l2a.json"))
     assert not any(i.crosses_antimeridian for i in items)
-    assert max(i.bbox[2] for i in items) < 180.0
+    assert max(_bbox(i)[2] for i in items) < 180.0
 
 
 def test_null_datetime_uses_start_and_offsets_become_utc() -> None:
