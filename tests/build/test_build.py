@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -250,6 +252,73 @@ def test_threads_and_worker_processes_match_the_default_build(
     # With a cluster the index is written while the cluster closes, on a thread of its own.
     assert len(index_threads) == 1
     assert index_threads[0].startswith("las-index") == (workers == "2")
+    assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "index.parquet"), pd.read_parquet(built / "index.parquet")
+    )
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Iterator[str]:
+    """A dask.distributed scheduler and two worker processes started apart from the build.
+
+    As on a cluster started by its operator: `dask scheduler` and `dask worker` in processes of
+    their own (not forked from the build), found through a scheduler file.
+    """
+    from dask.distributed import Client
+
+    file = tmp_path / "scheduler.json"
+    dask_cli = [sys.executable, "-m", "dask"]
+    started = [
+        subprocess.Popen(
+            [*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0"]
+            + ["--no-dashboard", "--scheduler-file", str(file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        for _ in range(600):
+            if file.exists() and file.stat().st_size:
+                break
+            assert started[0].poll() is None, "the dask scheduler exited"
+            time.sleep(0.1)
+        started.append(
+            subprocess.Popen(
+                [*dask_cli, "worker", "--scheduler-file", str(file), "--nworkers", "2"]
+                + ["--nthreads", "2", "--no-dashboard"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        with Client(scheduler_file=str(file), timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            address = str(client.scheduler.address)
+        yield address
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+        for proc in reversed(started):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_build_on_a_scheduler_started_apart_matches_the_default_build(
+    built: Path, served_world: dict, tmp_path: Path, scheduler: str
+) -> None:
+    """`las build --scheduler tcp://...`: the shards built by workers that are not the
+    build's children (they import the package themselves) are the default build's, byte for
+    byte, and the build reports each worker's memory."""
+    assert scheduler.startswith("tcp://127.0.0.1:")
+    out = tmp_path / "las"
+    runner = CliRunner()
+    assert runner.invoke(app, ["plan", *_args(served_world, out), "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["build", *_args(served_world, out), "--scheduler", scheduler])
+    assert result.exit_code == 0, result.output
+    assert "built 24 of 24 samples" in result.output
+    assert "in the largest of 2 workers" in result.output
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
     pd.testing.assert_frame_equal(
         pd.read_parquet(out / "index.parquet"), pd.read_parquet(built / "index.parquet")
