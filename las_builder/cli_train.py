@@ -204,7 +204,22 @@ def predict(
     fusion: Annotated[
         bool, typer.Option("--fusion", help="Class-wise confidence-guided fusion with the prior.")
     ] = False,
-    tile: Annotated[int, typer.Option(help="Tile size in pixels for large rasters.")] = 1024,
+    tile: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Tile size in pixels: a raster is predicted and written tile by tile (memory "
+            "follows the tile, not the raster).",
+        ),
+    ] = 1024,
+    halo: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Pixels of context predicted around each tile (only the tile's own are "
+            "written): fewer seams at tile edges.",
+        ),
+    ] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Predict a class-index GeoTIFF (plus optional score bands) with any list of class names."""
@@ -225,6 +240,7 @@ def predict(
             inputs=_split_list(inputs),
             use_fusion=fusion,
             tile=tile,
+            halo=halo,
             device=device,
         )
     except (FileNotFoundError, KeyError, ValueError) as err:

@@ -15,9 +15,10 @@ with its score in percent (0-100). Class names and the score convention are in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,27 +270,34 @@ def _scores(
     return out["logits"].softmax(1).cpu()
 
 
-def _write(
+MAX_CLASSES = 255
+"""Classes a prediction can name: the class band is uint8 and 255 marks nodata."""
+
+
+@contextlib.contextmanager
+def _prediction_file(
     out: Path,
-    probs: np.ndarray,
-    valid: np.ndarray,
+    shape: tuple[int, int],
     names: Sequence[str],
     crs: Any,
     transform: Any,
     scores: bool,
     tags: dict[str, str],
-) -> None:
+) -> Iterator[Any]:
+    """The output GeoTIFF, open for writing: class band (+ score bands), legend and tags."""
     import rasterio
 
-    k, h, w = probs.shape
-    cls = probs.argmax(0).astype(np.uint8)
-    cls[~valid] = 255
-    count = 1 + (k if scores else 0)
-    profile = {
+    if len(names) > MAX_CLASSES:
+        raise ValueError(
+            f"{len(names)} classes given; a prediction names at most {MAX_CLASSES} "
+            "(its class band is 8-bit, 255 = nodata)"
+        )
+    h, w = shape
+    profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": w,
         "height": h,
-        "count": count,
+        "count": 1 + (len(names) if scores else 0),
         "dtype": "uint8",
         "crs": crs,
         "transform": transform,
@@ -301,14 +309,11 @@ def _write(
         profile.update(blockxsize=256, blockysize=256)
     out.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(out, "w", **profile) as dst:
-        dst.write(cls, 1)
         dst.set_band_description(1, "class index")
-        dst.write_colormap(1, _palette(names))
+        if not scores:  # a GeoTIFF holds a colour table only with one band
+            dst.write_colormap(1, _palette(names))
         if scores:
-            pct = np.round(np.clip(probs, 0, 1) * 100).astype(np.uint8)
-            pct[:, ~valid] = 255
             for i, n in enumerate(names):
-                dst.write(pct[i], i + 2)
                 dst.set_band_description(i + 2, f"score {n} (%)")
         dst.update_tags(
             classes=json.dumps(list(names)),
@@ -316,6 +321,27 @@ def _write(
             scores="bands 2..K+1: per-class score in percent" if scores else "none",
             **tags,
         )
+        yield dst
+
+
+def _write_window(
+    dst: Any, probs: np.ndarray, valid: np.ndarray, scores: bool, window: Any = None
+) -> np.ndarray:
+    """Write the class (and score) bands of ``probs`` ``(k, h, w)`` at ``window``.
+
+    Returns:
+        The count of valid pixels per class.
+    """
+    k = probs.shape[0]
+    cls = probs.argmax(0).astype(np.uint8)
+    cls[~valid] = 255
+    dst.write(cls, 1, window=window)
+    if scores:
+        pct = np.round(np.clip(probs, 0, 1) * 100).astype(np.uint8)
+        pct[:, ~valid] = 255
+        dst.write(pct, list(range(2, k + 2)), window=window)
+    counts: np.ndarray = np.bincount(cls[valid], minlength=k)
+    return counts
 
 
 def _parse_input(text: str) -> tuple[str, str | None]:
@@ -342,6 +368,7 @@ def predict(
     use_fusion: bool = False,
     fusion_gamma: float = 1.0,
     tile: int = 1024,
+    halo: int = 64,
     device: str = "auto",
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -362,7 +389,10 @@ def predict(
         inputs: Modalities of a dataset sample (default: the training config's eval inputs).
         use_fusion: Use the class-wise confidence-guided fusion.
         fusion_gamma: Its ``gamma``.
-        tile: Tile size (pixels) for rasters.
+        tile: Tile size (pixels) for rasters: a raster is predicted and written tile by
+            tile, so memory follows the tile, not the raster.
+        halo: Pixels of context read around each tile (within the raster) and predicted
+            with it; only the tile's own pixels are written. Fewer seams at tile edges.
         device: ``auto``, ``cpu`` or ``cuda``.
         storage_options: fsspec options for dataset URLs.
 
@@ -399,16 +429,16 @@ def predict(
         f = image.shape[-1] / row["shape"][1]
         if f != 1:
             t = t * Affine.scale(1 / f)
-        _write(Path(out), probs, valid, names, f"EPSG:{row['epsg']}", t, scores, tags)
-        shape = probs.shape[1:]
-        cls = probs.argmax(0)[valid]
+        shape = (int(probs.shape[1]), int(probs.shape[2]))
+        crs = f"EPSG:{row['epsg']}"
+        with _prediction_file(Path(out), shape, names, crs, t, scores, tags) as dst:
+            counts = _write_window(dst, probs, valid, scores)
     else:
-        shape, cls = _predict_raster(
+        shape, counts = _predict_raster(
             model, prompter, Path(path), Path(out), names, scores, wavelengths, scale,
-            sar_units, use_fusion, fusion_gamma, tile, dev, tags,
+            sar_units, use_fusion, fusion_gamma, tile, halo, dev, tags,
         )  # fmt: skip
         names = json.loads(_read_tags(Path(out))["classes"])
-    counts = np.bincount(np.asarray(cls).reshape(-1), minlength=len(names))
     share = {n: float(c) / max(1, counts.sum()) for n, c in zip(names, counts, strict=True)}
     return {"out": str(out), "classes": names, "shape": list(shape), "share": share}
 
@@ -434,15 +464,20 @@ def _predict_raster(
     use_fusion: bool,
     gamma: float,
     tile: int,
+    halo: int,
     device: torch.device,
     tags: dict[str, str],
 ) -> tuple[tuple[int, int], np.ndarray]:
+    """Predict a raster tile by tile (each with ``halo`` pixels of context) into ``out``.
+
+    Returns:
+        The raster's shape and the count of valid pixels per class.
+    """
     import rasterio
     from rasterio.windows import Window
 
     from las_builder.catalog import load_taxonomy
     from las_builder.model.bands import band_from_name, parse_band_spec
-    from las_builder.model.data import normalise
 
     names = names or load_taxonomy().keys
     text = prompter.embed(names).to(device)
@@ -465,38 +500,47 @@ def _predict_raster(
             scale = 10000.0 if kind.kind in "iu" and kind.itemsize >= 2 else 255.0
             scale = 1.0 if kind.kind == "f" else scale
         h, w = src.height, src.width
-        k = len(names)
-        probs = np.zeros((k, h, w), dtype=np.float32)
-        valid = np.zeros((h, w), dtype=bool)
-        nodata = src.nodata
-        pol_arr = np.asarray(pol)
-        for y in range(0, h, tile):
-            for x in range(0, w, tile):
-                win = Window(x, y, min(tile, w - x), min(tile, h - y))
-                raw = src.read(window=win).astype(np.float32)
-                ok = np.isfinite(raw).all(0)
-                if nodata is not None and not np.isnan(nodata):
-                    ok &= ~(raw == nodata).all(0)
-                else:
-                    ok &= ~(raw == 0).all(0)
-                x_in = raw / scale
-                if (pol_arr > 0).any():
-                    x_in[pol_arr > 0] = normalise(
-                        "sentinel-1", raw[pol_arr > 0], {"units": sar_units}
-                    )
-                x_in = np.nan_to_num(x_in)
-                image = torch.from_numpy(x_in)[None]
-                p = _scores(
-                    model,
-                    image,
-                    torch.tensor(wl, dtype=torch.float32),
-                    torch.tensor(pol),
-                    text,
-                    use_fusion,
-                    gamma,
-                    device,
-                )[0].numpy()
-                probs[:, y : y + win.height, x : x + win.width] = p
-                valid[y : y + win.height, x : x + win.width] = ok
-        _write(out, probs, valid, names, src.crs, src.transform, scores, tags)
-    return (h, w), probs.argmax(0)[valid]
+        polarised = np.asarray(pol) > 0
+        counts = np.zeros(len(names), dtype=np.int64)
+        with _prediction_file(out, (h, w), names, src.crs, src.transform, scores, tags) as dst:
+            for y in range(0, h, tile):
+                for x in range(0, w, tile):
+                    core = Window(x, y, min(tile, w - x), min(tile, h - y))
+                    # The tile with its halo, cut at the raster's edges.
+                    top, left = max(0, y - halo), max(0, x - halo)
+                    bottom = min(h, y + core.height + halo)
+                    right = min(w, x + core.width + halo)
+                    read = Window(left, top, right - left, bottom - top)
+                    image, ok = _raster_input(src, read, scale, polarised, sar_units)
+                    wl_t = torch.tensor(wl, dtype=torch.float32)
+                    p = _scores(
+                        model, image, wl_t, torch.tensor(pol), text, use_fusion, gamma, device
+                    )[0].numpy()
+                    rows = slice(y - top, y - top + core.height)
+                    cols = slice(x - left, x - left + core.width)
+                    counts += _write_window(dst, p[:, rows, cols], ok[rows, cols], scores, core)
+    return (h, w), counts
+
+
+def _raster_input(
+    src: Any, window: Any, scale: float, polarised: np.ndarray, sar_units: str
+) -> tuple[torch.Tensor, np.ndarray]:
+    """A window of a raster as a model input ``(1, bands, h, w)``, and where it has data.
+
+    Optical bands are divided by ``scale``, SAR bands normalised as the training data are. A
+    pixel has no data where a band is not finite or every band is the nodata value (0 for a
+    raster without one).
+    """
+    from las_builder.model.data import normalise
+
+    raw = src.read(window=window).astype(np.float32)
+    ok = np.isfinite(raw).all(0)
+    nodata = src.nodata
+    if nodata is not None and not np.isnan(nodata):
+        ok &= ~(raw == nodata).all(0)
+    else:
+        ok &= ~(raw == 0).all(0)
+    x_in = raw / scale
+    if polarised.any():
+        x_in[polarised] = normalise("sentinel-1", raw[polarised], {"units": sar_units})
+    return torch.from_numpy(np.nan_to_num(x_in))[None], ok

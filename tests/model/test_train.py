@@ -7,7 +7,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -195,6 +195,77 @@ def test_predict_a_raster_from_band_descriptions(run: Path, las_tiny: Path, tmp_
         dst.write(data[:1])
     result = runner.invoke(app, ["predict", str(run), str(unknown), "--out", str(out)])
     assert result.exit_code == 2 and "--wavelengths" in result.output
+
+
+def _s2_raster(path: Path, height: int, width: int) -> Path:
+    rng = np.random.default_rng(0)
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": 4, "dtype": "uint16",
+        "crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 5000000),
+    }  # fmt: skip
+    data = (rng.random((4, height, width)) * 3000 + 200).astype("uint16")
+    data[:, :5, :7] = 0  # a corner without data
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        for i, name in enumerate(["B02", "B03", "B04", "B08"], start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+def test_predict_a_raster_tile_by_tile(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raster is predicted and written tile by tile: the model never sees more than a tile
+    and its halo, and a halo that reaches the raster's edges gives the one-piece prediction
+    exactly. The summary counts the written class band."""
+    from las_builder.model import evaluate
+
+    src = _s2_raster(tmp_path / "s2.tif", 70, 100)
+    whole, tiled, wide = tmp_path / "whole.tif", tmp_path / "tiled.tif", tmp_path / "wide.tif"
+    evaluate.predict(run, str(src), whole, scores=True, tile=1024)
+    seen: list[tuple[int, int]] = []
+    scores = evaluate._scores
+
+    def recorded(model: Any, image: torch.Tensor, *args: Any) -> torch.Tensor:
+        seen.append((int(image.shape[-2]), int(image.shape[-1])))
+        return scores(model, image, *args)
+
+    monkeypatch.setattr(evaluate, "_scores", recorded)
+    result = evaluate.predict(run, str(src), tiled, scores=True, tile=32, halo=8)
+    assert len(seen) == 3 * 4  # ceil(70 / 32) x ceil(100 / 32) tiles
+    assert all(h <= 32 + 2 * 8 and w <= 32 + 2 * 8 for h, w in seen)
+    assert (32 + 8, 32 + 8) in seen and (70 - 64 + 8, 100 - 96 + 8) in seen  # edges cut
+    seen.clear()
+    evaluate.predict(run, str(src), wide, scores=True, tile=32, halo=100)
+    assert set(seen) == {(70, 100)}  # every tile read with the whole raster around it
+    classes_only = tmp_path / "classes.tif"
+    evaluate.predict(run, str(src), classes_only, tile=32, halo=8)
+    with rasterio.open(whole) as a, rasterio.open(tiled) as b, rasterio.open(wide) as c:
+        reference = a.read()
+        np.testing.assert_array_equal(c.read(), reference)
+        near = b.read()
+        classes = json.loads(b.tags()["classes"])
+        assert classes == json.loads(a.tags()["classes"])
+        assert b.descriptions == a.descriptions
+    with rasterio.open(classes_only) as d:
+        assert d.count == 1 and len(d.colormap(1)) == 256  # the legend's colours
+        np.testing.assert_array_equal(d.read(1), near[0])
+    for band in (near, reference):
+        assert (band[:, :5, :7] == 255).all()  # nodata where the raster has none
+        assert (band[0, 5:, :] != 255).all() and (band[0, :, 7:] != 255).all()
+    # Tiles with a halo are close to the one-piece prediction (a few score points at most).
+    assert np.abs(near[1:].astype(int) - reference[1:]).max() <= 5
+    counts = np.bincount(near[0][near[0] != 255], minlength=len(classes))
+    expected = {n: c / counts.sum() for n, c in zip(classes, counts, strict=True)}
+    assert result["share"] == pytest.approx(expected)
+
+
+def test_predict_refuses_more_classes_than_its_class_band_holds(run: Path, tmp_path: Path) -> None:
+    src = _s2_raster(tmp_path / "s2.tif", 8, 8)
+    names = ",".join(f"class {i}" for i in range(256))
+    result = runner.invoke(app, ["predict", str(run), str(src), "--classes", names])
+    assert result.exit_code == 2
+    assert "256 classes given; a prediction names at most 255" in result.output
 
 
 class LASDatasetIds:
