@@ -147,6 +147,40 @@ def test_eval_scores_products_and_truth(run: Path, las_tiny: Path, served_world:
     assert 0.0 <= truth["model_fused"]["miou"] <= 1.0
 
 
+def test_eval_options_choose_products_inputs_and_fusion_not_the_scores(
+    run: Path, las_tiny: Path, tmp_path: Path
+) -> None:
+    """--products and --inputs choose what is scored; the batch size does not change a score;
+    --fusion-gamma changes the fused ones; unknown names fail with what is known."""
+
+    def metrics(name: str, *options: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        _invoke("eval", str(run), str(las_tiny), "--split", "all", "--out", str(out), "--quiet",
+                *options)  # fmt: skip
+        return cast(dict, json.loads(out.read_text()))
+
+    default = metrics("default")
+    chosen = metrics(
+        "chosen", "--products", "esa-worldcover", "--inputs", "sentinel-2",
+        "--batch-size", "1", "--fusion-gamma", "8",
+    )  # fmt: skip
+    assert set(chosen["products"]) == {"esa-worldcover"}
+    assert chosen["inputs"] == ["sentinel-2"] and chosen["fusion_gamma"] == 8.0
+    assert chosen["samples"] == default["samples"]
+    assert chosen["products"]["esa-worldcover"]["miou"] == pytest.approx(
+        default["products"]["esa-worldcover"]["miou"], abs=1e-6
+    )
+    assert set(chosen["products_fused"]) == {"esa-worldcover"}
+    fused = chosen["products_fused"]["esa-worldcover"]["miou"]
+    assert fused != default["products_fused"]["esa-worldcover"]["miou"]  # gamma 8, not 1
+    for args, message in (
+        (["--products", "nope"], "label product 'nope'"),
+        (["--inputs", "radar"], "unknown modalities ['radar']; known: sentinel-2"),
+    ):
+        result = runner.invoke(app, ["eval", str(run), str(las_tiny), *args, "--quiet"])
+        assert result.exit_code != 0 and message in result.output, result.output
+
+
 def test_predict_zero_shot_on_a_sample(run: Path, las_tiny: Path, tmp_path: Path) -> None:
     sample = LASDatasetIds.first(las_tiny)
     out = tmp_path / "pred.tif"
