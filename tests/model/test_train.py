@@ -294,6 +294,59 @@ def test_predict_a_raster_tile_by_tile(
     assert result["share"] == pytest.approx(expected)
 
 
+def test_predict_reads_values_as_told_scale_sar_units_and_wavelengths(
+    run: Path, tmp_path: Path
+) -> None:
+    """The same scene written two ways predicts the same: 16-bit reflectance x 10000 or float
+    reflectance with --scale 1; Sentinel-2 band names or their wavelengths; SAR backscatter
+    linear or in dB with --sar-units db."""
+    rng = np.random.default_rng(5)
+    transform = Affine(10, 0, 500000, 0, -10, 5000000)
+
+    def raster(name: str, data: np.ndarray) -> str:
+        path = tmp_path / name
+        profile = {
+            "driver": "GTiff", "width": 24, "height": 24, "count": len(data),
+            "dtype": data.dtype.name, "crs": "EPSG:32633", "transform": transform,
+        }  # fmt: skip
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+        return str(path)
+
+    def predicted(source: str, *options: str) -> np.ndarray:
+        out = tmp_path / f"pred-{len(list(tmp_path.iterdir()))}.tif"
+        _invoke("predict", str(run), source, "--scores", "--out", str(out), *options)
+        with rasterio.open(out) as src:
+            return src.read().astype(int)
+
+    counts = (rng.random((4, 24, 24)) * 3000 + 200).astype("uint16")
+    optical = [
+        predicted(raster("int.tif", counts), "--wavelengths", "B02,B03,B04,B08"),
+        predicted(
+            raster("float.tif", counts.astype("float32") / np.float32(10000)),
+            "--scale",
+            "1",
+            "--wavelengths",
+            "0.49,0.56,0.665,0.842",
+        ),  # fmt: skip
+    ]
+    linear = (rng.random((2, 24, 24)) * 0.3 + 0.001).astype("float32")
+    sar = [
+        predicted(raster("linear.tif", linear), "--wavelengths", "vv,vh"),
+        predicted(
+            raster("db.tif", (10 * np.log10(linear)).astype("float32")),
+            "--wavelengths",
+            "vv,vh",
+            "--sar-units",
+            "db",
+        ),  # fmt: skip
+    ]
+    for first, second in (optical, sar):
+        np.testing.assert_array_equal(first[0], second[0])  # the same classes
+        assert np.abs(first[1:] - second[1:]).max() <= 1  # scores to a point
+    assert not np.array_equal(optical[0], sar[0])  # (the two scenes do differ)
+
+
 def test_predict_refuses_more_classes_than_its_class_band_holds(run: Path, tmp_path: Path) -> None:
     src = _s2_raster(tmp_path / "s2.tif", 8, 8)
     names = ",".join(f"class {i}" for i in range(256))
