@@ -170,7 +170,11 @@ def eval_(
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint .pt or training run folder.")],
     source: Annotated[
-        str, typer.Argument(metavar="INPUT", help="DATASET:SAMPLE_ID or a raster (GeoTIFF).")
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="DATASET:SAMPLE_ID, or a raster: a file or a URL (https://, s3://, ...).",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output GeoTIFF.")] = Path("pred.tif"),
     classes: Annotated[

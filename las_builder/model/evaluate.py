@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, default_collate
 from las_builder.model.data import IGNORE_INDEX, LASDataset, ProductSpec, SampleRow, compose_input
 from las_builder.model.fusion import fuse
 from las_builder.model.train import load_checkpoint, resolve_device
+from las_builder.security import redact
 
 __all__ = ["confusion", "evaluate", "iou_report", "miou", "predict"]
 
@@ -344,15 +346,25 @@ def _write_window(
     return counts
 
 
+_RASTER_URL = re.compile(r"^(https?|s3|gs|az)://", re.IGNORECASE)
+
+
 def _parse_input(text: str) -> tuple[str, str | None]:
-    """``path/to/raster.tif`` -> (path, None); ``DATASET:SAMPLE_ID`` -> (dataset, id)."""
+    """What ``INPUT`` names: ``(raster, None)`` or ``(dataset, sample id)``.
+
+    ``path/to/raster.tif`` or a raster URL (``https://``, ``s3://``, ``gs://``, ``az://``,
+    read by GDAL) -> ``(text, None)``; ``DATASET:SAMPLE_ID`` (a dataset folder or URL, then a
+    sample id, which holds no ``/``) -> ``(dataset, id)``.
+    """
     if Path(text).is_file():
         return text, None
     if ":" in text:
         dataset, sample = text.rsplit(":", 1)
-        if dataset and sample and not sample.startswith("//"):
+        if dataset and sample and "/" not in sample:
             return dataset, sample
-    raise FileNotFoundError(f"{text}: neither a raster file nor DATASET:SAMPLE_ID")
+    if _RASTER_URL.match(text):
+        return text, None
+    raise FileNotFoundError(f"{text}: neither a raster file, a raster URL nor DATASET:SAMPLE_ID")
 
 
 def predict(
@@ -435,7 +447,7 @@ def predict(
             counts = _write_window(dst, probs, valid, scores)
     else:
         shape, counts = _predict_raster(
-            model, prompter, Path(path), Path(out), names, scores, wavelengths, scale,
+            model, prompter, path, Path(out), names, scores, wavelengths, scale,
             sar_units, use_fusion, fusion_gamma, tile, halo, dev, tags,
         )  # fmt: skip
         names = json.loads(_read_tags(Path(out))["classes"])
@@ -454,7 +466,7 @@ def _read_tags(path: Path) -> dict[str, str]:
 def _predict_raster(
     model: Any,
     prompter: Any,
-    path: Path,
+    path: str,
     out: Path,
     names: list[str] | None,
     scores: bool,
@@ -481,7 +493,12 @@ def _predict_raster(
 
     names = names or load_taxonomy().keys
     text = prompter.embed(names).to(device)
-    with rasterio.open(path) as src:
+    try:
+        opened = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        reason = redact(str(err))
+        raise FileNotFoundError(f"{redact(path)}: cannot be read as a raster ({reason})") from None
+    with opened as src:
         if wavelengths:
             wl, pol = parse_band_spec(wavelengths)
         else:

@@ -347,6 +347,25 @@ def test_predict_reads_values_as_told_scale_sar_units_and_wavelengths(
     assert not np.array_equal(optical[0], sar[0])  # (the two scenes do differ)
 
 
+def test_predict_a_raster_by_url(run: Path, served_world: dict, tmp_path: Path) -> None:
+    """A raster URL is read by GDAL (here from the world's range server): the prediction
+    equals the local file's. A URL that cannot be read fails with its name, token removed."""
+    world = Path(served_world["world"])
+    smallest = min((world / "assets").rglob("*.tif"), key=lambda p: p.stat().st_size)
+    url = served_world["assets_url"] + smallest.relative_to(world).as_posix()
+    local, remote = tmp_path / "local.tif", tmp_path / "remote.tif"
+    for source, out in ((str(smallest), local), (url, remote)):
+        _invoke("predict", str(run), source, "--wavelengths", "B04", "--out", str(out))
+    with rasterio.open(local) as a, rasterio.open(remote) as b:
+        np.testing.assert_array_equal(b.read(), a.read())
+        assert b.transform == a.transform and b.crs == a.crs
+    missing = served_world["assets_url"] + "assets/none.tif?sig=SECRET-TOKEN"
+    result = runner.invoke(app, ["predict", str(run), missing, "--wavelengths", "B04"])
+    assert result.exit_code == 2, result.output
+    assert "assets/none.tif: cannot be read as a raster" in result.output
+    assert "SECRET-TOKEN" not in result.output
+
+
 def test_predict_refuses_more_classes_than_its_class_band_holds(run: Path, tmp_path: Path) -> None:
     src = _s2_raster(tmp_path / "s2.tif", 8, 8)
     names = ",".join(f"class {i}" for i in range(256))
