@@ -81,10 +81,22 @@ _TRANSIENT = re.compile(
 _NON_CACHED = {"http": "/vsicurl/http", "https": "/vsicurl/http", "s3": "/vsis3/"}
 
 
-# rasterio warns "no geotransform" for cross-CRS warps of in-memory arrays although both
-# transforms are given; the result equals a WarpedVRT of the dataset pixel for pixel. A
-# process-wide filter (set once) because catch_warnings() is not thread-safe.
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
+def quiet_spurious_warnings() -> None:
+    """Filter, process-wide, the warning rasterio gives for warps of in-memory arrays.
+
+    rasterio warns "no geotransform" for cross-CRS warps of in-memory arrays although both
+    transforms are given; the result equals a WarpedVRT of the dataset pixel for pixel (an
+    asset without georeferencing is refused by name when it is opened). A process-wide filter
+    because ``catch_warnings()`` is not thread-safe; set again at each shard, since a filter
+    set inside someone's ``catch_warnings()`` (pytest's collection, a notebook's) ends with it.
+    """
+    if not any(
+        entry[0] == "ignore" and entry[2] is NotGeoreferencedWarning for entry in warnings.filters
+    ):
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.warp")
+
+
+quiet_spurious_warnings()
 
 
 class ReadError(RuntimeError):

@@ -600,7 +600,8 @@ def test_index_is_streamed_from_the_parts_in_plan_order(built: Path, tmp_path: P
     assert all(isinstance(v, str) or pd.isna(v) for v in got["naip_item"])
     for column in want.columns.drop("geometry"):
         assert [_plain(v) for v in got[column]] == [_plain(v) for v in want[column]], column
-    assert got.geometry.geom_equals_exact(gpd.GeoSeries(want["geometry"].map(wkb.loads)), 0).all()
+    expected = gpd.GeoSeries(want["geometry"].map(wkb.loads), crs=got.crs)
+    assert got.geometry.geom_equals_exact(expected, 0).all()
     geo = json.loads(pq.read_schema(out / "index.parquet").metadata[b"geo"])
     np.testing.assert_allclose(geo["columns"]["geometry"]["bbox"], got.total_bounds)
     assert geo["columns"]["geometry"]["geometry_types"] == ["Polygon"]
