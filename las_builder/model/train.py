@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -62,9 +63,26 @@ METRIC_FIELDS = [
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+    """The torch device that ``name`` names.
+
+    ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Raises:
+        ValueError: Another name, or a device this machine does not have (saying what it has).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "mps") and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU build)"
+            raise ValueError(f"device {name!r}: this machine has {have}{build}; use cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps': Apple's Metal is not available here; use cpu or auto")
     return torch.device(name)
 
 

@@ -20,7 +20,7 @@ from affine import Affine
 from typer.testing import CliRunner
 
 from las_builder.cli_train import eval_, predict, train
-from las_builder.model.train import load_checkpoint
+from las_builder.model.train import load_checkpoint, resolve_device
 
 app = typer.Typer()
 app.command("train")(train)
@@ -364,6 +364,26 @@ def test_predict_a_raster_by_url(run: Path, served_world: dict, tmp_path: Path) 
     assert result.exit_code == 2, result.output
     assert "assets/none.tif: cannot be read as a raster" in result.output
     assert "SECRET-TOKEN" not in result.output
+
+
+def test_device_names_are_checked_against_the_machine(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="use auto, cpu, cuda, cuda:N or mps"):
+        resolve_device("tpu")
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.cuda, "is_available", lambda: True)
+        patched.setattr(torch.cuda, "device_count", lambda: 2)
+        assert resolve_device("cuda:1") == torch.device("cuda:1")
+        with pytest.raises(ValueError, match="'cuda:2': this machine has 2 CUDA device"):
+            resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    src = _s2_raster(tmp_path / "s2.tif", 8, 8)
+    result = runner.invoke(app, ["predict", str(run), str(src), "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "device 'cuda': this machine has no CUDA device" in result.output
 
 
 def test_predict_refuses_more_classes_than_its_class_band_holds(run: Path, tmp_path: Path) -> None:
