@@ -146,6 +146,8 @@ def read_index(path: str | Path, storage_options: dict[str, Any] | None = None) 
     index = _join(_dataset_root(path), "index.parquet")
     if _is_url(index):
         return pd.read_parquet(str(index), storage_options=storage_options or {})
+    if not Path(index).is_file():
+        raise FileNotFoundError(f"{index} not found: build the dataset first (`las build`)")
     return pd.read_parquet(index)
 
 

@@ -8,11 +8,20 @@ from typing import cast
 
 import geopandas as gpd
 import numpy as np
+import pytest
 import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from las_builder.model.data import IGNORE_INDEX, LASDataset, compose_input, split_of, val_ids
+from las_builder.model.data import (
+    IGNORE_INDEX,
+    LASDataset,
+    compose_input,
+    open_store,
+    read_index,
+    split_of,
+    val_ids,
+)
 
 MODS = ["sentinel-2", "sentinel-1", "naip"]
 
@@ -99,3 +108,9 @@ def test_stratified_split_keeps_every_group_in_training() -> None:
     assert "s9" not in held  # a lone sample stays in training
     assert held == val_ids(ids, 0.25, seed=1, groups=groups)
     assert val_ids(ids, 0.0, groups=groups) == set()
+
+
+def test_a_folder_that_is_not_a_built_dataset_says_so(tmp_path: Path) -> None:
+    for read, missing in ((open_store, "las.zarr"), (read_index, "index.parquet")):
+        with pytest.raises(FileNotFoundError, match=f"{missing} not found: build the dataset"):
+            read(tmp_path)
