@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -135,11 +136,24 @@ def add(
     `review: true`; review them (and the TODO lines of the label file), then run
     `las catalog check`.
     """
-    from las_builder.catalog.suggest import AddError, EncoderUnavailable, add_product
+    from las_builder.catalog.suggest import (
+        AddError,
+        Encoder,
+        EncoderUnavailable,
+        add_product,
+        load_encoder,
+    )
 
     console = Console(soft_wrap=True)
-    if suggest:
-        console.print("loading the all-MiniLM-L6-v2 text encoder ...", style="dim")
+    loaded: list[Encoder] = []
+
+    def encoder(texts: Sequence[str]) -> Any:
+        # Loaded (and said so) once the collection's legend is read and valid.
+        if not loaded:
+            console.print("loading the all-MiniLM-L6-v2 text encoder ...", style="dim")
+            loaded.append(load_encoder())
+        return loaded[0](texts)
+
     try:
         result = add_product(
             collection,
@@ -149,6 +163,7 @@ def add(
             threshold=threshold,
             suggest=suggest,
             force=force,
+            encoder=encoder,
         )
     except (AddError, EncoderUnavailable) as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)

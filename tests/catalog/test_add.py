@@ -317,6 +317,8 @@ def test_errors(tmp_path: Path) -> None:
         add_product(tmp_path / "missing.json", out=tmp_path, suggest=False)
     result = CliRunner().invoke(catalog_app, ["add", str(tmp_path / "missing.json")])
     assert result.exit_code == 2
+    # The bad input is named before any model is loaded (or said to be).
+    assert "cannot read" in result.output and "text encoder" not in result.output
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
