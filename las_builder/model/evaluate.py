@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -287,8 +288,6 @@ def _prediction_file(
     tags: dict[str, str],
 ) -> Iterator[Any]:
     """The output GeoTIFF, open for writing: class band (+ score bands), legend and tags."""
-    import rasterio
-
     if len(names) > MAX_CLASSES:
         raise ValueError(
             f"{len(names)} classes given; a prediction names at most {MAX_CLASSES} "
@@ -310,7 +309,24 @@ def _prediction_file(
     if profile["tiled"]:
         profile.update(blockxsize=256, blockysize=256)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(out, "w", **profile) as dst:
+    # Written under another name and renamed when complete: a failed or interrupted
+    # prediction leaves no half-written raster where the output belongs.
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        yield from _write_prediction(partial, profile, names, scores, tags)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_prediction(
+    path: Path, profile: dict[str, Any], names: Sequence[str], scores: bool, tags: dict[str, str]
+) -> Iterator[Any]:
+    """Open ``path`` for :func:`_prediction_file`, yield it, then add overviews and close it."""
+    import rasterio
+
+    h, w = profile["height"], profile["width"]
+    with rasterio.open(path, "w", **profile) as dst:
         dst.set_band_description(1, "class index")
         if not scores:  # a GeoTIFF holds a colour table only with one band
             dst.write_colormap(1, _palette(names))
@@ -324,6 +340,22 @@ def _prediction_file(
             **tags,
         )
         yield dst
+        factors = _overview_factors(h, w)
+        if factors:  # for viewing a large prediction at any zoom (classes: nearest)
+            from rasterio.enums import Resampling
+
+            dst.build_overviews(factors, Resampling.nearest)
+            dst.update_tags(ns="rio_overview", resampling="nearest")
+
+
+def _overview_factors(height: int, width: int, smallest: int = 256) -> list[int]:
+    """Overview factors 2, 4, 8 ... down to a level under ``smallest`` pixels on its long side."""
+    factors: list[int] = []
+    factor = 2
+    while max(height, width) // (factor // 2) > smallest:
+        factors.append(factor)
+        factor *= 2
+    return factors
 
 
 def _write_window(

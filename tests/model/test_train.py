@@ -294,6 +294,37 @@ def test_predict_a_raster_tile_by_tile(
     assert result["share"] == pytest.approx(expected)
 
 
+def test_predict_output_has_overviews_and_is_never_left_half_written(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from las_builder.model import evaluate
+
+    src = _s2_raster(tmp_path / "s2.tif", 300, 600)
+    out = tmp_path / "pred.tif"
+    evaluate.predict(run, str(src), out, tile=256, halo=0)
+    with rasterio.open(out) as pred:
+        assert pred.overviews(1) == [2, 4]  # 600 -> 300 -> 150 px on the long side
+        assert pred.tags(ns="rio_overview") == {"resampling": "nearest"}
+        full = pred.read(1)
+        assert pred.read(1, out_shape=(75, 150)).tolist() == full[::4, ::4].tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.tif", "s2.tif"]
+    calls = 0
+    scores = evaluate._scores
+
+    def failing_later(*args: Any) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("out of memory")
+        return scores(*args)
+
+    monkeypatch.setattr(evaluate, "_scores", failing_later)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate.predict(run, str(src), tmp_path / "failed.tif", tile=256, halo=0)
+    # The earlier prediction is untouched; the failed one left nothing behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.tif", "s2.tif"]
+
+
 def test_predict_reads_values_as_told_scale_sar_units_and_wavelengths(
     run: Path, tmp_path: Path
 ) -> None:
