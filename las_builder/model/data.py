@@ -473,7 +473,12 @@ class LASDataset(Dataset[dict[str, Any]]):
         ]
         for spec in self.products:
             if spec.array not in root:
-                raise KeyError(f"label product {spec.key!r}: {spec.array} is not in the store")
+                labels = root["labels"] if "labels" in root else {}
+                have = ", ".join(sorted(labels)) or "none"
+                raise KeyError(
+                    f"label product {spec.key!r}: {spec.array} is not in the store "
+                    f"{self.path} (its label products: {have})"
+                )
             arr = root[spec.array]
             size = int(np.iinfo(arr.dtype).max) + 1  # a table entry for every storable code
             if spec.native:

@@ -174,7 +174,7 @@ def test_eval_options_choose_products_inputs_and_fusion_not_the_scores(
     fused = chosen["products_fused"]["esa-worldcover"]["miou"]
     assert fused != default["products_fused"]["esa-worldcover"]["miou"]  # gamma 8, not 1
     for args, message in (
-        (["--products", "nope"], "label product 'nope'"),
+        (["--products", "nope"], "(its label products: dynamic-world-v1, esa-cci-lc,"),
         (["--inputs", "radar"], "unknown modalities ['radar']; known: sentinel-2"),
     ):
         result = runner.invoke(app, ["eval", str(run), str(las_tiny), *args, "--quiet"])
