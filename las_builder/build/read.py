@@ -87,8 +87,9 @@ def quiet_spurious_warnings() -> None:
     rasterio warns "no geotransform" for cross-CRS warps of in-memory arrays although both
     transforms are given; the result equals a WarpedVRT of the dataset pixel for pixel (an
     asset without georeferencing is refused by name when it is opened). A process-wide filter
-    because ``catch_warnings()`` is not thread-safe; set again at each shard, since a filter
-    set inside someone's ``catch_warnings()`` (pytest's collection, a notebook's) ends with it.
+    because ``catch_warnings()`` is not thread-safe; checked again before each read (a scan of
+    a short list), since a filter set inside someone's ``catch_warnings()`` (pytest's
+    collection, a notebook's) ends with it.
     """
     if not any(
         entry[0] == "ignore" and entry[2] is NotGeoreferencedWarning for entry in warnings.filters
@@ -1052,6 +1053,7 @@ def _read_stacks(stacks: list[_StackRead]) -> list[np.ndarray]:
     the rare moments when several large reads coincide, and so grows with the length of the
     build rather than with what one sample needs.
     """
+    quiet_spurious_warnings()
     with _read_budget.hold(sum(stack.memory_bytes for stack in stacks)):
         return _read_and_place(stacks)
 

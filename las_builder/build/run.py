@@ -38,7 +38,6 @@ from las_builder.build.read import (
     DatasetCache,
     close_pooled_datasets,
     gdal_env,
-    quiet_spurious_warnings,
     read_pool_threads,
     samples_at_once,
 )
@@ -324,7 +323,6 @@ def build_shard(
     install_log_redaction()  # also in dask worker processes
     tune_malloc()
     blas_on_one_thread()
-    quiet_spurious_warnings()
     start = shard * samples_per_shard
     specs = array_specs(cfg)
     store = f"{output}/las.zarr"
