@@ -250,4 +250,5 @@ def predict(
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise _fail(str(err).strip("'\"")) from None
     share = ", ".join(f"{n} {v:.0%}" for n, v in result["share"].items() if v > 0)
+    share = share or "no pixel with data (the input is nodata everywhere), all 255"
     typer.echo(f"wrote {result['out']} ({result['shape'][0]}x{result['shape'][1]}): {share}")

@@ -417,6 +417,17 @@ def test_device_names_are_checked_against_the_machine(
     assert "device 'cuda': this machine has no CUDA device" in result.output
 
 
+def test_predict_says_so_when_the_input_has_no_data(run: Path, tmp_path: Path) -> None:
+    src = _s2_raster(tmp_path / "s2.tif", 8, 8)
+    with rasterio.open(src, "r+") as dst:
+        dst.write(np.zeros((4, 8, 8), dtype="uint16"))
+    out = tmp_path / "pred.tif"
+    text = _invoke("predict", str(run), str(src), "--out", str(out))
+    assert "no pixel with data (the input is nodata everywhere)" in text
+    with rasterio.open(out) as pred:
+        assert (pred.read(1) == 255).all()
+
+
 def test_predict_refuses_more_classes_than_its_class_band_holds(run: Path, tmp_path: Path) -> None:
     src = _s2_raster(tmp_path / "s2.tif", 8, 8)
     names = ",".join(f"class {i}" for i in range(256))
