@@ -1,4 +1,5 @@
-"""Shared fixtures: generated worlds, the real STAC fixtures, waiting for processes to end."""
+"""Shared fixtures: generated worlds, small built datasets, the real STAC fixtures, waiting for
+processes to end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from las_builder.world.create import create_world
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stac"
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,42 @@ def served_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield {"world": world, "stac_url": info.stac_url, "assets_url": info.assets_url}
     finally:
         stop_world(world)
+
+
+BuildLas = Callable[[Path, int], Path]
+
+
+@pytest.fixture(scope="session")
+def build_las(served_world: dict) -> BuildLas:
+    """Plan and build ``count`` samples of 32 px (4 a shard, NAIP at 4x) from the served tiny
+    world into ``out`` with the CLI, as a user would; returns ``out``."""
+    from typer.testing import CliRunner
+
+    from las_builder.cli import app
+
+    def build(out: Path, count: int) -> Path:
+        sets = [
+            f"stac.url={served_world['stac_url']}",
+            "sample.size_px=32",
+            f"sample.count={count}",
+            f"output.path={out}",
+            "output.samples_per_shard=4",
+            "imagery.naip.factor=4",
+        ]
+        args = [str(DEMO_RECIPE)] + [a for s in sets for a in ("--set", s)]
+        for command in ("plan", "build"):
+            result = CliRunner().invoke(app, [command, *args, "--quiet"])
+            assert result.exit_code == 0, result.output
+        return out
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def small_las(build_las: BuildLas, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 samples built once per session, shared read-only by the report, notebook and browser
+    tests (a test that writes into a dataset builds its own)."""
+    return build_las(tmp_path_factory.mktemp("las-small") / "las", 24)
 
 
 def _runs(process: psutil.Process) -> bool:

@@ -34,32 +34,7 @@ from las_builder.inspect import (
     s2_true_colour,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "demo.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def small_dataset(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 samples of 32 px built from the tiny world, shared by the modules of a session."""
-    from las_builder.cli import app
-
-    out = tmp_path_factory.getbasetemp() / "las-small" / "las"
-    if (out / "index.parquet").is_file():
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    sets = [
-        f"stac.url={served_world['stac_url']}",
-        "sample.size_px=32",
-        "sample.count=24",
-        f"output.path={out}",
-        "output.samples_per_shard=4",
-        "imagery.naip.factor=4",
-    ]
-    args = [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
-    for command in ("plan", "build"):
-        result = CliRunner().invoke(app, [command, *args, "--quiet"])
-        assert result.exit_code == 0, result.output
-    return out
 
 
 def _app() -> typer.Typer:
@@ -69,8 +44,8 @@ def _app() -> typer.Typer:
 
 
 @pytest.fixture(scope="module")
-def dataset(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_dataset(served_world, tmp_path_factory)
+def dataset(small_las: Path) -> Path:
+    return small_las
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,42 +19,13 @@ pytest.importorskip("ipykernel", reason="ipykernel is in the dev extra")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-RECIPE = ROOT / "recipes" / "demo.yaml"
 OURS = ("01_explore_shards.ipynb", "03_training_quickstart.ipynb")
 KERNEL = "las-test-python"
 
 
-def small_dataset(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 samples of 32 px from the tiny world, shared by the modules of a session.
-
-    The same few lines as in tests/test_inspect.py (test modules do not import each other).
-    """
-    from typer.testing import CliRunner
-
-    from las_builder.cli import app
-
-    out = tmp_path_factory.getbasetemp() / "las-small" / "las"
-    if (out / "index.parquet").is_file():
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    sets = [
-        f"stac.url={served_world['stac_url']}",
-        "sample.size_px=32",
-        "sample.count=24",
-        f"output.path={out}",
-        "output.samples_per_shard=4",
-        "imagery.naip.factor=4",
-    ]
-    args = [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
-    for command in ("plan", "build"):
-        result = CliRunner().invoke(app, [command, *args, "--quiet"])
-        assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture(scope="module")
-def dataset(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_dataset(served_world, tmp_path_factory)
+def dataset(small_las: Path) -> Path:
+    return small_las
 
 
 @pytest.fixture

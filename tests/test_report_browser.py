@@ -14,9 +14,6 @@ from PIL import Image
 
 from las_builder.inspect import inspect_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "demo.yaml"
-
 # Marks images that did not decode once the page has loaded; --dump-dom prints the result.
 CHECK = """<script>
 window.addEventListener("load", function () {
@@ -30,34 +27,6 @@ window.addEventListener("load", function () {
   document.body.appendChild(pre);
 });
 </script>"""
-
-
-def small_dataset(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 samples of 32 px from the tiny world, shared by the modules of a session.
-
-    The same few lines as in tests/test_inspect.py (test modules do not import each other).
-    """
-    from typer.testing import CliRunner
-
-    from las_builder.cli import app
-
-    out = tmp_path_factory.getbasetemp() / "las-small" / "las"
-    if (out / "index.parquet").is_file():
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    sets = [
-        f"stac.url={served_world['stac_url']}",
-        "sample.size_px=32",
-        "sample.count=24",
-        f"output.path={out}",
-        "output.samples_per_shard=4",
-        "imagery.naip.factor=4",
-    ]
-    args = [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
-    for command in ("plan", "build"):
-        result = CliRunner().invoke(app, [command, *args, "--quiet"])
-        assert result.exit_code == 0, result.output
-    return out
 
 
 def _chromium() -> str | None:
@@ -79,10 +48,9 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def report(chromium: str, served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dataset = small_dataset(served_world, tmp_path_factory)
+def report(chromium: str, small_las: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("browser") / "inspect"
-    inspect_dataset(dataset, out, samples=3)
+    inspect_dataset(small_las, out, samples=3)
     return out
 
 

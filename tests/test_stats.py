@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -18,7 +19,6 @@ from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_taxonomy
 from las_builder.cli_stats import stats as stats_command
 from las_builder.stats import StatsError, compute_stats, write_stats
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 PRODUCTS = ("alpha", "beta", "gamma")
 N, SIZE, PER_SHARD = 10, 16, 4
 
@@ -209,22 +209,10 @@ def test_not_a_dataset(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_on_a_built_dataset(served_world: dict, tmp_path: Path) -> None:
+def test_on_a_built_dataset(build_las: Callable[[Path, int], Path], tmp_path: Path) -> None:
     from las_builder.cli import app
 
-    out = tmp_path / "las"
-    sets = [
-        f"stac.url={served_world['stac_url']}",
-        "sample.size_px=32",
-        "sample.count=8",
-        f"output.path={out}",
-        "output.samples_per_shard=4",
-        "imagery.naip.factor=4",
-    ]
-    args = [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
-    for command in ("plan", "build"):
-        run = CliRunner().invoke(app, [command, *args, "--quiet"])
-        assert run.exit_code == 0, run.output
+    out = build_las(tmp_path / "las", 8)
     stats_run = CliRunner().invoke(app, ["stats", str(out)]) if _has_stats(app) else None
     assert stats_run is None or stats_run.exit_code == 0, stats_run.output
     result = compute_stats(out)

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from las_builder.cli import app
-
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "recipes" / "demo.yaml"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,20 +23,8 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def las_tiny(served_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def las_tiny(
+    build_las: Callable[[Path, int], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Plan + build 12 samples of 32 px (NAIP at 4x) from the served tiny world."""
-    out = tmp_path_factory.mktemp("model-las") / "las"
-    sets = [
-        f"stac.url={served_world['stac_url']}",
-        "sample.size_px=32",
-        "sample.count=12",
-        f"output.path={out}",
-        "output.samples_per_shard=4",
-        "imagery.naip.factor=4",
-    ]
-    args = [str(RECIPE)] + [a for s in sets for a in ("--set", s)]
-    runner = CliRunner()
-    for command in ("plan", "build"):
-        result = runner.invoke(app, [command, *args, "--quiet"])
-        assert result.exit_code == 0, result.output
-    return out
+    return build_las(tmp_path_factory.mktemp("model-las") / "las", 12)
