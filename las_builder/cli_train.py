@@ -18,6 +18,8 @@ import typer
 
 __all__ = ["eval_", "predict", "train"]
 
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."
+
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
@@ -40,9 +42,7 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Override a config value, e.g. --set optim.steps=100."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")
-    ] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train LandSegmenter on a LAS dataset's weak labels (checkpoints, CSV, TensorBoard)."""
@@ -104,7 +104,7 @@ def eval_(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 8,
     fusion_gamma: Annotated[float, typer.Option(help="Gamma of the confidence fusion.")] = 1.0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Score a checkpoint: mIoU and per-class IoU per product (LAS classes), and vs the truth."""
@@ -224,7 +224,8 @@ def predict(
             "written): fewer seams at tile edges.",
         ),
     ] = 64,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict a class-index GeoTIFF (plus optional score bands) with any list of class names."""
     from las_builder.model.evaluate import predict as run_predict
@@ -246,6 +247,7 @@ def predict(
             tile=tile,
             halo=halo,
             device=device,
+            progress=not quiet,
         )
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise _fail(str(err).strip("'\"")) from None

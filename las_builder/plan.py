@@ -546,8 +546,8 @@ def make_plan(
         ``""``).
 
     Raises:
-        PlanError: The STAC API cannot be searched, the frame is empty, or a stratify asset
-            cannot be read.
+        PlanError: The STAC API cannot be searched, the frame is empty, no sample fits in it,
+            or a stratify asset cannot be read.
 
     """
     install_log_redaction()  # tokens and keys never reach a log record
@@ -581,6 +581,12 @@ def make_plan(
 
     report(f"allocating {spec.count} samples over {len(stats.per_stratum)} strata")
     chosen = _allocate(pool, spec.count, spec.seed, spec.edge_m)
+    if not chosen:
+        raise PlanError(
+            f"no sample of {spec.size_px} px x {spec.resolution_m:g} m fits in the frame "
+            f"({recipe.sampling.frame.collection}) at spacing {spec.spacing:g} m: nothing to plan; "
+            "use smaller samples (sample.size_px) or a frame whose items are larger"
+        )
     note = ""
     if len(chosen) < spec.count:
         note = (

@@ -211,6 +211,24 @@ def test_plan_command(stac_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "sample.count = 0 (from --set): must be > 0" in bad.output
 
 
+def test_no_sample_fits_is_an_error_not_an_empty_plan(
+    stac_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Samples larger than every region of the frame: `las plan` says so and writes nothing
+    (an empty plan only failed later, in `las build`)."""
+    app = typer.Typer()
+    app.command("plan")(plan_command)
+    app.command("other")(lambda: None)
+    monkeypatch.setenv("LAS_STAC_URL", stac_url)
+    out = tmp_path / "cli"
+    args = [str(ROOT / "recipes" / "demo.yaml"), "--set", f"output.path={out}", "-q"]
+    result = CliRunner().invoke(app, ["plan", *args, "--set", "sample.size_px=1024"])
+    assert result.exit_code == 2, result.output
+    assert "no sample of 1024 px x 10 m fits in the frame (las-world-truth)" in result.output
+    assert "sample.size_px" in result.output
+    assert not (out / "plan.parquet").exists()
+
+
 @pytest.mark.parametrize(
     "href", ["file:///etc/passwd", "/etc/passwd", "ftp://example.org/x.tif", "/vsizip/x.zip"]
 )

@@ -46,6 +46,27 @@ class BuildConfig:
     compressor: str = "blosc-lz4"  # each sample's chunk (recipe output.compressor)
     run_id: str = ""  # set per `run_build` call: what workers may reuse within one build
 
+    def record_columns(self) -> dict[str, str]:
+        """The index columns a sample of this build may fill, in order, with Arrow types.
+
+        Every row has them all (null where a sample stopped early or has no such source), so
+        an index's columns depend on the recipe, never on what the build found.
+        """
+        columns: dict[str, str] = {}
+        if self.s2_collection:
+            columns |= {"s2_item": "string", "s2_datetime": "string"}
+            if self.composite == "median":
+                columns["s2_composite_items"] = "string"
+            columns["cloud_pct"] = "double"
+        if self.s1_collection:
+            columns |= dict.fromkeys(("s1_item", "s1_datetime", "s1_orbit_state"), "string")
+        if self.naip_collection:
+            columns |= {"naip_item": "string", "naip_datetime": "string"}
+        columns |= {f"{spec.product}_items": "string" for spec in self.labels}
+        if self.labels:
+            columns |= {"agreement": "double", "ignore_pct": "double"}
+        return columns | {"class_counts": "string", "nodata_pct": "double"}
+
 
 def config_from_recipe(recipe: Recipe) -> BuildConfig:
     """The build configuration of a validated recipe."""

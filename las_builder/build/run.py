@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -126,14 +126,18 @@ def _search_shard(rows: list[dict[str, Any]], cfg: BuildConfig) -> dict[str, lis
     return found
 
 
-def _index_row(row: dict[str, Any], outcome: SampleOutcome) -> dict[str, Any]:
-    """The index row of a sample: its plan row, status, reason (redacted) and record."""
+def _index_row(row: dict[str, Any], outcome: SampleOutcome, cfg: BuildConfig) -> dict[str, Any]:
+    """The index row of a sample: plan row, status, reason (redacted) and record.
+
+    Every column of :meth:`BuildConfig.record_columns` is there, in that order.
+    """
     return {
         **{k: v for k, v in row.items() if k != "geometry"},
         "geometry": wkb.dumps(row["geometry"]),
         "status": outcome.status,
         "reason": redact(outcome.reason),
         "zarr_index": row["plan_index"],
+        **dict.fromkeys(cfg.record_columns()),
         **outcome.record,
     }
 
@@ -207,7 +211,7 @@ def _build_rows_earthengine(
             outcome = _failed_sample(err)
         if outcome.status == "ok":
             arrays.put(row["plan_index"] - start, outcome.arrays)
-        index_rows.append(_index_row(row, outcome))
+        index_rows.append(_index_row(row, outcome, cfg))
     return index_rows
 
 
@@ -366,7 +370,9 @@ def build_shard(
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix=f"shard{shard}") as pool:
                 outcomes = list(pool.map(one, rows))
-        index_rows = [_index_row(row, outcome) for row, outcome in zip(rows, outcomes, strict=True)]
+        index_rows = [
+            _index_row(row, outcome, cfg) for row, outcome in zip(rows, outcomes, strict=True)
+        ]
     finally:
         with gdal_env():
             cache.close()
@@ -490,6 +496,18 @@ def plan_shards(output: str) -> list[int]:
         return [int(s) for s in pq.read_table(f, columns=["shard"]).column("shard").to_pylist()]
 
 
+def _connect(client_type: Any, address: str) -> Any:
+    """A client of the scheduler at ``address``, or a ValueError that says what to check."""
+    try:
+        return client_type(address)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(
+            f"cannot reach the dask scheduler at {address} ({type(err).__name__}: {err}); is "
+            "it running, and is this the address it printed (tcp://HOST:PORT)? Without "
+            "--scheduler, `las build` starts its own workers"
+        ) from None
+
+
 def _plan_by_shard(output: str) -> tuple[int, dict[int, pa.Table]]:
     """The plan's length and its rows by shard, each shard's rows as a compact Arrow table.
 
@@ -609,11 +627,17 @@ def run_build(
             and running the build again builds the missing ones.
         BuildLocked: Another build of ``output`` is running (local outputs:
             :func:`~las_builder.build.store.build_lock`).
+        ValueError: The plan holds no samples.
     """
     install_log_redaction()
     tune_malloc()  # before the build's threads exist
     cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex)
     shards = plan_shards(output)  # the shard column only: the rows are read after the fork
+    if not shards:
+        raise ValueError(
+            f"{output.rstrip('/')}/plan.parquet holds no samples: nothing to build; "
+            "plan again with a recipe whose samples fit in its frame"
+        )
     with build_lock(output), objects_of_before_left_to_refcounting():
         return _build_planned(
             cfg,
@@ -683,7 +707,7 @@ def _build_planned(
             queued = _QUEUED_PER_THREAD_MIN
             if client is None:
                 if scheduler:
-                    client = stack.enter_context(Client(scheduler))
+                    client = stack.enter_context(_connect(Client, scheduler))
                 else:
                     assert isinstance(workers, int)
                     log.info("building on %d worker processes", workers)
@@ -713,7 +737,7 @@ def _build_planned(
                 # Both are the driver's alone, after the last shard (~50 ms each on the demo
                 # plan): the index needs only the shards' parts, the cluster's close waits on
                 # its processes.
-                indexed = index_writer.submit(write_index, output)
+                indexed = index_writer.submit(write_index, output, cfg.record_columns())
     else:
         from dask.base import compute
         from dask.callbacks import Callback
@@ -736,13 +760,17 @@ def _build_planned(
             close_pooled_datasets()
     if not errors:
         return {
-            **(indexed.result() if indexed is not None else write_index(output)),
+            **(
+                indexed.result()
+                if indexed is not None
+                else write_index(output, cfg.record_columns())
+            ),
             "memory": _memory_summary(peaks),
             # [I/O, source] threads per process that built shards, as its storage set them.
             "read_threads": [pools[key] for key in sorted(pools)],
         }
     if done_shards(output):
-        write_index(output)  # what is built so far
+        write_index(output, cfg.record_columns())  # what is built so far
     shown = "; ".join(f"shard {s}: {errors[s]}" for s in sorted(errors)[:_SHARD_ERRORS_SHOWN])
     more = len(errors) - _SHARD_ERRORS_SHOWN
     raise BuildIncomplete(
@@ -954,7 +982,7 @@ single group. The full LAS's index then has ~600 row groups and a ~4 MB footer (
 small beside its ~200 MB of rows."""
 
 
-def write_index(output: str) -> dict[str, Any]:
+def write_index(output: str, types: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Stream the shard parts into ``OUTPUT/index.parquet`` (GeoParquet, plan order).
 
     Only one row group's parts (:data:`INDEX_ROW_GROUP_ROWS` rows) are in memory at a time, so
@@ -964,6 +992,11 @@ def write_index(output: str) -> dict[str, Any]:
     the plan (``shard = plan_index // samples_per_shard``), so parts in shard order, each in
     ``plan_index`` order, are the plan's order. Parts whose columns differ (a shard without
     aerial imagery, a column all null) are brought to one schema as a concat would.
+
+    Args:
+        output: The dataset's folder or URL.
+        types: Arrow types (``string``, ``double`` ...) by column, for columns null in every
+            part (no NAIP image anywhere, every sample skipped): typed, not ``null``.
 
     Returns:
         The index's :func:`summarise` counts.
@@ -988,6 +1021,10 @@ def write_index(output: str) -> dict[str, Any]:
             f"{output}: the shards' index parts disagree on a column's type ({err}); "
             "rebuild the shards of an older las-builder (delete their index-parts/*.parquet)"
         ) from None
+    for name, type_name in (types or {}).items():
+        i = schema.get_field_index(name)
+        if i >= 0 and pa.types.is_null(schema.field(i).type):
+            schema = schema.set(i, pa.field(name, pa.type_for_alias(type_name)))
     geo = _GeoColumnStats()
     counts = _SummaryCounts()
     # No ARROW:schema in the footer: without it readers take the file's key-value metadata as

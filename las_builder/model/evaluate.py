@@ -415,6 +415,7 @@ def predict(
     halo: int = 64,
     device: str = "auto",
     storage_options: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Predict a GeoTIFF for a dataset sample or any raster, with any class names.
 
@@ -439,6 +440,7 @@ def predict(
             with it; only the tile's own pixels are written. Fewer seams at tile edges.
         device: ``auto``, ``cpu`` or ``cuda``.
         storage_options: fsspec options for dataset URLs.
+        progress: Show a progress bar over a raster's tiles.
 
     Returns:
         ``out``, ``classes``, ``shape`` and the share of pixels per class.
@@ -480,7 +482,7 @@ def predict(
     else:
         shape, counts = _predict_raster(
             model, prompter, path, Path(out), names, scores, wavelengths, scale,
-            sar_units, use_fusion, fusion_gamma, tile, halo, dev, tags,
+            sar_units, use_fusion, fusion_gamma, tile, halo, dev, tags, progress,
         )  # fmt: skip
         names = json.loads(_read_tags(Path(out))["classes"])
     share = {n: float(c) / max(1, counts.sum()) for n, c in zip(names, counts, strict=True)}
@@ -511,6 +513,7 @@ def _predict_raster(
     halo: int,
     device: torch.device,
     tags: dict[str, str],
+    progress: bool = False,
 ) -> tuple[tuple[int, int], np.ndarray]:
     """Predict a raster tile by tile (each with ``halo`` pixels of context) into ``out``.
 
@@ -519,6 +522,8 @@ def _predict_raster(
     """
     import rasterio
     from rasterio.windows import Window
+    from rich.console import Console
+    from rich.progress import track
 
     from las_builder.catalog import load_taxonomy
     from las_builder.model.bands import band_from_name, parse_band_spec
@@ -552,22 +557,23 @@ def _predict_raster(
         polarised = np.asarray(pol) > 0
         counts = np.zeros(len(names), dtype=np.int64)
         with _prediction_file(out, (h, w), names, src.crs, src.transform, scores, tags) as dst:
-            for y in range(0, h, tile):
-                for x in range(0, w, tile):
-                    core = Window(x, y, min(tile, w - x), min(tile, h - y))
-                    # The tile with its halo, cut at the raster's edges.
-                    top, left = max(0, y - halo), max(0, x - halo)
-                    bottom = min(h, y + core.height + halo)
-                    right = min(w, x + core.width + halo)
-                    read = Window(left, top, right - left, bottom - top)
-                    image, ok = _raster_input(src, read, scale, polarised, sar_units)
-                    wl_t = torch.tensor(wl, dtype=torch.float32)
-                    p = _scores(
-                        model, image, wl_t, torch.tensor(pol), text, use_fusion, gamma, device
-                    )[0].numpy()
-                    rows = slice(y - top, y - top + core.height)
-                    cols = slice(x - left, x - left + core.width)
-                    counts += _write_window(dst, p[:, rows, cols], ok[rows, cols], scores, core)
+            origins = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+            bar = track(origins, "predict", disable=not progress, console=Console(stderr=True))
+            for y, x in bar:
+                core = Window(x, y, min(tile, w - x), min(tile, h - y))
+                # The tile with its halo, cut at the raster's edges.
+                top, left = max(0, y - halo), max(0, x - halo)
+                bottom = min(h, y + core.height + halo)
+                right = min(w, x + core.width + halo)
+                read = Window(left, top, right - left, bottom - top)
+                image, ok = _raster_input(src, read, scale, polarised, sar_units)
+                wl_t = torch.tensor(wl, dtype=torch.float32)
+                p = _scores(model, image, wl_t, torch.tensor(pol), text, use_fusion, gamma, device)[
+                    0
+                ].numpy()
+                rows = slice(y - top, y - top + core.height)
+                cols = slice(x - left, x - left + core.width)
+                counts += _write_window(dst, p[:, rows, cols], ok[rows, cols], scores, core)
     return (h, w), counts
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from las_builder._hf import offline_and_quiet
+
 __all__ = ["TextEncoderSpec", "TextPrompter", "class_text", "load_text_encoder"]
 
 
@@ -64,8 +66,7 @@ class TextEncoderSpec:
 
 @functools.lru_cache(maxsize=4)
 def _minilm(folder: str | None) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_and_quiet()
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:  # pragma: no cover - dependency missing

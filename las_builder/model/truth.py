@@ -63,16 +63,24 @@ class TruthItem:
 
 
 def _item(feature: dict[str, Any], base: str | None) -> TruthItem:
-    asset = feature["assets"]["truth"]
-    href = asset["href"]
+    # The project's item parser: proj:epsg or proj:code (pystac rewrites the one into the
+    # other), item- or asset-level, 6 or 9 transform numbers.
+    from las_builder.stac import parse_item
+
+    scene = parse_item(feature)
+    asset = scene.assets.get("truth")
+    if asset is None or asset.epsg is None or asset.transform is None or asset.shape is None:
+        raise ValueError(
+            f"truth item {scene.id!r}: needs an asset 'truth' with an EPSG CRS, "
+            "proj:transform and proj:shape"
+        )
+    href = asset.href
     if base is not None and "://" not in href and not href.startswith("/"):
         href = str(Path(base) / href)
-    epsg = int(asset.get("proj:epsg") or feature["properties"]["proj:epsg"])
-    t = asset.get("proj:transform") or feature["properties"]["proj:transform"]
-    shape = asset.get("proj:shape") or feature["properties"]["proj:shape"]
+    t, (rows, cols) = asset.transform, asset.shape
     x0, y0 = t[2], t[5]
-    x1, y1 = x0 + t[0] * shape[1], y0 + t[4] * shape[0]
-    return TruthItem(href, epsg, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    x1, y1 = x0 + t[0] * cols, y0 + t[4] * rows
+    return TruthItem(href, asset.epsg, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
 
 
 def truth_items(world: str | Path) -> list[TruthItem]:
@@ -93,7 +101,7 @@ def truth_items(world: str | Path) -> list[TruthItem]:
 
     client = pystac_client.Client.open(text)
     search = client.search(collections=[TRUTH_COLLECTION], max_items=10_000)
-    return [_item(item.to_dict(), None) for item in search.items()]
+    return [_item(item, None) for item in search.items_as_dicts()]
 
 
 def truth_on_grid(

@@ -92,6 +92,39 @@ def test_index_has_one_row_per_planned_sample(built: Path) -> None:
     assert sum(counts["consensus"].values()) == 32 * 32
 
 
+def test_index_columns_are_the_recipes_whatever_was_found(built: Path, tmp_path: Path) -> None:
+    """Every index has the columns its recipe implies, in one order, typed even where no
+    sample filled them (no aerial image anywhere, every sample skipped early)."""
+    import pyarrow.parquet as pq
+
+    from las_builder.build.config import config_from_recipe
+    from las_builder.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE, overrides=["stac.url=http://127.0.0.1:1/"])
+    columns = config_from_recipe(recipe).record_columns()
+    plan = [name for name in pq.read_schema(built / "plan.parquet").names if name != "geometry"]
+    index = pq.read_schema(built / "index.parquet")
+    assert index.names == [*plan, "geometry", "status", "reason", "zarr_index", *columns]
+    assert {"naip_item", "naip_datetime", "agreement"} <= set(columns)
+    for name, type_name in columns.items():
+        assert str(index.field(name).type) in (type_name, "large_string"), name
+
+    # the same when a column is null in every shard's part: typed, not null
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    for part in sorted((out / "index-parts").glob("shard-*.parquet")):
+        frame = pd.read_parquet(part)
+        frame["naip_datetime"] = None
+        frame["agreement"] = None
+        frame.to_parquet(part, index=False)
+        assert str(pq.read_schema(part).field("naip_datetime").type) == "null"
+    run_mod.write_index(str(out), columns)
+    again = pq.read_schema(out / "index.parquet")
+    assert again.names == index.names
+    assert str(again.field("naip_datetime").type) == "string"
+    assert str(again.field("agreement").type) == "double"
+
+
 def _array(group: zarr.Group, path: str) -> zarr.Array:
     """``group[path]``, an array of the store (zarr types a member as an array or a group)."""
     node = group[path]
@@ -205,6 +238,19 @@ def test_cloudy_samples_are_skipped_with_a_reason(served_world: dict, tmp_path: 
     for i in skipped["zarr_index"]:
         assert not _read(root, "sentinel-2", i).any()
         assert not _read(root, "consensus", i).any()
+
+
+def test_an_empty_plan_is_refused_by_name(built: Path, served_world: dict, tmp_path: Path) -> None:
+    """A plan without rows (written by another tool, or an older `las plan`) is a clear
+    error, not a traceback from the middle of the build."""
+    out = tmp_path / "las"
+    out.mkdir()
+    plan = gpd.read_parquet(built / "plan.parquet")
+    plan.iloc[:0].to_parquet(out / "plan.parquet")
+    result = CliRunner().invoke(app, ["build", *_args(served_world, out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert f"{out}/plan.parquet holds no samples: nothing to build" in result.output
+    assert not (out / "las.zarr").exists()
 
 
 def test_unknown_code_fails_the_sample_and_names_it(served_world: dict, tmp_path: Path) -> None:
@@ -323,6 +369,22 @@ def test_build_on_a_scheduler_started_apart_matches_the_default_build(
     pd.testing.assert_frame_equal(
         pd.read_parquet(out / "index.parquet"), pd.read_parquet(built / "index.parquet")
     )
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    import dask
+
+    out = tmp_path / "las"
+    out.mkdir()
+    shutil.copy(built / "plan.parquet", out / "plan.parquet")
+    args = [*_args(served_world, out), "--quiet", "--scheduler", "tcp://127.0.0.1:1"]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = CliRunner().invoke(app, ["build", *args])
+    assert result.exit_code == 2, result.output
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:1 (OSError: " in result.output
+    assert "Traceback" not in result.output
 
 
 def test_build_reports_the_peak_memory_of_each_process(served_world: dict, tmp_path: Path) -> None:

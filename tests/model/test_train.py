@@ -294,6 +294,20 @@ def test_predict_a_raster_tile_by_tile(
     assert result["share"] == pytest.approx(expected)
 
 
+def test_predict_shows_its_tiles_progress_unless_quiet(run: Path, tmp_path: Path) -> None:
+    """A bar over the tiles (on stderr), none with -q; never the text encoder's own loading
+    bar (zero-shot names load it)."""
+    src = _s2_raster(tmp_path / "s2.tif", 70, 100)
+    args = ["predict", str(run), str(src), "--classes", "lake,pine forest", "--tile", "32"]
+    shown = runner.invoke(app, [*args, "--out", str(tmp_path / "a.tif")])
+    quiet = runner.invoke(app, [*args, "--out", str(tmp_path / "b.tif"), "-q"])
+    assert shown.exit_code == quiet.exit_code == 0, shown.output + quiet.output
+    assert "predict" in shown.stderr and "predict" not in quiet.stderr
+    for result in (shown, quiet):
+        assert "Loading weights" not in result.output
+        assert result.stdout.startswith(f"wrote {tmp_path}")
+
+
 def test_predict_output_has_overviews_and_is_never_left_half_written(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
