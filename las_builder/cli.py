@@ -64,7 +64,12 @@ def world_create(
     seed: Annotated[
         int, typer.Option(help="Random seed; the same seed gives identical files.")
     ] = 0,
-    preset: Annotated[str, typer.Option(help="Size preset: demo or bench.")] = "demo",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Size preset: tiny (tests, seconds), demo or bench (catalog/world/presets/)."
+        ),
+    ] = "demo",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Generate a deterministic offline world: truth, imagery, label products and STAC."""

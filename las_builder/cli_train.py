@@ -108,9 +108,6 @@ def eval_(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Score a checkpoint: mIoU and per-class IoU per product (LAS classes), and vs the truth."""
-    from rich.console import Console
-    from rich.table import Table
-
     from las_builder.model.evaluate import evaluate
 
     if split not in ("val", "train", "all"):
@@ -136,35 +133,50 @@ def eval_(
         )
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise _fail(str(err).strip("'\"")) from None
+    _print_scores(metrics)
+    typer.echo(f"metrics written to {out}")
+
+
+def _print_scores(metrics: dict[str, Any]) -> None:
+    """Print each comparison's mIoU, then the IoU per class, a row per class.
+
+    Classes as rows keep the table readable at 80 columns, however many classes there are.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    scored: list[tuple[str, str, dict[str, Any]]] = []
+    for product, report in metrics["products"].items():
+        scored.append((product, "model", report))
+        scored.append((product, "model+fusion", metrics["products_fused"][product]))
+    if "truth" in metrics:
+        truth = metrics["truth"]
+        scored.append(("truth", "model", truth["model"]))
+        scored.append(("truth", "model+fusion", truth["model_fused"]))
+        scored.extend(("truth", f"label {p}", report) for p, report in truth["labels"].items())
     console = Console()
-    names = metrics["classes"]
-    table = Table(
+    summary = Table(
         title=f"{metrics['split']} split, {metrics['samples']} samples, "
         f"inputs {'+'.join(metrics['inputs'])}"
     )
-    table.add_column("reference")
-    table.add_column("prediction")
-    table.add_column("mIoU", justify="right")
-    for n in names:
-        table.add_column(n[:10], justify="right")
-
-    def row(ref: str, pred: str, rep: dict[str, Any]) -> None:
+    summary.add_column("#", justify="right")
+    summary.add_column("reference")
+    summary.add_column("prediction")
+    summary.add_column("mIoU", justify="right")
+    for i, (reference, prediction, report) in enumerate(scored, start=1):
+        summary.add_row(str(i), reference, prediction, f"{report['miou']:.3f}")
+    console.print(summary)
+    per_class = Table(title="IoU per class (columns: # above)")
+    per_class.add_column("class")
+    for i in range(1, len(scored) + 1):
+        per_class.add_column(str(i), justify="right")
+    for name in metrics["classes"]:
         cells = [
-            f"{rep['per_class_iou'][n]:.2f}" if n in rep["per_class_iou"] else "-" for n in names
+            f"{r['per_class_iou'][name]:.2f}" if name in r["per_class_iou"] else "-"
+            for _ref, _pred, r in scored
         ]
-        table.add_row(ref, pred, f"{rep['miou']:.3f}", *cells)
-
-    for p, rep in metrics["products"].items():
-        row(p, "model", rep)
-        row(p, "model+fusion", metrics["products_fused"][p])
-    if "truth" in metrics:
-        t = metrics["truth"]
-        row("truth", "model", t["model"])
-        row("truth", "model+fusion", t["model_fused"])
-        for p, rep in t["labels"].items():
-            row("truth", f"label {p}", rep)
-    console.print(table)
-    typer.echo(f"metrics written to {out}")
+        per_class.add_row(name, *cells)
+    console.print(per_class)
 
 
 def predict(

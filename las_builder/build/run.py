@@ -1153,13 +1153,17 @@ class _SummaryCounts:
 
 
 def _summary(statuses: dict[str, int], reasons: dict[str, int]) -> dict[str, Any]:
-    """Counts by status and by skip reason (its text before the first colon), most common first."""
+    """Counts by status and by skip reason (its text before the first colon).
+
+    ``ok``, ``skipped`` and ``failed`` are always there; reasons come most common first.
+    """
 
     def most_common(counts: dict[str, int]) -> dict[str, int]:
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))  # stable: ties keep order
 
     return {
         "samples": sum(statuses.values()),
+        **dict.fromkeys(("ok", "skipped", "failed"), 0),  # always there, zero or not
         **most_common(statuses),
         "reasons": most_common(reasons),
     }

@@ -495,6 +495,7 @@ def test_json_lines_log_for_batch_runs(served_world: dict, tmp_path: Path) -> No
     assert sum(e["ok"] + e["skipped"] + e["failed"] for e in shards) == 8
     (done,) = [e for e in events if e.get("event") == "build_done"]
     assert done["samples"] == 8 and done["level"] == "info" and "time" in done
+    assert done["ok"] + done["skipped"] + done["failed"] == 8  # each count, zero or not
 
 
 def test_retry_failed_rebuilds_only_shards_with_failures(

@@ -136,6 +136,8 @@ def test_eval_scores_products_and_truth(run: Path, las_tiny: Path, served_world:
         "--split", "all", "--out", str(out), "--quiet",
     )  # fmt: skip
     assert "metrics written" in text
+    assert "IoU per class" in text and "label esa-worldcover" in text
+    assert max(len(line) for line in text.splitlines()) <= 80  # readable in a terminal
     metrics = json.loads(out.read_text())
     assert set(metrics["products"]) == {"esa-worldcover", "dynamic-world-v1"}
     report = metrics["products"]["esa-worldcover"]
