@@ -289,9 +289,9 @@ def test_threads_and_worker_processes_match_the_default_build(
     out = tmp_path / "las"
     write_index, index_threads = run_mod.write_index, []
 
-    def recorded(output: str) -> dict:
+    def recorded(output: str, types: Any = None) -> dict:
         index_threads.append(threading.current_thread().name)
-        return write_index(output)
+        return write_index(output, types)
 
     monkeypatch.setattr(run_mod, "write_index", recorded)
     _plan_and_build(served_world, out, build_flags=("--workers", workers))
