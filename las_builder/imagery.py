@@ -93,6 +93,26 @@ def harmonize_s2(dn: np.ndarray, item: SceneItem) -> np.ndarray:
     return out.astype(np.uint16)
 
 
+def s2_nodata(arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Where a sample has no Sentinel-2 data: SCL 0, or a band without a value (0).
+
+    Bands can lack data where SCL has a class (a 60 m band's edge inside a 10 m band's
+    swath); harmonised bands are then 0 in every band, and the pixel holds no image.
+
+    Returns:
+        A boolean ``(H, W)`` mask, or None when the sample has no Sentinel-2 arrays.
+    """
+    scl, bands = arrays.get("sentinel-2-scl"), arrays.get("sentinel-2")
+    if scl is None and bands is None:
+        return None
+    gap = np.zeros(next(a for a in (scl, bands) if a is not None).shape[-2:], dtype=bool)
+    if scl is not None:
+        gap |= scl == 0
+    if bands is not None:
+        gap |= (bands == 0).any(axis=0)
+    return gap
+
+
 def s1_to_units(linear: np.ndarray, units: str) -> np.ndarray:
     """Sentinel-1 backscatter in linear power (as served) or decibels; NaN stays NaN."""
     if units == "linear":

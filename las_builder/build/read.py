@@ -1006,22 +1006,51 @@ class _StackRead:
             return self.out
         # Calls outside a plain copy exist only once the window, hence its transform, is known.
         assert self._src_transform is not None
+        parts = self._parts_by_nodata(data, ref.nodata)
+        for first, stop in parts:
+            self._place(data[first:stop], self.out[first:stop], ref)
+        return self.out
+
+    def _parts_by_nodata(self, data: np.ndarray, nodata: float | None) -> list[tuple[int, int]]:
+        """Band ranges to place together: the whole stack, or each dataset's own bands.
+
+        A warp takes a pixel as nodata where every band is (GDAL's unified source nodata):
+        right for one file's bands, wrong for files stacked here for speed where one lacks
+        data the others have (a 60 m band's edge) -- its zeros would be interpolated into
+        values. Such a stack is placed dataset by dataset, as :func:`read_onto` would.
+        """
+        whole = [(0, data.shape[0])]
+        if nodata is None or len(self.layers) == 1:
+            return whole
+        spans, first = [], 0
+        for _ds, bands in self.layers:
+            spans.append((first, first + len(bands)))
+            first += len(bands)
+        missing = np.isnan(data) if math.isnan(nodata) else data == nodata
+        masks = [missing[a:b].all(axis=0) for a, b in spans]
+        if all(np.array_equal(mask, masks[0]) for mask in masks[1:]):
+            return whole
+        return spans
+
+    def _place(self, data: np.ndarray, out: np.ndarray, ref: DatasetReader) -> None:
+        """Place ``data`` (bands of the window) onto ``out`` (the same bands on the GeoBox)."""
+        assert self._src_transform is not None
         if self._zoomed_at is not None and place_bilinear_zoom(
-            data, *self._zoomed_at, ref.nodata, self.out
+            data, *self._zoomed_at, ref.nodata, out
         ):
-            return self.out
+            return
         if self.resampling == Resampling.nearest and place_nearest(
-            data, self._src_transform, ref.crs, ref.nodata, self.geobox, self.out
+            data, self._src_transform, ref.crs, ref.nodata, self.geobox, out
         ):
-            return self.out
+            return
         if self.resampling == Resampling.average and place_average(
-            data, self._src_transform, ref.crs, ref.nodata, self.geobox, self.out, self.fill
+            data, self._src_transform, ref.crs, ref.nodata, self.geobox, out, self.fill
         ):
-            return self.out
+            return
         try:
             reproject(
                 data,
-                self.out,
+                out,
                 src_transform=self._src_transform,
                 src_crs=ref.crs,
                 src_nodata=ref.nodata,
@@ -1034,7 +1063,6 @@ class _StackRead:
             )
         except RasterioError as err:
             raise ReadError(f"cannot reproject {_shown(ref.name)}: {_cause(err)}") from None
-        return self.out
 
 
 def _window_bytes(layers: list[tuple[DatasetReader, list[int]]], height: int, width: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import warnings
 from concurrent.futures import Future
@@ -27,8 +28,10 @@ from las_builder.build.read import (
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, UnknownCodeError, load_mapping
 from las_builder.catalog.labels import load_label_product
 from las_builder.consensus import agreement_fraction, consensus
-from las_builder.imagery import S2_BANDS, asset_key, harmonize_s2, s1_to_units
+from las_builder.imagery import S2_BANDS, asset_key, harmonize_s2, s1_to_units, s2_nodata
 from las_builder.stac import SceneItem
+
+log = logging.getLogger(__name__)
 
 SCL_CLOUD = (3, 8, 9, 10)  # cloud shadow, cloud medium/high probability, thin cirrus
 
@@ -205,6 +208,15 @@ def harmonise_labels(
         UnknownCodeError: A product's data holds a code outside its legend.
         SampleSkipped: The consensus has more nodata than the recipe allows.
     """
+    gap = s2_nodata(arrays)
+    if gap is not None:
+        record["nodata_pct"] = round(100 * float(gap.mean()), 3)
+        if gap.mean() > cfg.max_nodata:
+            raise SampleSkipped(
+                f"too much nodata: {record['nodata_pct']:.1f}% of the sample without "
+                "Sentinel-2 data (SCL 0 or a band missing) in "
+                f"{record.get('s2_item') or 'its scenes'} > {100 * cfg.max_nodata:.0f}%"
+            )
     las_layers = []
     counts: dict[str, dict[str, int]] = {}
     for product, native in natives.items():
@@ -228,10 +240,7 @@ def harmonise_labels(
         record["agreement"] = round(agreement_fraction(stack, cons), 6)
         record["ignore_pct"] = round(100 * float((cons == LAS_IGNORE).mean()), 3)
     record["class_counts"] = json.dumps(counts, sort_keys=True)
-    nodata_px = np.zeros(next(iter(arrays.values())).shape[-2:], dtype=bool)
-    if "sentinel-2-scl" in arrays:
-        nodata_px |= arrays["sentinel-2-scl"] == 0
-    record["nodata_pct"] = round(100 * float(nodata_px.mean()), 3)
+    record.setdefault("nodata_pct", 0.0)  # no Sentinel-2 in the recipe
 
 
 def build_sample_earthengine(row: dict[str, Any], source: Any, cfg: BuildConfig) -> SampleOutcome:
@@ -281,14 +290,39 @@ def _read_naip(
     cache: DatasetCache,
     cfg: BuildConfig,
 ) -> tuple[SceneItem, np.ndarray] | None:
-    """The first NAIP image that contains the sample, averaged onto its finer grid."""
+    """The first NAIP image that contains the sample, averaged onto its finer grid.
+
+    An item is taken on its STAC footprint, then on its raster's own bounds: a footprint that
+    claims more than the raster holds would give an image partly empty.
+    """
     fine = geobox.zoom_out(1 / cfg.naip_factor)
     for item in items:
         if (outline := item.footprint()) is not None and outline.contains(footprint):
             with cache.assets(item, "image") as (ds,):
+                if not _raster_covers(ds, fine):
+                    log.warning(
+                        "%s: its footprint contains the sample but its raster does not "
+                        "(bounds %s); not used",
+                        item.id,
+                        tuple(round(v, 1) for v in ds.bounds),
+                    )
+                    continue
                 image = read_onto(ds, fine, resampling=Resampling.average, nodata=0, dtype="uint8")
             return item, image
     return None
+
+
+def _raster_covers(ds: Any, geobox: GeoBox) -> bool:
+    """Whether the raster's own bounds hold the GeoBox (within half a source pixel)."""
+    left, bottom, right, top = ds.bounds
+    box = geobox.extent.to_crs(str(ds.crs)).boundingbox
+    slack = abs(ds.transform.a) / 2
+    return bool(
+        box.left >= left - slack
+        and box.right <= right + slack
+        and box.bottom >= bottom - slack
+        and box.top <= top + slack
+    )
 
 
 def build_sample(

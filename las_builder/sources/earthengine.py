@@ -58,6 +58,7 @@ from odc.geo.geobox import GeoBox
 
 from las_builder._paths import catalog_dir
 from las_builder.catalog.labels import load_label_product
+from las_builder.imagery import s2_nodata
 
 if TYPE_CHECKING:
     from las_builder.build.config import BuildConfig
@@ -677,10 +678,10 @@ class EarthEngineSource:
         if self.sentinel_1:
             self._fetch_s1(geobox, info["s1"], sample)
         self._fetch_labels(geobox, info.get("dw_same", []), info.get("dw_day", []), sample)
-        nodata = np.zeros(geobox.shape.yx, dtype=bool)
-        if "sentinel-2-scl" in sample.arrays:
-            nodata |= sample.arrays["sentinel-2-scl"] == 0
-        sample.record["nodata_pct"] = round(100 * float(nodata.mean()), 3)
+        nodata = s2_nodata(sample.arrays)
+        sample.record["nodata_pct"] = (
+            0.0 if nodata is None else round(100 * float(nodata.mean()), 3)
+        )
         return sample
 
     def _fetch_s2(self, geobox: GeoBox, sample: EarthEngineSample) -> tuple[str, float]:

@@ -253,6 +253,19 @@ def test_an_empty_plan_is_refused_by_name(built: Path, served_world: dict, tmp_p
     assert not (out / "las.zarr").exists()
 
 
+def test_nodata_pct_counts_scl_0_and_missing_bands(built: Path) -> None:
+    """Every ok sample's nodata_pct is the share of its pixels without Sentinel-2 data (SCL 0
+    or a band missing), within the recipe's limit (tests/faults: a band without data)."""
+    index = pd.read_parquet(built / "index.parquet")
+    root = zarr.open_group(built / "las.zarr", mode="r")
+    for row in index[index["status"] == "ok"].to_dict("records"):
+        i = int(row["zarr_index"])
+        bands, scl = _read(root, "sentinel-2", i), _read(root, "sentinel-2-scl", i)
+        gap = (scl == 0) | (bands == 0).any(axis=0)
+        assert row["nodata_pct"] == pytest.approx(100 * gap.mean(), abs=1e-3), row["sample_id"]
+        assert float(row["nodata_pct"]) <= 100 * 0.2  # the demo recipe's max_nodata
+
+
 def test_unknown_code_fails_the_sample_and_names_it(served_world: dict, tmp_path: Path) -> None:
     catalog = tmp_path / "catalog"
     shutil.copytree(ROOT / "catalog", catalog)

@@ -92,6 +92,56 @@ def test_stacked_read_equals_one_read_per_dataset(
     assert stacked.any()
 
 
+@pytest.fixture
+def ragged_bands(tmp_path: Path) -> list[Path]:
+    """Files stacked by grid whose nodata differs: one 10 m band and one 20 m band lack a
+    strip that the others of their grid have (as a 60 m band's edge inside the swath)."""
+    rng = np.random.default_rng(11)
+    fine = Affine(10, 0, 400_000, 0, -10, 5_000_000)
+    coarse = Affine(20, 0, 400_000, 0, -20, 5_000_000)
+    paths = []
+    for i in range(3):
+        data = rng.integers(1, 5000, (256, 256), dtype="uint16")
+        if i == 1:
+            data[:, :70] = 0
+        paths.append(_tif(tmp_path / f"b10_{i}.tif", data, fine, 0))
+    for i in range(2):
+        data = rng.integers(1, 5000, (128, 128), dtype="uint16")
+        if i == 1:
+            data[:40, :] = 0
+        paths.append(_tif(tmp_path / f"b20_{i}.tif", data, coarse, 0))
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("pixel", "origin", "resampling"),
+    [
+        (10, (400_500.0, 4_999_500.0), Resampling.bilinear),  # copy / 20 m zoomed exactly
+        (10, (400_503.0, 4_999_497.0), Resampling.bilinear),  # warped
+        (10, (400_503.0, 4_999_497.0), Resampling.nearest),
+        (40, (400_000.0, 5_000_000.0), Resampling.average),  # averaged onto a coarser grid
+        (10, (399_900.0, 5_000_100.0), Resampling.bilinear),  # over the raster's edge
+    ],
+)
+def test_a_band_without_data_where_its_stack_has_some_reads_as_alone(
+    ragged_bands: list[Path], pixel: int, origin: tuple[float, float], resampling: Resampling
+) -> None:
+    """Each file's own nodata counts, not the stack's: a warp of the stack would take a
+    pixel as nodata only where every band is, and turn one band's zeros into values."""
+    geobox = GeoBox((60, 90), Affine(pixel, 0, origin[0], 0, -pixel, origin[1]), CRS)
+    datasets = [rasterio.open(p) for p in ragged_bands]
+    try:
+        stacked = read_stack_onto(datasets, geobox, resampling=resampling, nodata=0)
+        single = np.concatenate(
+            [read_onto(ds, geobox, resampling=resampling, nodata=0) for ds in datasets]
+        )
+    finally:
+        for ds in datasets:
+            ds.close()
+    np.testing.assert_array_equal(stacked, single)
+    assert ((stacked[1] == 0) & (stacked[0] != 0)).any()  # the strip is nodata in its band only
+
+
 class _FakeCache:
     """Hands out the item itself as its 'dataset' and counts what was opened."""
 

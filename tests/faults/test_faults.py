@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import rasterio
 import zarr
-from faultkit import SECRETS, Proxied, build_args, item_of, zarr_digest
+from faultkit import SECRETS, Proxied, build_args, item_of, world_items, zarr_digest
 from proxy import Fault
 from typer.testing import CliRunner
 
@@ -225,6 +225,78 @@ def test_persistent_404_corrupt_and_crsless_assets_fail_only_their_samples(
     assert reasons.str.contains("has no CRS").any()
     assert reasons.str.contains("cannot read").any()
     _assert_no_secret_in(out, output, caplog.text)
+
+
+def test_a_band_without_data_under_classified_scl_skips_its_samples(
+    proxies: Proxied, clean: Path, tmp_path: Path
+) -> None:
+    """A band with no value where SCL has a class (the edge of a 60 m band): those pixels
+    are nodata (harmonisation zeroes them in every band), so the samples are skipped for
+    too much nodata, not kept as ok with an empty image and nodata_pct 0."""
+    world = proxies.world
+    out = tmp_path / "las"
+    _plan(proxies.stac.url, out, clean)
+    reference = _index(clean)
+    scene = reference.loc[reference["status"] == "ok", "s2_item"].iloc[0]
+    band = world_items(world)[scene]["assets"]["B09"]["href"]
+    blank = tmp_path / "B09_nodata.tif"
+    with rasterio.open(world / band) as ds:
+        profile = {**ds.profile, "driver": "GTiff"}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+        with rasterio.open(blank, "w", **profile) as dst:
+            dst.write(np.zeros((ds.count, ds.height, ds.width), dtype=ds.dtypes[0]))
+    proxies.assets.set_faults([Fault(re_path(band), "file", path=blank)])
+    _build(proxies.stac.url, out)
+    index = _index(out)
+    hit = reference.index[reference["s2_item"] == scene]
+    assert (reference.loc[hit, "status"] == "ok").all() and len(hit) >= 1
+    assert (index.loc[hit, "status"] == "skipped").all()
+    assert (
+        index.loc[hit, "reason"]
+        .str.startswith(
+            f"too much nodata: 100.0% of the sample without Sentinel-2 data (SCL 0 or a band "
+            f"missing) in {scene}"
+        )
+        .all()
+    )
+    rest = reference.index.difference(hit)
+    pd.testing.assert_frame_equal(index.loc[rest], reference.loc[rest])
+
+
+def test_a_naip_raster_smaller_than_its_footprint_is_not_used(
+    proxies: Proxied, clean: Path, tmp_path: Path
+) -> None:
+    """The STAC footprint says the image covers the sample, its raster does not: the sample
+    gets no aerial image (the worker logs a warning naming the item), never a partly empty
+    one."""
+    world = proxies.world
+    out = tmp_path / "las"
+    _plan(proxies.stac.url, out, clean)
+    reference = _index(clean)
+    with_naip = reference[reference["naip_item"].notna()]
+    assert len(with_naip) >= 1
+    item = str(with_naip["naip_item"].iloc[0])
+    image = world_items(world)[item]["assets"]["image"]["href"]
+    corner = tmp_path / "naip_corner.tif"
+    with rasterio.open(world / image) as ds:
+        window = rasterio.windows.Window(0, 0, 16, 16)
+        profile = {**ds.profile, "driver": "GTiff", "width": 16, "height": 16}
+        profile["transform"] = ds.window_transform(window)
+        for key in ("blockxsize", "blockysize", "tiled"):
+            profile.pop(key, None)
+        with rasterio.open(corner, "w", **profile) as dst:
+            dst.write(ds.read(window=window))
+    proxies.assets.set_faults([Fault(re_path(image), "file", path=corner)])
+    _build(proxies.stac.url, out)
+    index = _index(out)
+    hit = with_naip.index[with_naip["naip_item"] == item]
+    assert index.loc[hit, "naip_item"].isna().all()
+    assert (index.loc[hit, "status"] == "ok").all()
+    root = zarr.open_group(out / "las.zarr", mode="r")
+    for i in index.loc[hit, "zarr_index"]:
+        assert not np.asarray(cast(zarr.Array, root["naip"])[int(i)]).any()
+    rest = reference.index.difference(hit)
+    pd.testing.assert_frame_equal(index.loc[rest], reference.loc[rest])
 
 
 def re_path(path: str) -> str:
