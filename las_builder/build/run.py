@@ -496,6 +496,62 @@ def plan_shards(output: str) -> list[int]:
         return [int(s) for s in pq.read_table(f, columns=["shard"]).column("shard").to_pylist()]
 
 
+def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> None:
+    """Fail before any shard when the STAC API lacks what the recipe names.
+
+    A missing collection, a label product's year without any item, or a label asset its
+    items do not have would otherwise fail (or, for the year, empty) every sample alike,
+    and no rebuild could mend them: they are recipe errors.
+
+    Raises:
+        ValueError: Naming the recipe field, what the API has instead, and that nothing was
+            built.
+    """
+    searcher = searcher or StacSearcher(cfg.stac_url)
+    url = redact(cfg.stac_url)
+
+    def collection(field: str, collection_id: str) -> dict[str, Any]:
+        try:
+            return searcher.collection(collection_id)
+        except SearchError as err:
+            raise ValueError(f"recipe {field}: {err}; nothing was built") from None
+
+    for field, collection_id in (
+        ("imagery.sentinel-2.collection", cfg.s2_collection),
+        ("imagery.sentinel-1.collection", cfg.s1_collection),
+        ("imagery.naip.collection", cfg.naip_collection),
+    ):
+        if collection_id:
+            collection(field, collection_id)
+    for i, spec in enumerate(cfg.labels):
+        where = f"labels[{i}] ({spec.product})"
+        found = collection(f"{where}.collection", spec.collection)
+        assets = set(found.get("item_assets") or {})
+        if spec.year is not None:
+            # From one second into the year: items of the year before that end at its first
+            # instant (Esri's 2021 maps end 2022-01-01T00:00:00Z) would fill the page.
+            start = dt.datetime(spec.year, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
+            end = dt.datetime(spec.year, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+            try:
+                items = searcher.first_items(spec.collection, start, end)
+            except SearchError as err:
+                raise ValueError(f"recipe {where}: {err}; nothing was built") from None
+            items = [it for it in items if (it.start_datetime or it.datetime).year == spec.year]
+            if not items:
+                extent = (found.get("extent") or {}).get("temporal", {}).get("interval")
+                raise ValueError(
+                    f"recipe {where}.year = {spec.year}: collection {spec.collection!r} at {url} "
+                    f"has no item of that year (its temporal extent: {extent}); nothing was built"
+                )
+            if not assets and not any(spec.asset in it.assets for it in items):
+                assets = {key for it in items for key in it.assets}
+        if assets and spec.asset not in assets:
+            raise ValueError(
+                f"recipe {where}.asset = {spec.asset!r}: the items of {spec.collection!r} have "
+                f"no such asset (they have: {', '.join(sorted(assets))}); nothing was built"
+            )
+
+
 def _connect(client_type: Any, address: str) -> Any:
     """A client of the scheduler at ``address``, or a ValueError that says what to check."""
     try:
@@ -627,7 +683,8 @@ def run_build(
             and running the build again builds the missing ones.
         BuildLocked: Another build of ``output`` is running (local outputs:
             :func:`~las_builder.build.store.build_lock`).
-        ValueError: The plan holds no samples.
+        ValueError: The plan holds no samples, or the STAC API lacks a collection, a
+            year or an asset the recipe names (:func:`check_sources`).
     """
     install_log_redaction()
     tune_malloc()  # before the build's threads exist
@@ -638,6 +695,8 @@ def run_build(
             f"{output.rstrip('/')}/plan.parquet holds no samples: nothing to build; "
             "plan again with a recipe whose samples fit in its frame"
         )
+    if set(shards) - done_shards(output) and cfg.backend == "stac":
+        check_sources(cfg)
     with build_lock(output), objects_of_before_left_to_refcounting():
         return _build_planned(
             cfg,

@@ -139,13 +139,41 @@ class StacSearcher:
         raise AssertionError("unreachable")
 
     def collection(self, collection_id: str) -> dict[str, Any]:
-        """The collection's JSON (cached), for item_assets fallbacks."""
+        """The collection's JSON (cached), for item_assets fallbacks.
+
+        Raises:
+            SearchError: The API cannot be reached, or has no such collection (the message
+                lists the ones it has).
+        """
         if collection_id not in self._collections:
             col = self._retry(
                 lambda: self.client.get_collection(collection_id), f"collection {collection_id}"
             )
+            if col is None:  # pystac-client's answer to a 404 from some servers
+                known = self._retry(
+                    lambda: sorted(c.id for c in self.client.get_collections()), "collections"
+                )
+                raise SearchError(
+                    f"no collection {collection_id!r} at {redact(self.url)} (it has: "
+                    f"{', '.join(known) or 'none'})"
+                )
             self._collections[collection_id] = col.to_dict()
         return self._collections[collection_id]
+
+    def first_items(
+        self, collection_id: str, start: dt.datetime, end: dt.datetime, limit: int = 20
+    ) -> list[SceneItem]:
+        """Up to ``limit`` items of a collection within [start, end], anywhere."""
+        collection = self.collection(collection_id)
+        when = f"{_iso(start)}/{_iso(end)}"
+
+        def run() -> list[dict[str, Any]]:
+            search = self.client.search(
+                collections=[collection_id], datetime=when, limit=limit, max_items=limit
+            )
+            return list(search.items_as_dicts())
+
+        return [self._parse(raw, collection_id, collection) for raw in self._retry(run, "search")]
 
     def _parse(
         self, raw: dict[str, Any], collection_id: str, collection: dict[str, Any]

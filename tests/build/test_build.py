@@ -384,6 +384,44 @@ def test_build_on_a_scheduler_started_apart_matches_the_default_build(
     )
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "labels.0.collection=nope",
+            "recipe labels[0] (esa-worldcover).collection: no collection 'nope' at http",
+        ),
+        (
+            "labels.0.year=2019",
+            "recipe labels[0] (esa-worldcover).year = 2019: collection 'esa-worldcover' at",
+        ),
+        (
+            "labels.0.asset=nope",
+            "recipe labels[0] (esa-worldcover).asset = 'nope': the items of 'esa-worldcover' "
+            "have no such asset (they have: map)",
+        ),
+        (
+            "imagery.sentinel-1.collection=sentinel-1-nope",
+            "recipe imagery.sentinel-1.collection: no collection 'sentinel-1-nope'",
+        ),
+    ],
+)
+def test_what_the_stac_api_lacks_is_a_recipe_error_before_any_shard(
+    built: Path, served_world: dict, tmp_path: Path, override: str, message: str
+) -> None:
+    """A collection, a label year or a label asset the API does not have would fail (or
+    empty) every sample alike, and no rebuild could mend it: exit 2 before building."""
+    out = tmp_path / "las"
+    out.mkdir()
+    shutil.copy(built / "plan.parquet", out / "plan.parquet")
+    result = CliRunner().invoke(app, ["build", *_args(served_world, out, override), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "nothing was built" in result.output
+    if "collection" in override:
+        assert "(it has: " in result.output and "esa-worldcover" in result.output
+    assert not (out / "las.zarr").exists() and not (out / "index-parts").exists()
+
+
 def test_an_unreachable_scheduler_is_a_one_line_error(
     built: Path, served_world: dict, tmp_path: Path
 ) -> None:
