@@ -552,6 +552,26 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
             )
 
 
+def check_earthengine(cfg: BuildConfig) -> None:
+    """Fail before any shard when Earth Engine cannot serve the recipe.
+
+    That is: a label product or year it does not have, or credentials missing or refused.
+
+    Raises:
+        ValueError: The reason, and that nothing was built.
+    """
+    from las_builder.sources.earthengine import EarthEngineAuthError, EarthEngineSource
+
+    try:
+        source = EarthEngineSource.from_config(cfg, cfg.ee_auth)
+    except ValueError as err:
+        raise ValueError(f"recipe labels (backend earthengine): {err}; nothing was built") from None
+    try:
+        source.check_sign_in()
+    except EarthEngineAuthError as err:
+        raise ValueError(f"{err}; nothing was built") from None
+
+
 def _connect(client_type: Any, address: str) -> Any:
     """A client of the scheduler at ``address``, or a ValueError that says what to check."""
     try:
@@ -695,8 +715,11 @@ def run_build(
             f"{output.rstrip('/')}/plan.parquet holds no samples: nothing to build; "
             "plan again with a recipe whose samples fit in its frame"
         )
-    if set(shards) - done_shards(output) and cfg.backend == "stac":
-        check_sources(cfg)
+    if set(shards) - done_shards(output):
+        if cfg.backend == "stac":
+            check_sources(cfg)
+        else:
+            check_earthengine(cfg)
     with build_lock(output), objects_of_before_left_to_refcounting():
         return _build_planned(
             cfg,

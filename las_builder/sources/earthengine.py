@@ -601,6 +601,21 @@ class EarthEngineSource:
 
     # ----------------------------------------------------------------- requests
 
+    def check_sign_in(self) -> None:
+        """Sign in once, as each worker will, then reset the client.
+
+        For the build's driver, before any shard: missing or refused credentials are one
+        error then, not one failed sample each. The client is reset so that worker processes
+        forked afterwards sign in themselves (a client's connections are not shared).
+
+        Raises:
+            EarthEngineAuthError: As :func:`authenticate`.
+        """
+        with _INIT_LOCK:
+            a = self.auth
+            authenticate(a.key_file, a.project, url=a.url)
+            ee.Reset()
+
     def _ensure_ready(self) -> None:
         """Initialise the client of this process once (threads of a worker share it)."""
         with _INIT_LOCK:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,4 +80,21 @@ def fake_ee(
     try:
         yield fake_ee_server
     finally:
+        ee.Reset()
+
+
+@pytest.fixture()
+def no_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_earthengine_network: None
+) -> None:
+    """A home without Earth Engine or gcloud credentials and no metadata server."""
+    import ee
+    from google.auth.compute_engine import _metadata
+
+    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "LAS_EE_PROJECT", "EARTHENGINE_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", True)
+    if ee.data.is_initialized():
         ee.Reset()

@@ -595,22 +595,6 @@ def test_from_config_and_unavailable_products() -> None:
 # --------------------------------------------------------------------------- credentials
 
 
-@pytest.fixture()
-def no_credentials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_earthengine_network: None
-) -> None:
-    """A home without Earth Engine or gcloud credentials and no metadata server."""
-    from google.auth.compute_engine import _metadata
-
-    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "LAS_EE_PROJECT", "EARTHENGINE_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", True)
-    if ee.data.is_initialized():
-        ee.Reset()
-
-
 def test_missing_credentials_give_the_clear_error(no_credentials: None) -> None:
     with pytest.raises(EarthEngineAuthError) as err:
         authenticate(project="my-project")

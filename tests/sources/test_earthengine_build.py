@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from shapely.geometry import box
 from test_earthengine import GEOBOX, LAS_S2, info_responder, source
 
 from las_builder.build.config import BuildConfig, LabelSpec
-from las_builder.build.run import build_shard
+from las_builder.build.run import build_shard, check_earthengine, run_build
 from las_builder.build.sample import build_sample_earthengine
 from las_builder.build.store import create_store
 from las_builder.catalog import load_mapping
@@ -102,3 +103,48 @@ def test_earthengine_shard_is_written_to_the_store(
     assert isinstance(consensus_first, np.ndarray)
     assert consensus_first.any()
     assert (tmp_path / "index-parts" / "shard-000000.parquet").exists()
+
+
+def _planned(out: Path) -> str:
+    """An output folder with a one-sample plan (the build reads its shard column first)."""
+    import geopandas as gpd
+
+    out.mkdir()
+    row = {**_row(), "transform": [_row()["transform"]], "shape": [[32, 32]]}
+    frame = gpd.GeoDataFrame(
+        {k: [v] if k not in ("transform", "shape") else v for k, v in row.items()},
+        geometry="geometry",
+        crs="EPSG:4326",
+    )
+    frame.to_parquet(out / "plan.parquet")
+    return str(out)
+
+
+def test_a_product_earth_engine_lacks_fails_the_build_before_any_shard(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(_cfg(), labels=(LabelSpec("esa-cci-lc", "esa-cci-lc", "map", 2020),))
+    output = _planned(tmp_path / "las")
+    with pytest.raises(ValueError, match="esa-cci-lc.*not available on Earth Engine.*nothing"):
+        run_build(cfg, output, 1, workers=0)
+    assert not (tmp_path / "las" / "las.zarr").exists()
+
+
+def test_missing_credentials_fail_the_build_once_before_any_shard(
+    no_credentials: None, tmp_path: Path
+) -> None:
+    """Not one failed sample per sample (each signing in again), and a finished build."""
+    output = _planned(tmp_path / "las")
+    with pytest.raises(ValueError, match="no Earth Engine credentials.*nothing was built"):
+        run_build(_cfg(), output, 1, workers=0)
+    assert not (tmp_path / "las" / "las.zarr").exists()
+
+
+def test_the_sign_in_check_leaves_workers_to_sign_in_themselves(
+    fake_ee: FakeEarthEngine, service_account_key: dict, fake_ee_server: FakeEarthEngine
+) -> None:
+    import ee
+
+    from las_builder.sources.earthengine import EarthEngineAuth
+
+    auth = EarthEngineAuth(key_file=service_account_key["path"], url=fake_ee_server.url)
+    check_earthengine(dataclasses.replace(_cfg(), ee_auth=auth))
+    assert not ee.data.is_initialized()  # reset: forked workers open their own client
