@@ -245,11 +245,25 @@ class NaipSpec(_Strict):
 
 
 class Imagery(_Strict):
-    """Imagery each sample gets; ``naip`` is optional."""
+    """Imagery each sample gets.
+
+    ``sentinel-1: null`` leaves Sentinel-1 out; ``naip`` is optional. Sentinel-2 is always
+    read: scene choice, Dynamic World and nodata follow it.
+    """
 
     sentinel_2: Sentinel2Spec = Field(default_factory=Sentinel2Spec, alias="sentinel-2")
-    sentinel_1: Sentinel1Spec = Field(default_factory=Sentinel1Spec, alias="sentinel-1")
+    sentinel_1: Sentinel1Spec | None = Field(default_factory=Sentinel1Spec, alias="sentinel-1")
     naip: NaipSpec | None = None
+
+    @field_validator("sentinel_2", mode="before")
+    @classmethod
+    def _sentinel_2_is_read(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(
+                "Sentinel-2 cannot be left out (scene choice, Dynamic World and nodata follow "
+                "it); sentinel-1 and naip can be null"
+            )
+        return value
 
 
 class LabelSpec(_Strict):

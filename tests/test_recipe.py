@@ -61,7 +61,7 @@ def test_valid_recipe_loads_with_defaults(recipe_file: Path) -> None:
     assert recipe.sampling.stratify is not None
     assert recipe.sampling.stratify.asset == "lccs_class"
     assert recipe.imagery.sentinel_2.max_cloud == 60
-    assert recipe.imagery.sentinel_1.units == "linear"
+    assert recipe.imagery.sentinel_1 is not None and recipe.imagery.sentinel_1.units == "linear"
     assert recipe.imagery.naip is None
     assert [lab.product for lab in recipe.labels] == ["esa-worldcover", "dynamic-world-v1"]
     assert recipe.labels[1].year is None
@@ -101,6 +101,7 @@ def test_env_substitution(recipe_file: Path, monkeypatch: pytest.MonkeyPatch) ->
     recipe = load_recipe(_write(recipe_file.parent, text))
     assert recipe.output.path == "s3://bucket/las"  # set: the default is not used
     assert recipe.name == "las-v0"  # unset: the default is used
+    assert recipe.imagery.sentinel_1 is not None
     assert recipe.imagery.sentinel_1.collection == "s1-${LAS_TEST_OUT}"  # $$ is a literal $
     monkeypatch.setenv("LAS_TEST_NAME", "mine")
     assert load_recipe(_write(recipe_file.parent, text)).name == "mine-v0"
@@ -138,6 +139,21 @@ def test_set_overrides(recipe_file: Path) -> None:
     assert recipe.sampling.stratify is None
     assert recipe.imagery.naip is not None and recipe.imagery.naip.factor == 5
     assert recipe.stac.url == "http://example.org/stac"
+
+
+def test_sentinel_1_can_be_left_out_sentinel_2_cannot(recipe_file: Path) -> None:
+    from las_builder.build.config import config_from_recipe
+
+    recipe = load_recipe(recipe_file, ["imagery.sentinel-1=null"])
+    assert recipe.imagery.sentinel_1 is None
+    cfg = config_from_recipe(recipe)
+    assert cfg.s1_collection is None and cfg.s2_collection == "sentinel-2-l2a"
+    assert not any(name.startswith("s1_") for name in cfg.record_columns())
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file, ["imagery.sentinel-2=null"])
+    assert "imagery.sentinel-2 = null (from --set): Sentinel-2 cannot be left out" in str(
+        info.value
+    )
 
 
 def test_bad_value_names_file_key_value_and_rule(recipe_file: Path) -> None:

@@ -70,7 +70,7 @@ class BuildConfig:
 
 def config_from_recipe(recipe: Recipe) -> BuildConfig:
     """The build configuration of a validated recipe."""
-    naip = recipe.imagery.naip
+    naip, s1 = recipe.imagery.naip, recipe.imagery.sentinel_1
     return BuildConfig(
         stac_url=recipe.stac.url,
         sign=recipe.stac.sign,
@@ -82,8 +82,8 @@ def config_from_recipe(recipe: Recipe) -> BuildConfig:
         s2_collection=recipe.imagery.sentinel_2.collection,
         max_cloud=recipe.imagery.sentinel_2.max_cloud,
         composite=recipe.imagery.sentinel_2.composite,
-        s1_collection=recipe.imagery.sentinel_1.collection,
-        s1_units=recipe.imagery.sentinel_1.units,
+        s1_collection=s1.collection if s1 else None,
+        s1_units=s1.units if s1 else "linear",
         naip_collection=naip.collection if naip else None,
         naip_factor=naip.factor if naip else 10,
         labels=tuple(LabelSpec(s.product, s.collection, s.asset, s.year) for s in recipe.labels),

@@ -227,6 +227,24 @@ def test_read_threads_do_not_change_the_output(
     assert first.drop(columns="geometry").equals(second.drop(columns="geometry"))
 
 
+def test_a_recipe_without_sentinel_1_builds_the_rest_alike(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    """``imagery.sentinel-1: null``: no Sentinel-1 array or index columns; the scene choice
+    and everything else are those of the full recipe."""
+    out = tmp_path / "las"
+    _plan_and_build(served_world, out, "imagery.sentinel-1=null")
+    root = zarr.open_group(out / "las.zarr", mode="r")
+    assert "sentinel-1" not in root and "s1_band" not in root
+    index, full = pd.read_parquet(out / "index.parquet"), pd.read_parquet(built / "index.parquet")
+    assert not any(name.startswith("s1_") for name in index.columns)
+    kept = [name for name in full.columns if not name.startswith("s1_")]
+    pd.testing.assert_frame_equal(index[kept], full[kept])
+    reference = zarr.open_group(built / "las.zarr", mode="r")
+    for name in ("sentinel-2", "consensus", "labels/esa-worldcover/las"):
+        np.testing.assert_array_equal(_read(root, name), _read(reference, name))
+
+
 def test_cloudy_samples_are_skipped_with_a_reason(served_world: dict, tmp_path: Path) -> None:
     out = tmp_path / "las"
     _plan_and_build(served_world, out, "imagery.sentinel-2.max_cloud=0", "sample.count=8")
