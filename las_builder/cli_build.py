@@ -155,6 +155,18 @@ def build(
             )
         except ValueError as err:
             raise _fail(str(err)) from None
+        except KeyboardInterrupt:
+            # Finished shards are complete (a shard's index part is written last), the others
+            # absent or rebuilt: the same command goes on from there.
+            bar.stop()
+            typer.secho(
+                f"interrupted: finished shards are kept ({done['samples']} samples built by "
+                "this run); run the same command again to build the rest (`las build --status` "
+                "shows what is left)",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+            raise typer.Exit(code=130) from None
     log.info(
         "build finished",
         extra={

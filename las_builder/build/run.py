@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -47,6 +48,7 @@ from las_builder.build.store import (
     ArraySpec,
     array_specs,
     build_lock,
+    check_output_paths,
     create_store,
     direct_arrays,
     done_shards,
@@ -715,6 +717,7 @@ def run_build(
             f"{output.rstrip('/')}/plan.parquet holds no samples: nothing to build; "
             "plan again with a recipe whose samples fit in its frame"
         )
+    check_output_paths(output)
     if set(shards) - done_shards(output):
         if cfg.backend == "stac":
             check_sources(cfg)
@@ -783,10 +786,13 @@ def _build_planned(
         from dask.distributed import Client
 
         with contextlib.ExitStack() as stack:
+            dask_log = logging.getLogger("distributed")
+            stack.callback(dask_log.setLevel, dask_log.level)  # quieted after a Ctrl-C
             # Entered first, left last: the index is written while the cluster closes.
             index_writer = stack.enter_context(ThreadPoolExecutor(1, "las-index"))
             stack.enter_context(dask.config.set(CLUSTER_CONFIG))
             queued = _QUEUED_PER_THREAD_MIN
+            cluster = None
             if client is None:
                 if scheduler:
                     client = stack.enter_context(_connect(Client, scheduler))
@@ -810,11 +816,18 @@ def _build_planned(
             # Workers forked from this process inherit its freeze; an existing cluster's
             # freeze for the build (objects_of_before_left_to_refcounting).
             _run_on_workers(client, gc.freeze, "freeze the objects before the build")
+            interrupted = False
             try:
                 _run_submitted(client, todo, submit, finished_task, queued)
+            except KeyboardInterrupt:
+                interrupted = cluster is not None
+                if interrupted:
+                    _end_workers_now(cluster)
+                raise
             finally:
-                _run_on_workers(client, close_pooled_datasets, "close the pooled datasets")
-                _run_on_workers(client, gc.unfreeze, "unfreeze the objects")
+                if not interrupted:
+                    _run_on_workers(client, close_pooled_datasets, "close the pooled datasets")
+                    _run_on_workers(client, gc.unfreeze, "unfreeze the objects")
             if not errors:
                 # Both are the driver's alone, after the last shard (~50 ms each on the demo
                 # plan): the index needs only the shards' parts, the cluster's close waits on
@@ -859,6 +872,21 @@ def _build_planned(
         f"{len(errors)} of {len(set(shards))} shards were not built ({shown}"
         f"{f'; {more} more' if more > 0 else ''}); run `las build` again to build them"
     )
+
+
+def _end_workers_now(cluster: Any) -> None:
+    """After a Ctrl-C: end the worker processes of the cluster this build started, at once.
+
+    A shard is complete or absent whatever moment its worker ends at (as after ``kill -9``),
+    so nothing is lost; closing the cluster politely instead would have each worker log its
+    cancelled tasks and its lost scheduler, with tracebacks, over the user's terminal.
+    """
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # the scheduler's complaints
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        pid = getattr(nanny, "pid", None)
+        if isinstance(pid, int):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _run_on_workers(client: Any, call: Callable[[], Any], what: str) -> None:
@@ -987,7 +1015,12 @@ def _exit_with_parent() -> None:
     test). The parent's pid does not lie: an orphan is re-parented. It is the pid the parent
     noted before the fork: a parent killed before the child first ran would make the child's
     own ``getppid()`` the new parent's (PID 1), and the child would watch that one instead.
+
+    It also ignores SIGINT: a Ctrl-C in the terminal reaches the whole process group, and the
+    build's process, which stops its cluster, is the one to act on it (a worker would only
+    print the traceback of its cancelled tasks).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = _forking_pid
 
     def watch() -> None:

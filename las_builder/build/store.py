@@ -462,6 +462,34 @@ def _delete_shard(url: str, path: str, array: ArrayV3, start: int) -> bool:
     return True
 
 
+_OUTPUT_ENTRIES = (
+    ("las.zarr", True, "the Zarr store"),
+    ("index-parts", True, "the shards' index parts"),
+    ("index.parquet", False, "the index"),
+)
+
+
+def check_output_paths(output: str) -> None:
+    """Refuse, before anything is built, an output whose entries are the wrong kind.
+
+    The store and the index parts are folders, the index a file: a file where a folder goes
+    (or the reverse) would otherwise fail every shard, or the index after the last one.
+
+    Raises:
+        ValueError: Naming the path and what to do.
+    """
+    fs, root = fsspec.core.url_to_fs(output)
+    for name, folder, what in _OUTPUT_ENTRIES:
+        path = f"{root.rstrip('/')}/{name}"
+        wrong = fs.isfile(path) if folder else fs.isdir(path)
+        if wrong:
+            kind = "a file" if folder else "a folder"
+            raise ValueError(
+                f"{output.rstrip('/')}/{name} is {kind}, where the build writes {what}: move "
+                "it away or choose another output.path"
+            )
+
+
 def index_part_path(output: str, shard: int) -> str:
     """Where a shard's index part lives; its presence marks the shard complete."""
     return f"{output.rstrip('/')}/index-parts/shard-{shard:06d}.parquet"

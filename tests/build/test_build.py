@@ -440,6 +440,33 @@ def test_what_the_stac_api_lacks_is_a_recipe_error_before_any_shard(
     assert not (out / "las.zarr").exists() and not (out / "index-parts").exists()
 
 
+@pytest.mark.parametrize(
+    ("entry", "folder", "message"),
+    [
+        ("las.zarr", False, "las.zarr is a file, where the build writes the Zarr store"),
+        ("index-parts", False, "index-parts is a file, where the build writes the shards'"),
+        ("index.parquet", True, "index.parquet is a folder, where the build writes the index"),
+    ],
+)
+def test_an_output_entry_of_the_wrong_kind_is_refused_before_building(
+    built: Path, served_world: dict, tmp_path: Path, entry: str, folder: bool, message: str
+) -> None:
+    out = tmp_path / "las"
+    out.mkdir()
+    shutil.copy(built / "plan.parquet", out / "plan.parquet")
+    if folder:
+        (out / entry).mkdir()
+    else:
+        (out / entry).write_text("not mine")
+    result = CliRunner().invoke(app, ["build", *_args(served_world, out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "choose another output.path" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        ["plan.parquet", entry]
+    )
+
+
 def test_an_unreachable_scheduler_is_a_one_line_error(
     built: Path, served_world: dict, tmp_path: Path
 ) -> None:

@@ -195,3 +195,47 @@ def test_sigkill_then_resume_is_byte_identical(
     pd.testing.assert_frame_equal(
         pd.read_parquet(out / "index.parquet"), pd.read_parquet(reference / "index.parquet")
     )
+
+
+def test_ctrl_c_stops_the_build_and_the_same_command_goes_on(
+    reference: Path, served_world: dict, tmp_path: Path, wait_exited: WaitExited
+) -> None:
+    """SIGINT to the build's process group (a terminal's Ctrl-C reaches the workers too):
+    exit 130 with one line saying what to do, no worker traceback, no orphan; the same
+    command then finishes, byte-identical to an uninterrupted build."""
+    out = tmp_path / "las"
+    out.mkdir()
+    shutil.copy(reference / "plan.parquet", out / "plan.parquet")
+    args = ["build", *_args(served_world["stac_url"], out), "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "las_builder.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _parts(out) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no shard finished within 120 s"
+            time.sleep(0.01)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    stderr = err.decode()
+    if len(_parts(out)) < SHARDS:  # stopped before the end (else it finished first)
+        assert proc.returncode == 130, stderr
+        assert "interrupted: finished shards are kept" in stderr
+        assert "run the same command again" in stderr
+        assert "Traceback" not in stderr, stderr
+    assert not wait_exited(workers, 30.0)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert _digest(out / "las.zarr") == _digest(reference / "las.zarr")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "index.parquet"), pd.read_parquet(reference / "index.parquet")
+    )
