@@ -314,14 +314,13 @@ def _read_naip(
 
 def _raster_covers(ds: Any, geobox: GeoBox) -> bool:
     """Whether the raster's own bounds hold the GeoBox (within half a source pixel)."""
+    from rasterio.warp import transform_bounds
+
     left, bottom, right, top = ds.bounds
-    box = geobox.extent.to_crs(str(ds.crs)).boundingbox
+    x0, y0, x1, y1 = transform_bounds(str(geobox.crs), ds.crs, *geobox.boundingbox)
     slack = abs(ds.transform.a) / 2
     return bool(
-        box.left >= left - slack
-        and box.right <= right + slack
-        and box.bottom >= bottom - slack
-        and box.top <= top + slack
+        x0 >= left - slack and x1 <= right + slack and y0 >= bottom - slack and y1 <= top + slack
     )
 
 
