@@ -538,20 +538,31 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
                 items = searcher.first_items(spec.collection, start, end)
             except SearchError as err:
                 raise ValueError(f"recipe {where}: {err}; nothing was built") from None
-            items = [it for it in items if (it.start_datetime or it.datetime).year == spec.year]
+            items = [it for it in items if _start_year(it) == spec.year]
             if not items:
                 extent = (found.get("extent") or {}).get("temporal", {}).get("interval")
                 raise ValueError(
                     f"recipe {where}.year = {spec.year}: collection {spec.collection!r} at {url} "
                     f"has no item of that year (its temporal extent: {extent}); nothing was built"
                 )
-            if not assets and not any(spec.asset in it.assets for it in items):
-                assets = {key for it in items for key in it.assets}
+            if not assets and not any(spec.asset in it.get("assets", {}) for it in items):
+                assets = {key for it in items for key in it.get("assets", {})}
         if assets and spec.asset not in assets:
             raise ValueError(
                 f"recipe {where}.asset = {spec.asset!r}: the items of {spec.collection!r} have "
                 f"no such asset (they have: {', '.join(sorted(assets))}); nothing was built"
             )
+
+
+def _start_year(item: dict[str, Any]) -> int | None:
+    """The year an item's time starts in (as the build picks a label product's year)."""
+    props = item.get("properties") or {}
+    when = props.get("start_datetime") or props.get("datetime")
+    try:
+        moment = dt.datetime.fromisoformat(str(when))
+    except ValueError:
+        return None
+    return (moment.astimezone(dt.UTC) if moment.tzinfo else moment).year
 
 
 def check_earthengine(cfg: BuildConfig) -> None:

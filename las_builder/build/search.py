@@ -161,10 +161,9 @@ class StacSearcher:
         return self._collections[collection_id]
 
     def first_items(
-        self, collection_id: str, start: dt.datetime, end: dt.datetime, limit: int = 20
-    ) -> list[SceneItem]:
-        """Up to ``limit`` items of a collection within [start, end], anywhere."""
-        collection = self.collection(collection_id)
+        self, collection_id: str, start: dt.datetime, end: dt.datetime, limit: int = 5
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` items of a collection within [start, end], anywhere, as JSON."""
         when = f"{_iso(start)}/{_iso(end)}"
 
         def run() -> list[dict[str, Any]]:
@@ -173,7 +172,8 @@ class StacSearcher:
             )
             return list(search.items_as_dicts())
 
-        return [self._parse(raw, collection_id, collection) for raw in self._retry(run, "search")]
+        found: list[dict[str, Any]] = self._retry(run, f"search of {collection_id}")
+        return found
 
     def _parse(
         self, raw: dict[str, Any], collection_id: str, collection: dict[str, Any]
