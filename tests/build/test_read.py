@@ -65,6 +65,22 @@ def bands(tmp_path: Path) -> list[Path]:
     return paths
 
 
+def _stacked_and_single(
+    paths: list[Path], geobox: GeoBox, resampling: Resampling
+) -> tuple[np.ndarray, np.ndarray]:
+    """The files read as one stack, and read one by one (then stacked)."""
+    datasets = [rasterio.open(p) for p in paths]
+    try:
+        stacked = read_stack_onto(datasets, geobox, resampling=resampling, nodata=0)
+        single = np.concatenate(
+            [read_onto(ds, geobox, resampling=resampling, nodata=0) for ds in datasets]
+        )
+    finally:
+        for ds in datasets:
+            ds.close()
+    return stacked, single
+
+
 @pytest.mark.parametrize(
     ("origin", "resampling"),
     [
@@ -78,15 +94,7 @@ def test_stacked_read_equals_one_read_per_dataset(
     bands: list[Path], origin: tuple[float, float], resampling: Resampling
 ) -> None:
     geobox = GeoBox((48, 40), Affine(10, 0, origin[0], 0, -10, origin[1]), CRS)
-    datasets = [rasterio.open(p) for p in bands]
-    try:
-        stacked = read_stack_onto(datasets, geobox, resampling=resampling, nodata=0)
-        single = np.concatenate(
-            [read_onto(ds, geobox, resampling=resampling, nodata=0) for ds in datasets]
-        )
-    finally:
-        for ds in datasets:
-            ds.close()
+    stacked, single = _stacked_and_single(bands, geobox, resampling)
     assert stacked.shape == (6, 48, 40) and stacked.dtype == np.uint16
     np.testing.assert_array_equal(stacked, single)
     assert stacked.any()
@@ -129,15 +137,7 @@ def test_a_band_without_data_where_its_stack_has_some_reads_as_alone(
     """Each file's own nodata counts, not the stack's: a warp of the stack would take a
     pixel as nodata only where every band is, and turn one band's zeros into values."""
     geobox = GeoBox((60, 90), Affine(pixel, 0, origin[0], 0, -pixel, origin[1]), CRS)
-    datasets = [rasterio.open(p) for p in ragged_bands]
-    try:
-        stacked = read_stack_onto(datasets, geobox, resampling=resampling, nodata=0)
-        single = np.concatenate(
-            [read_onto(ds, geobox, resampling=resampling, nodata=0) for ds in datasets]
-        )
-    finally:
-        for ds in datasets:
-            ds.close()
+    stacked, single = _stacked_and_single(ragged_bands, geobox, resampling)
     np.testing.assert_array_equal(stacked, single)
     assert ((stacked[1] == 0) & (stacked[0] != 0)).any()  # the strip is nodata in its band only
 
