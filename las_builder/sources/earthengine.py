@@ -199,7 +199,13 @@ def authenticate(
                 "the Earth Engine key file is not a service-account key (its JSON has no "
                 '"type": "service_account"); see docs/earth-engine.md'
             )
-    elif env_key is not None and os.path.isfile(env_key):
+    elif env_key is not None and not os.path.isfile(env_key):
+        raise EarthEngineAuthError(
+            "GOOGLE_APPLICATION_CREDENTIALS names no file (path not shown): point it at the "
+            "service-account key, or unset it to use `earthengine authenticate`'s credentials; "
+            "see docs/earth-engine.md"
+        )
+    elif env_key is not None:
         info = _read_service_account(env_key)  # None: e.g. gcloud user credentials, use ADC
         key_file = env_key if info is not None else None
     if info is not None and key_file is not None:

@@ -604,6 +604,18 @@ def test_missing_credentials_give_the_clear_error(no_credentials: None) -> None:
         source().fetch(GEOBOX)  # a process that is not initialised signs in first
 
 
+def test_a_credentials_variable_naming_no_file_says_so(
+    no_credentials: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "set GOOGLE_APPLICATION_CREDENTIALS" when it is set (to a file that is gone)."""
+    missing = tmp_path / "SECRET-PATH-key.json"
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
+    with pytest.raises(EarthEngineAuthError) as err:
+        authenticate(project="my-project")
+    assert "GOOGLE_APPLICATION_CREDENTIALS names no file" in str(err.value)
+    assert "SECRET-PATH" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     "content",
     [
