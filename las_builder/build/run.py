@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import datetime as dt
+import functools
 import gc
 import itertools
 import json
@@ -511,6 +512,10 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
     """
     searcher = searcher or StacSearcher(cfg.stac_url)
     url = redact(cfg.stac_url)
+    try:
+        _ = searcher.client  # opened once, before the threads below share it
+    except SearchError as err:
+        raise ValueError(f"recipe stac.url: {err}; nothing was built") from None
 
     def collection(field: str, collection_id: str) -> dict[str, Any]:
         try:
@@ -518,14 +523,8 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
         except SearchError as err:
             raise ValueError(f"recipe {field}: {err}; nothing was built") from None
 
-    for field, collection_id in (
-        ("imagery.sentinel-2.collection", cfg.s2_collection),
-        ("imagery.sentinel-1.collection", cfg.s1_collection),
-        ("imagery.naip.collection", cfg.naip_collection),
-    ):
-        if collection_id:
-            collection(field, collection_id)
-    for i, spec in enumerate(cfg.labels):
+    def check_label(i: int) -> None:
+        spec = cfg.labels[i]
         where = f"labels[{i}] ({spec.product})"
         found = collection(f"{where}.collection", spec.collection)
         assets = set(found.get("item_assets") or {})
@@ -552,6 +551,23 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
                 f"recipe {where}.asset = {spec.asset!r}: the items of {spec.collection!r} have "
                 f"no such asset (they have: {', '.join(sorted(assets))}); nothing was built"
             )
+
+    checks: list[Callable[[], object]] = [
+        functools.partial(collection, field, collection_id)
+        for field, collection_id in (
+            ("imagery.sentinel-2.collection", cfg.s2_collection),
+            ("imagery.sentinel-1.collection", cfg.s1_collection),
+            ("imagery.naip.collection", cfg.naip_collection),
+        )
+        if collection_id
+    ]
+    checks += [functools.partial(check_label, i) for i in range(len(cfg.labels))]
+    # Together: each check is a round trip or two, serial they cost ~10 of them per build
+    # (seconds against a distant API). Results come back in recipe order, so the error
+    # raised is the first one in the recipe whatever answered first.
+    with ThreadPoolExecutor(max_workers=min(8, len(checks)) or 1) as pool:
+        for _ in pool.map(lambda check: check(), checks):
+            pass
 
 
 def _start_year(item: dict[str, Any]) -> int | None:

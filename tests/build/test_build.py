@@ -28,8 +28,11 @@ from zarr.core.metadata import ArrayV3Metadata
 
 from las_builder.build import read as read_mod
 from las_builder.build import run as run_mod
+from las_builder.build.config import config_from_recipe
+from las_builder.build.search import StacSearcher
 from las_builder.catalog import load_label_product, load_mapping
 from las_builder.cli import app
+from las_builder.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "demo.yaml"
@@ -98,7 +101,6 @@ def test_index_columns_are_the_recipes_whatever_was_found(built: Path, tmp_path:
     import pyarrow.parquet as pq
 
     from las_builder.build.config import config_from_recipe
-    from las_builder.recipe import load_recipe
 
     recipe = load_recipe(RECIPE, overrides=["stac.url=http://127.0.0.1:1/"])
     columns = config_from_recipe(recipe).record_columns()
@@ -440,6 +442,36 @@ def test_what_the_stac_api_lacks_is_a_recipe_error_before_any_shard(
     assert not (out / "las.zarr").exists() and not (out / "index-parts").exists()
 
 
+def test_the_recipe_check_reports_the_first_mistake_in_recipe_order(served_world: dict) -> None:
+    """The checks run together; whichever answers first, the error is the recipe's first."""
+    recipe = load_recipe(
+        RECIPE,
+        [
+            f"stac.url={served_world['stac_url']}",
+            "labels.1.collection=nope-2",
+            "labels.0.asset=nope",
+            "imagery.sentinel-1.collection=sentinel-1-nope",
+        ],
+    )
+    cfg = config_from_recipe(recipe)
+    for _ in range(3):
+        with pytest.raises(ValueError, match=r"^recipe imagery\.sentinel-1\.collection: no coll"):
+            run_mod.check_sources(cfg)
+    recipe = load_recipe(RECIPE, [f"stac.url={served_world['stac_url']}", "labels.1.year=2019"])
+    with pytest.raises(ValueError, match=r"^recipe labels\[1\] \(\S+\)\.year = 2019"):
+        run_mod.check_sources(config_from_recipe(recipe))
+    run_mod.check_sources(
+        config_from_recipe(load_recipe(RECIPE, [f"stac.url={served_world['stac_url']}"]))
+    )
+
+
+def test_an_unreachable_stac_api_is_named_as_the_recipe_stac_url() -> None:
+    recipe = load_recipe(RECIPE, ["stac.url=http://127.0.0.1:1/"])
+    searcher = StacSearcher(recipe.stac.url, retries=0)
+    with pytest.raises(ValueError, match=r"^recipe stac\.url: STAC open at http://127\.0\.0\.1"):
+        run_mod.check_sources(config_from_recipe(recipe), searcher)
+
+
 @pytest.mark.parametrize(
     ("entry", "folder", "message"),
     [
@@ -626,7 +658,6 @@ def test_shard_tasks_report_slim_rows_and_the_index_keeps_the_rest(
     each sample's id, status and reason; the index has every field of every sample."""
     from las_builder.build.config import config_from_recipe
     from las_builder.build.run import run_build
-    from las_builder.recipe import load_recipe
 
     out = tmp_path / "las"
     args = _args(served_world, out, "sample.count=8")
@@ -669,7 +700,6 @@ def test_an_existing_clusters_workers_freeze_for_the_build_only(
 
     from las_builder.build import run
     from las_builder.build.config import config_from_recipe
-    from las_builder.recipe import load_recipe
 
     out = tmp_path / "las"
     args = _args(served_world, out, "sample.count=8")
