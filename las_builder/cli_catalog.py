@@ -32,6 +32,7 @@ def check(
     Prints one row per label product (legend codes, how many map to a LAS class, to ignore,
     or nowhere) and every problem found; exits 1 on errors (and on warnings with --strict).
     """
+    from las_builder._paths import catalog_dir
     from las_builder.catalog import (
         WARNING,
         CatalogError,
@@ -40,6 +41,11 @@ def check(
         load_mapping,
     )
 
+    try:
+        catalog_dir()
+    except FileNotFoundError as err:  # LAS_CATALOG names no folder
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
     console = Console(soft_wrap=True)
     table = Table(title="LAS catalog: label products mapped onto the LAS taxonomy")
     table.add_column("product")
@@ -116,7 +122,11 @@ def add(
     ] = None,
     threshold: Annotated[
         float,
-        typer.Option(help="Below this cosine similarity a class is suggested as ignore."),
+        typer.Option(
+            min=-1.0,
+            max=1.0,
+            help="Below this cosine similarity (-1 to 1) a class is suggested as ignore.",
+        ),
     ] = 0.35,
     suggest: Annotated[
         bool,

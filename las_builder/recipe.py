@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -44,7 +45,8 @@ from pydantic import (
     field_validator,
 )
 
-from las_builder.catalog import label_product_ids
+from las_builder.catalog import CatalogError, LabelVersion, label_product_ids, load_mapping
+from las_builder.catalog.yamlio import load_yaml, yaml_error_text
 
 __all__ = [
     "EarthEngineSpec",
@@ -67,6 +69,18 @@ __all__ = [
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 """A string that is not empty or blank."""
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true/false as 1/0 for an int, and YAML 1.1 reads yes/no/on/off as
+    # booleans: `count: yes` would plan one sample.
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, not {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+"""An integer; a YAML boolean is refused rather than read as 1 or 0."""
 
 
 class RecipeError(ValueError):
@@ -155,10 +169,10 @@ class SampleSpec(_Strict):
 
     """
 
-    count: int = Field(gt=0)
-    size_px: int = Field(default=256, gt=0)
+    count: Int = Field(gt=0)
+    size_px: Int = Field(default=256, gt=0)
     resolution_m: float = Field(default=10.0, gt=0)
-    seed: int = 0
+    seed: Int = 0
     spacing_m: float | None = Field(default=None, gt=0)
 
     @field_validator("spacing_m")
@@ -241,7 +255,7 @@ class NaipSpec(_Strict):
     """
 
     collection: Name = "naip"
-    factor: int = Field(default=10, gt=0)
+    factor: Int = Field(default=10, gt=0)
 
 
 class Imagery(_Strict):
@@ -281,22 +295,72 @@ class LabelSpec(_Strict):
     product: Name
     collection: Name
     asset: Name
-    year: int | None = Field(default=None, ge=1970, le=2100)
+    year: Int | None = Field(default=None, ge=1970, le=2100, validate_default=True)
 
     @field_validator("product")
     @classmethod
     def _known_product(cls, value: str) -> str:
-        known = label_product_ids()
+        try:
+            known = label_product_ids()
+        except FileNotFoundError as err:  # LAS_CATALOG names no folder
+            raise ValueError(str(err)) from None
         if value not in known:
             raise ValueError(f"unknown label product; allowed: {', '.join(known)}")
+        # A build maps every sample's labels with the product's mapping: a broken or
+        # incomplete one is a recipe error now, not a failed sample per shard later.
+        try:
+            mapping = load_mapping(value)
+        except CatalogError as err:
+            raise ValueError(
+                f"its catalog entry does not load (`las catalog check` lists the problems): {err}"
+            ) from None
+        if mapping.unmapped:
+            codes = ", ".join(map(str, mapping.unmapped))
+            raise ValueError(
+                f"legend codes {codes} are neither mapped nor ignored in "
+                f"taxonomy/mappings/{value}.yaml; map each (or send it to ignore), then run "
+                "`las catalog check`"
+            )
         return value
+
+    @field_validator("year")
+    @classmethod
+    def _year_fits_cadence(cls, value: int | None, info: ValidationInfo) -> int | None:
+        product = info.data.get("product")
+        if product is None:  # the product was refused above
+            return value
+        legend = load_mapping(product).product
+        if legend.cadence == "per-scene" and value is not None:
+            # The build would mosaic the product's scenes of the whole year over the sample,
+            # whichever date each has, instead of the one taken with its Sentinel-2 scene.
+            raise ValueError(
+                f"{product} has a map per satellite scene (cadence per-scene in "
+                f"catalog/labels/{product}.yaml): write `year: null`, each sample then takes "
+                "the map of its own Sentinel-2 scene"
+            )
+        if legend.cadence != "per-scene" and value is None:
+            # Without a year the build looks for a map of the Sentinel-2 scene's day, which
+            # an annual product does not have: the layer would be empty.
+            years = ", ".join(f"{v.name}: {_span(v)}" for v in legend.versions)
+            raise ValueError(
+                f"{product} has one map per {'year' if legend.cadence == 'annual' else 'epoch'} "
+                f"(cadence {legend.cadence}): give the year of the map to use ({years})"
+            )
+        return value
+
+
+def _span(version: LabelVersion) -> str:
+    """A version's years as ``2020``, ``2016-2020`` or ``2015-now``."""
+    if version.end_year == version.start_year:
+        return str(version.start_year)
+    return f"{version.start_year}-{version.end_year if version.end_year is not None else 'now'}"
 
 
 class OutputSpec(_Strict):
     """Where the dataset goes: a local path or an ``s3://bucket/prefix`` URL."""
 
     path: Name
-    samples_per_shard: int = Field(default=8, gt=0)
+    samples_per_shard: Int = Field(default=8, gt=0)
     # Each sample's chunk: Blosc LZ4 over bit-shuffled values (on the offline world's imagery
     # smaller than zstd level 3, ~4x faster to decompress, ~7x to compress) or zstd level 3.
     compressor: Literal["blosc-lz4", "zstd"] = "blosc-lz4"
@@ -425,9 +489,11 @@ def _apply_override(data: dict[str, Any], override: str) -> str:
     raw_key = raw_key.strip()
     try:
         parts = _split_key(raw_key)
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except (ValueError, yaml.YAMLError) as err:
+        value = load_yaml(raw_value) if raw_value.strip() else ""
+    except ValueError as err:
         raise ValueError(f"--set {override!r}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"--set {override!r}: {yaml_error_text(err)}") from None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         where = _format_key(parts[:i])
@@ -476,9 +542,9 @@ def load_recipe(path: Path | str, overrides: Sequence[str] = ()) -> Recipe:
     except OSError as err:
         raise RecipeError(path, [("", f"cannot be read: {err.strerror or err}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # a repeated key (a second `labels:`) is an error, not ignored
     except yaml.YAMLError as err:
-        raise RecipeError(path, [("", f"is not valid YAML: {err}")]) from None
+        raise RecipeError(path, [("", f"is not valid YAML: {yaml_error_text(err)}")]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -646,4 +712,6 @@ def _show(value: Any) -> str:
         return text if len(text) <= 80 else text[:77] + "..."
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value)

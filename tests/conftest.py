@@ -112,3 +112,14 @@ def wait_exited() -> WaitExited:
             time.sleep(0.05)
 
     return wait
+
+
+@pytest.fixture
+def catalog_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of catalog/ that LAS_CATALOG points at (tests edit it freely)."""
+    from las_builder._paths import catalog_dir
+
+    dest = tmp_path / "catalog"
+    shutil.copytree(catalog_dir(), dest)
+    monkeypatch.setenv("LAS_CATALOG", str(dest))
+    return dest

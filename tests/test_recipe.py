@@ -127,7 +127,7 @@ def test_set_overrides(recipe_file: Path) -> None:
             "sample.count=64",
             "sample.spacing_m=2000",
             "labels[0].year=2020",
-            "labels.1.year=2022",
+            "labels.1.asset=probabilities",
             "sampling.stratify=null",
             "imagery.naip.factor=5",
             "stac.url=http://example.org/stac",
@@ -135,7 +135,8 @@ def test_set_overrides(recipe_file: Path) -> None:
     )
     assert recipe.sample.count == 64
     assert recipe.sample.spacing == 2000.0
-    assert [lab.year for lab in recipe.labels] == [2020, 2022]
+    assert [lab.year for lab in recipe.labels] == [2020, None]
+    assert recipe.labels[1].asset == "probabilities"
     assert recipe.sampling.stratify is None
     assert recipe.imagery.naip is not None and recipe.imagery.naip.factor == 5
     assert recipe.stac.url == "http://example.org/stac"
@@ -208,7 +209,10 @@ def test_other_rules(recipe_file: Path) -> None:
     with pytest.raises(RecipeError, match=r"sample\.count = 'many' .*must be an integer"):
         load_recipe(recipe_file, ["sample.count=many"])
     with pytest.raises(RecipeError, match=r"labels .*'esa-worldcover' is listed twice"):
-        load_recipe(recipe_file, ["labels[1].product=esa-worldcover"])
+        load_recipe(
+            recipe_file,
+            ["labels[1]={product: esa-worldcover, collection: x, asset: map, year: 2020}"],
+        )
 
 
 def test_bad_set_syntax_and_paths(recipe_file: Path) -> None:
@@ -227,3 +231,97 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_recipe(_write(tmp_path, "name: [unclosed\n"))
     with pytest.raises(RecipeError, match="must be a YAML mapping"):
         load_recipe(_write(tmp_path, "- just\n- a list\n"))
+
+
+# --- odd input --------------------------------------------------------------------------------
+
+
+def test_a_repeated_key_is_an_error_not_the_last_one(recipe_file: Path) -> None:
+    # A second `labels:` section used to replace the first silently.
+    extra = "labels:\n  - {product: esa-cci-lc, collection: esa-cci-lc, asset: a, year: 2020}\n"
+    path = _write(recipe_file.parent, recipe_file.read_text() + extra)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: is not valid YAML")
+    assert "key 'labels' is repeated" in message
+    assert f"at line {RECIPE.count(chr(10)) + 1}, column 1" in message
+
+
+def test_merge_keys_still_work(recipe_file: Path) -> None:
+    # `<<: *anchor` then the same key is YAML's override, not a repeated key
+    dw = "  - {product: dynamic-world-v1"
+    merged = "  - {<<: *wc, product: esa-cci-lc, collection: esa-cci-lc, year: 2020}\n"
+    text = recipe_file.read_text().replace(
+        "  - {product: esa-worldcover", "  - &wc {product: esa-worldcover"
+    )
+    text = text.replace(dw, merged + dw)
+    cci = load_recipe(_write(recipe_file.parent, text)).labels[1]
+    assert (cci.product, cci.collection, cci.asset, cci.year) == (
+        "esa-cci-lc",
+        "esa-cci-lc",
+        "map",
+        2020,
+    )
+
+
+def test_an_impossible_date_is_a_recipe_error(recipe_file: Path) -> None:
+    # PyYAML raised a bare ValueError: `las plan` printed a traceback.
+    text = recipe_file.read_text().replace("start: 2021-06-01", "start: 2021-02-30")
+    with pytest.raises(RecipeError, match=r"'2021-02-30' looks like a date but is not one"):
+        load_recipe(_write(recipe_file.parent, text))
+    with pytest.raises(RecipeError, match=r"--set 'time\.end=2022-02-30': '2022-02-30' looks"):
+        load_recipe(recipe_file, ["time.end=2022-02-30"])
+
+
+def test_booleans_are_not_integers(recipe_file: Path) -> None:
+    # pydantic read `count: yes` (a YAML 1.1 boolean) as 1 sample
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file, ["sample.count=yes", "output.samples_per_shard=false"])
+    assert info.value.keys == ["sample.count", "output.samples_per_shard"]
+    assert "sample.count = true (from --set): must be an integer, not true" in str(info.value)
+    assert load_recipe(recipe_file, ["sample.count=64.0"]).sample.count == 64
+
+
+def test_year_must_fit_the_product_cadence(recipe_file: Path) -> None:
+    # A per-scene product with a year mosaicked a year of scenes of any date; an annual one
+    # without a year gave an empty layer. Neither was noticed before the build.
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file, ["labels.1.year=2021"])
+    assert info.value.keys == ["labels[1].year"]
+    assert "dynamic-world-v1 has a map per satellite scene" in str(info.value)
+    assert "write `year: null`" in str(info.value)
+    text = recipe_file.read_text().replace("asset: map, year: 2021}", "asset: map}")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(_write(recipe_file.parent, text))
+    assert info.value.keys == ["labels[0].year"]
+    assert "esa-worldcover has one map per year (cadence annual): give the year" in str(info.value)
+    assert "(v100: 2020, v200: 2021)" in str(info.value)
+
+
+def test_a_product_whose_catalog_entry_is_broken_is_a_recipe_error(
+    recipe_file: Path, catalog_copy: Path
+) -> None:
+    # The recipe only checked that catalog/labels/<product>.yaml existed; the build found the
+    # missing or broken mapping shard by shard.
+    mapping = catalog_copy / "taxonomy" / "mappings" / "esa-worldcover.yaml"
+    text = mapping.read_text()
+    mapping.write_text(text.replace("  95: mangroves ", "  # 95 removed "))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file)
+    assert info.value.keys == ["labels[0].product"]
+    assert "legend codes 95 are neither mapped nor ignored in" in str(info.value)
+    mapping.write_text(text.replace("  95: mangroves", "  95: mangrove"))
+    with pytest.raises(RecipeError, match=r"its catalog entry does not load .*target 'mangrove'"):
+        load_recipe(recipe_file)
+    mapping.unlink()
+    with pytest.raises(RecipeError, match=r"no mapping for product 'esa-worldcover'"):
+        load_recipe(recipe_file)
+
+
+def test_a_missing_catalog_folder_is_a_recipe_error(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAS_CATALOG", str(tmp_path / "absent"))
+    with pytest.raises(RecipeError, match=r"labels\[0\]\.product = .*catalog folder .* not found"):
+        load_recipe(recipe_file)

@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from las_builder._paths import catalog_dir, file_state
-from las_builder._yaml import safe_load
+from las_builder.catalog.yamlio import load_yaml, yaml_error_text
 
 __all__ = [
     "CatalogError",
@@ -577,9 +577,9 @@ def _load_file(path: Path) -> LabelProduct:
     except OSError as err:
         raise CatalogError(path, [("", f"cannot be read: {err}")]) from None
     try:
-        data = safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        raise CatalogError(path, [("", f"is not valid YAML: {err}")]) from None
+        raise CatalogError(path, [("", f"is not valid YAML: {yaml_error_text(err)}")]) from None
     if not isinstance(data, dict):
         raise CatalogError(
             path, [("", "must be a YAML mapping of product fields (id, title, classes, ...)")]

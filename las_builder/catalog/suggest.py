@@ -35,8 +35,9 @@ import importlib.util
 import json
 import re
 import textwrap
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_args
@@ -324,6 +325,8 @@ class Legend:
         nodata: The band's nodata value, when given and an integer.
         resolution_m: The band's ``spatial_resolution`` (or the asset's ``gsd``), when given.
         roles: The asset's roles.
+        problem: Why the legend cannot be copied (a value that is not an integer, a value
+            listed twice); ``None`` when it can. Raised only if this legend is picked.
 
     """
 
@@ -334,6 +337,7 @@ class Legend:
     nodata: int | None = None
     resolution_m: float | None = None
     roles: tuple[str, ...] = ()
+    problem: str | None = None
 
 
 def collection_legends(collection: Mapping[str, Any]) -> dict[str, Legend]:
@@ -369,34 +373,82 @@ def _asset_legend(key: str, asset: Mapping[str, Any]) -> Legend | None:
                 source = f"{which}[{i}].classification:classes"
                 band = b
                 break
-    parsed: Sequence[dict[str, Any] | None]
-    if raw is not None:
-        parsed = [_from_classification(c) for c in raw if isinstance(c, Mapping)]
-    elif asset.get("file:values"):
+    if raw is None and asset.get("file:values"):
         source = "file:values"
-        parsed = _from_file_values(asset["file:values"])
-    else:
+    elif raw is None:
         return None
-    classes = [c for c in parsed if c is not None]
+    where = f"asset {key!r}, {source}"
+    try:
+        classes = _parse_classes(raw, asset.get("file:values"), where)
+    except AddError as err:
+        # Kept, not raised: only the legend that is picked must be readable.
+        return Legend(key, source, (), problem=str(err), roles=tuple(asset.get("roles") or ()))
     if not classes:
         return None
-    nodata = band.get("nodata", asset.get("nodata"))
+    nodata = _integral(band.get("nodata", asset.get("nodata")))
     resolution = band.get("spatial_resolution", asset.get("gsd"))
     return Legend(
         asset=key,
         source=source,
         classes=tuple(classes),
         dtype=band.get("data_type", asset.get("data_type")),
-        nodata=nodata if isinstance(nodata, int) and not isinstance(nodata, bool) else None,
+        nodata=nodata,
         resolution_m=float(resolution) if isinstance(resolution, int | float) else None,
         roles=tuple(asset.get("roles") or ()),
     )
 
 
-def _from_classification(raw: Mapping[str, Any]) -> dict[str, Any] | None:
-    value = raw.get("value")
-    if not isinstance(value, int) or isinstance(value, bool):
+def _parse_classes(
+    classification: list[Any] | None, file_values: Any, where: str
+) -> list[dict[str, Any]]:
+    """Normalised classes of ``classification:classes`` (when given) or ``file:values``.
+
+    Raises:
+        AddError: A value is not an integer, or a value is listed twice.
+
+    """
+    parsed: Sequence[dict[str, Any]]
+    if classification is not None:
+        parsed = [
+            _from_classification(c, f"{where}[{i}].value")
+            for i, c in enumerate(classification)
+            if isinstance(c, Mapping)
+        ]
+    else:
+        parsed = _from_file_values(file_values, where)
+    classes = list(parsed)
+    repeated = sorted(v for v, n in Counter(c["value"] for c in classes).items() if n > 1)
+    if repeated:
+        raise AddError(
+            f"{where} lists value(s) {', '.join(map(str, repeated))} more than once, and a "
+            "raster value has one class: fix the collection, or pass --asset for another asset"
+        )
+    return classes
+
+
+def _integral(value: Any) -> int | None:
+    """``value`` as an int when it is an integral JSON number (``10`` or ``10.0``), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value)
+
+
+def _code(value: Any, where: str) -> int:
+    """A legend value as an int; anything else is an error (dropping it would lose a class)."""
+    code = _integral(value)
+    if code is None:
+        raise AddError(
+            f"{where} = {json.dumps(value)} is not an integer raster value, and a draft "
+            "without that legend entry would fail every sample holding it: fix the "
+            "collection, or pass --asset for another asset"
+        )
+    return code
+
+
+def _from_classification(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    value = _code(raw.get("value"), where)
     stac_name = _one_line(str(raw.get("name") or ""))
     title = _one_line(str(raw.get("title") or ""))
     description = _one_line(str(raw.get("description") or ""))
@@ -424,15 +476,16 @@ def _from_classification(raw: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _from_file_values(raw: Any) -> list[dict[str, Any]]:
+def _from_file_values(raw: Any, where: str) -> list[dict[str, Any]]:
     classes = []
-    for entry in raw if isinstance(raw, list) else []:
+    for i, entry in enumerate(raw if isinstance(raw, list) else []):
         if not isinstance(entry, Mapping):
             continue
         summary = _one_line(str(entry.get("summary") or ""))
-        for value in entry.get("values") or []:
-            if not isinstance(value, int) or isinstance(value, bool):
-                continue
+        values = entry.get("values") or []
+        # One entry may list several values (a range spelt out): each becomes a class.
+        for j, raw_value in enumerate(values if isinstance(values, list) else [values]):
+            value = _code(raw_value, f"{where}[{i}].values[{j}]")
             name = summary or f"Class {value}"
             classes.append(
                 {
@@ -460,9 +513,13 @@ def _pick_legend(legends: Mapping[str, Legend], asset: str | None, source: str) 
                 f"{source}: asset {asset!r} carries no legend; assets with one: "
                 f"{', '.join(legends)}"
             )
-        return legends[asset]
-    ranked = sorted(legends.values(), key=lambda lg: ("data" not in lg.roles, -len(lg.classes)))
-    return ranked[0]
+        chosen = legends[asset]
+    else:
+        ranked = sorted(legends.values(), key=lambda lg: ("data" not in lg.roles, -len(lg.classes)))
+        chosen = ranked[0]
+    if chosen.problem is not None:
+        raise AddError(f"{source}: {chosen.problem}")
+    return chosen
 
 
 # --- drafting the label file -----------------------------------------------------------------
@@ -631,6 +688,10 @@ def draft_label_yaml(
             d.lines.append(f"    description: {_q(cls['description'])}")
         if is_nodata:
             d.lines.append("    is_nodata: true")
+        elif cls["nodata"]:
+            # Flagged as no data by the collection but not the band's nodata value: it must
+            # not be suggested as a land-cover class.
+            d.lines.append("    ignore: true  # the collection flags it as no data")
         if cls["regional"]:
             d.lines.append("    regional: true")
         if cls["color"]:
@@ -901,11 +962,16 @@ def add_product(
     from las_builder._paths import catalog_dir
 
     source_text = str(source)
+    if out is None:
+        try:
+            out = catalog_dir()
+        except FileNotFoundError as err:  # LAS_CATALOG names no folder
+            raise AddError(f"{err}, or pass --out") from None
     collection = read_collection(source)
     product_id = product_id or str(collection["id"])
     if not _PRODUCT_ID.match(product_id):
         raise AddError(f"product id {product_id!r} must match {_PRODUCT_ID.pattern}")
-    root = Path(out) if out is not None else catalog_dir()
+    root = Path(out)
     label_path = root / "labels" / f"{product_id}.yaml"
     mapping_path = root / "taxonomy" / "mappings" / f"{product_id}.yaml"
     existing = [p for p in (label_path, mapping_path) if p.exists()]
@@ -924,12 +990,17 @@ def add_product(
         suggestions = suggest_mapping(
             product.classes, taxonomy, threshold=threshold, encoder=encoder
         )
+        if product.nodata is None:
+            suggestions = [_zero_without_nodata(s) if s.code == 0 else s for s in suggestions]
     map_text = mapping_yaml(product, suggestions, threshold=threshold, taxonomy_id=taxonomy.id)
     _validate_mapping(map_text, mapping_path, product, taxonomy)
-    label_path.parent.mkdir(parents=True, exist_ok=True)
-    mapping_path.parent.mkdir(parents=True, exist_ok=True)
-    label_path.write_text(label_text, encoding="utf-8")
-    mapping_path.write_text(map_text, encoding="utf-8")
+    try:
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        mapping_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.write_text(label_text, encoding="utf-8")
+        mapping_path.write_text(map_text, encoding="utf-8")
+    except OSError as err:
+        raise AddError(f"cannot write the catalog entry into {root}: {err}") from None
     return AddResult(
         product=product,
         label_path=label_path,
@@ -941,10 +1012,28 @@ def add_product(
     )
 
 
+def _zero_without_nodata(s: Suggestion) -> Suggestion:
+    """Send code 0 of a product without nodata to ignore, saying why.
+
+    Builds read such a product with 0 as the fill of pixels no file covers, so a class at 0
+    would be painted wherever the product has no data (``las catalog check`` refuses it).
+    """
+    if s.target == IGNORE:
+        return s
+    why = (
+        f"The product has no nodata value, and pixels no file covers are read as 0: set "
+        f"`nodata` in the label file, then map 0 (suggested: {s.target})."
+    )
+    return replace(s, target=IGNORE, why=why)
+
+
 def _taxonomy_for(root: Path) -> Taxonomy:
     path = root / "taxonomy" / "las.yaml"
-    if not path.is_file():
-        return load_taxonomy()
+    if not path.is_file():  # --out a bare folder: the project's taxonomy
+        try:
+            return load_taxonomy()
+        except (CatalogError, FileNotFoundError) as err:
+            raise AddError(f"no taxonomy to map onto ({path} is absent): {err}") from None
     try:
         return Taxonomy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except (ValidationError, yaml.YAMLError) as err:

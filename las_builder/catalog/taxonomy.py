@@ -43,7 +43,6 @@ from pydantic import (
 )
 
 from las_builder._paths import catalog_dir, file_state
-from las_builder._yaml import SafeLoader
 from las_builder.catalog.labels import (
     _DTYPE_RANGE,
     CatalogError,
@@ -52,6 +51,7 @@ from las_builder.catalog.labels import (
     labels_dir,
     load_label_product,
 )
+from las_builder.catalog.yamlio import load_yaml, yaml_error_text
 
 __all__ = [
     "IGNORE",
@@ -95,6 +95,8 @@ TODO_MARK = "TODO(las catalog add)"
 """Marker of the lines of a drafted label file that a person must fill in or confirm."""
 
 _MAX_CLASSES = LUT_UNMAPPED - 1
+_DENSE_TABLE_MAX = 2**16 - 1
+"""Largest dtype maximum whose whole range :meth:`ProductMapping.lut` tables by default."""
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _KEY = r"^[a-z][a-z0-9_]*$"
 _RESERVED_KEYS = {IGNORE, "nodata", "no_data", "unmapped"}
@@ -378,17 +380,22 @@ class ProductMapping(_Strict):
 
         Args:
             dtype_max: Largest native value the table must index; defaults to the maximum of
-                the product's dtype (255 for uint8, 65535 for uint16).
+                the product's dtype for 8- and 16-bit types (255 for uint8, 65535 for uint16)
+                and to the largest legend code or nodata value for 32-bit types, whose whole
+                range would take a table of 2-4 GiB.
 
         Returns:
             A uint8 array of length ``dtype_max + 1``.
 
         Raises:
-            ValueError: ``dtype_max`` is below a legend code.
+            ValueError: ``dtype_max`` is below a legend code, or the legend has negative codes
+                (:meth:`map` handles those).
 
         """
         if dtype_max is None:
             dtype_max = _DTYPE_RANGE[self.product.dtype][1]
+            if dtype_max > _DENSE_TABLE_MAX:
+                dtype_max = max([*self.product.codes, self.product.nodata or 0])
         top = max(self.product.codes)
         if dtype_max < top:
             raise ValueError(f"{self.product_id}: dtype_max {dtype_max} is below legend code {top}")
@@ -421,25 +428,42 @@ class ProductMapping(_Strict):
         arr = np.asarray(native)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{self.product_id}: expected an integer array, got {arr.dtype}")
-        table = self.lut()
-        size = table.shape[0]
-        info = np.iinfo(arr.dtype)
         out: np.ndarray
-        if info.min >= 0 and info.max < size:
-            out = table[arr]
+        if min(self.product.codes) < 0:
+            out = self._map_sparse(arr)
         else:
-            outside = (arr < 0) | (arr >= size)
-            out = table[np.where(outside, 0, arr)]
-            out[outside] = LUT_UNMAPPED
-            nodata = self.product.nodata
-            if nodata is not None and not 0 <= nodata < size:
-                out[arr == nodata] = LAS_NODATA
+            table = self.lut()
+            size = table.shape[0]
+            info = np.iinfo(arr.dtype)
+            if info.min >= 0 and info.max < size:
+                out = table[arr]
+            else:
+                outside = (arr < 0) | (arr >= size)
+                out = table[np.where(outside, 0, arr)]
+                out[outside] = LUT_UNMAPPED
+                nodata = self.product.nodata
+                if nodata is not None and not 0 <= nodata < size:
+                    out[arr == nodata] = LAS_NODATA
         bad = out == LUT_UNMAPPED
         if bad.any():
             codes, counts = np.unique(arr[bad], return_counts=True)
             found = dict(zip(codes.tolist(), counts.tolist(), strict=True))
             raise UnknownCodeError(self.product_id, found, unmapped=self.unmapped)
         return out
+
+    def _map_sparse(self, arr: np.ndarray) -> np.ndarray:
+        """Map by binary search in the sorted codes (legends with negative codes)."""
+        pairs = {code: self.taxonomy.code_of(rule.to) for code, rule in self.rules.items()}
+        if self.product.nodata is not None:
+            pairs[self.product.nodata] = LAS_NODATA
+        keys = np.array(sorted(pairs), dtype=np.int64)
+        values = np.array([pairs[k] for k in keys.tolist()], dtype=np.uint8)
+        flat = arr.astype(np.int64)  # label dtypes are at most 32-bit: exact
+        pos = np.searchsorted(keys, flat).clip(max=len(keys) - 1)
+        hit = keys[pos] == flat
+        if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:  # values past int64 wrapped
+            hit &= arr <= np.iinfo(np.int64).max
+        return np.where(hit, values[pos], np.uint8(LUT_UNMAPPED)).astype(np.uint8)
 
 
 def mapping_problems(
@@ -485,6 +509,20 @@ def mapping_problems(
                 )
             )
         native = product.class_by_value(code)
+        if product.nodata is None and code == 0 and rule.to != IGNORE:
+            # Builds read a product without nodata with 0 as the fill (GDAL's default for
+            # pixels no file covers), so those pixels would silently become this class.
+            problems.append(
+                (
+                    field,
+                    f"{product.id} has no nodata value (nodata: null) and code 0 "
+                    f"({native.name}) maps to {rule.to!r}: pixels that no file of the product "
+                    "covers are read as 0 and would become that class. Set `nodata` in "
+                    f"labels/{product.id}.yaml to the fill value of its files (or to a value "
+                    f"they never hold, e.g. {_DTYPE_RANGE[product.dtype][1]}), or map 0 to "
+                    f"{IGNORE}",
+                )
+            )
         if native.ignore and rule.to != IGNORE:
             problems.append(
                 (
@@ -498,8 +536,24 @@ def mapping_problems(
 
 class _MappingFile(_Strict):
     product: str
-    taxonomy: str = "las"
+    taxonomy: str = Field(default="las", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     map: dict[int, MappingRule]
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _codes_are_integers(cls, value: Any) -> Any:
+        # pydantic would turn a quoted "20" into 20, and `20:` next to `"20":` would then
+        # silently keep only one of the two rules; YAML's `true:` would become code 1.
+        if not isinstance(value, Mapping):
+            return value
+        bad = [k for k in value if not isinstance(k, int) or isinstance(k, bool)]
+        if bad:
+            shown = ", ".join(f"{k!r} ({type(k).__name__})" for k in bad)
+            raise ValueError(
+                f"keys must be native codes written as plain integers (e.g. `20: shrubland`, "
+                f'not `"20": shrubland`); got {shown}'
+            )
+        return value
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -579,6 +633,10 @@ def _load_mapping_cached(
             path, [("product", f"{spec.product!r} must equal the file name ({path.stem!r})")]
         )
     product = load_label_product(product_id)
+    if not (taxonomy_dir() / f"{spec.taxonomy}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in taxonomy_dir().glob("*.yaml"))) or "none"
+        problem = f"no taxonomy {spec.taxonomy!r} in {taxonomy_dir()}; known: {known}"
+        raise CatalogError(path, [("taxonomy", problem)])
     taxonomy = load_taxonomy(spec.taxonomy)
     problems = mapping_problems(product, taxonomy, spec.map)
     if problems:
@@ -668,42 +726,15 @@ def _lines(err: CatalogError) -> list[str]:
     return [f"{where}: {f}: {m}" if f else f"{where}: {m}" for f, m in err.problems]
 
 
-class _UniqueKeyLoader(SafeLoader):
-    """A safe loader that refuses repeated mapping keys (PyYAML keeps the last silently)."""
-
-
-def _construct_unique(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            repeated = key in seen
-        except TypeError:
-            continue
-        if repeated:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"key {key!r} is repeated",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
-
-
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise CatalogError(path, [("", f"cannot be read: {err}")]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        raise CatalogError(path, [("", f"is not valid YAML: {err}")]) from None
+        raise CatalogError(path, [("", f"is not valid YAML: {yaml_error_text(err)}")]) from None
     if not isinstance(data, dict):
         raise CatalogError(path, [("", f"must be a YAML mapping of {what}")])
     return data

@@ -437,3 +437,142 @@ def test_floats_stay_floats_in_yaml() -> None:
     for value in (1e-05, 8.983e-06, 30.0, 1e20):
         assert yaml.safe_load(_q(value)) == value
     assert yaml.safe_load(_q('He said "no": 1')) == 'He said "no": 1'
+
+
+# --- odd collections --------------------------------------------------------------------------
+
+
+def _collection(tmp_path: Path, name: str, asset: dict[str, Any]) -> Path:
+    collection = {
+        "type": "Collection",
+        "id": name,
+        "description": "A made-up land cover.",
+        "license": "CC-BY-4.0",
+        "extent": {"temporal": {"interval": [["2020-01-01T00:00:00Z", "2020-12-31T23:59:59Z"]]}},
+        "item_assets": {"data": {"roles": ["data"], **asset}},
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(collection))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("1", '"1"'), (True, "true"), (1.5, "1.5"), ([1, 3], "[1, 3]")]
+)
+def test_a_legend_value_that_is_no_integer_is_an_error(
+    tmp_path: Path, value: Any, shown: str
+) -> None:
+    # It used to be dropped: a draft without the class, whose pixels then failed every sample.
+    classes = [{"value": value, "name": "water"}, {"value": 2, "name": "trees"}]
+    source = _collection(tmp_path, "odd", {"classification:classes": classes})
+    result = CliRunner().invoke(catalog_app, ["add", str(source), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"asset 'data', classification:classes[0].value = {shown} is not an integer" in (
+        " ".join(result.output.split())
+    )
+    assert not (tmp_path / "labels" / "odd.yaml").exists()
+
+
+def test_a_value_listed_twice_names_the_asset(tmp_path: Path) -> None:
+    values = [{"values": [0], "summary": "No Data"}, {"values": [1, 1], "summary": "Water"}]
+    source = _collection(tmp_path, "twice", {"file:values": values})
+    with pytest.raises(AddError, match=r"asset 'data', file:values lists value\(s\) 1 more than"):
+        add_product(source, out=tmp_path, suggest=False)
+
+
+def test_only_the_picked_legend_must_be_readable(tmp_path: Path) -> None:
+    source = _collection(tmp_path, "qa", {"classification:classes": [{"value": 1, "name": "a"}]})
+    data = json.loads(source.read_text())
+    data["item_assets"]["quality"] = {"classification:classes": [{"value": "x", "name": "b"}]}
+    source.write_text(json.dumps(data))
+    assert add_product(source, out=tmp_path, suggest=False).asset == "data"
+    with pytest.raises(AddError, match=r"asset 'quality', classification:classes\[0\]\.value"):
+        add_product(source, out=tmp_path, asset="quality", suggest=False, force=True)
+
+
+def test_integral_floats_ranges_and_second_nodata_entries(tmp_path: Path) -> None:
+    # JSON writers may spell 1 as 1.0; file:values may list several values for one class; a
+    # second entry flagged as no data must not be suggested as land cover.
+    source = _collection(
+        tmp_path,
+        "spelt",
+        {
+            "file:values": [
+                {"values": [0.0, 250], "summary": "No data"},
+                {"values": [1, 2.0, 3], "summary": "Water"},
+                {"values": [4], "summary": "Trees"},
+            ],
+            "raster:bands": [{"data_type": "uint8", "nodata": 0.0}],
+        },
+    )
+    taxonomy = load_taxonomy()
+    unit = {c.key: np.eye(len(taxonomy))[i] for i, c in enumerate(taxonomy.classes)}
+    texts = {taxonomy_text(c): unit[c.key] for c in taxonomy.classes}
+    # "No data" made to look exactly like water: only the flag keeps it out
+    texts |= {"No data": unit["water"], "Water": unit["water"], "Trees": unit["trees"]}
+    result = add_product(source, out=tmp_path, encoder=lambda ts: np.array([texts[t] for t in ts]))
+    product = result.product
+    assert product.nodata == 0 and product.class_by_value(0).is_nodata
+    assert product.codes == [1, 2, 3, 4, 250]
+    assert product.class_by_value(250).ignore
+    assert [product.class_by_value(v).key for v in (1, 2, 3)] == ["water", "water_2", "water_3"]
+    suggested = {s.code: s.target for s in result.suggestions}
+    assert suggested == {1: "water", 2: "water", 3: "water", 4: "trees", 250: IGNORE}
+
+
+def test_no_nodata_and_a_class_at_zero_is_drafted_as_ignore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Builds read such a product with 0 as the fill; the draft must not teach "water" there.
+    classes = [{"value": 0, "name": "Water"}, {"value": 1, "name": "Trees"}]
+    source = _collection(tmp_path, "zero", {"classification:classes": classes})
+    taxonomy = load_taxonomy()
+    unit = {c.key: np.eye(len(taxonomy))[i] for i, c in enumerate(taxonomy.classes)}
+    texts = {taxonomy_text(c): unit[c.key] for c in taxonomy.classes}
+    texts |= {"Water": unit["water"], "Trees": unit["trees"]}
+    catalog = _copy_catalog(tmp_path / "catalog")
+    result = add_product(source, out=catalog, encoder=lambda ts: np.array([texts[t] for t in ts]))
+    assert result.product.nodata is None
+    zero = next(s for s in result.suggestions if s.code == 0)
+    assert zero.target == IGNORE and zero.why is not None and "set `nodata`" in zero.why
+    monkeypatch.setenv("LAS_CATALOG", str(catalog))
+    assert load_mapping("zero").rules[0].alternative == "water"
+    assert not [p for p in check_catalog() if not p.startswith(WARNING)]
+
+
+def test_every_fixture_collection_with_a_legend_drafts_a_clean_entry(
+    stac_fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = _copy_catalog(tmp_path / "catalog")
+    drafted = []
+    for path in sorted(stac_fixtures.glob("*/collections/*.json")):
+        if not collection_legends(read_collection(path)):
+            with pytest.raises(AddError, match="no asset in item_assets carries a legend"):
+                add_product(path, out=catalog, product_id="t-none", suggest=False)
+            continue
+        product_id = f"t-{path.parent.parent.name}-{path.stem}"
+        add_product(path, out=catalog, product_id=product_id, suggest=False)
+        drafted.append(product_id)
+    assert len(drafted) >= 4  # chesapeake, esa-cci-lc, esa-worldcover, io-lulc
+    monkeypatch.setenv("LAS_CATALOG", str(catalog))
+    assert not [p for p in check_catalog() if not p.startswith(WARNING)]
+    for product_id in drafted:
+        mapping = load_mapping(product_id)
+        assert mapping.unmapped == [] and set(mapping.ignored) == set(mapping.product.codes)
+
+
+def test_cli_errors_without_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    result = runner.invoke(
+        catalog_app, ["add", str(NLCD), "--no-suggest", "--out", str(not_a_folder)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot write the catalog entry into" in result.output
+    result = runner.invoke(catalog_app, ["add", str(NLCD), "--threshold", "5"])
+    assert result.exit_code == 2 and "--threshold" in result.output
+    monkeypatch.setenv("LAS_CATALOG", str(tmp_path / "absent"))
+    result = runner.invoke(catalog_app, ["add", str(NLCD), "--no-suggest"])
+    assert result.exit_code == 2, result.output
+    assert "not found" in result.output and "or pass --out" in result.output

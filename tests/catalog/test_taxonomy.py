@@ -252,15 +252,6 @@ def test_check_catalog_clean() -> None:
     assert check_catalog() == []
 
 
-@pytest.fixture
-def catalog_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of catalog/ that LAS_CATALOG points at."""
-    dest = tmp_path / "catalog"
-    shutil.copytree(catalog_dir(), dest)
-    monkeypatch.setenv("LAS_CATALOG", str(dest))
-    return dest
-
-
 def _edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{old!r} not in {path}"
@@ -268,6 +259,15 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 WC = "taxonomy/mappings/esa-worldcover.yaml"
+
+
+def _zero_without_nodata(catalog: Path, target: str) -> None:
+    """Give WorldCover no nodata value and its tree cover class the code 0, mapped to target."""
+    _edit(catalog / "labels/esa-worldcover.yaml", "nodata: 0\n", "nodata: null\n")
+    _edit(catalog / "labels/esa-worldcover.yaml", "  - value: 10\n", "  - value: 0\n")
+    _edit(catalog / WC, "  10: trees", f"  0: {target}")
+
+
 # Breakers return whatever their last call does (shutil.copy: the destination); it is unused.
 BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "missing code": (
@@ -318,6 +318,36 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda c: _edit(c / "labels/esa-worldcover.yaml", 'color: "#006400"', 'color: "green"'),
         "labels/esa-worldcover.yaml: classes[0].color: 'green' is not a colour",
     ),
+    # pydantic read "20" as 20: with `20:` beside it one rule silently replaced the other
+    "quoted code beside the same code": (
+        lambda c: _edit(c / WC, "  20: shrubland", '  20: shrubland\n  "20": cropland'),
+        "map: keys must be native codes written as plain integers",
+    ),
+    # YAML's `true:` was read as code 1
+    "boolean code": (
+        lambda c: _edit(c / WC, "  10: trees", "  10: trees\n  true: water"),
+        "got True (bool)",
+    ),
+    "taxonomy that does not exist": (
+        lambda c: _edit(c / WC, "taxonomy: las", "taxonomy: lass"),
+        "esa-worldcover.yaml: taxonomy: no taxonomy 'lass' in",
+    ),
+    # label files were read without the repeated-key check: the last value won silently
+    "repeated key in a legend": (
+        lambda c: _edit(c / "labels/esa-worldcover.yaml", "nodata: 0\n", "nodata: 0\nnodata: 20\n"),
+        "labels/esa-worldcover.yaml: is not valid YAML: while constructing a mapping",
+    ),
+    # PyYAML raised a bare ValueError: a traceback instead of a catalog error
+    "impossible date": (
+        lambda c: _edit(c / "labels/esa-worldcover.yaml", "name: v100", "name: 2021-02-30"),
+        "'2021-02-30' looks like a date but is not one (day is out of range for month)",
+    ),
+    # a build reads a product without nodata with 0 as the fill: uncovered pixels became trees
+    "no nodata and a class at 0": (
+        lambda c: _zero_without_nodata(c, "trees"),
+        "map.0: esa-worldcover has no nodata value (nodata: null) and code 0 (Tree cover) "
+        "maps to 'trees'",
+    ),
 }
 
 
@@ -337,6 +367,61 @@ def test_load_mapping_raises_catalog_error(catalog_copy: Path) -> None:
         load_mapping("esa-worldcover")
     assert info.value.field == "map.10"
     assert info.value.path == catalog_copy / WC
+
+
+def test_yaml_errors_give_the_line(catalog_copy: Path) -> None:
+    _edit(catalog_copy / "labels/esa-worldcover.yaml", "name: v100", "name: 2021-02-30")
+    with pytest.raises(CatalogError) as info:
+        load_label_product("esa-worldcover")
+    line = (catalog_copy / "labels/esa-worldcover.yaml").read_text().split("2021-02-30")[0]
+    assert f"at line {line.count(chr(10)) + 1}, column" in str(info.value)
+    assert info.value.path == catalog_copy / "labels/esa-worldcover.yaml"
+
+
+def test_merged_keys_may_be_overridden(catalog_copy: Path) -> None:
+    # `<<: *anchor` then the same key is YAML's override, not a repeated key
+    _edit(catalog_copy / WC, "  10: trees ", "  10: &rule {to: trees, why: Tree cover.}\n  11: ")
+    _edit(catalog_copy / WC, "  11: ", "")
+    _edit(catalog_copy / WC, "  20: shrubland", "  20: {<<: *rule, to: shrubland}")
+    mapping = load_mapping("esa-worldcover")
+    assert (mapping.rules[10].to, mapping.rules[20].to) == ("trees", "shrubland")
+    assert mapping.rules[20].why == "Tree cover."
+
+
+def test_no_nodata_and_zero_sent_to_ignore_is_accepted(catalog_copy: Path) -> None:
+    _zero_without_nodata(catalog_copy, "ignore")
+    mapping = load_mapping("esa-worldcover")
+    assert mapping.map(np.array([0, 20], dtype=np.uint8)).tolist() == [LAS_IGNORE, 3]
+
+
+def test_32_bit_products_map_without_a_table_of_the_whole_range(catalog_copy: Path) -> None:
+    # lut() used to cover the dtype: 4 GiB for uint32, allocated for every sample
+    _edit(catalog_copy / "labels/esa-worldcover.yaml", "dtype: uint8", "dtype: uint32")
+    mapping = load_mapping("esa-worldcover")
+    assert mapping.lut().shape == (101,)
+    native = np.array([[10, 0], [100, 95]], dtype=np.uint32)
+    assert mapping.map(native).tolist() == [[2, LAS_NODATA], [11, 10]]
+    with pytest.raises(UnknownCodeError, match=r"codes not in the legend: 4000000000 \(1 px\)"):
+        mapping.map(np.array([10, 4_000_000_000], dtype=np.uint32))
+
+
+def test_negative_legend_codes_map(catalog_copy: Path) -> None:
+    # `las catalog check` accepted them, then every build failed in lut() with a ValueError
+    label = catalog_copy / "labels/esa-worldcover.yaml"
+    _edit(label, "dtype: uint8", "dtype: int16")
+    _edit(label, "nodata: 0\n", "nodata: -9999\n")
+    _edit(label, "  - value: 20\n", "  - value: -20\n")
+    _edit(catalog_copy / WC, "  20: shrubland", "  -20: shrubland")
+    assert not [p for p in check_catalog() if not p.startswith(WARNING)]
+    mapping = load_mapping("esa-worldcover")
+    native = np.array([[-20, 10], [-9999, 100]], dtype=np.int16)
+    assert mapping.map(native).tolist() == [[3, 2], [LAS_NODATA, 11]]
+    with pytest.raises(UnknownCodeError) as info:
+        mapping.map(np.array([-21, 0, 20], dtype=np.int16))
+    assert info.value.codes == {-21: 1, 0: 1, 20: 1}
+    huge = np.array([2**64 - 20], dtype=np.uint64)  # -20 once wrapped to int64
+    with pytest.raises(UnknownCodeError):
+        mapping.map(huge)
 
 
 def test_check_catalog_warns_on_unused_class(catalog_copy: Path) -> None:
@@ -364,6 +449,16 @@ def test_cli_check_fails_on_problems(catalog_copy: Path) -> None:
     assert "incomplete" in result.output and "invalid" in result.output
     assert "95 (Mangroves)" in result.output
     assert "map.1: target 'forest'" in result.output
+
+
+def test_cli_check_without_a_catalog_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAS_CATALOG", str(tmp_path / "absent"))
+    result = CliRunner().invoke(catalog_app, ["check"])
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, FileNotFoundError)  # no traceback
+    assert f"catalog folder {tmp_path / 'absent'} not found" in result.output
 
 
 def test_cli_check_strict_warnings(catalog_copy: Path) -> None:

@@ -1,0 +1,87 @@
+"""The YAML loader of hand-edited files: catalog legends, mappings, the taxonomy and recipes.
+
+A safe loader (libyaml's where PyYAML has it, so no tag can build a Python object) that also
+turns two quiet surprises of plain YAML into errors with a line number:
+
+* a key repeated in one mapping: PyYAML keeps the last one silently, so a second ``labels:``
+  section or a copy-pasted ``10: trees`` would replace the first without a word. Keys merged in
+  with ``<<: *anchor`` may still be overridden, as YAML intends;
+* an impossible date such as ``2021-02-30``: PyYAML's date constructor raises a bare
+  ``ValueError`` that callers expecting ``yaml.YAMLError`` let escape as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from las_builder._yaml import SafeLoader
+
+__all__ = ["StrictLoader", "load_yaml", "yaml_error_text"]
+
+_MERGE = "tag:yaml.org,2002:merge"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class StrictLoader(SafeLoader):
+    """A safe loader that refuses repeated mapping keys and impossible dates."""
+
+
+def _construct_unique(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # Only the keys written in this mapping count: merged keys (<<) may be overridden.
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            repeated = key in seen
+        except TypeError:  # an unhashable key fails in construct_mapping with its own message
+            continue
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"key {key!r} is repeated (YAML would keep only the last one silently)",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+def _construct_timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
+    except ValueError as err:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{node.value!r} looks like a date but is not one ({err}); write a real date "
+            "YYYY-MM-DD, or quote the text",
+            node.start_mark,
+        ) from None
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
+StrictLoader.add_constructor(_TIMESTAMP, _construct_timestamp)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`StrictLoader`.
+
+    Raises:
+        yaml.YAMLError: The text is not valid YAML, repeats a key or holds an impossible date;
+            the message gives the line and column.
+
+    """
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """The message of a YAML error, its positions written ``line L, column C``.
+
+    Text parsed from a string is named ``"<unicode string>"`` by PyYAML; callers name the
+    file themselves.
+    """
+    return str(err).replace('in "<unicode string>", line', "at line")
