@@ -11,6 +11,7 @@ The lead registers them in ``las_builder/cli.py``::
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,15 @@ DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _reason(err: Exception) -> str:
+    """An error's message on one line (a KeyError's str() adds quotes around it)."""
+    return _one_line(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -59,7 +69,7 @@ def train(
     try:
         summary = run_train(cfg, resume=resume, progress=not quiet)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        raise _fail(str(err).strip("'\"")) from None
+        raise _fail(_reason(err)) from None
     if summary.get("sam2"):
         report = summary["sam2"]
         out = Path(cfg.out_dir) / "sam2_load.json"
@@ -102,8 +112,10 @@ def eval_(
     out: Annotated[
         Path | None, typer.Option(help="metrics.json path (default: beside the checkpoint).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 8,
-    fusion_gamma: Annotated[float, typer.Option(help="Gamma of the confidence fusion.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 8,
+    fusion_gamma: Annotated[
+        float, typer.Option(min=0, help="Gamma of the confidence fusion.")
+    ] = 1.0,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -132,7 +144,7 @@ def eval_(
             progress=not quiet,
         )
     except (FileNotFoundError, KeyError, ValueError) as err:
-        raise _fail(str(err).strip("'\"")) from None
+        raise _fail(_reason(err)) from None
     _print_scores(metrics)
     typer.echo(f"metrics written to {out}")
 
@@ -245,24 +257,30 @@ def predict(
     if sar_units not in ("linear", "db"):
         raise _fail(f"--sar-units must be linear or db, got {sar_units!r}")
     try:
-        result = run_predict(
-            checkpoint,
-            source,
-            out,
-            classes=_split_list(classes),
-            scores=scores,
-            wavelengths=wavelengths,
-            scale=scale,
-            sar_units=sar_units,
-            inputs=_split_list(inputs),
-            use_fusion=fusion,
-            tile=tile,
-            halo=halo,
-            device=device,
-            progress=not quiet,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = run_predict(
+                checkpoint,
+                source,
+                out,
+                classes=_split_list(classes),
+                scores=scores,
+                wavelengths=wavelengths,
+                scale=scale,
+                sar_units=sar_units,
+                inputs=_split_list(inputs),
+                use_fusion=fusion,
+                tile=tile,
+                halo=halo,
+                device=device,
+                progress=not quiet,
+            )
     except (FileNotFoundError, KeyError, ValueError) as err:
-        raise _fail(str(err).strip("'\"")) from None
+        raise _fail(_reason(err)) from None
+    # e.g. an input without a CRS: said once, on one line, not as Python's file:line report
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    for message in dict.fromkeys(said):
+        typer.secho(f"warning: {_one_line(message)}", err=True, fg=typer.colors.YELLOW)
     share = ", ".join(f"{n} {v:.0%}" for n, v in result["share"].items() if v > 0)
     share = share or "no pixel with data (the input is nodata everywhere), all 255"
     typer.echo(f"wrote {result['out']} ({result['shape'][0]}x{result['shape'][1]}): {share}")

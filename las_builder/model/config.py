@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from las_builder.model.data import MODALITIES, ProductSpec
 
@@ -40,7 +47,8 @@ class TrainConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf/NaN pass ``gt=0``-style bounds (an lr of inf trained NaN weights without a word)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -57,6 +65,37 @@ class ModelSpec(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
     sam2_checkpoint: str | None = None
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # checked here, not when the network is built: an unknown name was a TypeError
+        # traceback, a width of 0 a RuntimeError in the first forward pass
+        from dataclasses import fields
+
+        from las_builder.model.model import ModelConfig
+
+        known = {f.name: f for f in fields(ModelConfig) if f.name not in ("size", "extra")}
+        for name, v in value.items():
+            if name not in known:
+                raise ValueError(f"unknown model setting {name!r}; known: {', '.join(known)}")
+            default = getattr(ModelConfig(), name)
+            if isinstance(default, tuple):
+                ok = isinstance(v, list | tuple) and all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
+                )
+                ok = ok and (name == "global_att_blocks" or (bool(v) and min(v) >= 1))
+                what = "a list of whole numbers" + ("" if name == "global_att_blocks" else " >= 1")
+            elif isinstance(default, int):
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                what = "a whole number >= 1"
+            else:
+                ok = isinstance(v, int | float) and not isinstance(v, bool) and v == v
+                ok = ok and abs(v) != float("inf") and v >= 0
+                what = "a finite number >= 0"
+            if not ok:
+                raise ValueError(f"model setting {name}: expected {what}, got {v!r}")
+        return value
+
 
 class TextSpec(_Strict):
     """Text encoder of the prompter (see ``las_builder.model.text``)."""
@@ -65,7 +104,19 @@ class TextSpec(_Strict):
     model: str | None = None
     weights: str | None = None
     template: str = "{}"
-    dim: int = 384
+    dim: int = Field(default=384, ge=1)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        # without "{}" every class gets the same prompt, and the model cannot tell them apart
+        rest = value.replace("{}", "", 1)
+        if "{}" not in value or "{" in rest or "}" in rest:
+            raise ValueError(
+                f"template {value!r} must hold the class name as exactly one {{}}, "
+                "e.g. 'a satellite image of {}'"
+            )
+        return value
 
 
 class OptimSpec(_Strict):
@@ -188,6 +239,32 @@ class TrainConfig(_Strict):
             if bad:
                 raise ValueError(f"unknown modalities {bad}; known: {', '.join(MODALITIES)}")
         return value
+
+    @field_validator("eval_inputs")
+    @classmethod
+    def _eval_inputs(cls, value: list[str] | None) -> list[str] | None:
+        bad = [m for m in value or [] if m not in MODALITIES]
+        if bad:
+            raise ValueError(f"unknown modalities {bad}; known: {', '.join(MODALITIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights(self) -> TrainConfig:
+        # a wrong count or sign failed at the first step, with random.choices' own words
+        for name, weights, of in (
+            ("product_weights", self.product_weights, self.products),
+            ("input_weights", self.input_weights, self.inputs),
+        ):
+            if weights is None:
+                continue
+            listed = "products" if name == "product_weights" else "inputs"
+            if len(weights) != len(of):
+                raise ValueError(
+                    f"{name} has {len(weights)} values for {len(of)} {listed}: give one each"
+                )
+            if any(w < 0 for w in weights) or not sum(weights) > 0:
+                raise ValueError(f"{name} must be 0 or more, at least one above 0: {weights}")
+        return self
 
     @property
     def modalities(self) -> list[str]:

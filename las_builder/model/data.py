@@ -96,6 +96,9 @@ this size (zarr's default is 1, one group per chunk); 64 takes a whole shard of 
 (zarr 3.1; ``async.concurrency`` and ``threading.max_workers`` made no measurable difference).
 """
 
+INDEX_COLUMNS = ("sample_id", "zarr_index", "status", "epsg", "transform", "shape")
+"""Columns of ``index.parquet`` the dataset reads (docs/shard-format.md)."""
+
 S1_DB_OFFSET = 15.0
 S1_DB_SCALE = 10.0
 
@@ -132,11 +135,18 @@ def open_store(path: str | Path, storage_options: dict[str, Any] | None = None) 
     import zarr
 
     store = _join(_dataset_root(path), "las.zarr")
-    if _is_url(store):
-        return zarr.open_group(str(store), mode="r", storage_options=storage_options or {})
-    if not Path(store).is_dir():
+    if not _is_url(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"{store} not found: build the dataset first (`las build`)")
-    return zarr.open_group(str(store), mode="r")
+    try:
+        if _is_url(store):
+            return zarr.open_group(str(store), mode="r", storage_options=storage_options or {})
+        return zarr.open_group(str(store), mode="r")
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
+        # zarr's own messages (no zarr.json, not a group) do not say what to do
+        raise ValueError(
+            f"{store} is not a readable Zarr v3 group ({type(err).__name__}: {err}): "
+            "the store is damaged or unfinished; build it again with `las build`"
+        ) from None
 
 
 def read_index(path: str | Path, storage_options: dict[str, Any] | None = None) -> Any:
@@ -144,11 +154,27 @@ def read_index(path: str | Path, storage_options: dict[str, Any] | None = None) 
     import pandas as pd
 
     index = _join(_dataset_root(path), "index.parquet")
-    if _is_url(index):
-        return pd.read_parquet(str(index), storage_options=storage_options or {})
-    if not Path(index).is_file():
+    if not _is_url(index) and not Path(index).is_file():
         raise FileNotFoundError(f"{index} not found: build the dataset first (`las build`)")
-    return pd.read_parquet(index)
+    try:
+        if _is_url(index):
+            table = pd.read_parquet(str(index), storage_options=storage_options or {})
+        else:
+            table = pd.read_parquet(index)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise ValueError(
+            f"{index} cannot be read as Parquet ({type(err).__name__}: {err}): the index is "
+            "damaged; run `las build` again to rewrite it from its parts"
+        ) from None
+    missing = [c for c in INDEX_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{index} lacks the columns {missing} of a LAS index: it is not the index "
+            "`las build` writes (docs/shard-format.md)"
+        )
+    return table
 
 
 def _hash(sample_id: str, seed: int) -> float:
@@ -309,6 +335,12 @@ class ProductSpec:
         return f"labels/{self.name}/{'native' if self.native else 'las'}"
 
 
+def _fingerprint(counts: dict[str, int]) -> int:
+    """A 32-bit digest of a sample's class counts (``{"code": pixels}``; zeros left out)."""
+    pairs = sorted((int(k), int(v)) for k, v in counts.items() if int(v))
+    return zlib.crc32(repr(pairs).encode())
+
+
 def _lut(values: Iterable[int], size: int) -> np.ndarray:
     """Lookup table: stored code -> index in the class list; everything else ignore."""
     lut = np.full(size, IGNORE_INDEX, dtype=np.int64)
@@ -429,10 +461,17 @@ class LASDataset(Dataset[dict[str, Any]]):
         # (array, shard) -> (a background read of several shards, this one's place in it)
         self._pending: dict[tuple[str, int], tuple[Future[list[np.ndarray]], int]] = {}
         self._slabs: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        # per array, the store rows checked against the index in this process (_verify)
+        self._verified: dict[str, np.ndarray] = {}
 
         index = read_index(path, storage_options)
         ok = index[index["status"] == "ok"].sort_values("zarr_index")
         if split != "all":
+            if split_by and split_by not in index.columns:
+                raise KeyError(
+                    f"split_by {split_by!r} is not a column of {self.path}'s index.parquet; "
+                    "use epsg (regions) or null (a plain hash split)"
+                )
             groups = ok[split_by].tolist() if split_by else None
             held = val_ids(ok["sample_id"].tolist(), val_fraction, split_seed, groups)
             ok = ok[[(s in held) == (split == "val") for s in ok["sample_id"]]]
@@ -455,15 +494,28 @@ class LASDataset(Dataset[dict[str, Any]]):
             }
             for r in records
         ]
+        self.status_counts = {str(k): int(v) for k, v in index["status"].value_counts().items()}
 
         root = self._group()
-        self.shape = tuple(int(v) for v in root["sentinel-2"].shape[-2:])
-        s2 = root["sentinel-2"]
-        self.samples_per_shard = int((s2.shards or s2.chunks)[0])
+        # the label grid (consensus is in every store; a store may lack Sentinel-2)
+        grid_name = next((a for a in ("consensus", "sentinel-2") if a in root), None)
+        if grid_name is None:
+            raise KeyError(
+                f"{self.path}: las.zarr has no consensus array: not a LAS store "
+                "(docs/shard-format.md)"
+            )
+        grid = root[grid_name]
+        self.shape = tuple(int(v) for v in grid.shape[-2:])
+        self.samples_per_shard = int((grid.shards or grid.chunks)[0])
+        self._check_index(index, root, int(grid.shape[0]))
         self.attrs = {m: dict(root[m].attrs) for m in MODALITIES if m in root}
         for m in self.modalities:
             if m not in root:
-                raise KeyError(f"modality {m!r} is not in the store {self.path}")
+                have = ", ".join(m for m in MODALITIES if m in root) or "none"
+                raise KeyError(
+                    f"modality {m!r} is not in the store {self.path} (built without it; its "
+                    f"imagery: {have}): leave {m} out of the inputs"
+                )
         self.bands = {m: band_info(m, self.attrs[m]) for m in self.modalities}
         self.class_names: dict[str, list[str]] = {}
         self._luts: dict[str, np.ndarray] = {}
@@ -491,7 +543,143 @@ class LASDataset(Dataset[dict[str, Any]]):
                 ordered = sorted(taxonomy, key=lambda c: int(c["code"]))
                 self.class_names[spec.key] = [str(c["key"]) for c in ordered]
                 self._luts[spec.key] = _lut([int(c["code"]) for c in ordered], max(size, 256))
+        self._expect = self._expectations(index, root)
         self._root = None  # reopened lazily in each worker
+
+    # --- index and store consistency ---------------------------------------------------------
+
+    def _check_index(self, index: Any, root: Any, n: int) -> None:
+        """Refuse an index that cannot describe this store (another build's, or unfinished).
+
+        Args:
+            index: The whole ``index.parquet``.
+            root: The store's root group.
+            n: Samples on the store's arrays' first axis.
+
+        Raises:
+            ValueError: Rows, sample positions, shards or sample size disagree with the store.
+
+        """
+        where = f"{self.path}: index.parquet"
+        fix = (
+            "the index belongs to another build of the dataset, or the build is unfinished; "
+            "run `las build` again (it writes index.parquet last)"
+        )
+        stored = root.attrs.get("n_samples")
+        if stored is not None and int(stored) != len(index):
+            raise ValueError(
+                f"{where} has {len(index)} rows, las.zarr {int(stored)} samples: {fix}"
+            )
+        zi = index["zarr_index"].to_numpy()
+        bad = (zi < 0) | (zi >= n)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(
+                f"{where}: sample {index['sample_id'].iloc[k]} has zarr_index {int(zi[k])}, "
+                f"outside las.zarr's {n} samples: {fix}"
+            )
+        if len(set(zi.tolist())) != len(zi):
+            raise ValueError(f"{where} names a zarr_index twice: {fix}")
+        if "shard" in index.columns and self.samples_per_shard:
+            off = index["shard"].to_numpy() != zi // self.samples_per_shard
+            if off.any():
+                k = int(np.argmax(off))
+                raise ValueError(
+                    f"{where}: sample {index['sample_id'].iloc[k]} is in shard "
+                    f"{int(index['shard'].iloc[k])}, but las.zarr holds "
+                    f"{self.samples_per_shard} samples a shard: {fix}"
+                )
+        for row in self.rows:
+            if tuple(row["shape"]) != self.shape:
+                raise ValueError(
+                    f"{where}: sample {row['sample_id']} is {row['shape'][0]}x{row['shape'][1]} "
+                    f"px, las.zarr's samples {self.shape[0]}x{self.shape[1]}: {fix}"
+                )
+
+    def _expectations(self, index: Any, root: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """What the index says each array read must hold, per store row.
+
+        A shard object that is lost (a partial copy) reads as fill value, exactly as a sample
+        that was never written: only the index can tell them apart. So, for each array this
+        dataset reads: ``need[i]``, the ok sample ``i`` must have data there (Sentinel-2: some
+        pixel observed; NAIP: an item named; a label product: a pixel of a class in its
+        ``class_counts``), and for LAS-coded label arrays ``print[i]``, a fingerprint of the
+        sample's class counts (``-1``: unknown), so that an index of another build, whose
+        counts differ, is caught when its samples are read.
+        """
+        import json
+
+        n = int(root[next(iter(self._array_names()))].shape[0])
+        ok = index[index["status"] == "ok"]
+        zi = ok["zarr_index"].to_numpy(dtype=np.int64)
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def need_where(values: Any) -> np.ndarray:
+            need = np.zeros(n, dtype=bool)
+            need[zi] = np.asarray(values, dtype=bool)
+            return need
+
+        unknown = np.full(n, -1, dtype=np.int64)
+        if "sentinel-2" in self.modalities:
+            seen = ok["nodata_pct"].to_numpy(dtype=float) < 100 if "nodata_pct" in ok else True
+            out["sentinel-2"] = (need_where(np.broadcast_to(seen, zi.shape)), unknown)
+        if "naip" in self.modalities and "naip_item" in ok:
+            named = [isinstance(v, str) and bool(v) for v in ok["naip_item"]]
+            out["naip"] = (need_where(named), unknown)
+        if self.products and "class_counts" in ok:
+            parsed = [json.loads(c) if isinstance(c, str) else {} for c in ok["class_counts"]]
+            for spec in self.products:
+                counts = [c.get(spec.name) for c in parsed]
+                need = need_where(
+                    [any(k != "0" and v for k, v in (c or {}).items()) for c in counts]
+                )
+                prints = unknown.copy()
+                if not spec.native:
+                    prints[zi] = [_fingerprint(c) if c else -1 for c in counts]
+                out[spec.array] = (need, prints)
+        return out
+
+    def _array_names(self) -> list[str]:
+        return [*self.modalities, *(spec.array for spec in self.products)]
+
+    def _verify(self, name: str, zarr_index: int, whole: np.ndarray, fill: Any) -> None:
+        """Check a sample's whole chunk of one array against the index, once per process.
+
+        Raises:
+            ValueError: The chunk holds nothing where the index says there is data, or its
+                class counts are not the index's (names the sample, the array, the shard).
+
+        """
+        done = self._verified.get(name)
+        expect = self._expect.get(name)
+        if expect is None or (done is not None and done[zarr_index]):
+            return
+        need, prints = expect
+        if done is None:
+            done = self._verified[name] = np.zeros(len(need), dtype=bool)
+        problem = None
+        if need[zarr_index]:
+            if isinstance(fill, float) and np.isnan(fill):
+                stored = not np.isnan(whole).all()
+            else:
+                stored = bool(whole.any()) if fill == 0 else bool((whole != fill).any())
+            if not stored:
+                problem = "holds nothing for it (its chunk or shard object is missing)"
+        if problem is None and prints[zarr_index] >= 0:
+            counts = np.bincount(whole.ravel(), minlength=256)
+            got = _fingerprint({str(k): int(v) for k, v in enumerate(counts) if v})
+            if got != prints[zarr_index]:
+                problem = "does not hold the class counts the index gives for it"
+        if problem is not None:
+            sample = next((r["sample_id"] for r in self.rows if r["zarr_index"] == zarr_index), "?")
+            shard = zarr_index // self.samples_per_shard
+            raise ValueError(
+                f"{self.path}: sample {sample} (zarr_index {zarr_index}, shard {shard}) is ok "
+                f"in index.parquet, but las.zarr's {name} {problem}: the store and its index "
+                "disagree (a lost shard object, or an index.parquet from another build); "
+                "rebuild that shard with `las build` or copy the dataset again"
+            )
+        done[zarr_index] = True
 
     # --- store access ------------------------------------------------------------------------
 
@@ -503,6 +691,7 @@ class LASDataset(Dataset[dict[str, Any]]):
             self._readers = None
             self._slabs = OrderedDict()
             self._pending = {}
+            self._verified = {}
         return self._root
 
     def _arrays(self) -> dict[str, Any]:
@@ -513,8 +702,7 @@ class LASDataset(Dataset[dict[str, Any]]):
         """
         root = self._group()
         if self._handles is None:
-            names = [*self.modalities, *(spec.array for spec in self.products)]
-            self._handles = {name: root[name] for name in names}
+            self._handles = {name: root[name] for name in self._array_names()}
         return self._handles
 
     def _shard_readers(self) -> dict[str, ShardedArray | None]:
@@ -532,6 +720,7 @@ class LASDataset(Dataset[dict[str, Any]]):
         state["_readers"] = None
         state["_pending"] = {}
         state["_slabs"] = OrderedDict()
+        state["_verified"] = {}
         return state
 
     def __len__(self) -> int:
@@ -872,16 +1061,20 @@ class LASDataset(Dataset[dict[str, Any]]):
             self._slabs[key] = future.result()[place]  # re-raises the read's error
         out: dict[str, list[np.ndarray]] = {}
         for name, plan in plans.items():
-            out[name] = [
-                (
+            fill = arrays[name].fill_value
+            views = []
+            for (ref, crop), zi in zip(plan, zarr_indices, strict=True):
+                read = (
                     rows_read[ref]
                     if isinstance(ref, str)
                     else self._slabs[ref]
                     if isinstance(ref, tuple)
                     else done[ref]
-                )[crop]
-                for ref, crop in plan
-            ]
+                )
+                if crop is not Ellipsis:  # the sample's whole chunk is at hand: check it
+                    self._verify(name, zi, read[crop[0]], fill)
+                views.append(read[crop])
+            out[name] = views
         while len(self._slabs) > self.shard_cache * len(arrays):
             self._slabs.popitem(last=False)
         return out

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -553,6 +554,14 @@ def _predict_raster(
             kind = np.dtype(src.dtypes[0])
             scale = 10000.0 if kind.kind in "iu" and kind.itemsize >= 2 else 255.0
             scale = 1.0 if kind.kind == "f" else scale
+        elif not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"--scale must be a number above 0, got {scale}")
+        if src.crs is None:  # still a prediction, but say it is not on any map
+            warnings.warn(
+                f"{redact(path)} has no CRS: the prediction is written on its pixel grid "
+                "without one (it will not line up on a map)",
+                stacklevel=2,
+            )
         h, w = src.height, src.width
         polarised = np.asarray(pol) > 0
         counts = np.zeros(len(names), dtype=np.int64)
@@ -589,13 +598,52 @@ def _raster_input(
     from las_builder.model.data import normalise
 
     raw = src.read(window=window).astype(np.float32)
-    ok = np.isfinite(raw).all(0)
+    finite = np.isfinite(raw)
+    ok = finite.all(0)
     nodata = src.nodata
     if nodata is not None and not np.isnan(nodata):
         ok &= ~(raw == nodata).all(0)
     else:
         ok &= ~(raw == 0).all(0)
+    _check_values(src, raw, ok, scale, polarised, sar_units)
     x_in = raw / scale
     if polarised.any():
         x_in[polarised] = normalise("sentinel-1", raw[polarised], {"units": sar_units})
-    return torch.from_numpy(np.nan_to_num(x_in))[None], ok
+    # every non-finite value to 0: nan_to_num's default turns inf into float32's largest,
+    # which the convolutions spread over the whole tile's prediction
+    x_in[~finite] = 0
+    return torch.from_numpy(x_in)[None], ok
+
+
+MIN_REFLECTANCE, MAX_REFLECTANCE = -0.1, 2.0
+"""Bounds of a band's median surface reflectance that is taken as one: bright snow is about
+1, dark water a few hundredths (slightly below 0 in places after the BOA offset)."""
+
+
+def _check_values(
+    src: Any, raw: np.ndarray, ok: np.ndarray, scale: float, polarised: np.ndarray, units: str
+) -> None:
+    """Refuse values the model would read wrongly.
+
+    Optical bands whose median (after ``scale``) is no reflectance, linear SAR backscatter
+    below 0 (values in dB). A wrong ``--scale`` (a float raster of digital numbers, read
+    with the float default of 1) otherwise gives a confident, wrong prediction.
+    """
+    sample = raw[:, ok][:, :: max(1, int(ok.sum()) // 4096)]  # a few thousand pixels suffice
+    if sample.size == 0:
+        return
+    name = redact(str(src.name))
+    for band, values in enumerate(sample, start=1):
+        median = float(np.median(values))
+        if polarised[band - 1]:
+            if units == "linear" and median < 0:
+                raise ValueError(
+                    f"{name}: band {band} (SAR) has a median of {median:.3g}, below 0: "
+                    "backscatter in dB? give --sar-units db"
+                )
+        elif not MIN_REFLECTANCE <= median / scale <= MAX_REFLECTANCE:
+            raise ValueError(
+                f"{name}: band {band} divided by --scale {scale:g} has a median of "
+                f"{median / scale:.3g}, not a reflectance (0-1): give the --scale that "
+                "turns its values into reflectance (e.g. 10000 for Sentinel-2 digital numbers)"
+            )

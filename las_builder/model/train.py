@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
 import re
 import time
@@ -41,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "masked_cross_entropy",
     "presence_targets",
+    "read_checkpoint",
     "resolve_device",
     "save_checkpoint",
     "train",
@@ -162,11 +164,64 @@ def _lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], flo
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
-    """Write a checkpoint atomically (``path.tmp`` then rename)."""
+    """Write a checkpoint atomically (``path.tmp``, flushed to disk, then renamed).
+
+    A run killed while writing (``kill -9``, power loss) leaves the previous checkpoint
+    whole: the rename happens only once every byte of the new one is on disk.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    with tmp.open("wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint's dict, refusing anything that is not a whole LandSegmenter one.
+
+    Loaded with ``weights_only=True``: a checkpoint holds tensors and plain values only, so
+    a file from elsewhere cannot run code while it is read.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: A damaged (e.g. truncated) file, or not a LandSegmenter checkpoint.
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        # torch's own messages run to a paragraph: its first sentence says enough
+        reason = " ".join(str(err).split()).split(". ")[0][:160] or type(err).__name__
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({reason}): it is damaged or not a "
+            "LandSegmenter checkpoint; use another one (checkpoints/step-*.pt)"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a LandSegmenter checkpoint ({CHECKPOINT_FORMAT})")
+    missing = [k for k in ("model", "model_config", "train_config", "text") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}: it is incomplete; use another one")
+    return ckpt
+
+
+def _load_weights(model: LandSegmenter, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's weights, saying how they differ from the network on a mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or reshaped:
+        raise ValueError(
+            f"checkpoint {path} does not fit the network (model.size {model.config.size!r}): "
+            f"{len(missing)} tensors missing, {len(unexpected)} unknown, {len(reshaped)} of "
+            "another shape; use the model settings it was trained with, or another out_dir"
+        )
+    model.load_state_dict(state)
 
 
 def load_checkpoint(
@@ -185,13 +240,15 @@ def load_checkpoint(
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a LandSegmenter checkpoint ({CHECKPOINT_FORMAT})")
-    model = LandSegmenter(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    ckpt = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(ckpt["model_config"])
+    except TypeError as err:
+        raise ValueError(
+            f"checkpoint {path}: its model_config is not this version's ({err})"
+        ) from None
+    model = LandSegmenter(config)
+    _load_weights(model, ckpt["model"], path)
     model.to(device).eval()
     return model, TextPrompter.from_state(ckpt["text"]), ckpt
 
@@ -304,11 +361,13 @@ def quick_miou(
 class _Logger:
     """metrics.csv + optional TensorBoard."""
 
-    def __init__(self, out_dir: Path, resume: bool) -> None:
+    def __init__(self, out_dir: Path, resume: bool, step: int = 0) -> None:
         self.path = out_dir / "metrics.csv"
         if not resume or not self.path.exists():
             with self.path.open("w", newline="") as f:
                 csv.DictWriter(f, METRIC_FIELDS).writeheader()
+        else:
+            self._keep_until(step)
         self.tb: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -320,6 +379,24 @@ class _Logger:
             )
         else:
             self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def _keep_until(self, step: int) -> None:
+        """Drop the rows past ``step``.
+
+        A run killed after its last checkpoint logged steps that the resumed run trains (and
+        logs) again: they would be in the file twice.
+        """
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) <= step]
+        if len(kept) == len(rows):
+            return
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(self.path)
 
     def log(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
@@ -392,7 +469,12 @@ def train(
         cfg.dataset, split="train", crop_px=cfg.crop_px, random_crop=True, **common
     )
     if len(train_ds) == 0:
-        raise ValueError(f"{cfg.dataset}: no usable training samples")
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(train_ds.status_counts.items()))
+        raise ValueError(
+            f"{cfg.dataset}: no usable training samples (index.parquet: {counts or 'no rows'}; "
+            "only status ok samples train): see their reasons with `las build --status` "
+            "or `las inspect`, then rebuild"
+        )
     val_ds = LASDataset(cfg.dataset, split="val", **common) if cfg.val_fraction > 0 else None
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
@@ -421,8 +503,8 @@ def train(
     rng = random.Random(cfg.seed)
     step = 0
     if resume:
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        state = read_checkpoint(last)
+        _load_weights(model, state["model"], last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
@@ -434,7 +516,7 @@ def train(
         text = {p: prompter.embed(names) for p, names in train_ds.class_names.items()}
 
     text = {p: t.to(device) for p, t in text.items()}
-    logger = _Logger(out_dir, resume)
+    logger = _Logger(out_dir, resume, step)
     use_amp = device.type == "cuda"
 
     def checkpoint(at: int, epoch: int) -> Path:
@@ -525,6 +607,16 @@ def train(
                         pres_sum = pres_sum + bce * len(idx) / b
                 ce_loss = ce_sum / max(n_valid, 1)
                 loss = ce_loss + cfg.optim.prior_weight * pres_sum
+            if not bool(torch.isfinite(loss.detach())):
+                # a NaN/inf loss would poison every weight with the next update (and then
+                # every checkpoint after it): stop, the last checkpoint is still good
+                logger.close()
+                kept = f"; {last} predates it" if last.is_file() else ""
+                raise ValueError(
+                    f"training diverged: the loss is {float(loss.detach())} at step {step + 1} "
+                    f"(lr {scheduler.get_last_lr()[0]:.3g}); lower optim.lr or raise "
+                    f"optim.warmup_steps and train again{kept}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
