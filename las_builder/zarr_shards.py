@@ -120,6 +120,11 @@ def _run_all(calls: list[tuple[Any, tuple[Any, ...]]], threads: int | None = Non
     return results
 
 
+def _crc_bytes(value: int) -> bytes:
+    """A CRC32C as zarr's ``crc32c`` codec stores it: 4 bytes, little-endian."""
+    return value.to_bytes(4, "little")
+
+
 class ShardCorruptError(ValueError):
     """A shard object whose index or chunks do not decode; names the array and the object."""
 
@@ -173,6 +178,9 @@ class ShardedArray:
         config = getattr(array.async_array, "config", None)
         self.write_empty_chunks = bool(getattr(config, "write_empty_chunks", False))
         self._codec = chunk_codec(sharding.codecs[1], self.dtype.itemsize)
+        # A crc32c after the compressor (stores since the chunk checksum): a flipped bit in a
+        # compressed chunk would otherwise decode, silently, into wrong values.
+        self.checksum = len(sharding.codecs) == 3
         # shard -> its chunk table (None: no object), kept for row reads (16 bytes per chunk)
         self._tables: dict[int, np.ndarray | None] = {}
 
@@ -181,7 +189,8 @@ class ShardedArray:
         """The whole-shard view of ``array``, or None when its layout is not the one here.
 
         Supported: Zarr v3, one ``sharding_indexed`` codec whose inner codecs are ``bytes``
-        (little-endian) then ``blosc`` or ``zstd``, whose index codecs are ``bytes`` then
+        (little-endian), then ``blosc`` or ``zstd``, then ``crc32c`` or nothing (stores built
+        before the chunk checksum), whose index codecs are ``bytes`` then
         ``crc32c`` with the index at the end, and whose inner chunks differ from the shard
         only along the first axis (``las build``: one sample per chunk, ``samples_per_shard``
         per shard).
@@ -205,7 +214,8 @@ class ShardedArray:
             return getattr(value, "value", value)
 
         if (
-            len(inner) != 2
+            len(inner) not in (2, 3)
+            or (len(inner) == 3 and not isinstance(inner[2], Crc32cCodec))
             or not isinstance(inner[0], BytesCodec)
             or endian(inner[0]) not in little
             or not isinstance(inner[1], BloscCodec | ZstdCodec)
@@ -252,7 +262,7 @@ class ShardedArray:
                 f"{self._where(shard)} is {size} bytes, shorter than its {self.index_bytes}-byte "
                 "index: the store is damaged; rebuild that shard (las build)"
             )
-        computed = np.uint32(google_crc32c.value(bytes(raw[:-4]))).tobytes()
+        computed = _crc_bytes(google_crc32c.value(bytes(raw[:-4])))
         if bytes(raw[-4:]) != computed:
             raise ShardCorruptError(
                 f"{self._where(shard)} fails its index checksum: the store is damaged; "
@@ -293,11 +303,13 @@ class ShardedArray:
                     f"{self._where(shard)}, chunk {k} points past the data: the store is "
                     "damaged; rebuild that shard (las build)"
                 )
-            jobs.append((blob[int(offset) : end], slot, self._where(shard)))
+            jobs.append((blob[int(offset) : end], slot, f"{self._where(shard)}, chunk {k}"))
         return out, jobs
 
     def decode(self, compressed: memoryview, slot: np.ndarray, where: str) -> None:
         """Decompress one inner chunk into ``slot`` (a full-chunk slice of the output)."""
+        if self.checksum:
+            compressed = self._checked(compressed, where)
         try:
             if len(slot) == self.chunk_shape[0] and slot.flags.c_contiguous:
                 self._codec.decode(compressed, out=slot.reshape(-1).view(np.uint8))
@@ -309,6 +321,20 @@ class ShardedArray:
                 f"{where}: a chunk does not decompress ({err}): the store is damaged; "
                 "rebuild that shard (las build)"
             ) from err
+
+    def _checked(self, stored: memoryview, where: str) -> memoryview:
+        """A chunk's compressed bytes, its trailing CRC32C (zarr's ``crc32c`` codec) checked."""
+        import google_crc32c
+
+        body = stored[:-4]
+        # google_crc32c reads numpy arrays but not memoryviews: a view, not a copy
+        crc = google_crc32c.value(np.frombuffer(body, dtype=np.uint8))
+        if len(stored) < 4 or bytes(stored[-4:]) != _crc_bytes(crc):
+            raise ShardCorruptError(
+                f"{where}: the chunk fails its checksum: the store is damaged; rebuild that shard "
+                "(las build) or copy it again"
+            )
+        return body
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -330,7 +356,12 @@ class ShardedArray:
         """One inner chunk compressed, or None when it is not stored (all fill value)."""
         if not self.write_empty_chunks and self._is_fill(chunk):
             return None
-        return bytes(self._codec.encode(np.ascontiguousarray(chunk, dtype=self.dtype)))
+        encoded = bytes(self._codec.encode(np.ascontiguousarray(chunk, dtype=self.dtype)))
+        if self.checksum:
+            import google_crc32c
+
+            return encoded + _crc_bytes(google_crc32c.value(encoded))
+        return encoded
 
     def chunks_of(self, data: np.ndarray) -> list[np.ndarray]:
         """The inner chunks of one shard's rows, padded with fill past the array's end."""
@@ -358,7 +389,7 @@ class ShardedArray:
                 index[k] = (offset, len(part))
                 offset += len(part)
         raw = index.tobytes()
-        crc = np.uint32(google_crc32c.value(raw)).tobytes()
+        crc = _crc_bytes(google_crc32c.value(raw))
         # One join: each `+` of a shard-sized object would copy it into fresh pages again.
         return b"".join([*(part for part in encoded if part is not None), raw, crc])
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from las_builder.zarr_shards import (
     ShardCorruptError,
@@ -17,7 +17,8 @@ from las_builder.zarr_shards import (
     write_shards,
 )
 
-# Every test runs with each compressor a recipe may choose (output.compressor).
+# Every test runs with each compressor a recipe may choose (output.compressor), with the
+# chunk checksum las build writes and without it (stores built before it).
 COMPRESSORS = {
     "blosc-lz4": BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
     "zstd": ZstdCodec(level=3),
@@ -25,9 +26,14 @@ COMPRESSORS = {
 _compressor: list = []
 
 
-@pytest.fixture(autouse=True, params=sorted(COMPRESSORS))
+@pytest.fixture(
+    autouse=True,
+    params=[(name, crc) for name in sorted(COMPRESSORS) for crc in (True, False)],
+    ids=lambda p: f"{p[0]}{'+crc32c' if p[1] else ''}",
+)
 def compressor(request: pytest.FixtureRequest) -> object:
-    _compressor[:] = [COMPRESSORS[request.param]]
+    name, crc = request.param
+    _compressor[:] = [[COMPRESSORS[name], Crc32cCodec()] if crc else [COMPRESSORS[name]]]
     yield _compressor[0]
     _compressor.clear()
 
@@ -230,8 +236,25 @@ def test_a_damaged_shard_fails_naming_array_and_shard(tmp_path: Path) -> None:
     garbled = bytearray(good)
     garbled[4:12] = b"\x00" * 8  # the first chunk's Blosc header or zstd frame
     path.write_bytes(bytes(garbled))
-    with pytest.raises(ShardCorruptError, match=r"labels/x: shard c/0/0/0/0: a chunk does not"):
+    message = "the chunk fails its checksum" if reader.checksum else "a chunk does not decompress"
+    with pytest.raises(ShardCorruptError, match=rf"labels/x: shard c/0/0/0/0, chunk 0: {message}"):
         read_shards([(reader, 0)])
+    with pytest.raises(ShardCorruptError, match=rf"shard c/0/0/0/0, chunk 0: {message}"):
+        read_rows([(reader, [0])])
+
+    if reader.checksum:
+        # One bit inside the compressed data, the frame intact: without the chunk's checksum
+        # this decodes, silently, into other values (zarr's own read refuses it too).
+        offset, nbytes = np.frombuffer(good[-reader.index_bytes : -4], "<u8").reshape(-1, 2)[3]
+        flipped = bytearray(good)
+        flipped[int(offset + nbytes // 2)] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(
+            ShardCorruptError, match=r"shard c/0/0/0/0, chunk 3: the chunk fails its"
+        ):
+            read_shards([(reader, 0)])
+        with pytest.raises(ValueError):
+            zarr.open_array(str(tmp_path / "s.zarr"), path="labels/x", mode="r")[:]
 
     path.write_bytes(good)
     np.testing.assert_array_equal(read_shards([(reader, 0)])[0], array[:])
