@@ -163,7 +163,7 @@ def _read_labels(
 ) -> tuple[np.ndarray, list[SceneItem]]:
     """Native codes of a product on the GeoBox, mosaicked over every tile of the chosen date."""
     legend = _from_catalog(run_id, "legend", spec.product)
-    nodata = legend.nodata if legend.nodata is not None else 0
+    nodata = legend.fill  # its nodata, or a value no class uses (0 may be a class)
     if spec.year is not None:
         chosen = [it for it in items if (it.start_datetime or it.datetime).year == spec.year]
     elif s2 is not None:

@@ -416,6 +416,22 @@ class LabelProduct(_Strict):
         return sorted(c.value for c in self.classes if not c.is_nodata and c.value != self.nodata)
 
     @property
+    def fill(self) -> int:
+        """The value a build reads where the product has no data.
+
+        Its ``nodata``; for a product without one, the largest value of its dtype that no
+        legend entry uses: 0 (GDAL's default fill) may be a class, and pixels no file covers
+        would become that class, or an unknown code that fails the sample.
+        """
+        if self.nodata is not None:
+            return self.nodata
+        used = {c.value for c in self.classes}
+        value = _DTYPE_RANGE[self.dtype][1]
+        while value in used:  # the legend has far fewer entries than any dtype has values
+            value -= 1
+        return value
+
+    @property
     def nodata_class(self) -> LabelClass | None:
         """The legend entry of the nodata value, when the official legend lists one."""
         return next((c for c in self.classes if c.is_nodata), None)

@@ -37,7 +37,7 @@ import re
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, get_args
@@ -990,8 +990,6 @@ def add_product(
         suggestions = suggest_mapping(
             product.classes, taxonomy, threshold=threshold, encoder=encoder
         )
-        if product.nodata is None:
-            suggestions = [_zero_without_nodata(s) if s.code == 0 else s for s in suggestions]
     map_text = mapping_yaml(product, suggestions, threshold=threshold, taxonomy_id=taxonomy.id)
     _validate_mapping(map_text, mapping_path, product, taxonomy)
     try:
@@ -1010,21 +1008,6 @@ def add_product(
         suggestions=tuple(suggestions),
         todos=sum(TODO_MARK in line for line in label_text.splitlines()),
     )
-
-
-def _zero_without_nodata(s: Suggestion) -> Suggestion:
-    """Send code 0 of a product without nodata to ignore, saying why.
-
-    Builds read such a product with 0 as the fill of pixels no file covers, so a class at 0
-    would be painted wherever the product has no data (``las catalog check`` refuses it).
-    """
-    if s.target == IGNORE:
-        return s
-    why = (
-        f"The product has no nodata value, and pixels no file covers are read as 0: set "
-        f"`nodata` in the label file, then map 0 (suggested: {s.target})."
-    )
-    return replace(s, target=IGNORE, why=why)
 
 
 def _taxonomy_for(root: Path) -> Taxonomy:

@@ -402,9 +402,9 @@ class ProductMapping(_Strict):
         if min(self.product.codes) < 0:
             raise ValueError(f"{self.product_id}: negative legend codes cannot index a table")
         table = np.full(dtype_max + 1, LUT_UNMAPPED, dtype=np.uint8)
-        nodata = self.product.nodata
-        if nodata is not None and 0 <= nodata <= dtype_max:
-            table[nodata] = LAS_NODATA
+        fill = self.product.fill  # nodata, or the value builds read outside the product
+        if 0 <= fill <= dtype_max:
+            table[fill] = LAS_NODATA
         for code, rule in self.rules.items():
             table[code] = self.taxonomy.code_of(rule.to)
         return table
@@ -441,9 +441,9 @@ class ProductMapping(_Strict):
                 outside = (arr < 0) | (arr >= size)
                 out = table[np.where(outside, 0, arr)]
                 out[outside] = LUT_UNMAPPED
-                nodata = self.product.nodata
-                if nodata is not None and not 0 <= nodata < size:
-                    out[arr == nodata] = LAS_NODATA
+                fill = self.product.fill
+                if not 0 <= fill < size:
+                    out[arr == fill] = LAS_NODATA
         bad = out == LUT_UNMAPPED
         if bad.any():
             codes, counts = np.unique(arr[bad], return_counts=True)
@@ -454,8 +454,7 @@ class ProductMapping(_Strict):
     def _map_sparse(self, arr: np.ndarray) -> np.ndarray:
         """Map by binary search in the sorted codes (legends with negative codes)."""
         pairs = {code: self.taxonomy.code_of(rule.to) for code, rule in self.rules.items()}
-        if self.product.nodata is not None:
-            pairs[self.product.nodata] = LAS_NODATA
+        pairs[self.product.fill] = LAS_NODATA
         keys = np.array(sorted(pairs), dtype=np.int64)
         values = np.array([pairs[k] for k in keys.tolist()], dtype=np.uint8)
         flat = arr.astype(np.int64)  # label dtypes are at most 32-bit: exact
@@ -509,20 +508,6 @@ def mapping_problems(
                 )
             )
         native = product.class_by_value(code)
-        if product.nodata is None and code == 0 and rule.to != IGNORE:
-            # Builds read a product without nodata with 0 as the fill (GDAL's default for
-            # pixels no file covers), so those pixels would silently become this class.
-            problems.append(
-                (
-                    field,
-                    f"{product.id} has no nodata value (nodata: null) and code 0 "
-                    f"({native.name}) maps to {rule.to!r}: pixels that no file of the product "
-                    "covers are read as 0 and would become that class. Set `nodata` in "
-                    f"labels/{product.id}.yaml to the fill value of its files (or to a value "
-                    f"they never hold, e.g. {_DTYPE_RANGE[product.dtype][1]}), or map 0 to "
-                    f"{IGNORE}",
-                )
-            )
         if native.ignore and rule.to != IGNORE:
             problems.append(
                 (

@@ -835,7 +835,7 @@ class EarthEngineSource:
         for product, year in self.labels:
             spec = self._label_spec(product, year)
             legend = load_label_product(product)
-            nodata = legend.nodata if legend.nodata is not None else 0
+            nodata = legend.fill
             key = f"labels/{product}/native"
             if spec["match"] == "s2-scene":
                 sample.record[f"{product}_items"] = chosen

@@ -5,17 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
 import pytest
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from shapely.geometry import box
 
 from las_builder.build import sample as sample_mod
 from las_builder.build.config import BuildConfig, LabelSpec
 from las_builder.build.read import ReadError
+from las_builder.catalog import LAS_NODATA, load_mapping
 from las_builder.stac import SceneItem
 
 SHAPE = (8, 8)
@@ -181,3 +184,20 @@ def test_a_build_reads_each_legend_and_mapping_once(monkeypatch: pytest.MonkeyPa
     sample_mod._from_catalog("", "mapping", "p")
     sample_mod._from_catalog("", "mapping", "p")
     assert len(calls) == 5
+
+
+def test_a_product_without_nodata_is_read_with_a_value_no_class_uses(catalog_copy: Path) -> None:
+    """Where no item covers a sample, a product without nodata is its fill (LAS nodata when
+    mapped), not 0, which may be one of its classes."""
+    label_file = catalog_copy / "labels" / "esa-worldcover.yaml"
+    text = label_file.read_text().replace("nodata: 0\n", "nodata: null\n", 1)
+    label_file.write_text(text.replace("  - value: 10\n", "  - value: 0\n", 1))
+    mapping_file = catalog_copy / "taxonomy" / "mappings" / "esa-worldcover.yaml"
+    mapping_file.write_text(mapping_file.read_text().replace("  10: trees", "  0: trees", 1))
+    geobox = GeoBox(SHAPE, Affine(10, 0, 500_000, 0, -10, 4_000_000), "EPSG:32631")
+    spec = LabelSpec("esa-worldcover", "esa-worldcover", "map", 2021)
+    native, chosen = sample_mod._read_labels(spec, [], geobox, None, cast(Any, None))
+    assert chosen == [] and native.dtype == np.uint8 and (native == 255).all()
+    mapping = load_mapping("esa-worldcover")
+    assert mapping.target(0) == mapping.taxonomy.code_of("trees")
+    assert (mapping.map(native) == LAS_NODATA).all()

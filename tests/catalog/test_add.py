@@ -520,10 +520,11 @@ def test_integral_floats_ranges_and_second_nodata_entries(tmp_path: Path) -> Non
     assert suggested == {1: "water", 2: "water", 3: "water", 4: "trees", 250: IGNORE}
 
 
-def test_no_nodata_and_a_class_at_zero_is_drafted_as_ignore(
+def test_no_nodata_and_a_class_at_zero_is_drafted_as_that_class(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Builds read such a product with 0 as the fill; the draft must not teach "water" there.
+    # Builds fill such a product with a value no class uses (LabelProduct.fill), so 0 is a
+    # class like any other.
     classes = [{"value": 0, "name": "Water"}, {"value": 1, "name": "Trees"}]
     source = _collection(tmp_path, "zero", {"classification:classes": classes})
     taxonomy = load_taxonomy()
@@ -533,10 +534,11 @@ def test_no_nodata_and_a_class_at_zero_is_drafted_as_ignore(
     catalog = _copy_catalog(tmp_path / "catalog")
     result = add_product(source, out=catalog, encoder=lambda ts: np.array([texts[t] for t in ts]))
     assert result.product.nodata is None
+    assert result.product.fill == 255
     zero = next(s for s in result.suggestions if s.code == 0)
-    assert zero.target == IGNORE and zero.why is not None and "set `nodata`" in zero.why
+    assert zero.target == "water"
     monkeypatch.setenv("LAS_CATALOG", str(catalog))
-    assert load_mapping("zero").rules[0].alternative == "water"
+    assert load_mapping("zero").rules[0].to == "water"
     assert not [p for p in check_catalog() if not p.startswith(WARNING)]
 
 

@@ -342,12 +342,6 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
         lambda c: _edit(c / "labels/esa-worldcover.yaml", "name: v100", "name: 2021-02-30"),
         "'2021-02-30' looks like a date but is not one (day is out of range for month)",
     ),
-    # a build reads a product without nodata with 0 as the fill: uncovered pixels became trees
-    "no nodata and a class at 0": (
-        lambda c: _zero_without_nodata(c, "trees"),
-        "map.0: esa-worldcover has no nodata value (nodata: null) and code 0 (Tree cover) "
-        "maps to 'trees'",
-    ),
 }
 
 
@@ -388,10 +382,27 @@ def test_merged_keys_may_be_overridden(catalog_copy: Path) -> None:
     assert mapping.rules[20].why == "Tree cover."
 
 
-def test_no_nodata_and_zero_sent_to_ignore_is_accepted(catalog_copy: Path) -> None:
-    _zero_without_nodata(catalog_copy, "ignore")
+def test_a_product_without_nodata_is_filled_with_a_value_no_class_uses(
+    catalog_copy: Path,
+) -> None:
+    """Builds read such a product with ``fill`` where no file covers the sample (GDAL's 0
+    would have been tree cover here, or an unknown code failing the sample); it maps to LAS
+    nodata, and 0 stays a class."""
+    _zero_without_nodata(catalog_copy, "trees")
+    assert check_catalog() == []
+    product = load_label_product("esa-worldcover")
+    assert product.nodata is None and product.fill == 255
     mapping = load_mapping("esa-worldcover")
-    assert mapping.map(np.array([0, 20], dtype=np.uint8)).tolist() == [LAS_IGNORE, 3]
+    trees = mapping.taxonomy.code_of("trees")
+    assert mapping.map(np.array([0, 255, 20], dtype=np.uint8)).tolist() == [trees, LAS_NODATA, 3]
+    # the largest value no legend entry uses, also for wide dtypes mapped without a full table
+    _edit(catalog_copy / "labels/esa-worldcover.yaml", "dtype: uint8", "dtype: uint16")
+    _edit(catalog_copy / "labels/esa-worldcover.yaml", "  - value: 20\n", "  - value: 65535\n")
+    _edit(catalog_copy / WC, "  20: shrubland", "  65535: shrubland")
+    mapping = load_mapping("esa-worldcover")
+    assert mapping.product.fill == 65534
+    got = mapping.map(np.array([0, 65534, 65535], dtype=np.uint16)).tolist()
+    assert got == [trees, LAS_NODATA, mapping.taxonomy.code_of("shrubland")]
 
 
 def test_32_bit_products_map_without_a_table_of_the_whole_range(catalog_copy: Path) -> None:

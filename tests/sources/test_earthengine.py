@@ -152,7 +152,7 @@ def test_catalog_maps_las_band_order_and_label_assets() -> None:
     # The label entries agree with catalog/labels (its earth_engine refs and versions).
     for product, spec in catalog()["labels"].items():
         legend = load_label_product(product)
-        assert spec["dtype"] == legend.dtype and spec["nodata"] == legend.nodata
+        assert spec["dtype"] == legend.dtype and spec["nodata"] == legend.fill
         if spec["match"] == "version":
             for v in spec["versions"]:
                 ref = legend.earth_engine_for(legend.version_for_year(v["year"]))
