@@ -37,7 +37,7 @@ def inspect(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 
-    from las_builder.inspect import InspectError, inspect_dataset
+    from las_builder.inspect import InspectError, inspect_dataset, notes
 
     console = Console(stderr=True, quiet=quiet)
     try:
@@ -54,13 +54,17 @@ def inspect(
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
     summary = result.summary
-    table = Table(title=f"{dataset}: {summary['samples']} samples")
+    for note in notes(summary):
+        typer.secho(note, err=True, fg=typer.colors.YELLOW)
+    planned = (summary.get("partial") or {}).get("samples_planned")
+    of = f" of {planned} planned" if planned else ""
+    table = Table(title=f"{dataset}: {summary['samples']}{of} samples")
     for column in ("ok", "skipped", "failed"):
         table.add_column(column, justify="right")
     table.add_row(str(summary["ok"]), str(summary["skipped"]), str(summary["failed"]))
     console.print(table)
     for reason in summary["reasons"]:
-        console.print(f"  {reason['samples']:>5}  {reason['reason']}")
+        console.print(f"  {reason['samples']:>5}  {reason['status']}: {reason['reason']}")
     agreement = Table(title="agreement with the consensus (ok samples)")
     agreement.add_column("product")
     agreement.add_column("classified %", justify="right")

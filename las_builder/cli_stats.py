@@ -15,6 +15,10 @@ def stats(
         Path,
         typer.Argument(help="The output folder of `las build` (las.zarr and index.parquet)."),
     ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default: DATASET/stats)."),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the files written.")
     ] = False,
@@ -22,8 +26,9 @@ def stats(
     """Class frequencies per product and the confusion matrix of every pair of products.
 
     Counts only samples with status ok, in LAS codes; nodata (0) and ignore (255) are counted
-    apart and left out of the confusion matrices. Writes stats/stats.json,
-    stats/class_frequencies.png and stats/confusion_<a>__<b>.png under DATASET.
+    apart and left out of the confusion matrices. Writes stats.json, class_frequencies.png and
+    confusion_<a>__<b>.png into DATASET/stats (or --out). During a build (no index.parquet
+    yet) it counts the finished shards.
     """
     from rich import box
     from rich.console import Console
@@ -33,11 +38,13 @@ def stats(
 
     try:
         result = compute_stats(dataset)
+        written = write_stats(result, dataset, out)
     except StatsError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
-    written = write_stats(result, dataset)
     console = Console(soft_wrap=True, quiet=quiet)
+    if result.partial is not None:
+        typer.secho(_partial_note(result.partial), err=True, fg=typer.colors.YELLOW)
 
     layers = list(result.counts)
     table = Table(
@@ -49,20 +56,29 @@ def stats(
     for layer in layers:
         table.add_column(layer if layer != CONSENSUS else f"[i]{layer}[/i]", justify="right")
     frequencies = {layer: result.frequencies(layer) for layer in layers}
+    # "-" where a layer classifies no pixel (no ok sample): 0.0 would claim a share of nothing
+    empty = {layer: not result.classified(layer) for layer in layers}
     for c in result.classes:
         table.add_row(
-            str(c.code), c.name, *(f"{100 * frequencies[layer][c.code]:.1f}" for layer in layers)
+            str(c.code),
+            c.name,
+            *(
+                "-" if empty[layer] else f"{100 * frequencies[layer][c.code]:.1f}"
+                for layer in layers
+            ),
         )
     table.add_section()
     for label, value in (("nodata", 0), ("ignore", 255)):
         shares = []
         for layer in layers:
             total = int(result.counts[layer].sum())
-            share = 100 * int(result.counts[layer][value]) / total if total else 0.0
-            shares.append(f"{share:.1f}*")
+            share = f"{100 * int(result.counts[layer][value]) / total:.1f}*" if total else "-"
+            shares.append(share)
         table.add_row(str(value), label, *shares)
     console.print(table)
     console.print("* nodata and ignore: % of all pixels", style="dim")
+    if not result.samples_ok:
+        console.print(f"no ok sample among {result.samples_total}: nothing to count")
 
     for (a, b), matrix in result.confusion.items():
         agreement = result.agreement(a, b)
@@ -89,3 +105,13 @@ def stats(
         console.print(f"LAS codes: {legend}", style="dim")
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def _partial_note(partial: dict[str, int | None]) -> str:
+    """The warning for statistics of an unfinished build."""
+    planned = partial.get("shards_planned")
+    of = f" of {planned}" if planned else ""
+    return (
+        f"partial build: no index.parquet yet, counting the {partial['shards_done']}{of} "
+        "finished shards (`las build` is running or was stopped; run it to finish)"
+    )

@@ -39,7 +39,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -64,6 +64,7 @@ __all__ = [
     "find_coastlines",
     "inspect_dataset",
     "las_legend",
+    "notes",
     "native_legend",
     "naip_rgb",
     "s1_false_colour",
@@ -312,6 +313,10 @@ class _Dataset:
     index: Any
     taxonomy: list[dict[str, Any]]
     products: list[str]
+    partial: dict[str, int | None] | None = None
+    """Set when the index comes from the finished shards' parts (a build is unfinished)."""
+    stale_shards: list[int] = field(default_factory=list)
+    """Finished shards missing from an older ``index.parquet``."""
 
     def has(self, name: str) -> bool:
         try:
@@ -322,15 +327,19 @@ class _Dataset:
 
 
 def _open(dataset: Path) -> _Dataset:
-    import geopandas as gpd
     import zarr
 
-    store, index_path = dataset / _STORE, dataset / _INDEX
-    for p in (store, index_path):
-        if not p.exists():
-            raise InspectError(f"{dataset} is not a built LAS dataset: {p.name} is missing")
+    from las_builder.stats import StatsError, read_index
+
+    store = dataset / _STORE
+    if not store.exists():
+        raise InspectError(f"{dataset} is not a built LAS dataset: {store.name} is missing")
+    try:
+        loaded = read_index(dataset, geo=True)
+    except StatsError as err:
+        raise InspectError(str(err)) from None
+    index = loaded.frame
     root = zarr.open_group(store, mode="r", zarr_format=3)
-    index = gpd.read_parquet(index_path)
     products: list[str] = []
     if "labels" in root:
         labels = root["labels"]
@@ -350,7 +359,37 @@ def _open(dataset: Path) -> _Dataset:
         taxonomy = [c for c in attr if isinstance(c, dict)]
     else:
         raise InspectError(f"{store}: the taxonomy attribute is not a list of classes")
-    return _Dataset(dataset, root, index, taxonomy, products)
+    _check_index(index, root, dataset)
+    return _Dataset(dataset, root, index, taxonomy, products, loaded.partial, loaded.stale_shards)
+
+
+def _check_index(index: Any, root: Any, dataset: Path) -> None:
+    """Refuse rows the maps or the quicklooks would draw wrongly: no place, no slot."""
+    ids = index["sample_id"] if "sample_id" in index.columns else index.index.to_series()
+    for column in ("lon", "lat"):
+        if column not in index.columns:
+            raise InspectError(
+                f"{dataset}: the index has no {column} column; run `las build RECIPE` again, "
+                "it rewrites index.parquet from index-parts/"
+            )
+        bad = ~np.isfinite(index[column].to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InspectError(
+                f"{dataset}: sample {ids.iloc[i]} has no {column} ({index[column].iloc[i]}, "
+                f"{int(bad.sum())} row(s) so): the index is damaged; run `las build RECIPE` "
+                "again, it rewrites index.parquet from index-parts/"
+            )
+    n = root.attrs.get("n_samples")
+    if isinstance(n, int):
+        beyond = index["zarr_index"].to_numpy() >= n
+        if beyond.any():
+            i = int(np.flatnonzero(beyond)[0])
+            raise InspectError(
+                f"{dataset}: sample {ids.iloc[i]} has zarr_index {index['zarr_index'].iloc[i]}, "
+                f"but {_STORE} holds {n} samples: index and store are of different builds; "
+                "rebuild the dataset or use its own index"
+            )
 
 
 def choose_samples(index: Any, n: int) -> list[int]:
@@ -622,11 +661,15 @@ def _wrap(lon: np.ndarray, ref: float) -> np.ndarray:
     return ref + (np.asarray(lon, dtype=float) - ref + 180.0) % 360.0 - 180.0
 
 
-def _rings(geoms: Sequence[Any], ref_lon: float | None = None) -> list[np.ndarray]:
+def _rings(
+    geoms: Sequence[Any], ref_lon: float | None = None, unwrap: bool = True
+) -> list[np.ndarray]:
     """Exterior rings as ``(n, 2)`` lon/lat arrays, unwrapped across the antimeridian.
 
-    Without ``ref_lon`` a ring wider than 180° has its western part moved east by 360°; with it,
-    every vertex is moved to within 180° of ``ref_lon``.
+    Without ``ref_lon`` a ring wider than 180° has its western part moved east by 360°, unless
+    it reaches a pole (a polar cap spans every longitude: moved, half of it left the map) or
+    ``unwrap`` is off (a world file split at the antimeridian, Antarctica spanning all of it);
+    with ``ref_lon``, every vertex is moved to within 180° of ``ref_lon``.
     """
     rings = []
     for geom in geoms:
@@ -636,18 +679,18 @@ def _rings(geoms: Sequence[Any], ref_lon: float | None = None) -> list[np.ndarra
             xy = np.array(poly.exterior.coords, dtype=float)[:, :2]
             if ref_lon is not None:
                 xy[:, 0] = _wrap(xy[:, 0], ref_lon)
-            elif np.ptp(xy[:, 0]) > 180:
+            elif unwrap and np.ptp(xy[:, 0]) > 180 and np.abs(xy[:, 1]).max() < 90 - 1e-6:
                 xy[xy[:, 0] < 0, 0] += 360
             rings.append(xy)
     return rings
 
 
 def _draw_polygons(
-    ax: Any, geoms: Sequence[Any], ref_lon: float | None = None, **style: Any
+    ax: Any, geoms: Sequence[Any], ref_lon: float | None = None, unwrap: bool = True, **style: Any
 ) -> list[np.ndarray]:
     from matplotlib.collections import PolyCollection
 
-    rings = _rings(geoms, ref_lon)
+    rings = _rings(geoms, ref_lon, unwrap)
     if rings:
         ax.add_collection(PolyCollection(rings, **style))
     return rings
@@ -672,7 +715,12 @@ def _plot_world(index: Any, out: Path, coastlines: Path | None) -> Path:
 
             land = gpd.read_file(coastlines).to_crs("EPSG:4326")
             _draw_polygons(
-                ax, list(land.geometry), facecolor="#f4f1e8", edgecolor="#8c8c8c", linewidth=0.3
+                ax,
+                list(land.geometry),
+                unwrap=False,
+                facecolor="#f4f1e8",
+                edgecolor="#8c8c8c",
+                linewidth=0.3,
             )
             source = f"coastlines: {coastlines.name}"
         except Exception as err:  # noqa: BLE001 - coastlines are decoration only
@@ -694,8 +742,9 @@ def _plot_world(index: Any, out: Path, coastlines: Path | None) -> Path:
                 label=f"{status} ({len(sel)})",
                 zorder=3,
             )
-    ax.legend(loc="lower left", fontsize=7, title="status", title_fontsize=7)
-    ax.set_title(f"{len(index)} samples (equirectangular, graticule 30°; {source})", fontsize=8)
+    if len(index):  # no sample, no marker to list (matplotlib warns of an empty legend)
+        ax.legend(loc="lower left", fontsize=7, title="status", title_fontsize=7)
+    ax.set_title(f"{_samples(len(index))} (equirectangular, graticule 30°; {source})", fontsize=8)
     fig.savefig(path)
     return path
 
@@ -768,7 +817,7 @@ def _plot_regions(index: Any, out: Path, max_regions: int = 12) -> Path:
         (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
         pad = 0.05 * max(x1 - x0, y1 - y0, 1e-3)
         ax.set_xlim(x0 - pad, x1 + pad)
-        ax.set_ylim(y0 - pad, y1 + pad)
+        ax.set_ylim(max(y0 - pad, -90.0), min(y1 + pad, 90.0))  # no latitude beyond a pole
         ax.set_aspect(1 / max(math.cos(math.radians(float(np.mean(y)))), 0.1))
         ax.ticklabel_format(useOffset=False)
         ax.xaxis.set_major_locator(MaxNLocator(3))
@@ -776,10 +825,16 @@ def _plot_regions(index: Any, out: Path, max_regions: int = 12) -> Path:
         ax.tick_params(labelsize=6)
         ax.grid(color="#cccccc", linewidth=0.4, linestyle=":")
         centre = float(_wrap(np.array([np.mean(x)]), 0.0)[0])
-        ax.set_title(f"{len(sub)} samples near {float(np.mean(y)):.2f}°, {centre:.2f}°", fontsize=7)
+        ax.set_title(
+            f"{_samples(len(sub))} near {float(np.mean(y)):.2f}°, {centre:.2f}°", fontsize=7
+        )
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def _samples(n: int) -> str:
+    return f"{n} sample" if n == 1 else f"{n} samples"
 
 
 def _short(text: str, width: int = 34) -> str:
@@ -905,9 +960,25 @@ def summarise_dataset(
         A JSON-ready dict.
 
     """
+    import pandas as pd
+
     status = index["status"].value_counts()
-    not_ok = index.loc[index["status"] != "ok", "reason"].fillna("").astype(str)
-    reasons = not_ok.map(lambda r: r.split(":")[0].strip() or "(no reason)").value_counts()
+    not_ok = index.loc[index["status"] != "ok"]
+    if "reason" in index.columns:
+        text = not_ok["reason"].fillna("").astype(str)
+    else:
+        text = pd.Series("", index=not_ok.index)
+    # by status too: a failure (retry may fix it) is not a skip (left out on purpose)
+    reasons = (
+        pd.DataFrame(
+            {
+                "status": not_ok["status"].astype(str),
+                "reason": text.map(lambda r: r.split(":")[0].strip() or "(no reason)"),
+            }
+        )
+        .value_counts(sort=True)
+        .head(top_reasons)
+    )
     products = []
     for layer, counts in las_counts.items():
         total = sum(counts.values())
@@ -923,17 +994,21 @@ def summarise_dataset(
                 "mean_pairwise_agreement": (pairwise or {}).get(layer),
             }
         )
-    mean_agreement = index.loc[index["status"] == "ok", "agreement"] if "agreement" in index else []
+    mean_agreement = (
+        index.loc[index["status"] == "ok", "agreement"].to_numpy(dtype=float, na_value=np.nan)
+        if "agreement" in index
+        else np.array([])
+    )
+    known = mean_agreement[np.isfinite(mean_agreement)]  # NaN: a sample without votes
     return {
         "samples": int(len(index)),
         "ok": int(status.get("ok", 0)),
         "skipped": int(status.get("skipped", 0)),
         "failed": int(status.get("failed", 0)),
-        "mean_sample_agreement": (
-            float(np.nanmean(mean_agreement)) if len(mean_agreement) else None
-        ),
+        "mean_sample_agreement": float(known.mean()) if known.size else None,
         "reasons": [
-            {"reason": str(r), "samples": int(n)} for r, n in reasons.head(top_reasons).items()
+            {"status": str(key[0]), "reason": str(key[1]), "samples": int(n)}
+            for key, n in cast("Any", reasons).items()
         ],
         "products": products,
     }
@@ -1047,14 +1122,40 @@ def inspect_dataset(
         The files written and the summary.
 
     Raises:
-        InspectError: ``dataset`` is not a built dataset.
+        InspectError: ``dataset`` is not a built dataset, its index is damaged, or ``out``
+            cannot be written (the message names the file).
 
     """
-    from las_builder.report import write_report
-
     dataset = Path(dataset)
     out_dir = Path(out) if out is not None else dataset / "inspect"
     ds = _open(dataset)
+    try:
+        return _inspect(ds, out_dir, samples, progress)
+    except OSError as err:
+        raise InspectError(_os_error(err, out_dir)) from None
+
+
+def _os_error(err: OSError, out: Path) -> str:
+    """One line for a file error: the output that could not be written, or the input read."""
+    from las_builder.stats import cannot_write
+
+    where = Path(str(err.filename)) if err.filename else None
+    inside = where is None or where.resolve().is_relative_to(out.resolve())
+    if inside:
+        return cannot_write(err, out)
+    return (
+        f"cannot read {where}: {err.strerror or type(err).__name__}; check the dataset's "
+        "files (permissions, a copy still running)"
+    )
+
+
+def _inspect(
+    ds: _Dataset, out_dir: Path, samples: int, progress: ProgressLike | None
+) -> InspectResult:
+    """:func:`inspect_dataset` once the dataset is open."""
+    from las_builder.report import write_report
+
+    dataset = ds.path
     out_dir.mkdir(parents=True, exist_ok=True)
 
     legends: dict[str, Legend] = {"las": las_legend(ds.taxonomy)}
@@ -1118,6 +1219,8 @@ def inspect_dataset(
     step("report")
     summary = summarise_dataset(ds.index, las_counts, agreement, pairwise)
     summary["dataset"] = str(dataset)
+    summary["partial"] = ds.partial
+    summary["stale_shards"] = ds.stale_shards
     summary["samples_shown"] = [v.sample_id for v in views]
     result = InspectResult(
         out=out_dir,
@@ -1136,6 +1239,35 @@ def inspect_dataset(
     step("done")
     result.files = sorted(p for p in out_dir.rglob("*") if p.is_file())
     return result
+
+
+def notes(summary: dict[str, Any]) -> list[str]:
+    """Warnings the summary calls for: an unfinished build, an index older than the shards.
+
+    Args:
+        summary: :attr:`InspectResult.summary`.
+
+    Returns:
+        One line each (the CLI prints them, the report shows them); none for a finished build.
+
+    """
+    lines = []
+    partial = summary.get("partial")
+    if partial:
+        planned = partial.get("shards_planned")
+        of = f" of {planned}" if planned else ""
+        lines.append(
+            f"partial build: no index.parquet yet; showing the {partial['shards_done']}{of} "
+            "finished shards (`las build` is running or was stopped: run it again to finish)"
+        )
+    stale = summary.get("stale_shards") or []
+    if stale:
+        lines.append(
+            f"index.parquet is older than {len(stale)} finished shard(s) (first: {stale[0]}) "
+            "that it does not list: a later `las build` is running or was stopped; run it to "
+            "the end to index them"
+        )
+    return lines
 
 
 def _summary_json(result: InspectResult) -> dict[str, Any]:

@@ -40,6 +40,7 @@ span.swatch { display: inline-block; width: 1em; height: 1em; vertical-align: mi
   border: 1px solid #555; margin-right: 0.4em; }
 img.figure { max-width: 100%; border: 1px solid #eee; }
 p.note { color: #555; font-size: 0.85em; }
+p.warning { color: #8a4b00; background: #fff4e0; border: 1px solid #f0c080; padding: 0.3em 0.6em; }
 table.confusion th.name { text-align: left; white-space: nowrap; }
 details { margin: 0.3em 0; font-size: 0.85em; }
 """
@@ -70,7 +71,10 @@ def _legend_html(legend: Legend, used: set[int] | None = None) -> str:
 
 
 def _summary_html(summary: dict[str, Any]) -> str:
-    rows = [
+    from las_builder.inspect import notes
+
+    rows = [f"<p class='warning'>{_e(note)}</p>" for note in notes(summary)]
+    rows += [
         "<table class='summary'><tr><th>samples</th><th>ok</th><th>skipped</th><th>failed</th>"
         "<th>mean sample agreement</th></tr>",
         f"<tr><td>{summary['samples']}</td><td>{summary['ok']}</td><td>{summary['skipped']}</td>"
@@ -78,9 +82,15 @@ def _summary_html(summary: dict[str, Any]) -> str:
         "</tr></table>",
     ]
     if summary["reasons"]:
-        rows.append("<table class='summary'><tr><th>skip / fail reason</th><th>samples</th></tr>")
+        rows.append(
+            "<table class='summary'><tr><th>status</th><th>skip / fail reason</th>"
+            "<th>samples</th></tr>"
+        )
         for r in summary["reasons"]:
-            rows.append(f"<tr><td class='name'>{_e(r['reason'])}</td><td>{r['samples']}</td></tr>")
+            rows.append(
+                f"<tr><td class='name'>{_e(r.get('status', ''))}</td>"
+                f"<td class='name'>{_e(r['reason'])}</td><td>{r['samples']}</td></tr>"
+            )
         rows.append("</table>")
     else:
         rows.append("<p class='note'>No sample was skipped or failed.</p>")

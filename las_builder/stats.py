@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -37,23 +38,196 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONSENSUS",
+    "STATUSES",
+    "DatasetIndex",
     "DatasetStats",
     "StatsError",
     "compute_stats",
+    "cannot_write",
     "confusion_name",
+    "read_index",
     "write_stats",
 ]
 
 CONSENSUS = "consensus"
 """Name the consensus layer takes among the products in the class frequencies."""
 
+STATUSES = ("ok", "skipped", "failed")
+"""The sample statuses a build writes (docs/shard-format.md, "Status semantics")."""
+
 _STORE = "las.zarr"
 _INDEX = "index.parquet"
+_PARTS = "index-parts"
+_PART = re.compile(r"shard-(\d+)\.parquet")
 _OUT = "stats"
+_REBUILD = "run `las build RECIPE` again: it rewrites index.parquet from index-parts/"
 
 
 class StatsError(ValueError):
     """The folder is not a built dataset (no ``las.zarr`` or ``index.parquet``, no labels)."""
+
+
+@dataclass
+class DatasetIndex:
+    """A dataset's index, from ``index.parquet`` or, while a build is unfinished, its parts.
+
+    Attributes:
+        frame: One row per indexed sample, in ``zarr_index`` order (a GeoDataFrame when read
+            with ``geo=True``).
+        partial: ``None`` for a finished index (``index.parquet``); else what the build has
+            finished so far: ``{"shards_done": int, "shards_planned": int | None,
+            "samples_planned": int | None}`` (planned counts from ``plan.parquet`` when there).
+        stale_shards: Shards finished in ``index-parts/`` that ``index.parquet`` lacks (a
+            build after the one that wrote the index is running or was stopped).
+
+    """
+
+    frame: Any
+    partial: dict[str, int | None] | None = None
+    stale_shards: list[int] = field(default_factory=list)
+
+
+def _finished_parts(dataset: Path) -> dict[int, Path]:
+    """``{shard: part}`` of the finished shards (a part is written whole, last, per shard)."""
+    folder = dataset / _PARTS
+    if not folder.is_dir():
+        return {}
+    parts = {}
+    for path in folder.iterdir():
+        match = _PART.fullmatch(path.name)
+        if match:
+            parts[int(match.group(1))] = path
+    return dict(sorted(parts.items()))
+
+
+def _read_parquet(path: Path, columns: list[str] | None, fix: str) -> Any:
+    """One parquet file as pandas; an unreadable file is a :class:`StatsError` naming it."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if columns is not None:
+            present = set(pq.read_schema(path).names)
+            columns = [c for c in columns if c in present]
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise StatsError(f"{path} is unreadable ({type(err).__name__}: {err}); {fix}") from None
+
+
+def _planned(dataset: Path) -> tuple[int | None, int | None]:
+    """Shards and samples of ``plan.parquet`` (its footer and shard column), if it is there."""
+    import pyarrow.parquet as pq
+
+    plan = dataset / "plan.parquet"
+    if not plan.is_file():
+        return None, None
+    try:
+        shards = pq.read_table(plan, columns=["shard"]).column("shard").to_pylist()
+    except Exception:  # noqa: BLE001 - the plan only adds the planned totals to a note
+        return None, None
+    return len(set(shards)), len(shards)
+
+
+def read_index(
+    dataset: str | Path, columns: list[str] | None = None, *, geo: bool = False
+) -> DatasetIndex:
+    """Read a dataset's index, falling back to the finished shards' parts during a build.
+
+    ``index.parquet`` is written only when ``las build`` ends; until then each finished shard
+    has its part in ``index-parts/``, and those samples are complete in ``las.zarr``. Every
+    row's ``status`` must be ``ok``, ``skipped`` or ``failed`` and its ``zarr_index`` a unique
+    non-negative integer: a report over other rows would count them nowhere, or twice.
+
+    Args:
+        dataset: The output folder of ``las build``.
+        columns: Columns to read (those missing from the files are left out); all by default.
+        geo: Return a GeoDataFrame (the ``geometry`` column decoded, EPSG:4326).
+
+    Returns:
+        The index, with ``partial`` set when it comes from the parts.
+
+    Raises:
+        StatsError: No index and no finished shard, an unreadable file, or a bad row.
+
+    """
+    import pandas as pd
+
+    root_dir = Path(dataset)
+    index_path = root_dir / _INDEX
+    parts = _finished_parts(root_dir)
+    partial: dict[str, int | None] | None = None
+    stale: list[int] = []
+    if index_path.is_file():
+        if geo:
+            import geopandas as gpd
+
+            try:
+                frame = gpd.read_parquet(index_path, columns=columns)
+            except Exception as err:  # noqa: BLE001 - any reader error: name the file
+                raise StatsError(
+                    f"{index_path} is unreadable ({type(err).__name__}: {err}); {_REBUILD}"
+                ) from None
+        else:
+            frame = _read_parquet(index_path, columns, _REBUILD)
+        if parts and "shard" in frame.columns:
+            stale = sorted(set(parts) - set(frame["shard"].dropna().astype(int)))
+    elif parts:
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "zarr_index"]))
+        fix = "delete it and run `las build RECIPE` again to rebuild that shard"
+        frames = [_read_parquet(path, wanted, fix) for path in parts.values()]
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if geo and "geometry" in frame.columns:
+            import geopandas as gpd
+
+            geometry = gpd.GeoSeries.from_wkb(frame["geometry"].to_numpy(), crs="EPSG:4326")
+            frame = gpd.GeoDataFrame(frame.drop(columns="geometry"), geometry=geometry)
+        shards, samples = _planned(root_dir)
+        partial = {"shards_done": len(parts), "shards_planned": shards, "samples_planned": samples}
+    else:
+        raise StatsError(
+            f"{root_dir} is not a built LAS dataset: {_INDEX} is missing and no shard is "
+            f"finished yet ({_PARTS}/ is empty or absent); run `las build RECIPE` first"
+        )
+    frame = _checked(frame, index_path if partial is None else root_dir / _PARTS)
+    return DatasetIndex(frame, partial, stale)
+
+
+def _checked(frame: Any, source: Path) -> Any:
+    """The rows in ``zarr_index`` order, after checking ``status`` and ``zarr_index``."""
+    import pandas as pd
+
+    for column in ("status", "zarr_index"):
+        if column not in frame.columns:
+            raise StatsError(f"{source}: the index has no {column} column; {_REBUILD}")
+    ids = frame["sample_id"] if "sample_id" in frame.columns else frame.index.to_series()
+    bad = ~frame["status"].isin(STATUSES)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        value = frame["status"].iloc[i]
+        has = "no status" if pd.isna(value) else f"status {value!r}"
+        raise StatsError(
+            f"{source}: sample {ids.iloc[i]} has {has}, not one of "
+            f"{', '.join(STATUSES)} ({int(bad.sum())} row(s) so); the index is damaged or from "
+            f"another tool: {_REBUILD}"
+        )
+    zi = pd.to_numeric(frame["zarr_index"], errors="coerce")
+    bad = zi.isna() | (zi < 0) | (zi != zi.round())
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise StatsError(
+            f"{source}: sample {ids.iloc[i]} has zarr_index {frame['zarr_index'].iloc[i]}, "
+            f"not a position on the arrays' sample axis; {_REBUILD}"
+        )
+    dup = zi.duplicated(keep=False)
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise StatsError(
+            f"{source}: zarr_index {int(zi.iloc[i])} appears {int((zi == zi.iloc[i]).sum())} "
+            f"times (sample {ids.iloc[i]} and others): rows of two builds are mixed; {_REBUILD}"
+        )
+    frame = frame.assign(zarr_index=zi.astype(np.int64))
+    return frame.sort_values("zarr_index", kind="stable").reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -81,6 +255,8 @@ class DatasetStats:
         confusion: ``{(a, b): (K, K) int64 array}`` for every pair of products ``a`` before
             ``b`` in :attr:`products`; rows are ``a``'s classes, columns ``b``'s, in
             :attr:`classes` order.
+        partial: Set while the build is unfinished: only its finished shards are counted
+            (:attr:`DatasetIndex.partial`).
 
     """
 
@@ -92,6 +268,7 @@ class DatasetStats:
     pixels_per_sample: int
     counts: dict[str, np.ndarray] = field(default_factory=dict)
     confusion: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    partial: dict[str, int | None] | None = None
 
     @property
     def codes(self) -> list[int]:
@@ -103,8 +280,15 @@ class DatasetStats:
         counts = self.counts[layer]
         return {c: int(counts[c]) for c in self.codes}
 
+    def classified(self, layer: str) -> int:
+        """Pixels of one layer with a LAS class (nodata and ignore excluded)."""
+        return sum(self.class_counts(layer).values())
+
     def frequencies(self, layer: str) -> dict[int, float]:
-        """Fraction of each LAS class among one layer's classified pixels (nodata, ignore out)."""
+        """Fraction of each LAS class among one layer's classified pixels (nodata, ignore out).
+
+        All ``0.0`` where the layer classifies no pixel (see :meth:`classified`).
+        """
         counts = self.class_counts(layer)
         total = sum(counts.values())
         return {c: (n / total if total else 0.0) for c, n in counts.items()}
@@ -126,8 +310,10 @@ class DatasetStats:
                 "nodata": int(counts[LAS_NODATA]),
                 "ignore": int(counts[LAS_IGNORE]),
                 "classes": {self._key(c): n for c, n in classified.items()},
+                # null, not 0.0, where no pixel is classified: shares of nothing
                 "frequencies": {
-                    self._key(c): round(f, 6) for c, f in self.frequencies(layer).items()
+                    self._key(c): round(f, 6) if any(classified.values()) else None
+                    for c, f in self.frequencies(layer).items()
                 },
             }
         pairs = {}
@@ -145,6 +331,7 @@ class DatasetStats:
             "dataset": str(self.dataset),
             "samples_total": self.samples_total,
             "samples_ok": self.samples_ok,
+            "partial": self.partial,
             "pixels_per_sample": self.pixels_per_sample,
             "taxonomy": [
                 {"code": c.code, "key": c.key, "name": c.name, "color": c.color}
@@ -177,16 +364,16 @@ def compute_stats(dataset: str | Path) -> DatasetStats:
         StatsError: The folder is not a built dataset, or its store has no label products.
 
     """
-    import pandas as pd
     import zarr
 
     root_dir = Path(dataset)
-    store, index_path = root_dir / _STORE, root_dir / _INDEX
-    for path in (store, index_path):
-        if not path.exists():
-            raise StatsError(f"{root_dir} is not a built LAS dataset: {path.name} is missing")
-    index = pd.read_parquet(index_path, columns=["status", "zarr_index"])
-    ok_rows = np.sort(index.loc[index["status"] == "ok", "zarr_index"].to_numpy(dtype=np.int64))
+    store = root_dir / _STORE
+    if not store.exists():
+        raise StatsError(f"{root_dir} is not a built LAS dataset: {store.name} is missing")
+    loaded = read_index(root_dir, ["status", "zarr_index", "sample_id", "shard"])
+    index = loaded.frame
+    ok = index[index["status"] == "ok"]
+    ok_rows = ok["zarr_index"].to_numpy(dtype=np.int64)  # ascending: read_index sorts
     root = zarr.open_group(store, mode="r")
     classes = _classes(root.attrs.get("taxonomy"))
     products: list[str] = []
@@ -202,8 +389,13 @@ def compute_stats(dataset: str | Path) -> DatasetStats:
         arrays[CONSENSUS] = _array(root, CONSENSUS, store)
     first = arrays[products[0]]
     n_total, height, width = first.shape
-    if ok_rows.size and (ok_rows[0] < 0 or ok_rows[-1] >= n_total):
-        raise StatsError(f"{index_path}: zarr_index outside 0..{n_total - 1}")
+    if ok_rows.size and ok_rows[-1] >= n_total:
+        beyond = ok.iloc[-1]
+        raise StatsError(
+            f"{root_dir}: sample {beyond.get('sample_id', '?')} has zarr_index {ok_rows[-1]}, "
+            f"but {store.name} holds {n_total} samples (0..{n_total - 1}): index and store are "
+            "of different builds; rebuild the dataset or use its own index"
+        )
 
     codes = np.array([c.code for c in classes], dtype=np.int64)
     k = len(codes)
@@ -237,6 +429,7 @@ def compute_stats(dataset: str | Path) -> DatasetStats:
         pixels_per_sample=int(height * width),
         counts=counts,
         confusion=confusion,
+        partial=loaded.partial,
     )
 
 
@@ -271,26 +464,46 @@ def _classes(attr: Any) -> list[LasClass]:
 # --- writing ---------------------------------------------------------------------------------
 
 
-def write_stats(stats: DatasetStats, dataset: str | Path | None = None) -> list[Path]:
-    """Write ``stats/stats.json``, ``stats/class_frequencies.png`` and the confusion plots.
+def write_stats(
+    stats: DatasetStats, dataset: str | Path | None = None, out: str | Path | None = None
+) -> list[Path]:
+    """Write ``stats.json``, ``class_frequencies.png`` and the confusion plots.
 
     Args:
         stats: What :func:`compute_stats` returned.
         dataset: The dataset folder; defaults to ``stats.dataset``.
+        out: The folder to write into; defaults to ``DATASET/stats``.
 
     Returns:
         The files written: the JSON, the frequency plot, then one
         ``confusion_<a>__<b>.png`` per pair of products.
 
+    Raises:
+        StatsError: A file or folder cannot be written (read-only dataset, a file in the
+            way); the message names it.
+
     """
-    out = Path(dataset if dataset is not None else stats.dataset) / _OUT
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "stats.json"]
-    written[0].write_text(json.dumps(stats.to_dict(), indent=1) + "\n", encoding="utf-8")
-    written.append(_plot_frequencies(stats, out / "class_frequencies.png"))
-    for a, b in stats.confusion:
-        written.append(_plot_confusion(stats, a, b, out / f"confusion_{confusion_name(a, b)}.png"))
+    folder = Path(out) if out is not None else Path(dataset or stats.dataset) / _OUT
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [folder / "stats.json"]
+        written[0].write_text(json.dumps(stats.to_dict(), indent=1) + "\n", encoding="utf-8")
+        written.append(_plot_frequencies(stats, folder / "class_frequencies.png"))
+        for a, b in stats.confusion:
+            name = f"confusion_{confusion_name(a, b)}.png"
+            written.append(_plot_confusion(stats, a, b, folder / name))
+    except OSError as err:
+        raise StatsError(cannot_write(err, folder)) from None
     return written
+
+
+def cannot_write(err: OSError, folder: Path) -> str:
+    """A one-line message for an output that could not be written, naming the path."""
+    where = err.filename if err.filename else folder
+    reason = err.strerror or type(err).__name__
+    return (
+        f"cannot write {where}: {reason}; make {folder} writable, or write elsewhere with --out DIR"
+    )
 
 
 def _figure(width: float, height: float) -> Any:
