@@ -6,11 +6,16 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from las_builder.recipe import Recipe, RecipeError
 
 __all__ = ["build"]
 
@@ -20,6 +25,38 @@ log = logging.getLogger("las_builder.build")
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
+
+
+_UNSET_ENV = re.compile(r"environment variable ([A-Za-z_][A-Za-z0-9_]*) is not set")
+
+
+def _recipe_for_status(recipe: Path, overrides: list[str], err: RecipeError) -> Recipe | None:
+    """The recipe for ``--status`` despite unset environment variables it does not need.
+
+    ``--status`` reads only ``output.path``: a variable used elsewhere (``${LAS_STAC_URL}``,
+    unset in a new shell) stands in as a placeholder URL. ``None`` when another problem remains
+    or ``output.path`` itself needs one, so the original error is shown.
+    """
+    from las_builder.recipe import RecipeError, load_recipe
+
+    names = []
+    for key, message in err.problems:
+        match = _UNSET_ENV.search(message)
+        if match is None or key == "output" or key.startswith("output."):
+            return None
+        names.append(match.group(1))
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, "http://unset.invalid"))
+    try:
+        return load_recipe(recipe, overrides)
+    except RecipeError:
+        return None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def build(
@@ -74,6 +111,7 @@ def build(
 
     from las_builder.build.config import config_from_recipe
     from las_builder.build.run import (
+        StatusError,
         build_status,
         plan_shards,
         reopen_failed_shards,
@@ -85,7 +123,10 @@ def build(
     try:
         spec = load_recipe(recipe, set_ or [])
     except RecipeError as err:
-        raise _fail(str(err)) from None
+        lenient = _recipe_for_status(recipe, set_ or [], err) if status else None
+        if lenient is None:
+            raise _fail(str(err)) from None
+        spec = lenient
     output = spec.output.path
     console = Console(stderr=True, quiet=quiet)
     try:
@@ -93,7 +134,11 @@ def build(
     except FileNotFoundError as err:
         raise _fail(str(err)) from None
     if status:
-        typer.echo(json.dumps(build_status(output, shards), indent=1))
+        try:
+            counts = build_status(output, shards, check_plan=True)
+        except StatusError as err:
+            raise _fail(str(err)) from None
+        typer.echo(json.dumps(counts, indent=1))
         return
     cfg = dataclasses.replace(config_from_recipe(spec), read_threads=read_threads)
     started = time.monotonic()
@@ -120,7 +165,10 @@ def build(
             raise _fail(str(err)) from None
         if retry_failed:  # first, so the bar counts their samples as still to do
             reopen_failed_shards(output, done_shards(output))
-        already = build_status(output, shards)
+        try:
+            already = build_status(output, shards)
+        except StatusError as err:  # an unreadable part: name it rather than a traceback
+            raise _fail(str(err)) from None
         bar.advance(task, already["ok"] + already["skipped"] + already["failed"])
 
         def on_shard(shard: int, rows: list[dict[str, Any]]) -> None:

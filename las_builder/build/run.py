@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -47,13 +48,18 @@ from las_builder.build.sample import SampleOutcome, build_sample, build_sample_e
 from las_builder.build.search import ParsedItems, SearchError, StacSearcher
 from las_builder.build.store import (
     ArraySpec,
+    abort_unfinished_uploads,
     array_specs,
     build_lock,
     check_output_paths,
     create_store,
+    describe_storage_error,
     direct_arrays,
     done_shards,
     index_part_path,
+    normalize_output,
+    plan_digest,
+    storage_access,
     whole_or_absent,
     write_index_part,
     write_shard,
@@ -332,7 +338,7 @@ def build_shard(
     blas_on_one_thread()
     start = shard * samples_per_shard
     specs = array_specs(cfg)
-    store = f"{output}/las.zarr"
+    store = f"{output.rstrip('/')}/las.zarr"
     arrays = _ShardArrays(
         specs,
         min(samples_per_shard, n_samples - start),
@@ -442,6 +448,8 @@ def _shard_task(
         ]
     except (SearchError, SigningError) as err:
         message = redact(str(err))
+    except OSError as err:  # the storage failed after its retries: the error names the object
+        message = redact(f"{type(err).__name__}: {err}")
     except Exception as err:  # a store that cannot be written, a bug: report, do not crash
         log.exception("shard %d failed", shard)
         message = redact(f"{type(err).__name__}: {err}")
@@ -480,23 +488,51 @@ def _process_key() -> str:
 def read_plan(output: str) -> gpd.GeoDataFrame:
     """The plan written by ``las plan`` (``OUTPUT/plan.parquet``)."""
     fs, fs_path = _plan_file(output)
-    with fs.open(fs_path, "rb") as f:
+    with storage_access(_plan_url(output), "read"), fs.open(fs_path, "rb") as f:
         return gpd.read_parquet(f)
 
 
+def _plan_url(output: str) -> str:
+    return f"{output.rstrip('/')}/plan.parquet"
+
+
 def _plan_file(output: str) -> tuple[Any, str]:
-    path = f"{output.rstrip('/')}/plan.parquet"
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
-        raise FileNotFoundError(f"{path} not found: run `las plan RECIPE` first")
+    """The plan's file system and path.
+
+    Raises:
+        FileNotFoundError: There is no plan.
+        OutputUnreachable: The storage cannot be reached or read (credentials, endpoint).
+    """
+    path = _plan_url(output)
+    with storage_access(path, "read"):
+        fs, fs_path = fsspec.core.url_to_fs(path)
+        if not fs.exists(fs_path):
+            raise FileNotFoundError(f"{path} not found: run `las plan RECIPE` first")
     return fs, fs_path
+
+
+def _plan_columns(output: str, columns: list[str]) -> pa.Table:
+    """Columns of the plan (a storage error raises :class:`OutputUnreachable`)."""
+    fs, fs_path = _plan_file(output)
+    with storage_access(_plan_url(output), "read"), fs.open(fs_path, "rb") as f:
+        return pq.read_table(f, columns=columns)
 
 
 def plan_shards(output: str) -> list[int]:
     """The shard of each planned sample, in plan order (the plan's ``shard`` column only)."""
+    table = _plan_columns(output, ["shard"])
+    return [int(s) for s in table.column("shard").to_pylist()]
+
+
+def _plan_digest(output: str) -> str | None:
+    """:func:`~las_builder.build.store.plan_digest` of the plan (None: a plan without ids)."""
     fs, fs_path = _plan_file(output)
-    with fs.open(fs_path, "rb") as f:
-        return [int(s) for s in pq.read_table(f, columns=["shard"]).column("shard").to_pylist()]
+    with storage_access(_plan_url(output), "read"), fs.open(fs_path, "rb") as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+    if not {"plan_index", "sample_id"} <= set(names):
+        return None
+    table = _plan_columns(output, ["plan_index", "sample_id"]).sort_by("plan_index")
+    return plan_digest(str(s) for s in table.column("sample_id").to_pylist())
 
 
 def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> None:
@@ -622,7 +658,7 @@ def _plan_by_shard(output: str) -> tuple[int, dict[int, pa.Table]]:
     gigabytes. A shard's table is made into rows when its task runs (:func:`_plan_rows`).
     """
     fs, fs_path = _plan_file(output)
-    with fs.open(fs_path, "rb") as f:
+    with storage_access(_plan_url(output), "read"), fs.open(fs_path, "rb") as f:
         table = pq.read_table(f)
     order = np.argsort(table.column("plan_index").to_numpy(), kind="stable")
     shards = table.column("shard").to_numpy()[order]
@@ -645,28 +681,114 @@ def _plan_rows(rows: pa.Table | list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
-def build_status(output: str, shards: Iterable[int]) -> dict[str, int]:
-    """Done / remaining shards and ok / skipped / failed samples of the finished shards.
+class StatusError(ValueError):
+    """The output's finished shards do not match its plan (the CLI prints it as one line)."""
+
+
+def build_status(output: str, shards: Iterable[int], *, check_plan: bool = False) -> dict[str, int]:
+    """Done / remaining shards and samples, and ok / skipped / failed samples of finished shards.
+
+    ``ok``, ``skipped`` and ``failed`` count the samples of finished shards only (what
+    ``index-parts/`` records); a sample of an unfinished shard is in ``samples_remaining``,
+    never counted as done.
 
     Args:
         output: The build's output folder or URL.
         shards: Each planned sample's shard (:func:`plan_shards`).
+        check_plan: Also check that each finished shard holds the plan's samples, and that an
+            existing store has the plan's length (``las build --status``): a plan written
+            again after the build started would otherwise count another plan's shards as done.
+
+    Raises:
+        StatusError: A finished shard's part is unreadable, holds samples the plan does not
+            put there or a status other than ok/skipped/failed, or the store's length differs
+            from the plan's (``check_plan`` only for the last two plan checks).
     """
-    shards = sorted(set(int(s) for s in shards))
+    shards = [int(s) for s in shards]
+    planned = sorted(set(shards))
     finished = done_shards(output)
-    done = [s for s in shards if s in finished]
-    counts = {
-        "shards": len(shards),
-        "shards_done": len(done),
-        "shards_remaining": len(shards) - len(done),
-    }
+    done = [s for s in planned if s in finished]
+    per_shard = collections.Counter(shards)
+    base = output.rstrip("/")
+    expected: dict[int, dict[int, str]] = {}
+    if check_plan:
+        _check_store_length(base, len(shards))
+        fs, fs_path = _plan_file(output)
+        with fs.open(fs_path, "rb") as f:
+            plan = pq.read_table(f, columns=["shard", "plan_index", "sample_id"]).to_pydict()
+        for shard, i, sid in zip(plan["shard"], plan["plan_index"], plan["sample_id"], strict=True):
+            expected.setdefault(int(shard), {})[int(i)] = str(sid)
     statuses: dict[str, int] = {"ok": 0, "skipped": 0, "failed": 0}
     for s in done:
-        with fsspec.open(index_part_path(output, s), "rb") as f:
-            part = pd.read_parquet(f, columns=["status"])
-        for status, n in part["status"].value_counts().items():
-            statuses[str(status)] = statuses.get(str(status), 0) + int(n)
-    return {**counts, **statuses}
+        path = index_part_path(output, s)
+        columns = ["status", "plan_index", "sample_id"] if check_plan else ["status"]
+        try:
+            with fsspec.open(path, "rb") as f:
+                part = pd.read_parquet(f, columns=columns)
+        except (OSError, pa.ArrowException, ValueError) as err:
+            raise StatusError(
+                f"{path} is unreadable ({type(err).__name__}: {err}); delete it and run "
+                f"`las build` again to rebuild shard {s}"
+            ) from None
+        if check_plan:
+            _check_part(path, part, expected.get(s, {}), per_shard[s])
+        for status, n in part["status"].value_counts(dropna=False).items():
+            if status not in statuses:
+                raise StatusError(
+                    f"{path}: {n} sample(s) with status {status!r}, not ok, skipped or failed; "
+                    f"delete it and run `las build` again to rebuild shard {s}"
+                )
+            statuses[str(status)] += int(n)
+    samples_done = sum(per_shard[s] for s in done)
+    return {
+        "shards": len(planned),
+        "shards_done": len(done),
+        "shards_remaining": len(planned) - len(done),
+        "samples": len(shards),
+        "samples_done": samples_done,
+        "samples_remaining": len(shards) - samples_done,
+        **statuses,
+    }
+
+
+_CHANGED_PLAN = (
+    "plan.parquet changed after the build started; build the new plan into a new output.path, "
+    "or put the old plan.parquet back"
+)
+
+
+def _check_part(path: str, part: pd.DataFrame, plan: dict[int, str], count: int) -> None:
+    """Refuse a finished shard whose samples are not the ones the plan puts in it."""
+    if len(part) != count:
+        raise StatusError(
+            f"{path} holds {len(part)} samples where the plan puts {count}: {_CHANGED_PLAN}"
+        )
+    if {"plan_index", "sample_id"} - set(part.columns):
+        return  # a part of an older builder: nothing to compare
+    for i, sid in zip(part["plan_index"], part["sample_id"], strict=True):
+        if plan.get(int(i)) != str(sid):
+            raise StatusError(
+                f"{path} holds sample {sid} at plan_index {i}, the plan has "
+                f"{plan.get(int(i), 'no sample')} there: {_CHANGED_PLAN}"
+            )
+
+
+def _check_store_length(output: str, planned: int) -> None:
+    """Refuse a store made for another plan length (``las build`` itself would refuse it)."""
+    path = f"{output}/las.zarr/zarr.json"
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if not fs.exists(fs_path):
+        return  # not created yet: nothing built
+    try:
+        with fs.open(fs_path, "rb") as f:
+            attrs = json.load(f).get("attributes", {})
+    except (OSError, ValueError) as err:
+        raise StatusError(f"{path} is unreadable ({type(err).__name__}: {err})") from None
+    n = attrs.get("n_samples")
+    if isinstance(n, int) and n != planned:
+        raise StatusError(
+            f"{output}/las.zarr holds {n} samples, plan.parquet {planned}: {_CHANGED_PLAN}"
+        )
 
 
 def reopen_failed_shards(output: str, finished: set[int]) -> set[int]:
@@ -737,6 +859,8 @@ def run_build(
     """
     install_log_redaction()
     tune_malloc()  # before the build's threads exist
+    _check_workers(workers, scheduler, client)
+    output = normalize_output(output)
     cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex)
     shards = plan_shards(output)  # the shard column only: the rows are read after the fork
     if not shards:
@@ -744,8 +868,10 @@ def run_build(
             f"{output.rstrip('/')}/plan.parquet holds no samples: nothing to build; "
             "plan again with a recipe whose samples fit in its frame"
         )
-    check_output_paths(output)
-    if set(shards) - done_shards(output):
+    with storage_access(output, "read"):
+        check_output_paths(output)
+        unbuilt = set(shards) - done_shards(output)
+    if unbuilt:
         if cfg.backend == "stac":
             check_sources(cfg)
         else:
@@ -779,14 +905,19 @@ def _build_planned(
 ) -> dict[str, Any]:
     """:func:`run_build` once the output is locked."""
     n = len(shards)
-    create_store(
-        f"{output}/las.zarr",
-        n,
-        samples_per_shard,
-        cfg,
-        {"las_builder": __version__, **(attrs or {})},
-    )
-    finished = done_shards(output)
+    store = f"{output}/las.zarr"
+    digest = _plan_digest(output)
+    with storage_access(store, "write"):
+        create_store(
+            store,
+            n,
+            samples_per_shard,
+            cfg,
+            {"las_builder": __version__, **(attrs or {})},
+            plan=digest,
+        )
+        finished = done_shards(output)
+    abort_unfinished_uploads(output)
     if retry_failed:
         finished -= reopen_failed_shards(output, finished)
     todo = sorted(set(shards) - finished)
@@ -830,6 +961,8 @@ def _build_planned(
                     cluster = stack.enter_context(_local_cluster(workers))
                     client = stack.enter_context(Client(cluster))
                     queued = 0
+            if cluster is None and todo:
+                _check_workers_see(client, store)  # a cluster of other machines, perhaps
             _, by_shard = _plan_by_shard(output)
 
             def submit(shard: int) -> Any:
@@ -898,6 +1031,91 @@ def _build_planned(
     raise BuildIncomplete(
         f"{len(errors)} of {len(set(shards))} shards were not built ({shown}"
         f"{f'; {more} more' if more > 0 else ''}); run `las build` again to build them"
+    )
+
+
+def _check_workers(
+    workers: int | Literal["auto"] | None, scheduler: str | None, client: Any | None
+) -> None:
+    """Refuse worker counts that mean nothing, or a count for a cluster started elsewhere.
+
+    Raises:
+        ValueError: Naming the option and what it takes.
+    """
+    if workers is None or workers == "auto":
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(
+            f"--workers {workers!r}: give a number of worker processes, 0 for threads in this "
+            "process, or leave it out for one per core"
+        )
+    if scheduler or client is not None:
+        where = f"--scheduler {scheduler}" if scheduler else "the client given"
+        raise ValueError(
+            f"--workers {workers} starts workers on this machine, {where} builds on a cluster "
+            "started elsewhere: give one of them"
+        )
+
+
+def _output_seen(store: str, expected: bytes) -> str | None:
+    """On a worker: None where it reads the build's store as the build does, else why not.
+
+    Args:
+        store: The store's URL or absolute path.
+        expected: Its ``zarr.json`` as the build's own process reads it.
+    """
+    install_log_redaction()
+    url = f"{store}/zarr.json"
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        seen = fs.cat_file(path)
+    except FileNotFoundError:
+        return f"{url} does not exist there"
+    except Exception as err:  # every error is the answer here, reported by the build
+        return f"cannot read {url} ({describe_storage_error(err)})"
+    if seen != expected:
+        return f"{url} is another store's there"
+    return None
+
+
+def _check_workers_see(client: Any, store: str) -> None:
+    """Fail before any shard when a worker of the cluster cannot read the build's store.
+
+    A cluster started elsewhere may run on other machines: a local output path is then
+    another folder (or none) on each of them, and a worker without the credentials or the
+    endpoint cannot reach object storage. Every shard would fail alike.
+
+    Raises:
+        ValueError: Naming a worker, what it found and what to do; nothing was built.
+    """
+    with storage_access(store, "read"):
+        fs, path = fsspec.core.url_to_fs(f"{store}/zarr.json")
+        expected = fs.cat_file(path)
+    try:
+        seen = client.run(_output_seen, store, expected)
+    except Exception as err:  # the workers could not run las-builder's code at all
+        raise ValueError(
+            f"the cluster's workers could not check that they reach {store} "
+            f"({type(err).__name__}: {redact(str(err))}): every worker needs the same "
+            "las-builder as this process (docs/cluster.md); nothing was built"
+        ) from None
+    failed = {worker: why for worker, why in seen.items() if why}
+    if not failed:
+        return
+    worker, why = sorted(failed.items())[0]
+    if "://" not in store:
+        fix = (
+            "a local output.path is only right for one machine: write to storage that every "
+            "worker reaches (output.path: s3://BUCKET/PREFIX), see docs/cluster.md"
+        )
+    else:
+        fix = (
+            "give every worker the same credentials and AWS_ENDPOINT_URL as this process "
+            "(docs/cluster.md, 'What every worker needs')"
+        )
+    raise ValueError(
+        f"{len(failed)} of {len(seen)} workers of the cluster cannot read the output "
+        f"(worker {worker}: {why}): {fix}; nothing was built"
     )
 
 

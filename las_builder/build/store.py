@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 try:
     import fcntl
@@ -28,11 +29,13 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
+from zarr.storage import FsspecStore
 
 from las_builder.build.config import BuildConfig
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_taxonomy
 from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
+from las_builder.security import redact
 from las_builder.zarr_shards import ShardedArray, write_encoded_shards, write_shards
 
 if TYPE_CHECKING:
@@ -53,6 +56,161 @@ _PART = re.compile(r"shard-(\d+)\.parquet")
 # zarr's LocalStore writes an object aside as <stem>.<uuid4 hex>.partial and renames it; a
 # process killed in between leaves that file behind.
 _ZARR_PARTIAL = re.compile(r"(?P<stem>.+)\.[0-9a-f]{32}\.partial")
+
+
+class OutputUnreachable(ValueError, FileNotFoundError):  # noqa: N818 - as BuildLocked
+    """The output's storage cannot be reached, read or written (credentials, endpoint, bucket).
+
+    Both a ValueError and a FileNotFoundError: the CLI reports either as a one-line error,
+    wherever the storage first fails (reading the plan, or the build itself).
+    """
+
+
+# Words of S3's (and s3fs's) errors for credentials that are missing, wrong or not allowed.
+_DENIED = (
+    "AccessDenied",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "Unable to locate credentials",
+)
+_UNREACHABLE = (
+    "EndpointConnectionError",
+    "ConnectTimeout",
+    "ConnectionClosedError",
+    "Could not connect",
+    "ReadTimeout",
+)
+_CLOUD_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "azure")
+
+
+def is_storage_error(err: BaseException) -> bool:
+    """Whether ``err`` came from the storage (a file system, an object store, its client)."""
+    return isinstance(err, OSError) or type(err).__module__.startswith(_CLOUD_MODULES)
+
+
+def describe_storage_error(err: BaseException) -> str:
+    """``Type: message`` of a storage error, redacted.
+
+    s3fs turns botocore's errors into an ``OSError`` that drops S3's error code (``SlowDown``
+    becomes ``[Errno 16] Please reduce your request rate.``); botocore's own error, its cause,
+    has the code, the operation and how many retries were made.
+    """
+    cause = err.__cause__
+    shown = cause if isinstance(err, OSError) and cause is not None else err
+    if not is_storage_error(shown):
+        shown = err
+    return redact(f"{type(shown).__name__}: {shown}".rstrip(": "))
+
+
+def storage_hint(url: str, err: BaseException) -> str:
+    """What to do about the storage error ``err`` met at ``url`` (one clause)."""
+    text = f"{type(err).__name__} {err} {type(err.__cause__).__name__} {err.__cause__}"
+    if _local_path(url) is not None:
+        if isinstance(err, PermissionError):
+            return "check the folder's permissions, or choose another output.path"
+        return "check output.path and the disk, then run the command again"
+    if isinstance(err, PermissionError) or any(word in text for word in _DENIED):
+        return (
+            "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
+            "the instance role): they must be allowed to read and write it"
+        )
+    if "NoSuchBucket" in text:
+        return "its bucket does not exist: check output.path or create the bucket"
+    if isinstance(err, ConnectionError | TimeoutError) or any(w in text for w in _UNREACHABLE):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        where = f"AWS_ENDPOINT_URL ({redact(endpoint)})" if endpoint else "the endpoint"
+        return f"check {where} and the network, then run the command again"
+    return "check output.path, the credentials and the endpoint, then run the command again"
+
+
+@contextmanager
+def storage_access(url: str, doing: str) -> Iterator[None]:
+    """Turn a storage error of the body into :class:`OutputUnreachable` naming ``url``.
+
+    A missing file (FileNotFoundError) goes through as it is: its callers say what is missing.
+    Errors that do not come from the storage (bugs) go through too.
+
+    Args:
+        url: The file, object or folder the body reads or writes.
+        doing: What the body does to it, as a verb (``read``, ``write``, ``list``).
+
+    Raises:
+        OutputUnreachable: ``cannot DOING URL (Type: message): what to do``.
+    """
+    try:
+        yield
+    except (OutputUnreachable, FileNotFoundError):
+        raise
+    except Exception as err:
+        if not is_storage_error(err):
+            raise
+        raise OutputUnreachable(
+            f"cannot {doing} {redact(url)} ({describe_storage_error(err)}): "
+            f"{storage_hint(url, err)}"
+        ) from None
+
+
+def normalize_output(output: str) -> str:
+    """The output as every process of a build names it.
+
+    Without a trailing slash (``s3://bucket/prefix/`` would put the store at the object keys
+    ``prefix//las.zarr/...``, where no reader looks), and a local path made absolute: the
+    workers of a cluster may run in another folder than the build.
+    """
+    output = output.rstrip("/") or "/"
+    if "://" not in output:
+        output = os.path.abspath(output)
+    return output
+
+
+class _NamedStore(FsspecStore):
+    """An fsspec store whose storage errors name the object they concern.
+
+    s3fs's errors name no object: a shard that could not be written after the retries of
+    botocore and s3fs said only ``[Errno 16] Please reduce your request rate.``.
+    """
+
+    def _failed(self, doing: str, key: str, err: Exception) -> OSError:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        url = f"{protocol}://{self.path.rstrip('/')}/{key}"
+        return OSError(f"cannot {doing} {url} ({describe_storage_error(err)})")
+
+    async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get(key, *args, **kwargs)
+        except Exception as err:
+            if not is_storage_error(err) or isinstance(err, FileNotFoundError):
+                raise
+            raise self._failed("read", key, err) from err
+
+    async def set(self, key: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().set(key, *args, **kwargs)
+        except Exception as err:
+            if not is_storage_error(err):
+                raise
+            raise self._failed("write", key, err) from err
+
+    async def delete(self, key: str) -> None:
+        try:
+            await super().delete(key)
+        except Exception as err:
+            if not is_storage_error(err) or isinstance(err, FileNotFoundError):
+                raise
+            raise self._failed("delete", key, err) from err
+
+
+def _open_group(url: str, mode: Literal["r", "r+", "a"]) -> zarr.Group:
+    """The Zarr v3 group at ``url``; on object storage through a :class:`_NamedStore`."""
+    if _local_path(url) is not None:
+        return zarr.open_group(url, mode=mode, zarr_format=3)
+    store = _NamedStore.from_url(url, read_only=mode == "r")
+    return zarr.open_group(store, mode=mode, zarr_format=3)
 
 
 @dataclass(frozen=True)
@@ -191,15 +349,119 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
     return specs
 
 
+def build_fingerprint(cfg: BuildConfig) -> dict[str, Any]:
+    """The recipe fields a build's samples depend on, by recipe field name (JSON values).
+
+    Kept in the store (``build_config``): a build of another recipe into the same output is
+    refused instead of mixing its samples with the store's. Left out: what only says where or
+    how fast to read (``stac.url``, which may be a mirror, ``stac.sign``, read threads) and the
+    output's layout, which :func:`create_store` checks itself.
+    """
+    return {
+        "backend": cfg.backend,
+        "time.start": cfg.start.date().isoformat(),
+        "time.end": cfg.end.date().isoformat(),
+        "sample.size_px": cfg.size_px,
+        "sample.resolution_m": float(cfg.resolution_m),
+        "max_nodata": float(cfg.max_nodata),
+        "imagery.sentinel-2.collection": cfg.s2_collection,
+        "imagery.sentinel-2.max_cloud": float(cfg.max_cloud),
+        "imagery.sentinel-2.composite": cfg.composite,
+        "imagery.sentinel-2.composite_k": cfg.composite_k,
+        "imagery.sentinel-1.collection": cfg.s1_collection,
+        "imagery.sentinel-1.units": cfg.s1_units,
+        "imagery.naip.collection": cfg.naip_collection,
+        "imagery.naip.factor": cfg.naip_factor,
+        "labels": [
+            {"product": s.product, "collection": s.collection, "asset": s.asset, "year": s.year}
+            for s in cfg.labels
+        ],
+    }
+
+
+def plan_digest(sample_ids: Iterable[str]) -> str:
+    """A digest of a plan's samples in plan order (their ids hold place, size and resolution)."""
+    digest = hashlib.sha256()
+    for sample_id in sample_ids:
+        digest.update(f"{sample_id}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_same_build(
+    url: str,
+    root: zarr.Group,
+    samples_per_shard: int,
+    cfg: BuildConfig,
+    specs: dict[str, ArraySpec],
+    digest: str | None,
+) -> None:
+    """Refuse to go on with a store made for another recipe or plan (each: ValueError).
+
+    Resuming it would index the new plan's samples over the old one's arrays, or fail every
+    shard on arrays of another shape. Stores made before the fingerprint was kept are checked
+    for their layout only.
+    """
+    fix = "delete it or choose another output.path"
+    if root.attrs.get("samples_per_shard") != samples_per_shard:
+        raise ValueError(
+            f"{url} holds {root.attrs.get('samples_per_shard')} samples a shard, the plan "
+            f"{samples_per_shard} (output.samples_per_shard): {fix}"
+        )
+    for path, spec in specs.items():
+        shape = tuple(root[path].shape[1:])  # type: ignore[union-attr]  # an array here
+        if shape != spec.shape:
+            raise ValueError(
+                f"{url}/{path} holds samples of shape {shape}, this recipe's are {spec.shape} "
+                f"(sample.size_px, imagery.naip.factor): {fix}"
+            )
+    stored = root.attrs.get("build_config")
+    if isinstance(stored, dict):
+        wanted = json.loads(json.dumps(build_fingerprint(cfg)))
+        changed = [
+            k for k in sorted(wanted.keys() | stored.keys()) if wanted.get(k) != stored.get(k)
+        ]
+        if changed:
+            first = changed[0]
+            more = (
+                f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if changed[1:] else ""
+            )
+            raise ValueError(
+                f"{url} was built with another recipe: {first} is {stored.get(first)!r} there, "
+                f"{wanted.get(first)!r} in this one{more}: {fix}"
+            )
+    stored_digest = root.attrs.get("plan_digest")
+    if digest is not None and isinstance(stored_digest, str) and stored_digest != digest:
+        raise ValueError(
+            f"{url} was built from another plan (plan.parquet was made again, with another "
+            f"recipe or seed): {fix}, then plan and build again"
+        )
+
+
 def create_store(
-    url: str, n_samples: int, samples_per_shard: int, cfg: BuildConfig, attrs: dict[str, Any]
+    url: str,
+    n_samples: int,
+    samples_per_shard: int,
+    cfg: BuildConfig,
+    attrs: dict[str, Any],
+    plan: str | None = None,
 ) -> None:
     """Create ``las.zarr`` (metadata only) unless it exists with the same layout.
 
     The arrays are created first and ``las_store_version`` is written last, so a build killed
     while creating the store leaves no version mark and the next run creates it again.
+
+    Args:
+        url: The store.
+        n_samples: Samples of the plan.
+        samples_per_shard: Samples a shard.
+        cfg: The build's configuration (its :func:`build_fingerprint` is kept in the store).
+        attrs: Further attributes of the store.
+        plan: The plan's :func:`plan_digest`, kept in the store; None: not checked.
+
+    Raises:
+        ValueError: The store exists but was made for another plan, recipe or layout.
     """
-    root = zarr.open_group(url, mode="a", zarr_format=3)
+    root = _open_group(url, mode="a")
     specs = array_specs(cfg)
     if root.attrs.get("las_store_version") == STORE_VERSION:
         if root.attrs.get("n_samples") != n_samples:
@@ -220,6 +482,7 @@ def create_store(
                 f"says output.compressor: {cfg.compressor}: delete it, choose another output "
                 "path or set the recipe's compressor to the store's"
             )
+        _check_same_build(url, root, samples_per_shard, cfg, specs, plan)
         return
     _remove_partials(url)  # a build killed while creating the store; it holds no shard yet
     for path, spec in specs.items():
@@ -268,6 +531,8 @@ def create_store(
             ],
             "nodata": LAS_NODATA,
             "ignore": LAS_IGNORE,
+            "build_config": build_fingerprint(cfg),
+            **({"plan_digest": plan} if plan is not None else {}),
             **attrs,
         }
     )
@@ -300,7 +565,7 @@ def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, Array
     """
     paths = list(paths)
     if not run_id:
-        root = zarr.open_group(url, mode="r+", zarr_format=3)
+        root = _open_group(url, mode="r+")
         # A group's member may be a group too: the store's layout makes these v3 arrays.
         return {path: cast("ArrayV3", root[path]) for path in paths}
     key = (run_id, url)
@@ -310,7 +575,7 @@ def _open_arrays(url: str, paths: Iterable[str], run_id: str) -> dict[str, Array
             del _opened[old]
         missing = [path for path in paths if path not in known]
         if missing:
-            root = zarr.open_group(url, mode="r+", zarr_format=3)
+            root = _open_group(url, mode="r+")
             for path in missing:
                 array = cast("ArrayV3", root[path])  # a v3 array, as above
                 known[path] = (array, ShardedArray.for_array(array))
@@ -490,6 +755,71 @@ def check_output_paths(output: str) -> None:
                 f"{output.rstrip('/')}/{name} is {kind}, where the build writes {what}: move "
                 "it away or choose another output.path"
             )
+
+
+def abort_unfinished_uploads(output: str) -> int:
+    """Abort the multipart uploads a killed build left under ``output`` (S3 only).
+
+    s3fs uploads an object of 100 MiB or more (an aerial-image shard at full size) in parts,
+    and the object appears only when the upload completes: a build killed meanwhile leaves
+    no object, so the shard is rebuilt, but its parts stay stored (and billed) until the
+    upload is aborted. Only one build of an output runs at a time, so an upload under it that
+    is unfinished when the next build starts belongs to a build that is gone.
+
+    Credentials that may not list or abort uploads are only logged: the build goes on (a
+    bucket lifecycle rule ``AbortIncompleteMultipartUpload`` does the same).
+
+    Returns:
+        How many uploads were aborted.
+    """
+    fs, root = fsspec.core.url_to_fs(output)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if not {"s3", "s3a"} & set(protocols):
+        return 0
+    try:
+        return _abort_uploads(fs, output, root)
+    except Exception as err:
+        if not is_storage_error(err):
+            raise
+        log.warning(
+            "could not abort the unfinished uploads under %s (%s): parts of a killed build's "
+            "uploads may stay stored; a lifecycle rule AbortIncompleteMultipartUpload on the "
+            "bucket removes them",
+            output,
+            describe_storage_error(err),
+        )
+        return 0
+
+
+def _abort_uploads(fs: Any, output: str, root: str) -> int:
+    """:func:`abort_unfinished_uploads` on S3 (its errors raise)."""
+    bucket, _, prefix = root.strip("/").partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    ours = tuple(f"{prefix}{name}" for name, _, _ in _OUTPUT_ENTRIES)
+    uploads: list[dict[str, Any]] = []
+    markers: dict[str, str] = {}
+    while True:  # a page holds at most 1,000 uploads
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+        uploads += page.get("Uploads") or []
+        if not page.get("IsTruncated"):
+            break
+        markers = {
+            "KeyMarker": page["NextKeyMarker"],
+            "UploadIdMarker": page["NextUploadIdMarker"],
+        }
+    aborted = 0
+    for upload in uploads:
+        if str(upload["Key"]).startswith(ours):
+            fs.call_s3(
+                "abort_multipart_upload",
+                Bucket=bucket,
+                Key=upload["Key"],
+                UploadId=upload["UploadId"],
+            )
+            aborted += 1
+    if aborted:
+        log.info("aborted %d unfinished uploads under %s (of a killed build)", aborted, output)
+    return aborted
 
 
 def index_part_path(output: str, shard: int) -> str:
