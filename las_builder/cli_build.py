@@ -127,7 +127,7 @@ def build(
         if lenient is None:
             raise _fail(str(err)) from None
         spec = lenient
-    output = spec.output.path
+    output = spec.output.path.rstrip("/") or "/"  # as the build names it (no `//las.zarr`)
     console = Console(stderr=True, quiet=quiet)
     try:
         shards = plan_shards(output)

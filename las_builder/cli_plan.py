@@ -50,7 +50,13 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
-    from las_builder.plan import PlanError, make_plan, plan_path, write_plan
+    from las_builder.plan import (
+        PlanError,
+        make_plan,
+        plan_path,
+        prepare_plan_target,
+        write_plan,
+    )
     from las_builder.recipe import RecipeError, load_recipe
 
     try:
@@ -65,6 +71,7 @@ def plan(
         logger.addHandler(logging.NullHandler())
     console = Console(stderr=True, quiet=quiet)
     try:
+        prepare_plan_target(plan_path(spec))  # before the planning's minutes, not after
         with console.status(f"planning {spec.name}") as status:
             gdf = make_plan(
                 spec, progress=lambda msg: status.update(f"planning {spec.name}: {msg}")

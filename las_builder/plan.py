@@ -75,6 +75,7 @@ __all__ = [
     "PlanError",
     "make_plan",
     "plan_path",
+    "prepare_plan_target",
     "write_plan",
 ]
 
@@ -663,23 +664,47 @@ def plan_path(recipe: Recipe) -> str:
     return str(Path(base).expanduser() / PLAN_FILE)
 
 
+def prepare_plan_target(path: str | Path) -> None:
+    """Make the plan file's folder, or check that its bucket exists (object stores).
+
+    On S3, s3fs's ``makedirs`` creates a bucket that does not exist: a typo in
+    ``output.path`` would create a new bucket (on AWS, a real and billed one) instead of
+    failing. A bucket is the user's to create.
+
+    Raises:
+        FileNotFoundError: The bucket does not exist or these credentials cannot see it.
+
+    """
+    fs, fs_path = fsspec.core.url_to_fs(str(path))
+    parent = posixpath.dirname(fs_path.rstrip("/"))
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        return
+    bucket = fs_path.split("/", 1)[0]
+    if not fs.exists(bucket):
+        raise FileNotFoundError(
+            f"no bucket {bucket!r} at {protocols[0]}:// (or these credentials cannot see it): "
+            "create it first, or correct output.path"
+        )
+
+
 def write_plan(gdf: gpd.GeoDataFrame, path: str | Path) -> str:
     """Write a plan as GeoParquet.
 
     Args:
         gdf: A plan from :func:`make_plan`.
-        path: The file to write: a local path or an fsspec URL (``s3://...``); parent
-            folders are created.
+        path: The file to write: a local path or an fsspec URL (``s3://...``); local parent
+            folders are created, a bucket must exist (:func:`prepare_plan_target`).
 
     Returns:
         The path written, as a string.
 
     """
     target = str(path)
+    prepare_plan_target(target)
     fs, fs_path = fsspec.core.url_to_fs(target)
-    parent = posixpath.dirname(fs_path.rstrip("/"))
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     with fs.open(fs_path, "wb") as out:
         gdf.to_parquet(out, index=False)
     return target

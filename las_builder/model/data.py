@@ -162,7 +162,10 @@ def read_index(path: str | Path, storage_options: dict[str, Any] | None = None) 
         else:
             table = pd.read_parquet(index)
     except FileNotFoundError:
-        raise
+        # s3fs's message is the bare key: say what is missing and what to do
+        raise FileNotFoundError(
+            f"{index} not found: build the dataset first (`las build`)"
+        ) from None
     except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a bad file
         raise ValueError(
             f"{index} cannot be read as Parquet ({type(err).__name__}: {err}): the index is "

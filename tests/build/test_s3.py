@@ -581,3 +581,20 @@ def test_a_cluster_whose_workers_cannot_reach_the_output_is_refused_before_build
     _run("build", *relative, "--quiet", "--scheduler", credential_less_cluster)
     assert len(pd.read_parquet(tmp_path / "rel" / "las" / "index.parquet")) == 8
     assert not (tmp_path / "worker-home" / "rel").exists()
+
+
+def test_a_plan_into_a_bucket_that_does_not_exist_is_refused_not_created(
+    s3: str, served_world: dict
+) -> None:
+    """s3fs's makedirs creates a missing bucket: a typo in output.path made a new bucket."""
+    out = "s3://no-such-bucket-typo/runs/x"
+    output = _refused("plan", *_args(served_world["stac_url"], out), "--quiet")
+    assert "no bucket 'no-such-bucket-typo' at s3://" in output and "create it first" in output
+    assert "no-such-bucket-typo" not in fsspec.filesystem("s3", skip_instance_cache=True).ls("")
+
+
+def test_a_dataset_missing_on_s3_says_what_is_missing(s3: str) -> None:
+    from las_builder.model.data import read_index
+
+    with pytest.raises(FileNotFoundError, match=r"index\.parquet not found: build the dataset"):
+        read_index(f"{s3}/nothing-here")
