@@ -56,6 +56,7 @@ __all__ = [
     "MaskDecoder",
     "ModelConfig",
     "WavelengthPatchEmbed",
+    "fusion_heads",
     "high_frequency",
     "load_sam2_weights",
     "model_config",
@@ -481,6 +482,18 @@ class MultiScaleBlock(nn.Module):
         return x + mlp
 
 
+def fusion_heads(dim: int) -> int:
+    """Heads of a :class:`HighFrequencyFusion` over ``dim`` channels: ~32 channels per head.
+
+    The largest count up to ``dim // 32`` that divides ``dim``: Hiera-B+'s first stage has 112
+    channels, and 112 // 32 = 3 heads would not split them (every forward pass failed).
+    """
+    heads = max(1, dim // 32)
+    while dim % heads:
+        heads -= 1
+    return heads
+
+
 class HighFrequencyFusion(nn.Module):
     """Inject high-frequency features into a block's output by gated cross-attention.
 
@@ -580,7 +593,7 @@ class HieraTrunk(nn.Module):
         )
         self.fusions = nn.ModuleList(
             HighFrequencyFusion(
-                self.channels[s], max(1, self.channels[s] // 32), cfg.hf_window, cfg.hf_gate_init
+                self.channels[s], fusion_heads(self.channels[s]), cfg.hf_window, cfg.hf_gate_init
             )
             for s in self.block_stage
         )

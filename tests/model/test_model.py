@@ -13,10 +13,12 @@ from las_builder.model.bands import parse_band_spec, sar_pseudo_wavelength_um
 from las_builder.model.fusion import class_confidence, fuse
 from las_builder.model.model import (
     MLP,
+    MODEL_SIZES,
     HighFrequencyFusion,
     LandSegmenter,
     MultiScaleBlock,
     WavelengthPatchEmbed,
+    fusion_heads,
     high_frequency,
     load_sam2_weights,
     model_config,
@@ -188,3 +190,18 @@ def test_band_spec_parsing() -> None:
     assert wl[5] == pytest.approx(236057.0, rel=1e-3)
     with pytest.raises(ValueError, match="not understood"):
         parse_band_spec("B99")
+
+
+@pytest.mark.parametrize("size", sorted(MODEL_SIZES))
+def test_every_preset_fuses_high_frequencies_at_every_stage(size: str) -> None:
+    """Each stage's fusion splits its channels into heads (Hiera-B+'s 112 in 3 did not: every
+    forward pass of the base preset failed)."""
+    cfg = MODEL_SIZES[size]
+    for stage in range(len(cfg.stages)):
+        dim = cfg.embed_dim * 2**stage
+        heads = fusion_heads(dim)
+        assert dim % heads == 0 and 1 <= heads <= max(1, dim // 32)
+        fusion = HighFrequencyFusion(dim, heads, cfg.hf_window, cfg.hf_gate_init)
+        x = torch.randn(1, 3, 5, dim)
+        assert fusion(x, torch.randn_like(x)).shape == x.shape
+    assert (fusion_heads(112), fusion_heads(96), fusion_heads(144)) == (2, 3, 4)
