@@ -50,6 +50,7 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
+    from las_builder.build.store import plan_digest, stored_plan_digest
     from las_builder.plan import (
         PlanError,
         make_plan,
@@ -76,6 +77,13 @@ def plan(
             gdf = make_plan(
                 spec, progress=lambda msg: status.update(f"planning {spec.name}: {msg}")
             )
+            built = stored_plan_digest(spec.output.path)
+            if built is not None and built != plan_digest(gdf["sample_id"].astype(str)):
+                raise PlanError(
+                    f"{spec.output.path.rstrip('/')}/las.zarr was built from another plan (this "
+                    "recipe's samples differ); the plan was not written, so the store keeps its "
+                    "own: delete the output or choose another output.path"
+                )
             status.update(f"planning {spec.name}: writing the plan")
             path = write_plan(gdf, plan_path(spec))
     except PlanError as err:

@@ -387,6 +387,21 @@ def plan_digest(sample_ids: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def stored_plan_digest(output: str) -> str | None:
+    """The :func:`plan_digest` kept by the store under ``output`` (None: no store, or none kept).
+
+    ``las plan`` compares it with the plan it made: writing another plan over a built output
+    would lose the one its store was built from.
+    """
+    url = f"{normalize_output(output)}/las.zarr"
+    fs, path = fsspec.core.url_to_fs(url)
+    with storage_access(url, "read"):
+        if not fs.exists(f"{path}/zarr.json"):
+            return None
+        value = _open_group(url, "r").attrs.get("plan_digest")
+    return value if isinstance(value, str) else None
+
+
 def _check_same_build(
     url: str,
     root: zarr.Group,

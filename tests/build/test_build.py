@@ -914,3 +914,23 @@ def test_a_shard_task_keeps_numpys_blas_on_its_own_threads(
 
     monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda **_: pytest.fail("again"))
     run_mod.blas_on_one_thread()  # the same process: nothing to do
+
+
+def test_another_plan_is_not_written_over_a_built_output(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    """The store keeps its plan's digest: a plan of other samples would lose the one the
+    store was built from; the same plan is written again as it was."""
+    out = tmp_path / "las"
+    out.mkdir()
+    for name in ("plan.parquet", "las.zarr"):
+        (shutil.copytree if name == "las.zarr" else shutil.copy)(built / name, out / name)
+    before = (out / "plan.parquet").read_bytes()
+    result = CliRunner().invoke(app, ["plan", *_args(served_world, out, "sample.seed=5"), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "las.zarr was built from another plan" in result.output
+    assert "the plan was not written" in result.output
+    assert (out / "plan.parquet").read_bytes() == before
+    result = CliRunner().invoke(app, ["plan", *_args(served_world, out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert gpd.read_parquet(out / "plan.parquet").equals(gpd.read_parquet(built / "plan.parquet"))

@@ -398,11 +398,12 @@ def test_s3_slowdown_fails_the_shard_naming_the_object_then_resume_rides_it_out(
 
 
 def test_a_prefix_with_a_trailing_slash_spaces_and_unicode_is_built_where_readers_look(
-    s3: str, builds: tuple[str, Path], served_world: dict
+    s3: str, builds: tuple[str, Path], served_world: dict, tmp_path: Path
 ) -> None:
     """`output.path: s3://bucket/with space/ünï/` (trailing slash): the store is at
-    `ünï/las.zarr`, not at the key `ünï//las.zarr` that no reader opens; a build after
-    another plan of the same length is refused and changes nothing."""
+    `ünï/las.zarr`, not at the key `ünï//las.zarr` that no reader opens; another plan of the
+    same length is not written over it, and a build after one put there by other means is
+    refused and changes nothing."""
     from las_builder.model.data import open_store, read_index
 
     _, local = builds
@@ -419,13 +420,19 @@ def test_a_prefix_with_a_trailing_slash_spaces_and_unicode_is_built_where_reader
         np.testing.assert_array_equal(remote_arrays[path][:], array[:], err_msg=path)
     assert len(read_index(out)) == 8
     before = _etags(f"{BUCKET}/with space")
-    _run("plan", *args, "--set", "sample.seed=5", "--quiet")  # another plan, same length
+    output = _refused("plan", *args, "--set", "sample.seed=5", "--quiet")  # same length
+    assert "las.zarr was built from another plan" in output and "not written" in output
+    fs.invalidate_cache()
+    assert _etags(f"{BUCKET}/with space") == before
+    other = tmp_path / "other"  # the same other plan, copied there by hand
+    _run("plan", *_args(served_world["stac_url"], str(other)), "--set", "sample.seed=5", "-q")
+    fs.put(str(other / "plan.parquet"), f"{BUCKET}/with space/ünï/plan.parquet")
     output = _refused("build", *args, "--set", "sample.seed=5", "--quiet")
     assert "las.zarr was built from another plan" in output
     fs.invalidate_cache()
     after = _etags(f"{BUCKET}/with space")
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    assert changed == {f"{BUCKET}/with space/ünï/plan.parquet"}  # `las plan` wrote it
+    assert changed == {f"{BUCKET}/with space/ünï/plan.parquet"}  # the copy above
 
 
 def test_a_build_of_another_recipe_into_a_built_output_is_refused(
