@@ -795,17 +795,25 @@ def reopen_failed_shards(output: str, finished: set[int]) -> set[int]:
     """Mark the finished shards that hold a failed sample unfinished (their index part goes).
 
     The part is deleted before anything is rebuilt, so a build killed while rebuilding leaves
-    the shard unfinished, never indexed with arrays of another attempt.
+    the shard unfinished, never indexed with arrays of another attempt. ``index.parquet`` goes
+    first: it lists those shards' old rows, which would not describe the arrays of the shards a
+    killed retry rebuilt (until a build of the output ends, it reads as a partial build).
     """
-    reopened = set()
+    failing: dict[int, str] = {}
     for shard in sorted(finished):
         path = index_part_path(output, shard)
         with fsspec.open(path, "rb") as f:
             statuses = pd.read_parquet(f, columns=["status"])["status"]
         if (statuses == "failed").any():
-            fs, fs_path = fsspec.core.url_to_fs(path)
-            fs.rm_file(fs_path)
-            reopened.add(shard)
+            failing[shard] = path
+    if failing:
+        fs, index_path = fsspec.core.url_to_fs(f"{output.rstrip('/')}/index.parquet")
+        if fs.exists(index_path):
+            fs.rm_file(index_path)
+    for path in failing.values():
+        fs, fs_path = fsspec.core.url_to_fs(path)
+        fs.rm_file(fs_path)
+    reopened = set(failing)
     if reopened:
         log.info("rebuilding %d shards with failed samples", len(reopened))
     return reopened

@@ -658,6 +658,44 @@ def test_retry_failed_rebuilds_only_shards_with_failures(
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
 
 
+def test_a_killed_retry_leaves_no_index_of_old_rows(
+    built: Path, served_world: dict, tmp_path: Path
+) -> None:
+    """Once ``--retry-failed`` has reopened a shard, ``index.parquet`` (with that shard's old
+    rows) is gone: a retry killed there or later reads as a partial build, never as a dataset
+    whose index describes arrays of another attempt; the next plain build finishes it."""
+    import pandas as pd
+
+    from las_builder.build.run import reopen_failed_shards
+    from las_builder.build.store import done_shards
+    from las_builder.model.data import read_index
+    from las_builder.stats import read_index as load_index
+
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    part_path = sorted((out / "index-parts").glob("shard-*.parquet"))[2]
+    part = pd.read_parquet(part_path)
+    part.loc[1, ["status", "reason"]] = ["failed", "ReadError: HTTP 503 (simulated outage)"]
+    part.to_parquet(part_path, index=False)
+    finished = done_shards(str(out))
+    assert reopen_failed_shards(str(out), finished) == {2}  # the state a kill here leaves
+    assert not (out / "index.parquet").exists() and not part_path.exists()
+    partial = load_index(out)
+    assert partial.partial is not None
+    assert partial.partial["shards_done"] == len(finished) - 1
+    assert 2 not in set(partial.frame["shard"])
+    with pytest.raises(FileNotFoundError, match="build the dataset first"):
+        read_index(out)
+    status = CliRunner().invoke(app, ["build", *_args(served_world, out), "--status"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["shards_remaining"] == 1
+    resumed = CliRunner().invoke(app, ["build", *_args(served_world, out), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    index = gpd.read_parquet(out / "index.parquet")
+    assert index["status"].tolist() == gpd.read_parquet(built / "index.parquet")["status"].tolist()
+    assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
+
+
 def test_shard_tasks_report_slim_rows_and_the_index_keeps_the_rest(
     served_world: dict, tmp_path: Path
 ) -> None:
