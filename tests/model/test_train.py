@@ -467,3 +467,16 @@ class LASDatasetIds:
             "epsg": int(row["epsg"]),
             "transform": [float(v) for v in row["transform"]],
         }
+
+
+def test_loader_workers_are_at_most_the_usable_cores() -> None:
+    """A preset's 8 DataLoader workers on a machine with fewer cores: the cores, said so."""
+    import os
+
+    from las_builder.model.train import _loader_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert _loader_workers(0) == 0
+    assert _loader_workers(cores) == cores
+    with pytest.warns(UserWarning, match=f"num_workers: {cores + 7} DataLoader workers"):
+        assert _loader_workers(cores + 7) == cores
