@@ -65,7 +65,7 @@ from las_builder.build.store import (
     write_shard,
 )
 from las_builder.security import install_log_redaction, redact
-from las_builder.stac import SceneItem
+from las_builder.stac import SceneItem, parse_item
 from las_builder.stac.signing import SigningError, make_signer
 from las_builder.zarr_shards import ShardedArray
 
@@ -559,6 +559,33 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
         except SearchError as err:
             raise ValueError(f"recipe {field}: {err}; nothing was built") from None
 
+    def check_parsed(field: str, found: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        # A search leaves out an item it cannot parse (with a warning): when none of a few
+        # parses, the collection's metadata is not what the build reads, and every sample
+        # would be skipped for want of a scene.
+        errors = []
+        for raw in items:
+            try:
+                parse_item(raw, found)
+            except ValueError as err:
+                errors.append(f"item {raw.get('id')}: {err}")
+            else:
+                return
+        if errors:
+            raise ValueError(
+                f"recipe {field}: none of the first {len(errors)} items of "
+                f"{found.get('id')!r} at {url} can be read ({redact(errors[0])}); nothing "
+                "was built"
+            )
+
+    def check_imagery(field: str, collection_id: str) -> None:
+        found = collection(field, collection_id)
+        try:
+            items = searcher.first_items(collection_id, cfg.start, cfg.end)
+        except SearchError as err:
+            raise ValueError(f"recipe {field}: {err}; nothing was built") from None
+        check_parsed(field, found, items)
+
     def check_label(i: int) -> None:
         spec = cfg.labels[i]
         where = f"labels[{i}] ({spec.product})"
@@ -580,6 +607,7 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
                     f"recipe {where}.year = {spec.year}: collection {spec.collection!r} at {url} "
                     f"has no item of that year (its temporal extent: {extent}); nothing was built"
                 )
+            check_parsed(f"{where}.collection", found, items)
             if not assets and not any(spec.asset in it.get("assets", {}) for it in items):
                 assets = {key for it in items for key in it.get("assets", {})}
         if assets and spec.asset not in assets:
@@ -589,7 +617,7 @@ def check_sources(cfg: BuildConfig, searcher: StacSearcher | None = None) -> Non
             )
 
     checks: list[Callable[[], object]] = [
-        functools.partial(collection, field, collection_id)
+        functools.partial(check_imagery, field, collection_id)
         for field, collection_id in (
             ("imagery.sentinel-2.collection", cfg.s2_collection),
             ("imagery.sentinel-1.collection", cfg.s1_collection),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pystac_client import Client
@@ -65,6 +66,7 @@ class ParsedItems:
     def __init__(self, limit: int | None = None) -> None:
         self.limit = PARSED_ITEMS if limit is None else limit
         self._items: OrderedDict[tuple[str, str], SceneItem] = OrderedDict()
+        self._refused: set[tuple[str, str]] = set()  # ids only: a few bytes each
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -77,6 +79,18 @@ class ParsedItems:
             if item is not None:
                 self._items.move_to_end(key)
             return item
+
+    def refused(self, key: tuple[str, str]) -> bool:
+        """Whether the item under ``key`` could not be parsed (and was left out)."""
+        with self._lock:
+            return key in self._refused
+
+    def refuse(self, key: tuple[str, str]) -> bool:
+        """Note that the item under ``key`` cannot be parsed; True the first time."""
+        with self._lock:
+            first = key not in self._refused
+            self._refused.add(key)
+            return first
 
     def put(self, key: tuple[str, str], item: SceneItem) -> None:
         """Keep ``item``, letting go of the least recently used beyond the limit."""
@@ -177,12 +191,32 @@ class StacSearcher:
 
     def _parse(
         self, raw: dict[str, Any], collection_id: str, collection: dict[str, Any]
-    ) -> SceneItem:
-        """``parse_item`` of a found item, or the item parsed when an earlier search found it."""
+    ) -> SceneItem | None:
+        """``parse_item`` of a found item, or the item parsed when an earlier search found it.
+
+        An item whose metadata contradicts itself (a cloud cover of 150 %, a grid that
+        disagrees with its bbox...) is left out with a warning naming it, once per process: one
+        bad item of a catalog of millions must not fail every shard that finds it, and using
+        it could build a wrong sample. A collection whose items are all bad is a recipe error
+        before any shard (``check_sources`` parses a few of each).
+        """
         key = (collection_id, str(raw.get("id")))
         item = self._parsed.get(key)
         if item is None:
-            item = parse_item(raw, collection)
+            if self._parsed.refused(key):
+                return None
+            try:
+                item = parse_item(raw, collection)
+            except ValueError as err:
+                if self._parsed.refuse(key):
+                    why = str(err) if key[1] in str(err) else f"STAC item {key[1]!r}: {err}"
+                    log.warning(
+                        "%s; left out of the searches of %s at %s",
+                        redact(why),
+                        collection_id,
+                        redact(self.url),
+                    )
+                return None
             self._parsed.put(key, item)
         return item
 
@@ -212,15 +246,56 @@ class StacSearcher:
                 )
                 # Plain dicts: no pystac Item objects, no deep copies (a third of a shard's
                 # search time went there).
-                return list(search.items_as_dicts())
+                return _page_items(search.pages_as_dicts(), self.url, collection_id)
 
             for raw in self._retry(run, f"search of {collection_id}"):
                 item = self._parse(raw, collection_id, collection)
-                found.setdefault(item.id, item)
+                if item is not None:
+                    found.setdefault(item.id, item)
         union = unary_union(pieces)
         return sorted(
             (it for it in found.values() if _footprint(it).intersects(union)), key=lambda it: it.id
         )
+
+
+def _page_items(pages: Iterable[dict[str, Any]], url: str, collection_id: str) -> list[Any]:
+    """The features of every page of a search, refusing a paging that goes round in circles.
+
+    pystac-client follows ``next`` links (GET, or POST with ``body`` and ``merge``) for as long
+    as a page has features. A server whose ``next`` link repeats an earlier one, or that
+    serves only items already seen page after page, would keep a build searching forever.
+
+    Raises:
+        SearchError: The paging repeats itself; the message names the endpoint and collection.
+    """
+    features: list[Any] = []
+    seen_ids: set[str] = set()
+    seen_next: set[str] = set()
+    stale = 0
+    for number, page in enumerate(pages, start=1):
+        batch = page.get("features") or []
+        ids = {str(f.get("id")) for f in batch if isinstance(f, dict)}
+        # One page of repeats can be an item that moved between pages; two in a row is a loop.
+        stale = stale + 1 if ids and ids <= seen_ids else 0
+        link = next(
+            (
+                ln
+                for ln in page.get("links") or []
+                if isinstance(ln, dict) and ln.get("rel") == "next"
+            ),
+            None,
+        )
+        key = json.dumps([link.get("href"), link.get("body")], sort_keys=True) if link else None
+        if stale >= 2 or (key is not None and key in seen_next):
+            raise SearchError(
+                f"STAC search of {collection_id} at {redact(url)}: page {number} repeats earlier "
+                "pages (its 'next' link does not advance); the API's paging is broken"
+            )
+        if key is not None:
+            seen_next.add(key)
+        seen_ids |= ids
+        features.extend(batch)
+    return features
 
 
 def _footprint(item: SceneItem) -> BaseGeometry:

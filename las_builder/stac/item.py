@@ -22,7 +22,17 @@ Rules worth knowing:
   ``"Sentinel-2A"``/``"Sentinel 2"``, Earth Search ``"sentinel-2a"``/``"sentinel-2"``); the
   untouched values stay in :attr:`SceneItem.properties`.
 * Scale, offset and nodata are ``None`` when the catalog does not declare them; nothing is
-  guessed (PC's Sentinel-2 items declare no ``raster:bands`` at all).
+  guessed (PC's Sentinel-2 items declare no ``raster:bands`` at all). A STAC 1.1 asset that
+  states ``raster:scale``/``nodata`` on itself, with no band list, is one band.
+* An asset inherits the item's ``proj:shape`` and ``proj:transform`` as one grid: restating
+  only one of them derives the other over the item's extent; ``proj:bbox`` supplies a
+  missing shape and must agree with the grid.
+* Relative asset hrefs are resolved against the item's ``self`` link.
+* Contradictions are refused with :class:`ItemParseError` rather than resolved by a guess:
+  ``proj:epsg`` against an EPSG ``proj:code``, band lists of different lengths, a zero or
+  non-finite scale, ``eo:cloud_cover`` off 0..100, ``datetime`` outside its own range, a
+  ``bbox`` that does not hold the geometry (a naive min/max bbox of an antimeridian scene is
+  replaced by the geometry's). Times without a zone are taken as UTC.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import pystac
@@ -73,6 +84,10 @@ _ASSET_BAND_DEFAULTS = {
     "unit": "unit",
     "raster:scale": "scale",
     "raster:offset": "offset",
+    "raster:spatial_resolution": "spatial_resolution",
+    "eo:common_name": "common_name",
+    "eo:center_wavelength": "center_wavelength",
+    "eo:full_width_half_max": "full_width_half_max",
 }
 _BASELINE_RE = re.compile(r"^(\d{1,2})\.(\d{1,2})$")
 _PRODUCT_URI_BASELINE_RE = re.compile(r"_N(\d{2})(\d{2})_")
@@ -477,7 +492,8 @@ def parse_item_collection(
 
 def _item_dict(item: Any) -> dict[str, Any]:
     if isinstance(item, pystac.Item):
-        return item.to_dict(include_self_link=False, transform_hrefs=False)
+        # The self link stays: relative asset hrefs are resolved against it.
+        return item.to_dict(include_self_link=True, transform_hrefs=False)
     if isinstance(item, Mapping):
         return dict(item)
     raise ItemParseError(
@@ -534,6 +550,8 @@ def _parse_item_dict(item_id: str, data: dict[str, Any], coll: dict[str, Any]) -
     bbox = _parse_bbox(item_id, "bbox", data.get("bbox"))
     if bbox is None and geometry is not None:
         bbox = _bbox_of(geometry)
+    elif bbox is not None and geometry is not None:
+        bbox = _reconcile_bbox(item_id, bbox, geometry)
 
     collection_id = data.get("collection")
     if collection_id is not None and not isinstance(collection_id, str):
@@ -549,8 +567,11 @@ def _parse_item_dict(item_id: str, data: dict[str, Any], coll: dict[str, Any]) -
         raise ItemParseError(item_id, "assets", "not an object")
     templates = coll.get("item_assets") or {}
     summaries = coll.get("summaries") or {}
+    base = _self_href(data)
     assets = {
-        key: _parse_asset(item_id, key, asset, templates.get(key), summaries, item_proj, item_gsd)
+        key: _parse_asset(
+            item_id, key, asset, templates.get(key), summaries, item_proj, item_gsd, base
+        )
         for key, asset in raw_assets.items()
     }
 
@@ -570,7 +591,7 @@ def _parse_item_dict(item_id: str, data: dict[str, Any], coll: dict[str, Any]) -
         platform=_norm_name(item_id, "properties.platform", props.get("platform")),
         constellation=_norm_name(item_id, "properties.constellation", props.get("constellation")),
         instruments=tuple(str(i) for i in instruments),
-        cloud_cover=_opt_float(item_id, "properties.eo:cloud_cover", props.get("eo:cloud_cover")),
+        cloud_cover=_parse_cloud_cover(item_id, props.get("eo:cloud_cover")),
         processing_baseline=_parse_baseline(item_id, props),
         mgrs_tile=_parse_mgrs(item_id, props),
         orbit_state=_parse_orbit_state(item_id, props.get("sat:orbit_state")),
@@ -624,7 +645,35 @@ def _parse_times(item_id: str, props: Mapping[str, Any]) -> tuple[datetime, date
             "properties.end_datetime",
             f"end {end.isoformat()} is before start {start.isoformat()}",
         )
+    slack = _dt.timedelta(seconds=1)  # catalogs round datetime and the range differently
+    if not start - slack <= nominal <= end + slack:
+        # Which time would a date filter trust? The catalog must say one thing.
+        raise ItemParseError(
+            item_id,
+            "properties.datetime",
+            f"{nominal.isoformat()} lies outside start_datetime..end_datetime "
+            f"({start.isoformat()} .. {end.isoformat()})",
+        )
     return nominal, start, end
+
+
+def _parse_cloud_cover(item_id: str, value: Any) -> float | None:
+    """``eo:cloud_cover`` as a percentage; numeric text is read, anything off 0..100 refused."""
+    field = "properties.eo:cloud_cover"
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ItemParseError(item_id, field, f"expected a number, got {value!r}") from None
+    cover = _opt_float(item_id, field, value)
+    if cover is None:
+        return None
+    # A -1 "unknown" or a 0..1 fraction read as percent would rank scenes wrongly.
+    if not -1e-6 <= cover <= 100.0 + 1e-6:
+        raise ItemParseError(
+            item_id, field, f"expected a percentage between 0 and 100, got {value!r}"
+        )
+    return min(max(cover, 0.0), 100.0)
 
 
 def _norm_name(item_id: str, field: str, value: Any) -> str | None:
@@ -635,9 +684,22 @@ def _norm_name(item_id: str, field: str, value: Any) -> str | None:
     return re.sub(r"[\s_]+", "-", value.strip().lower())
 
 
+def _baseline_field(props: Mapping[str, Any]) -> tuple[str, Any]:
+    """The property that holds the Sentinel-2 processing baseline, and its value."""
+    for key in ("s2:processing_baseline", "sentinel:processing_baseline"):
+        if props.get(key) is not None:
+            return key, props[key]
+    # Copernicus Data Space writes the baseline as the processing extension's version; other
+    # missions use that field for unrelated versions.
+    mission = f"{props.get('constellation')} {props.get('platform')}".lower().replace(" ", "-")
+    if props.get("processing:version") is not None and "sentinel-2" in mission:
+        return "processing:version", props["processing:version"]
+    return "s2:processing_baseline", None
+
+
 def _parse_baseline(item_id: str, props: Mapping[str, Any]) -> str | None:
-    field = "properties.s2:processing_baseline"
-    value = props.get("s2:processing_baseline")
+    key, value = _baseline_field(props)
+    field = f"properties.{key}"
     if value is None:
         uri = props.get("s2:product_uri")
         match = _PRODUCT_URI_BASELINE_RE.search(uri) if isinstance(uri, str) else None
@@ -645,11 +707,18 @@ def _parse_baseline(item_id: str, props: Mapping[str, Any]) -> str | None:
     if isinstance(value, bool):
         raise ItemParseError(item_id, field, f"expected 'NN.NN', got {value!r}")
     if isinstance(value, int | float):
+        # 400 (for N0400) would compare as "400.00" and pass for any baseline test.
+        if not math.isfinite(value) or not 0 <= value < 100:
+            raise ItemParseError(
+                item_id, field, f"expected a baseline like 4.0 or '04.00', got {value!r}"
+            )
         return f"{float(value):05.2f}"
     if isinstance(value, str):
         text = value.strip()
         if text.upper().startswith("N") and text[1:].isdigit() and len(text) == 5:
             return f"{text[1:3]}.{text[3:5]}"
+        if text.isdigit() and len(text) <= 2:
+            return f"{int(text):02d}.00"
         match = _BASELINE_RE.match(text)
         if match:
             return f"{int(match.group(1)):02d}.{int(match.group(2).ljust(2, '0')):02d}"
@@ -702,10 +771,49 @@ def _parse_bbox(item_id: str, field: str, value: Any) -> tuple[float, float, flo
         return None
     nums = _numbers(item_id, field, value)
     if len(nums) == 4:
-        return (nums[0], nums[1], nums[2], nums[3])
-    if len(nums) == 6:
-        return (nums[0], nums[1], nums[3], nums[4])
-    raise ItemParseError(item_id, field, f"expected 4 or 6 numbers, got {len(nums)}")
+        out = (nums[0], nums[1], nums[2], nums[3])
+    elif len(nums) == 6:
+        out = (nums[0], nums[1], nums[3], nums[4])
+    else:
+        raise ItemParseError(item_id, field, f"expected 4 or 6 numbers, got {len(nums)}")
+    # West may exceed east (across the antimeridian); south may never exceed north.
+    if out[1] > out[3]:
+        raise ItemParseError(
+            item_id, field, f"south {out[1]} is north of north {out[3]}: check the axis order"
+        )
+    return out
+
+
+def _reconcile_bbox(
+    item_id: str, bbox: tuple[float, float, float, float], geometry: BaseGeometry
+) -> tuple[float, float, float, float]:
+    """The item's bbox, checked against its geometry.
+
+    A geometry across the antimeridian under a naive min/max bbox (``[-179, s, 179, n]``, the
+    whole world but the scene) gets the bbox of its geometry. Any other bbox that does not
+    contain the geometry (swapped axes, another item's box) is refused: searches match on one
+    and scene choice on the other. A margin of 0.05 degrees allows for rounding.
+    """
+    west, south, east, north = bbox
+    tol = 0.05
+    parts = list(getattr(geometry, "geoms", [geometry]))
+    if west <= east:
+        windows = [(west, east)]
+    else:  # crosses the antimeridian: an eastern and a western window
+        windows = [(west, 180.0), (-180.0, east)]
+    for part in parts:
+        minx, miny, maxx, maxy = part.bounds
+        inside_x = any(minx >= w - tol and maxx <= e + tol for w, e in windows)
+        if not (inside_x and miny >= south - tol and maxy <= north + tol):
+            if west <= east and _touches_both_sides(geometry):
+                return _bbox_of(geometry)
+            raise ItemParseError(
+                item_id,
+                "bbox",
+                f"{list(bbox)} does not contain the geometry (bounds "
+                f"{[round(v, 6) for v in geometry.bounds]}); check the axis order",
+            )
+    return bbox
 
 
 def _parse_geometry(item_id: str, value: Any) -> BaseGeometry | None:
@@ -791,12 +899,23 @@ def _parse_projection(item_id: str, where: str, d: Mapping[str, Any]) -> dict[st
     """Read the projection fields present in ``d``; absent ones are left out of the result."""
     out: dict[str, Any] = {}
     crs_keys = ("proj:epsg", "proj:code", "proj:wkt2", "proj:projjson")
-    if any(k in d for k in crs_keys):
+    # Only a value names a CRS: an asset's ``"proj:epsg": null`` says "no EPSG code" (the
+    # item's WKT2 or PROJJSON then describes it) and must not erase what the item gives.
+    if any(d.get(k) is not None for k in crs_keys):
         epsg: int | None = None
         crs: str | None = None
         if d.get("proj:epsg") is not None:
             epsg = _epsg(item_id, f"{where}.proj:epsg", d["proj:epsg"])
             crs = f"EPSG:{epsg}"
+            code = d.get("proj:code")
+            if isinstance(code, str) and code.partition(":")[0].strip().upper() == "EPSG":
+                other = _epsg(item_id, f"{where}.proj:code", code.partition(":")[2])
+                if other != epsg:
+                    raise ItemParseError(
+                        item_id,
+                        f"{where}.proj:code",
+                        f"{code!r} contradicts proj:epsg {epsg}; the item must name one CRS",
+                    )
         elif d.get("proj:code") is not None:
             code = d["proj:code"]
             if not isinstance(code, str) or ":" not in code:
@@ -831,6 +950,95 @@ def _parse_projection(item_id: str, where: str, d: Mapping[str, Any]) -> dict[st
     if d.get("proj:bbox") is not None:
         out["proj_bbox"] = _parse_bbox(item_id, f"{where}.proj:bbox", d["proj:bbox"])
     return out
+
+
+def _asset_grid(
+    item_id: str, where: str, own: dict[str, Any], item: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Combine an asset's own projection fields with those it inherits from the item.
+
+    The item's ``proj:shape`` and ``proj:transform`` describe one grid together. An asset that
+    restates only one of them (a 20 m band giving its own shape under a 10 m item transform)
+    gets the other derived over the same extent, never the item's value unchanged: that would
+    pair a 5490-pixel shape with a 10 m pixel and cover half the tile. Without a shape, one
+    is derived from ``proj:bbox``. The result is checked against ``proj:bbox``.
+    """
+    proj = {**item, **own}
+    has_shape, has_transform = "shape" in own, "transform" in own
+    if has_shape != has_transform and "shape" in item and "transform" in item:
+        if has_shape and own["shape"] != item["shape"]:
+            proj["transform"] = _rescaled(item["transform"], item["shape"], own["shape"])
+        elif has_transform and own["transform"] != item["transform"]:
+            proj["shape"] = _shape_over(
+                item_id, f"{where}.proj:transform", own["transform"], item["shape"], item
+            )
+    if "shape" not in proj and "transform" in proj and "proj_bbox" in proj:
+        shape = _shape_from_bbox(proj["transform"], proj["proj_bbox"])
+        if shape is not None:
+            proj["shape"] = shape
+    if {"shape", "transform", "proj_bbox"} <= proj.keys():
+        extent = _extent(proj["transform"], proj["shape"])
+        tol = max(abs(proj["transform"][0]), abs(proj["transform"][4]), 1e-9)
+        if any(abs(a - b) > tol for a, b in zip(extent, proj["proj_bbox"], strict=True)):
+            raise ItemParseError(
+                item_id,
+                where,
+                f"proj:shape {list(proj['shape'])} and proj:transform cover {extent}, but "
+                f"proj:bbox says {proj['proj_bbox']}; the grid is inconsistent",
+            )
+    return proj
+
+
+def _rescaled(
+    transform: tuple[float, ...], shape: tuple[int, int], new_shape: tuple[int, int]
+) -> tuple[float, float, float, float, float, float]:
+    """The transform of ``new_shape`` pixels over the extent of ``shape`` pixels."""
+    a, b, c, d, e, f = transform
+    sx, sy = shape[1] / new_shape[1], shape[0] / new_shape[0]
+    return (a * sx, b * sy, c, d * sx, e * sy, f)
+
+
+def _shape_over(
+    item_id: str,
+    field: str,
+    transform: tuple[float, ...],
+    shape: tuple[int, int],
+    item: Mapping[str, Any],
+) -> tuple[int, int]:
+    """The pixel count of ``transform``'s pixels over the item grid's extent."""
+    ia, _, _, _, ie, _ = item["transform"]
+    cols, rows = shape[1] * ia / transform[0], shape[0] * ie / transform[4]
+    if not all(n > 0 and abs(n - round(n)) < 1e-6 * max(1.0, n) for n in (cols, rows)):
+        raise ItemParseError(
+            item_id,
+            field,
+            f"pixels of {transform[0]} x {transform[4]} do not tile the item's "
+            f"{shape[1]} x {shape[0]} grid; give the asset its own proj:shape",
+        )
+    return (round(rows), round(cols))
+
+
+def _extent(
+    transform: tuple[float, ...], shape: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    a, b, c, d, e, f = transform
+    rows, cols = shape
+    xs = [c + a * i + b * j for i, j in ((0, 0), (cols, 0), (0, rows), (cols, rows))]
+    ys = [f + d * i + e * j for i, j in ((0, 0), (cols, 0), (0, rows), (cols, rows))]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def _shape_from_bbox(
+    transform: tuple[float, ...], bbox: tuple[float, float, float, float]
+) -> tuple[int, int] | None:
+    """``proj:shape`` of a north-up grid from its ``proj:bbox``, or None when it does not fit."""
+    a, b, _, d, e, _ = transform
+    if b != 0 or d != 0:
+        return None
+    cols, rows = (bbox[2] - bbox[0]) / abs(a), (bbox[3] - bbox[1]) / abs(e)
+    if min(cols, rows) < 1 or any(abs(n - round(n)) > 1e-6 * n for n in (cols, rows)):
+        return None
+    return (round(rows), round(cols))
 
 
 def _epsg(item_id: str, field: str, value: Any) -> int:
@@ -875,6 +1083,35 @@ def _parse_transform(
 # --------------------------------------------------------------------------- assets
 
 
+def _self_href(data: Mapping[str, Any]) -> str | None:
+    links = data.get("links")
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, Mapping) and link.get("rel") == "self":
+            href = link.get("href")
+            return href if isinstance(href, str) and href else None
+    return None
+
+
+def _is_absolute(href: str) -> bool:
+    return bool(urlsplit(href).scheme) or href.startswith(("/", "\\"))
+
+
+def _resolve_href(href: str, base: str | None) -> str:
+    """``href`` made absolute against the item's self link (STAC allows relative hrefs).
+
+    Without an absolute self link a relative href is returned as given: there is nothing
+    to resolve it against.
+    """
+    if _is_absolute(href) or base is None or not _is_absolute(base):
+        return href
+    scheme = urlsplit(base).scheme
+    if scheme in ("", "http", "https", "file"):
+        return urljoin(base, href)
+    # urljoin leaves schemes it does not know (s3, gs, az ...) unjoined: join as http.
+    joined = urljoin("http" + base[len(scheme) :], href)
+    return scheme + joined[len("http") :]
+
+
 def _is_raster(media_type: str | None, roles: list[str], asset: Mapping[str, Any]) -> bool:
     if media_type:
         mt = media_type.lower()
@@ -892,6 +1129,7 @@ def _parse_asset(
     summaries: Mapping[str, Any],
     item_proj: Mapping[str, Any],
     item_gsd: float | None,
+    base: str | None = None,
 ) -> AssetInfo:
     where = f"assets.{key}"
     if not isinstance(asset, Mapping):
@@ -904,6 +1142,7 @@ def _parse_asset(
     href = asset.get("href")
     if not isinstance(href, str) or not href:
         raise ItemParseError(item_id, f"{where}.href", "missing or not a string")
+    href = _resolve_href(href, base)
     media_type = merged.get("type")
     if media_type is not None and not isinstance(media_type, str):
         raise ItemParseError(item_id, f"{where}.type", f"expected a string, got {media_type!r}")
@@ -913,8 +1152,8 @@ def _parse_asset(
     roles = [str(r) for r in roles_raw]
 
     raster = _is_raster(media_type, roles, merged)
-    proj: dict[str, Any] = dict(item_proj) if raster else {}
-    proj.update(_parse_projection(item_id, where, asset))
+    own = _parse_projection(item_id, where, asset)
+    proj = _asset_grid(item_id, where, own, item_proj if raster else {})
 
     gsd = _opt_float(item_id, f"{where}.gsd", merged.get("gsd"))
     if gsd is None and raster:
@@ -978,6 +1217,13 @@ def _parse_bands(
             _band_list(item_id, f"{where}.{ext}", asset.get(ext)),
             _band_list(item_id, f"{where}.{ext}", tmpl.get(ext)),
         )
+    sizes = {ext: len(v) for ext, v in lists.items() if v}
+    if len(set(sizes.values())) > 1:
+        # Bands are matched by index: with unequal lists a scale would land on the wrong band.
+        listed = ", ".join(f"{ext} has {k}" for ext, k in sizes.items())
+        raise ItemParseError(
+            item_id, where, f"band lists disagree ({listed}); each must list every band in order"
+        )
     n = max(len(v) for v in lists.values())
     if n == 0:
         lists["eo:bands"] = _summary_eo_band(item_id, key, summaries)
@@ -994,6 +1240,9 @@ def _parse_bands(
         for src, target in _ASSET_BAND_DEFAULTS.items()
         if merged_asset.get(src) is not None
     }
+    if n == 0 and defaults and _is_raster(media_type, roles, merged_asset):
+        # STAC 1.1 describes a single-band asset on the asset itself, with no band list.
+        n = 1
     out = []
     for i in range(n):
         eo = lists["eo:bands"][i] if i < len(lists["eo:bands"]) else {}
@@ -1037,19 +1286,34 @@ def _band(
             raise ItemParseError(item_id, f"{field}.{name}", f"expected text, got {value!r}")
         return value
 
+    scale = num("scale", ras.get("scale"), v11.get("raster:scale"), defaults.get("scale"))
+    if scale == 0.0:
+        # Every pixel would become the offset: a catalog error, not a value to apply.
+        raise ItemParseError(item_id, f"{field}.scale", "is 0: no band has a zero scale")
     return BandInfo(
         name=text("name", eo.get("name"), v11.get("name"), ras.get("name")),
         description=text(
             "description", eo.get("description"), v11.get("description"), ras.get("description")
         ),
-        common_name=text("common_name", eo.get("common_name"), v11.get("eo:common_name")),
+        common_name=text(
+            "common_name",
+            eo.get("common_name"),
+            v11.get("eo:common_name"),
+            defaults.get("common_name"),
+        ),
         center_wavelength=num(
-            "center_wavelength", eo.get("center_wavelength"), v11.get("eo:center_wavelength")
+            "center_wavelength",
+            eo.get("center_wavelength"),
+            v11.get("eo:center_wavelength"),
+            defaults.get("center_wavelength"),
         ),
         full_width_half_max=num(
-            "full_width_half_max", eo.get("full_width_half_max"), v11.get("eo:full_width_half_max")
+            "full_width_half_max",
+            eo.get("full_width_half_max"),
+            v11.get("eo:full_width_half_max"),
+            defaults.get("full_width_half_max"),
         ),
-        scale=num("scale", ras.get("scale"), v11.get("raster:scale"), defaults.get("scale")),
+        scale=scale,
         offset=num("offset", ras.get("offset"), v11.get("raster:offset"), defaults.get("offset")),
         nodata=_nodata(
             item_id,
@@ -1064,6 +1328,7 @@ def _band(
             "spatial_resolution",
             ras.get("spatial_resolution"),
             v11.get("raster:spatial_resolution"),
+            defaults.get("spatial_resolution"),
         ),
     )
 
@@ -1072,12 +1337,18 @@ def _nodata(item_id: str, field: str, value: Any) -> int | float | None:
     if value is None:
         return None
     if isinstance(value, str):
+        text = value.strip().lower()
         special = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "+inf": math.inf}
-        if value.strip().lower() in special:
-            return special[value.strip().lower()]
-        raise ItemParseError(
-            item_id, field, f"expected a number, 'nan', 'inf' or '-inf': {value!r}"
-        )
+        if text in special:
+            return special[text]
+        # GDAL-minded writers put numbers in strings ("-9999", "0").
+        try:
+            number = float(text)
+        except ValueError:
+            raise ItemParseError(
+                item_id, field, f"expected a number, 'nan', 'inf' or '-inf': {value!r}"
+            ) from None
+        return int(number) if re.fullmatch(r"[+-]?\d+", text) else number
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ItemParseError(item_id, field, f"expected a number, got {value!r}")
     return value
@@ -1194,6 +1465,9 @@ def _opt_float(item_id: str, field: str, value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ItemParseError(item_id, field, f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        # JSON parsers accept NaN/Infinity; a NaN scale or gsd poisons every pixel silently.
+        raise ItemParseError(item_id, field, f"expected a finite number, got {value!r}")
     return float(value)
 
 
