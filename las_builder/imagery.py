@@ -57,17 +57,16 @@ def s2_offset_dn(item: SceneItem, band: str = "B04") -> int:
 
     Processing baseline 04.00 and later add +1000 to every L2A reflectance. In order:
 
-    1. Items of catalogs that harmonised the pixels already need nothing: Earth Search
-       collection 1 (``sentinel-2-c1-l2a``, listed in ``catalog/sensors``) and items flagged
-       ``earthsearch:boa_offset_applied``.
+    1. Items flagged ``earthsearch:boa_offset_applied: true`` (Earth Search's older
+       ``sentinel-2-l2a``, whose COGs it harmonised) need nothing.
     2. A ``raster:bands`` offset on the band, when a catalog declares one (``-0.1`` in
-       reflectance with scale ``0.0001`` is 1000 DN).
+       reflectance with scale ``0.0001`` is 1000 DN): Earth Search collection 1
+       (``sentinel-2-c1-l2a``) keeps the offset in its pixels and says so there.
     3. Otherwise ``s2:processing_baseline``: 1000 DN from 04.00 on.
     """
     spec = sensor("sentinel-2-l2a")["boa_offset"]
-    if item.collection in spec.get("harmonised_collections", ()):
-        return 0
-    if item.properties.get("earthsearch:boa_offset_applied"):
+    # Only a true flag: "false" or 0 from a catalog must not read as applied.
+    if item.properties.get("earthsearch:boa_offset_applied") is True:
         return 0
     try:
         bands = item.asset(asset_key(item, "sentinel-2-l2a", band)).bands

@@ -49,10 +49,17 @@ def test_offset_from_raster_bands_when_no_baseline() -> None:
     assert s2_offset_dn(parse_item(_item(None))) == 0
 
 
-def test_harmonised_collection_needs_no_correction() -> None:
-    assert (
-        s2_offset_dn(parse_item(_item("05.11", collection="sentinel-2-c1-l2a", offset=-0.1))) == 0
-    )
+def test_earth_search_collection_1_follows_its_raster_bands_offset() -> None:
+    """Collection 1 keeps the BOA offset in its pixels and declares it (-0.1 at 0.0001)."""
+    c1 = parse_item(_item("05.11", collection="sentinel-2-c1-l2a", offset=-0.1))
+    assert s2_offset_dn(c1) == 1000
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(True, 0), (False, 1000), ("false", 1000)])
+def test_only_a_true_boa_offset_applied_flag_means_harmonised(flag: object, expected: int) -> None:
+    raw = _item("05.11", offset=-0.1)
+    raw["properties"]["earthsearch:boa_offset_applied"] = flag
+    assert s2_offset_dn(parse_item(raw)) == expected
 
 
 def test_harmonize_removes_offset_and_keeps_nodata() -> None:
@@ -90,7 +97,8 @@ def test_real_items_resolve_every_band(stac_fixtures: Path) -> None:
             )
     assert offsets["planetary-computer/sentinel-2-l2a"] == {0}  # all baseline 02.12
     assert offsets["earth-search/sentinel-2-l2a"] == {0}  # earthsearch:boa_offset_applied
-    assert offsets["earth-search/sentinel-2-c1-l2a"] == {0}  # collection 1 is harmonised
+    # Collection 1 keeps the offset in its pixels (raster:bands offset -0.1, baseline 05.11).
+    assert offsets["earth-search/sentinel-2-c1-l2a"] == {1000}
 
 
 def test_missing_band_names_the_item_and_assets() -> None:
