@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -110,15 +111,61 @@ def create_world(
 
     Returns:
         The manifest written to ``world_dir/world.json``.
+
+    Raises:
+        FileExistsError: ``world_dir`` exists and is not empty.
+        ValueError: An unknown preset, ``world_dir`` is a file, or it cannot be written (the
+            message names the folder and the reason).
     """
     spec = load_preset(preset)
     world_dir = Path(world_dir)
+    if world_dir.exists() and not world_dir.is_dir():
+        raise ValueError(f"{world_dir} is a file, not a folder: give a new folder for the world")
     if world_dir.exists() and any(world_dir.iterdir()):
         raise FileExistsError(
             f"{world_dir} exists and is not empty: choose a new folder or delete it"
         )
-    world_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(os.cpu_count() or 1, len(spec.regions))
+    made = not world_dir.exists()
+    try:
+        world_dir.mkdir(parents=True, exist_ok=True)
+        probe = world_dir / f".{MANIFEST}.tmp"
+        probe.write_text("")  # fail now, not after minutes of rendering, if it is read-only
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"cannot write into {world_dir} ({err.strerror or err}): give a folder you can write"
+        ) from None
+    try:
+        return _create(world_dir, spec.regions, seed, preset, progress, workers)
+    except BaseException as err:
+        # a failed or interrupted create leaves no half world behind (serve would refuse it,
+        # and create again would find the folder not empty)
+        if made:
+            shutil.rmtree(world_dir, ignore_errors=True)
+        else:
+            for child in list(world_dir.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise ValueError(
+                f"cannot write the world into {world_dir} ({err}): free space or "
+                "give another folder, then run `las world create` again"
+            ) from err
+        raise
+
+
+def _create(
+    world_dir: Path,
+    regions: tuple[Region, ...],
+    seed: int,
+    preset: str,
+    progress: bool,
+    workers: int | None,
+) -> dict[str, Any]:
+    """Render every region and write the STAC and ``world.json`` (see ``create_world``)."""
+    workers = workers or min(os.cpu_count() or 1, len(regions))
     scenes: list[Scene] = []
     with Progress(
         TextColumn("[bold]world[/] {task.description}"),
@@ -127,11 +174,10 @@ def create_world(
         TimeElapsedColumn(),
         disable=not progress,
     ) as bar:
-        task = bar.add_task(f"{preset} seed {seed}", total=len(spec.regions))
+        task = bar.add_task(f"{preset} seed {seed}", total=len(regions))
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [
-                pool.submit(_build_region, world_dir, preset, i, seed)
-                for i in range(len(spec.regions))
+                pool.submit(_build_region, world_dir, preset, i, seed) for i in range(len(regions))
             ]
             for future in futures:  # in region order, so the result does not depend on timing
                 scenes += future.result()
@@ -151,10 +197,13 @@ def create_world(
                 "bounds": list(s.geobox.boundingbox),
                 "truth": s.assets["truth"]["href"],
             }
-            for region in spec.regions
+            for region in regions
             for s in scenes
             if s.collection == "las-world-truth" and s.properties["las:region"] == region.id
         ],
     }
-    (world_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    # world.json marks a finished world: written last, and atomically
+    tmp = world_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(world_dir / MANIFEST)
     return manifest

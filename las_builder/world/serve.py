@@ -71,6 +71,9 @@ _MAKE_INSTALL = "run `make install` as root"
 _SELF = (sys.executable, "-P", str(Path(__file__).resolve()))
 
 
+_PG_WORLD = "world.txt"
+"""File beside a temporary cluster's ``data`` folder naming the world it serves."""
+
 _DETACHED: dict[int, subprocess.Popen[bytes]] = {}
 """Children left running by a detached serve of this process, so they are not garbage
 collected while they run (Popen warns then) and ``stop_world`` can reap them."""
@@ -100,6 +103,43 @@ class ServeInfo:
 
 # --------------------------------------------------------------------------------------------
 # processes
+
+
+def _boot_id() -> str | None:
+    """Return this boot's id (``/proc/sys/kernel/random/boot_id``), or None without procfs.
+
+    Pids and their start times repeat across reboots; a ``serve.json`` from an earlier boot
+    names processes that are all gone, whatever now runs under those pids.
+    """
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _has_procfs() -> bool:
+    """Tell whether ``/proc`` can tell a process's start time (Linux)."""
+    return Path(f"/proc/{os.getpid()}/stat").exists()
+
+
+def _proc_cwd(pid: int) -> str | None:
+    """Return the working folder of ``pid`` as the kernel names it, or None if unreadable.
+
+    A deleted folder reads ``PATH (deleted)``; a moved one reads its new path.
+    """
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    """Return the arguments of ``pid`` (empty if unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
 
 
 def _proc_start_ticks(pid: int) -> int | None:
@@ -345,6 +385,13 @@ def _world_root(world_dir: Path) -> tuple[Path, dict[str, Any]]:
         raise ServeError(f"{world_dir} is not a folder: give the folder made by `las world create`")
     root = root.resolve()
     manifest_path = root / "world.json"
+    if not manifest_path.is_file() and any((root / d).exists() for d in ("stac", "assets")):
+        # `las world create` writes world.json last: this one was stopped midway
+        raise ServeError(
+            f"{world_dir} is an unfinished world (stac/ or assets/ but no world.json; "
+            f"`las world create` was stopped midway?): delete it and run "
+            f"`las world create {world_dir}` again"
+        )
     if not manifest_path.is_file():
         raise ServeError(
             f"{world_dir} is not a world (no world.json): create one with `las world create DIR`"
@@ -505,22 +552,139 @@ def _state_entries(state: dict[str, Any]) -> list[tuple[str, int, int | None]]:
     starts: dict[str, Any] = raw_starts if isinstance(raw_starts, dict) else {}
     entries = []
     for name, pid in pids.items():
-        if isinstance(pid, int) and pid > 0:
+        # bool is an int: `true` would name pid 1
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
             start = starts.get(name)
             entries.append((name, pid, start if isinstance(start, int) else None))
     return entries[::-1]
 
 
-def _live_entries(state: dict[str, Any]) -> list[tuple[str, int, int | None]]:
-    """Return the entries of ``serve.json`` whose process still runs."""
-    return [e for e in _state_entries(state) if _alive(e[1], e[2])]
+def _safe_pgdata(root: Path, state: dict[str, Any]) -> Path | None:
+    """Return the cluster folder ``serve.json`` names if a serve of ``root`` made it, else None.
 
-
-def _remove_pgdata(state: dict[str, Any]) -> None:
-    """Remove the throwaway PostgreSQL cluster a serve used, if any."""
+    ``serve.json`` may be stale, copied from another world or edited by hand: only
+    ``WORLD/.serve/pg/data``, or a ``las-pgstac-*/data`` temporary folder recorded by a serve
+    of this very folder (or of the place it was moved from), is ever removed.
+    """
     pgdata = state.get("pgdata")
-    if isinstance(pgdata, str) and pgdata:
-        shutil.rmtree(Path(pgdata).parent, ignore_errors=True)
+    if not isinstance(pgdata, str) or not pgdata:
+        return None
+    path = Path(pgdata)
+    if path.name != "data" or ".." in path.parts:
+        return None
+    if path.parent == root / SERVE_DIR / "pg":
+        return path
+    origin = state.get("world")
+    if (
+        path.parent.parent == Path(tempfile.gettempdir())
+        and path.parent.name.startswith("las-pgstac-")
+        # served from this folder, or from where it was before a move (not a copy of another)
+        and isinstance(origin, str)
+        and (origin == str(root) or not Path(origin).exists())
+    ):
+        return path
+    return None
+
+
+def _remove_pgdata(root: Path, state: dict[str, Any]) -> None:
+    """Remove the throwaway PostgreSQL cluster a serve of ``root`` used, if any."""
+    pgdata = _safe_pgdata(root, state)
+    if pgdata is not None:
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+Entry = tuple[str, int, int | None]
+"""``(name, pid, start ticks)`` of a server process."""
+
+
+def _owned(root: Path, state: dict[str, Any]) -> tuple[list[Entry], list[Entry]]:
+    """Split the running processes that ``serve.json`` names into this world's and others'.
+
+    A process is this world's only when it is provably the one the serve started: same boot,
+    same start time (so a reused pid is not) and a working folder in this world (so a
+    ``serve.json`` copied along with a served world names the other world's servers, which
+    are left alone). Only a system without procfs falls back on the pid alone.
+
+    Returns:
+        ``(ours, others)``, both in stop order.
+
+    """
+    procfs = _has_procfs()
+    boot = state.get("boot_id")
+    same_boot = not isinstance(boot, str) or boot == _boot_id()
+    # postgres works in its data folder; the others in the world, .serve or the pg parent
+    dirs = {str(root), str(root / SERVE_DIR), str(root / SERVE_DIR / "pg" / "data")}
+    pgdata = _safe_pgdata(root, state)
+    if pgdata is not None:
+        dirs.add(str(pgdata))
+    ours: list[Entry] = []
+    others: list[Entry] = []
+    for name, pid, start in _state_entries(state):
+        if not _alive(pid):
+            continue
+        mine = same_boot and (start is not None or not procfs) and _alive(pid, start)
+        if mine:
+            cwd = _proc_cwd(pid)
+            mine = cwd is None or cwd in dirs
+        (ours if mine else others).append((name, pid, start))
+    return ours, others
+
+
+def _server_name(pid: int) -> str | None:
+    """Name the server ``serve_world`` starts that ``pid`` looks like (None: not one of ours).
+
+    Every server leads its own process group; anything else is never taken for one.
+    """
+    try:
+        if os.getpgid(pid) != pid:
+            return None
+    except OSError:
+        return None
+    args = _proc_cmdline(pid)
+    if len(args) > 3 and args[3] == "_range" and Path(args[2]).name == "serve.py":
+        return "assets"
+    names = {Path(arg).name for arg in args[:2]}  # rustac may be `python .../bin/rustac`
+    if "postgres" in names:
+        return "postgres"
+    if "rustac" in names or "stac_fastapi.pgstac.app:create_app" in args:
+        return "stac"
+    return None
+
+
+def _orphans(world_dir: Path) -> tuple[list[Entry], list[Path]]:
+    """Find the servers of a world folder that was deleted while served.
+
+    The kernel names the working folder of such a process ``PATH (deleted)``; only processes
+    that look like our servers and lead their own process group are returned, with the
+    temporary PostgreSQL clusters they used.
+    """
+    path = Path(os.path.abspath(world_dir))
+    with contextlib.suppress(OSError):
+        path = path.parent.resolve() / path.name
+    pgdata = path / SERVE_DIR / "pg" / "data"
+    gone = {f"{d} (deleted)" for d in (path, path / SERVE_DIR, pgdata)}
+    found: list[Entry] = []
+    clusters: list[Path] = []
+    try:
+        listing = list(Path("/proc").iterdir())
+    except OSError:
+        return [], []
+    for entry in listing:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        cwd = _proc_cwd(pid)
+        name = _server_name(pid) if cwd in gone else None
+        if name is None and cwd is not None and Path(cwd).parent.name.startswith("las-pgstac-"):
+            # PostgreSQL on a temporary cluster: its folder names the world it served
+            with contextlib.suppress(OSError):
+                if (Path(cwd).parent / _PG_WORLD).read_text().strip() == str(path):
+                    name = _server_name(pid)
+                    clusters.append(Path(cwd).parent)
+        if name is not None:
+            found.append((name, pid, _proc_start_ticks(pid)))
+    order = {"stac": 0, "postgres": 1, "assets": 2}  # stop order, as for a served world
+    return sorted(found, key=lambda entry: order[entry[0]]), clusters
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,6 +833,8 @@ def _pg_datadir(started: _Started, serve_dir: Path, user: str | None) -> tuple[P
     shutil.rmtree(parent, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix="las-pgstac-"))
     started.remove_dirs.append(tmp)
+    # which world this cluster serves: `las world stop` of a deleted world finds it by this
+    (tmp / _PG_WORLD).write_text(str(serve_dir.parent) + "\n")
     if user is not None:
         shutil.chown(tmp, user, user)
     return tmp / "data", True
@@ -877,13 +1043,13 @@ def serve_world(
 
     state = _read_state(root)
     if (root / SERVE_JSON).exists():
-        if state is not None and _live_entries(state):
+        if state is not None and _owned(root, state)[0]:
             raise ServeError(
                 f"{world_dir} is already being served at {state.get('stac_url')}: "
                 f"run `las world stop {world_dir}` first"
             )
-        if state is not None:  # stale: its processes are gone
-            _remove_pgdata(state)
+        if state is not None:  # stale: its processes are gone (or are not this world's)
+            _remove_pgdata(root, state)
         (root / SERVE_JSON).unlink(missing_ok=True)
 
     if server == "pgstac":
@@ -906,19 +1072,29 @@ def serve_world(
     assets_url = f"http://127.0.0.1:{ports['assets']}/"
 
     serve_dir = root / SERVE_DIR
-    shutil.rmtree(serve_dir, ignore_errors=True)
-    (serve_dir / "stac" / "collections").mkdir(parents=True)
-    (serve_dir / "stac" / "items").mkdir(parents=True)
     served = _served_copies(root, ids, assets_url)
     files = []
-    for collection, _items in served:
-        path = serve_dir / "stac" / "collections" / f"{collection['id']}.json"
-        _write_json(path, collection)
-        files.append(path)
-    for collection, items in served:
-        path = serve_dir / "stac" / "items" / f"{collection['id']}.json"
-        _write_json(path, {"type": "FeatureCollection", "features": items})
-        files.append(path)
+    try:
+        # a link or a file named .serve (a world copied from elsewhere) is replaced, never
+        # followed: the served copies and the logs are written inside the world only
+        if serve_dir.is_symlink() or (serve_dir.exists() and not serve_dir.is_dir()):
+            serve_dir.unlink()
+        shutil.rmtree(serve_dir, ignore_errors=True)
+        (serve_dir / "stac" / "collections").mkdir(parents=True)
+        (serve_dir / "stac" / "items").mkdir(parents=True)
+        for collection, _items in served:
+            path = serve_dir / "stac" / "collections" / f"{collection['id']}.json"
+            _write_json(path, collection)
+            files.append(path)
+        for collection, items in served:
+            path = serve_dir / "stac" / "items" / f"{collection['id']}.json"
+            _write_json(path, {"type": "FeatureCollection", "features": items})
+            files.append(path)
+    except OSError as err:
+        raise ServeError(
+            f"cannot write {serve_dir} ({err.strerror or err}): serving writes .serve/ and "
+            f"serve.json into the world folder; make {world_dir} writable or serve a copy"
+        ) from None
 
     started = _Started()
     pgdata: Path | None = None
@@ -949,6 +1125,7 @@ def serve_world(
             "pgdata": str(pgdata) if pgdata else None,
             "pgdata_tmp": pgdata_tmp,
             "latency_ms": latency_ms,
+            "boot_id": _boot_id(),
         }
         _write_json(root / SERVE_JSON, state, indent=1)
     except BaseException:
@@ -1004,7 +1181,7 @@ def _block_until_stopped(root: Path, started: _Started, info: ServeInfo) -> None
         started.stop()
         state = _read_state(root)
         if state is not None and state.get("pids") == info.pids:
-            _remove_pgdata(state)
+            _remove_pgdata(root, state)
             (root / SERVE_JSON).unlink(missing_ok=True)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -1015,6 +1192,10 @@ def _block_until_stopped(root: Path, started: _Started, info: ServeInfo) -> None
 def stop_world(world_dir: Path) -> None:
     """Stop the servers that ``serve_world`` started for a world and remove ``serve.json``.
 
+    Only processes that are provably this world's servers are signalled (see ``_owned``): a
+    pid reused by another process, or a ``serve.json`` copied from another served world, is
+    left alone. A world folder deleted while served has its orphaned servers found and stopped.
+
     Args:
         world_dir: A world folder being served.
 
@@ -1023,8 +1204,24 @@ def stop_world(world_dir: Path) -> None:
 
     """
     root = Path(world_dir).expanduser()
-    if not root.is_dir():
+    if not root.exists():
+        orphans, clusters = _orphans(root)
+        if orphans:
+            _terminate(orphans)
+            for cluster in clusters:
+                shutil.rmtree(cluster, ignore_errors=True)
+            still = [str(pid) for _name, pid, start in orphans if _alive(pid, start)]
+            if still:
+                raise ServeError(
+                    f"{world_dir} was deleted while served; could not stop its servers "
+                    f"(pids {', '.join(still)}): kill them by hand"
+                )
+            print(f"{world_dir} was deleted while served; stopped its {len(orphans)} servers")
+            return
         raise ServeError(f"{world_dir} does not exist: give the folder of a served world")
+    if not root.is_dir():
+        raise ServeError(f"{world_dir} is not a folder: give the folder of a served world")
+    root = root.resolve()
     path = root / SERVE_JSON
     if not path.exists():
         raise ServeError(
@@ -1032,17 +1229,16 @@ def stop_world(world_dir: Path) -> None:
             f"start it with `las world serve {world_dir}`"
         )
     state = _read_state(root) or {}
-    entries = _state_entries(state)
-    live = [e for e in entries if _alive(e[1], e[2])]
+    live, others = _owned(root, state)
     path.unlink(missing_ok=True)  # first: a blocking `las world serve` then exits quietly
     _terminate(live)
-    for _name, pid, _start in entries:
+    for _name, pid, _start in _state_entries(state):
         popen = _DETACHED.pop(pid, None)
         if popen is not None:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 popen.wait(timeout=1.0)
     still = [name for name, pid, start in live if _alive(pid, start)]
-    _remove_pgdata(state)
+    _remove_pgdata(root, state)
     if still:
         raise ServeError(
             f"could not stop {', '.join(still)} (pids "
@@ -1052,6 +1248,14 @@ def stop_world(world_dir: Path) -> None:
         print(f"stopped {len(live)} server processes of {world_dir}")
     else:
         print(f"{world_dir} had no running servers; removed its stale serve.json")
+    if others:
+        named = ", ".join(f"{pid} ({name})" for name, pid, _start in others)
+        origin = state.get("world")
+        copied = f", or serve.json was copied from {origin}" if origin != str(root) else ""
+        print(
+            f"left alone pids {named}: they are not servers of {world_dir} "
+            f"(the pids were reused{copied})"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1072,17 +1276,19 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
     first_s, dash, last_s = spec.strip().partition("-")
     if not dash:
         return False
-    try:
-        if first_s == "":  # suffix: the last N bytes
-            length = int(last_s)
-            if length <= 0:
-                return None
-            return max(size - length, 0), size - 1
-        first = int(first_s)
-        last = int(last_s) if last_s else size - 1
-    except ValueError:
+    # RFC 9110 allows only ASCII digits; int() would also take "1_0", "+5" or " 5"
+    if not all(part == "" or (part.isascii() and part.isdigit()) for part in (first_s, last_s)):
         return False
-    if first < 0 or (last_s and last < first):
+    if first_s == "":  # suffix: the last N bytes
+        if last_s == "":
+            return False
+        length = int(last_s)
+        if length <= 0 or size == 0:  # nothing to send: unsatisfiable, not bytes 0--1
+            return None
+        return max(size - length, 0), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last_s and last < first:
         return False
     if first >= size:
         return None
@@ -1109,6 +1315,7 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
 
     stats = {"requests": 0, "bytes": 0}
     stats_lock = threading.Lock()
+    root = os.path.realpath(directory)
 
     class Handler(RangeRequestHandler):
         """RangeRequestHandler with suffix ranges, 416, keep-alive and hidden files refused.
@@ -1124,7 +1331,8 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
 
         def send_head(self) -> BinaryIO | None:
             self.range = None
-            if self.path == STATS_PATH:
+            url_path = urlsplit(self.path).path
+            if url_path == STATS_PATH:
                 with stats_lock:
                     body = json.dumps(stats).encode()
                 self.send_response(200)
@@ -1136,12 +1344,23 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
                 stats["requests"] += 1
             if latency_ms > 0:
                 time.sleep(latency_ms / 1000)
-            parts = unquote(urlsplit(self.path).path).split("/")
+            decoded = unquote(url_path)
+            if any(ord(char) < 32 or char in "\\\x7f" for char in decoded):
+                # a NUL made open() raise ValueError: the connection died with a traceback
+                self.send_error(400, "Bad path")
+                return None
+            parts = decoded.split("/")
             if any(part.startswith(".") for part in parts if part):  # .serve/ holds pg data
                 self.send_error(404, "File not found")
                 return None
-            header = self.headers.get("Range")
             path = self.translate_path(self.path)
+            real = os.path.realpath(path)
+            if real != root and not real.startswith(root + os.sep):
+                # a symbolic link in the world that points out of it: never serve it
+                self.log_message("refused %s: it leads out of the world", decoded)
+                self.send_error(404, "File not found")
+                return None
+            header = self.headers.get("Range")
             if header is None or os.path.isdir(path):
                 return SimpleHTTPRequestHandler.send_head(self)
             try:
@@ -1192,8 +1411,18 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
             if isinstance(code, int) and code >= 400:
                 super().log_request(code, size)
 
+    class Server(ThreadingHTTPServer):
+        """A threading server that does not log a traceback when a client hangs up."""
+
+        daemon_threads = True
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+                return  # a client that stops reading mid-body (GDAL does) is no error
+            super().handle_error(request, client_address)
+
     handler = functools.partial(Handler, directory=directory)
-    with ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
+    with Server(("127.0.0.1", port), handler) as httpd:
         httpd.daemon_threads = True
         print(f"serving {directory} on http://127.0.0.1:{port}/", flush=True)
         httpd.serve_forever()
