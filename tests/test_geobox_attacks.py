@@ -34,7 +34,8 @@ from las_builder.world.grids import snapped_geobox
 def _lonlat(gb: GeoBox, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixel positions of a GeoBox projected to lon/lat with pyproj."""
     assert gb.crs is not None and gb.crs.epsg is not None
-    x, y = gb.transform * (cols, rows)
+    t = gb.transform
+    x, y = t.c + t.a * cols + t.b * rows, t.f + t.d * cols + t.e * rows
     lon, lat = Transformer.from_crs(gb.crs.epsg, 4326, always_xy=True).transform(x, y)
     return np.asarray(lon), np.asarray(lat)
 

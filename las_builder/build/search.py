@@ -229,29 +229,31 @@ class StacSearcher:
     ) -> list[SceneItem]:
         """Items of a collection intersecting any of ``footprints`` within [start, end]."""
         pieces = [p for f in footprints for p in _pieces(f)]
-        # One bbox per side of the antimeridian keeps each search box small.
-        east = [p for p in pieces if p.bounds[0] >= 0]
-        west = [p for p in pieces if p.bounds[0] < 0]
-        boxes = [box(*unary_union(group).bounds) for group in (east, west) if group]
+        if not pieces:
+            return []
+        # One search for the shard, over the union of its samples' boxes (a MultiPolygon where
+        # they lie apart), not over one box round them all: a shard is a run of samples along
+        # one grid row, which in a global plan spans continents, and a box round it finds every
+        # scene of the whole strip.
+        area = unary_union([box(*p.bounds) for p in pieces])
         when = None
         if start or end:
             when = f"{_iso(start) if start else '..'}/{_iso(end) if end else '..'}"
         collection = self.collection(collection_id)
         found: dict[str, SceneItem] = {}
-        for area in boxes:
 
-            def run(area: BaseGeometry = area) -> list[dict[str, Any]]:
-                search = self.client.search(
-                    collections=[collection_id], intersects=mapping(area), datetime=when, limit=500
-                )
-                # Plain dicts: no pystac Item objects, no deep copies (a third of a shard's
-                # search time went there).
-                return _page_items(search.pages_as_dicts(), self.url, collection_id)
+        def run() -> list[dict[str, Any]]:
+            search = self.client.search(
+                collections=[collection_id], intersects=mapping(area), datetime=when, limit=500
+            )
+            # Plain dicts: no pystac Item objects, no deep copies (a third of a shard's
+            # search time went there).
+            return _page_items(search.pages_as_dicts(), self.url, collection_id)
 
-            for raw in self._retry(run, f"search of {collection_id}"):
-                item = self._parse(raw, collection_id, collection)
-                if item is not None:
-                    found.setdefault(item.id, item)
+        for raw in self._retry(run, f"search of {collection_id}"):
+            item = self._parse(raw, collection_id, collection)
+            if item is not None:
+                found.setdefault(item.id, item)
         union = unary_union(pieces)
         return sorted(
             (it for it in found.values() if _footprint(it).intersects(union)), key=lambda it: it.id

@@ -9,13 +9,16 @@ from __future__ import annotations
 import copy
 import json
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pystac
 import pytest
-import responses
 
 from las_builder.build.search import SearchError, StacSearcher
 from las_builder.imagery import s2_offset_dn
@@ -30,7 +33,7 @@ ITEM_FILES = sorted(FIXTURES.glob("*/items/*.json")) if FIXTURES.is_dir() else [
 UTM_GRID = {"proj:shape": [10980, 10980], "proj:transform": [10, 0, 600000, 0, -10, 6000000]}
 
 
-def _item(assets: dict[str, Any] | None = None, **props: Any) -> dict[str, Any]:
+def _item(assets: dict[str, Any] | None = None, /, **props: Any) -> dict[str, Any]:
     return {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -423,21 +426,54 @@ def _feature(n: int) -> dict[str, Any]:
     return feature
 
 
-def _api(rsps: responses.RequestsMock, pages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Serve the landing page, one collection and ``pages`` of POST /search in turn."""
+@contextmanager
+def _api(pages: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A STAC API on 127.0.0.1 serving the landing page, one collection and ``pages`` of
+    POST /search in turn (the last one again and again); yields its URL and the search bodies.
+
+    A real HTTP server, so pystac-client's paging runs as against any API; ``API`` in the
+    answers is replaced by the server's own URL.
+    """
     bodies: list[dict[str, Any]] = []
-    rsps.get(API, json=_landing())
-    rsps.get(f"{API}/collections/sentinel-2-l2a", json=_collection("sentinel-2-l2a"))
-    rsps.get(f"{API}/collections/nope", status=404, json={"code": "NotFound"})
-    rsps.get(f"{API}/collections", json={"collections": [_collection("sentinel-2-l2a")]})
+    collections = {"sentinel-2-l2a": _collection("sentinel-2-l2a")}
 
-    def search(request: Any) -> tuple[int, dict[str, str], str]:
-        bodies.append(json.loads(request.body))
-        page = pages[min(len(bodies), len(pages)) - 1]
-        return 200, {"Content-Type": "application/geo+json"}, json.dumps(page)
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+            pass
 
-    rsps.add_callback(responses.POST, f"{API}/search", callback=search)
-    return bodies
+        def _answer(self, status: int, body: Any) -> None:
+            data = json.dumps(body).replace(API, base).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?")[0].removeprefix("/api").rstrip("/")
+            if path == "":
+                self._answer(200, _landing())
+            elif path == "/collections":
+                self._answer(200, {"collections": list(collections.values()), "links": []})
+            elif path.removeprefix("/collections/") in collections:
+                self._answer(200, collections[path.removeprefix("/collections/")])
+            else:
+                self._answer(404, {"code": "NotFound", "description": path})
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            bodies.append(json.loads(self.rfile.read(length)))
+            self._answer(200, pages[min(len(bodies), len(pages)) - 1])
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    base = f"http://127.0.0.1:{server.server_address[1]}/api"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield base, bodies
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _next(token: str) -> dict[str, Any]:
@@ -450,8 +486,8 @@ def _next(token: str) -> dict[str, Any]:
     }
 
 
-def _searcher() -> StacSearcher:
-    return StacSearcher(API, retries=0, backoff_s=0.0)
+def _searcher(url: str) -> StacSearcher:
+    return StacSearcher(url, retries=0, backoff_s=0.0)
 
 
 def _area() -> list[Any]:
@@ -461,7 +497,7 @@ def _area() -> list[Any]:
 
 
 def test_search_follows_post_next_links_and_drops_duplicates() -> None:
-    pages = [
+    pages: list[dict[str, Any]] = [
         {
             "type": "FeatureCollection",
             "features": [_feature(1), _feature(2)],
@@ -474,9 +510,8 @@ def test_search_follows_post_next_links_and_drops_duplicates() -> None:
         },
         {"type": "FeatureCollection", "features": [], "numberMatched": 3, "links": []},
     ]
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        bodies = _api(rsps, pages)
-        found = _searcher().search("sentinel-2-l2a", _area())
+    with _api(pages) as (url, bodies):
+        found = _searcher(url).search("sentinel-2-l2a", _area())
     assert [i.id for i in found] == ["item-1", "item-2", "item-3"]
     # merge: true keeps the original query beside the token.
     assert bodies[1]["token"] == "a" and bodies[1]["collections"] == ["sentinel-2-l2a"]
@@ -485,10 +520,9 @@ def test_search_follows_post_next_links_and_drops_duplicates() -> None:
 
 def test_search_refuses_a_next_link_that_goes_round() -> None:
     page = {"type": "FeatureCollection", "features": [_feature(1)], "links": [_next("same")]}
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        bodies = _api(rsps, [page])
+    with _api([page]) as (url, bodies):
         with pytest.raises(SearchError, match="sentinel-2-l2a.*does not advance"):
-            _searcher().search("sentinel-2-l2a", _area())
+            _searcher(url).search("sentinel-2-l2a", _area())
     assert len(bodies) == 2  # stopped at the first repeat, not after 10,000 pages
 
 
@@ -498,18 +532,16 @@ def test_search_refuses_pages_of_repeats() -> None:
         {"type": "FeatureCollection", "features": [_feature(1)], "links": [_next(str(n))]}
         for n in range(10)
     ]
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        bodies = _api(rsps, pages)
+    with _api(pages) as (url, bodies):
         with pytest.raises(SearchError, match="repeats earlier pages"):
-            _searcher().search("sentinel-2-l2a", _area())
+            _searcher(url).search("sentinel-2-l2a", _area())
     assert len(bodies) == 3
 
 
 def test_search_of_an_empty_result_and_of_an_unknown_collection() -> None:
     empty = {"type": "FeatureCollection", "features": [], "numberMatched": 0, "links": []}
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        _api(rsps, [empty])
-        searcher = _searcher()
+    with _api([empty]) as (url, _bodies):
+        searcher = _searcher(url)
         assert searcher.search("sentinel-2-l2a", _area()) == []
         with pytest.raises(SearchError, match=r"no collection 'nope'.*it has: sentinel-2-l2a"):
             searcher.search("nope", _area())
