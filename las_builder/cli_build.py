@@ -23,7 +23,10 @@ log = logging.getLogger("las_builder.build")
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    from las_builder.security import redact
+
+    # The last guard: a message naming a URL may carry ?token= or user:password@.
+    typer.secho(f"error: {redact(message)}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
 
 

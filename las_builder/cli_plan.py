@@ -17,7 +17,10 @@ __all__ = ["plan"]
 
 def _fail(message: str) -> typer.Exit:
     """Print ``error: message`` in red on stderr and return the exit to raise (code 2)."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    from las_builder.security import redact
+
+    # The last guard: a message naming a URL may carry ?token= or user:password@.
+    typer.secho(f"error: {redact(message)}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
 
 

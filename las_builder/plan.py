@@ -63,6 +63,7 @@ from las_builder.security import (
     HrefRefused,
     check_href,
     install_log_redaction,
+    open_asset,
     redact,
     register_secret,
 )
@@ -125,7 +126,9 @@ def _client(recipe: Recipe) -> Any:
     try:
         return Client.open(recipe.stac.url)
     except Exception as err:  # pystac-client raises many kinds
-        raise PlanError(f"cannot open the STAC API {recipe.stac.url}: {err}") from None
+        raise PlanError(
+            f"cannot open the STAC API {redact(recipe.stac.url)}: {redact(str(err))}"
+        ) from None
 
 
 def _search_items(
@@ -340,7 +343,6 @@ class _StratumReader:
             self._env.__exit__(*exc)
 
     def _open(self, item: SceneItem) -> Any:
-        import rasterio
 
         if item.id not in self._datasets:
             try:
@@ -356,7 +358,8 @@ class _StratumReader:
                     f"asset {self.asset!r} of {self.collection} item {item.id} refused: {err}"
                 ) from None
             try:
-                self._datasets[item.id] = rasterio.open(target)
+                # Single-file formats only: a VRT would make GDAL read the files it names.
+                self._datasets[item.id] = open_asset(target)
             except Exception as err:
                 raise PlanError(
                     f"cannot read asset {self.asset!r} of {self.collection} item {item.id}: "

@@ -35,7 +35,7 @@ from las_builder.build.resample import (
     place_bilinear_zoom,
     place_nearest,
 )
-from las_builder.security import HrefRefused, check_href, redact, register_secret
+from las_builder.security import HrefRefused, check_href, open_asset, redact, register_secret
 from las_builder.stac import SceneItem
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _forget(name: str) -> None:
     if options is None:
         return
     try:
-        with rasterio.Env(**options), rasterio.open(name):
+        with rasterio.Env(**options), open_asset(name):  # the same drivers as the first open
             pass
     except RasterioError:
         pass  # still failing: the retry will say so
@@ -648,7 +648,8 @@ class DatasetCache:
             raise ReadError(f"refused {err}") from None
         try:
             started = time.perf_counter()
-            ds = _retrying(lambda: rasterio.open(target), "open", target, reopen=True)
+            # Single-file formats only: a VRT would make GDAL read the files it names.
+            ds = _retrying(lambda: open_asset(target), "open", target, reopen=True)
             _storage_speed.note(target, time.perf_counter() - started)
         except RasterioError as err:
             raise ReadError(f"cannot open {_shown(href)}: {_cause(err)}") from None

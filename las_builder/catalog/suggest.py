@@ -63,6 +63,8 @@ from las_builder.catalog.taxonomy import (
     load_taxonomy,
     mapping_problems,
 )
+from las_builder.catalog.yamlio import load_yaml
+from las_builder.security import redact
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -287,6 +289,7 @@ def read_collection(source: str | Path) -> dict[str, Any]:
 
     """
     text_source = str(source)
+    shown = redact(text_source)  # a URL may carry ?token= or user:password@
     if re.match(r"^https?://", text_source):
         import requests
 
@@ -295,9 +298,9 @@ def read_collection(source: str | Path) -> dict[str, Any]:
             response.raise_for_status()
             data = response.json()
         except requests.RequestException as err:
-            raise AddError(f"cannot fetch {text_source}: {err}") from None
+            raise AddError(redact(f"cannot fetch {shown}: {err}")) from None
         except ValueError as err:
-            raise AddError(f"{text_source} did not answer JSON: {err}") from None
+            raise AddError(f"{shown} did not answer JSON: {redact(str(err))}") from None
     else:
         path = Path(source)
         try:
@@ -307,7 +310,7 @@ def read_collection(source: str | Path) -> dict[str, Any]:
         except ValueError as err:
             raise AddError(f"{path} is not JSON: {err}") from None
     if not isinstance(data, dict) or data.get("type") != "Collection" or "id" not in data:
-        raise AddError(f"{text_source} is not a STAC collection (no type: Collection and id)")
+        raise AddError(f"{shown} is not a STAC collection (no type: Collection and id)")
     return data
 
 
@@ -571,8 +574,9 @@ def draft_label_yaml(
     title = _one_line(str(c.get("title") or c["id"]))
     d = _Draft()
     d.lines += _comment(
-        f"{title}: drafted by `las catalog add` from {source or 'a STAC collection'}. Legend "
-        f"(values, names, descriptions, colours, nodata) copied from the `{legend.asset}` asset "
+        f"{title}: drafted by `las catalog add` from {redact(source) or 'a STAC collection'}. "
+        f"Legend (values, names, descriptions, colours, nodata) copied from the `{legend.asset}` "
+        "asset "
         f"({legend.source}) of STAC collection `{c['id']}`. A line that ends in a TODO comment "
         "needs a person: fill in or confirm its value, then delete the comment; `las catalog "
         "check` warns while any is left. docs/adding-a-source.md explains each field."
@@ -650,7 +654,7 @@ def draft_label_yaml(
     stac = f"stac: {{collection: {_q(c['id'])}, asset: {_q(legend.asset)}, "
     stac += f"planetary_computer: {'true' if planetary else 'false'}"
     if re.match(r"^https?://", source):
-        stac += f", note: {_q(f'Collection read from {source}')}"
+        stac += f", note: {_q(f'Collection read from {redact(source)}')}"  # no token
     d.add(stac + "}")
     d.add("earth_engine: null  # or {asset: ..., band: ...} where Earth Engine serves it")
 
@@ -1018,7 +1022,7 @@ def _taxonomy_for(root: Path) -> Taxonomy:
         except (CatalogError, FileNotFoundError) as err:
             raise AddError(f"no taxonomy to map onto ({path} is absent): {err}") from None
     try:
-        return Taxonomy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return Taxonomy.model_validate(load_yaml(path.read_text(encoding="utf-8")))
     except (ValidationError, yaml.YAMLError) as err:
         raise AddError(f"{path} does not load: {err}") from None
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from las_builder._yaml import SafeLoader
+from las_builder.security import check_yaml_node, check_yaml_text
 
 __all__ = ["StrictLoader", "load_yaml", "yaml_error_text"]
 
@@ -25,7 +26,12 @@ _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
 
 class StrictLoader(SafeLoader):
-    """A safe loader that refuses repeated mapping keys and impossible dates."""
+    """A safe loader that refuses repeated mapping keys, impossible dates and alias bombs."""
+
+    def get_single_node(self) -> Any:  # noqa: D102 - checked before anything walks the data
+        node = super().get_single_node()
+        check_yaml_node(node)
+        return node
 
 
 def _construct_unique(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -75,6 +81,7 @@ def load_yaml(text: str) -> Any:
             the message gives the line and column.
 
     """
+    check_yaml_text(text)
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 

@@ -285,15 +285,18 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainC
         TrainConfigError: The file is missing, not YAML, or invalid (all problems listed).
 
     """
+    from las_builder.catalog.yamlio import load_yaml, yaml_error_text
     from las_builder.recipe import _apply_override, _substitute
 
     path = Path(path)
     if not path.is_file():
         raise TrainConfigError(f"training config {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        # The strict loader: a repeated key is an error, not a silently dropped setting; an
+        # alias bomb is refused before the ${VAR} substitution walks it.
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise TrainConfigError(f"{path}: not valid YAML: {err}") from None
+        raise TrainConfigError(f"{path}: not valid YAML: {yaml_error_text(err)}") from None
     if not isinstance(data, dict):
         raise TrainConfigError(f"{path}: expected a mapping at the top level")
     missing: list[tuple[str, str]] = []

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from las_builder._paths import catalog_dir
+from las_builder.security import HrefRefused, allowed_file_roots, check_href, open_asset
 
 __all__ = ["TRUTH_COLLECTION", "TruthItem", "truth_items", "truth_lut", "truth_on_grid"]
 
@@ -77,6 +78,13 @@ def _item(feature: dict[str, Any], base: str | None) -> TruthItem:
     href = asset.href
     if base is not None and "://" not in href and not href.startswith("/"):
         href = str(Path(base) / href)
+    # Hrefs of a STAC API as those of a build; the world folder named on the command line is
+    # an allowed root for its own files.
+    roots = None if base is None else (Path(base).resolve(), *allowed_file_roots())
+    try:
+        href = check_href(href, roots)
+    except HrefRefused as err:
+        raise ValueError(f"truth item {scene.id!r}, asset 'truth': refused {err}") from None
     t, (rows, cols) = asset.transform, asset.shape
     x0, y0 = t[2], t[5]
     x1, y1 = x0 + t[0] * cols, y0 + t[4] * rows
@@ -141,7 +149,7 @@ def truth_on_grid(
         if max(cy) < by0 or min(cy) > by1:
             continue
         tmp = np.zeros((h, w), dtype=np.uint8)
-        with rasterio.open(item.href) as src:
+        with open_asset(item.href) as src:  # GeoTIFF/JPEG 2000 only: no VRT
             reproject(
                 rasterio.band(src, 1),
                 tmp,

@@ -302,3 +302,19 @@ def test_predict_odd_rasters(ckpt_run: Path, tmp_path: Path) -> None:
     classes, crs, output = _predicted(ckpt_run, no_crs, tmp_path / "d.tif")
     assert "warning: " in output and "nocrs.tif has no CRS" in output
     assert crs is None and classes.shape == (40, 40)
+
+
+def test_a_training_config_is_read_with_the_strict_loader(tmp_path: Path) -> None:
+    """A repeated key would drop a setting silently; an alias bomb would hang the ${VAR}
+    substitution: both are errors naming the file."""
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("steps: 1\nsteps: 2\n")
+    with pytest.raises(TrainConfigError, match=r"(?s)repeated\.yaml: .*'steps' is repeated"):
+        load_train_config(repeated)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 8):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TrainConfigError, match=r"(?s)bomb\.yaml: .*expand to more than"):
+        load_train_config(bomb)
