@@ -1312,11 +1312,49 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="las-parent-watch", daemon=True).start()
 
 
+_held_for_fork: list[logging.Handler] = []
+
+
+def _hold_log_handlers() -> None:
+    """Before a fork: take every logging handler's lock, so no thread is inside ``emit``.
+
+    A thread writing a record while the cluster forks a worker leaves the stream's buffer lock
+    held in the child for ever (CPython does not reset ``io`` locks after a fork; logging only
+    resets its handlers' own locks): the worker's first log line then hangs it, and the build
+    waits for it without end (seen under pytest, whose root handler writes to ``/dev/null``).
+    Handlers take their lock around each write, so holding them all keeps the buffers free.
+    """
+    handlers = [ref() for ref in list(logging._handlerList)]  # type: ignore[attr-defined]
+    for handler in handlers:
+        if handler is not None and handler.lock is not None:
+            handler.acquire()
+            _held_for_fork.append(handler)
+
+
+def _release_log_handlers() -> None:
+    """After a fork, in the parent (the child's locks are reset by logging itself)."""
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _forget_held_log_handlers() -> None:
+    """After a fork, in the child: logging has reset those locks; forget them."""
+    _held_for_fork.clear()
+
+
 def _forked_children_exit_with_this_process() -> None:
-    """Make every process forked from now on exit when this one is gone (once per process)."""
+    """Make every process forked from now on exit when this one is gone (once per process).
+
+    Also keep log writes and forks apart (:func:`_hold_log_handlers`).
+    """
     global _parent_watch_installed
     if not _parent_watch_installed:
         os.register_at_fork(before=_remember_forking_pid, after_in_child=_exit_with_parent)
+        os.register_at_fork(
+            before=_hold_log_handlers,
+            after_in_parent=_release_log_handlers,
+            after_in_child=_forget_held_log_handlers,
+        )
         _parent_watch_installed = True
 
 

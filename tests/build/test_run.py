@@ -288,3 +288,50 @@ def test_a_child_that_first_runs_after_the_build_died_exits_too(wait_exited: Wai
     # then an orphan's is PID 1's, which never goes (the whole suite's load once delayed a
     # forked child that long, and it lived on).
     assert not _orphan_lives(wait_exited, "late", within_s=30.0)
+
+
+_FORK_WHILE_LOGGING = """
+import logging, os, sys, threading, time
+from las_builder.build import run
+if sys.argv[1] == "hold":
+    run._forked_children_exit_with_this_process()
+log = logging.getLogger("forked-while-logging")
+log.propagate = False
+log.addHandler(logging.FileHandler(os.devnull))
+log.setLevel(logging.INFO)
+threading.Thread(target=lambda: [log.info("x" * 20000) for _ in iter(int, 1)], daemon=True).start()
+hung = 0
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        log.info("the child's first record")
+        os._exit(0)
+    started = time.monotonic()
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() - started > 1.0:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.001)
+print(hung)
+"""
+
+
+def test_a_process_forked_while_another_thread_logs_does_not_hang() -> None:
+    """A worker forked while a thread of the build writes a log record inherited the stream's
+    buffer lock held, and hung at its own first record (a LocalCluster that never started).
+    The build's fork hooks hold every handler's lock across the fork."""
+
+    def hung(mode: str, forks: int) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", _FORK_WHILE_LOGGING, mode, str(forks)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return int(done.stdout.strip())
+
+    assert hung("plain", 3) > 0  # the hazard is real here: without the hooks children hang
+    assert hung("hold", 100) == 0
