@@ -169,16 +169,43 @@ def _read_labels(
     elif s2 is not None:
         same = [it for it in items if it.properties.get("dynamicworld:s2_item") == s2.id]
         day = [it for it in items if it.datetime.date() == s2.datetime.date()]
+        # Unlinked, the images of the scene's own time first (another overpass that day saw
+        # other clouds), so the mosaic does not take a different acquisition by its id.
+        day.sort(key=lambda it: (abs((it.datetime - s2.datetime).total_seconds()), it.id))
         chosen = same or day
     else:
         chosen = []
     out = np.full(geobox.shape.yx, nodata, dtype=legend.dtype)
     for item in chosen:
         with cache.assets(item, spec.asset) as (ds,):
-            data = read_onto(ds, geobox, nodata=nodata)[0]
+            # In a type that holds both the file's codes and the legend's fill, never wrapped.
+            wide = np.promote_types(ds.dtypes[0], legend.dtype)
+            data = _legend_codes(read_onto(ds, geobox, nodata=nodata, dtype=str(wide))[0], legend)
         fill = out == nodata
         out[fill] = data[fill]
     return out, chosen
+
+
+def _legend_codes(data: np.ndarray, legend: Any) -> np.ndarray:
+    """``data`` in the legend's dtype, refusing values that dtype cannot hold.
+
+    A file whose type is wider than its legend says (uint16 codes for a uint8 product) would
+    otherwise wrap: code 266 would become 10, a valid class, and the label silently wrong.
+
+    Raises:
+        UnknownCodeError: ``data`` holds values outside the legend's dtype (so outside the
+            legend), listed with their pixel counts.
+
+    """
+    dtype = np.dtype(legend.dtype)
+    if data.dtype == dtype:
+        return data
+    cast = data.astype(dtype)
+    wrapped = cast != data
+    if wrapped.any():
+        codes, counts = np.unique(data[wrapped], return_counts=True)
+        raise UnknownCodeError(legend.id, dict(zip(codes.tolist(), counts.tolist(), strict=True)))
+    return cast
 
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
