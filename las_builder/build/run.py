@@ -208,14 +208,21 @@ class _ShardArrays:
 def _build_rows_earthengine(
     rows: list[dict[str, Any]], cfg: BuildConfig, arrays: _ShardArrays, start: int
 ) -> list[dict[str, Any]]:
-    """The samples of a shard from Earth Engine (the client initialises once per process)."""
-    from las_builder.sources.earthengine import EarthEngineSource
+    """The samples of a shard from Earth Engine (the client initialises once per process).
+
+    Credentials refused while the shard builds (a key revoked, a token renewal refused) stop
+    the shard, unfinished: every sample would fail alike, and as failed samples they would be
+    rebuilt only by ``--retry-failed``; an unfinished shard is rebuilt by the next build.
+    """
+    from las_builder.sources.earthengine import EarthEngineAuthError, EarthEngineSource
 
     source = EarthEngineSource.from_config(cfg, cfg.ee_auth)
     index_rows = []
     for row in rows:
         try:
             outcome = build_sample_earthengine(row, source, cfg)
+        except EarthEngineAuthError:
+            raise
         except Exception as err:  # never let one sample crash the build
             outcome = _failed_sample(err)
         if outcome.status == "ok":
@@ -451,8 +458,11 @@ def _shard_task(
     except OSError as err:  # the storage failed after its retries: the error names the object
         message = redact(f"{type(err).__name__}: {err}")
     except Exception as err:  # a store that cannot be written, a bug: report, do not crash
-        log.exception("shard %d failed", shard)
-        message = redact(f"{type(err).__name__}: {err}")
+        if type(err).__name__ == "EarthEngineAuthError":  # by name: EE is an optional extra
+            message = redact(f"Earth Engine credentials refused: {err}")
+        else:
+            log.exception("shard %d failed", shard)
+            message = redact(f"{type(err).__name__}: {err}")
     else:
         return {"shard": shard, "rows": built, "error": None, **_process_state()}
     log.error("shard %d not built: %s", shard, message)

@@ -272,7 +272,11 @@ def harmonise_labels(
 
 def build_sample_earthengine(row: dict[str, Any], source: Any, cfg: BuildConfig) -> SampleOutcome:
     """Build one planned sample from Earth Engine (pixels come back on the sample grid)."""
-    from las_builder.sources.earthengine import EarthEngineError, EarthEngineNoData
+    from las_builder.sources.earthengine import (
+        EarthEngineAuthError,
+        EarthEngineError,
+        EarthEngineNoData,
+    )
 
     geobox = GeoBox(tuple(row["shape"]), Affine(*row["transform"]), f"EPSG:{row['epsg']}")
     try:
@@ -291,6 +295,8 @@ def build_sample_earthengine(row: dict[str, Any], source: Any, cfg: BuildConfig)
         return SampleOutcome("skipped", str(skip))
     except UnknownCodeError as err:
         return SampleOutcome("failed", str(err))
+    except EarthEngineAuthError:
+        raise  # the credentials', not the sample's: the shard stops (see _build_rows_earthengine)
     except EarthEngineError as err:
         return SampleOutcome("failed", f"EarthEngineError: {err}")
     return SampleOutcome("ok", "", arrays=arrays, record=record)

@@ -25,6 +25,12 @@ Per sample (:meth:`EarthEngineSource.fetch`):
    ESA WorldCover by version (2020: ``v100``, 2021: ``v200``, band ``Map``); MODIS MCD12Q1 by
    year. Masked pixels get the product's nodata from ``catalog/labels``.
 
+Every request is checked: failures after the client's own retries (429, 5xx, broken
+connections, with back-off; a read timeout from the catalog) become :class:`EarthEngineError`
+with what to do, refused credentials :class:`EarthEngineAuthError`, and an answer that is not
+the array asked for (shape, bands, a dtype that would change its values, a cut NPY) an error,
+never a silently wrong sample.
+
 Authentication (:func:`authenticate`) uses a service-account key file or the user's default
 credentials; key files are never printed or logged. See ``docs/earth-engine.md``.
 
@@ -52,6 +58,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
 import ee
+import google.auth.exceptions
 import numpy as np
 import yaml
 from odc.geo.geobox import GeoBox
@@ -230,12 +237,16 @@ def authenticate(
             "authorize access" in text or "earthengine authenticate" in text
         ):
             raise EarthEngineAuthError(NO_CREDENTIALS_MESSAGE) from None
-        raise EarthEngineAuthError(f"Earth Engine refused to initialise: {text}") from None
+        raise EarthEngineAuthError(
+            f"Earth Engine refused to initialise: {_first_line(err)} ({_AUTH_HINT})"
+        ) from None
     except Exception as err:  # noqa: BLE001 - token refresh errors of google-auth
         raise EarthEngineAuthError(
             f"Earth Engine could not be initialised ({type(err).__name__}: "
-            f"{_first_line(err)}); see docs/earth-engine.md"
+            f"{_first_line(err)}); {_AUTH_HINT}"
         ) from None
+    # The client waits for ever by default: a stalled connection would hang the worker.
+    ee.data.setDeadline(1000 * float(catalog()["compute_pixels"]["timeout_s"]))
     used = project or ee.data._get_state().cloud_api_user_project  # noqa: SLF001
     log.debug(
         "Earth Engine initialised (%s credentials, project %s)",
@@ -243,6 +254,12 @@ def authenticate(
         used,
     )
     return used if isinstance(used, str) else None
+
+
+_AUTH_HINT = (
+    "check that the key is current, that the project is registered for Earth Engine and that "
+    "the account may use it (project / LAS_EE_PROJECT); see docs/earth-engine.md"
+)
 
 
 def _first_line(err: BaseException) -> str:
@@ -253,16 +270,25 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------- grids
 
 
-def compute_pixels_grid(geobox: GeoBox, row0: int = 0, rows: int | None = None) -> dict[str, Any]:
-    """The ``grid`` of a computePixels request: exactly the GeoBox (or a band of its rows).
+def compute_pixels_grid(
+    geobox: GeoBox,
+    row0: int = 0,
+    rows: int | None = None,
+    col0: int = 0,
+    cols: int | None = None,
+) -> dict[str, Any]:
+    """The ``grid`` of a computePixels request: exactly the GeoBox (or a window of it).
 
     ``affineTransform`` is the GeoBox's transform: ``translateX``/``translateY`` are its
-    upper-left corner and ``scaleY`` is negative for north-up grids.
+    upper-left corner and ``scaleY`` is negative for north-up grids. A window keeps the scales
+    and moves the corner to its first pixel, so its pixels are the GeoBox's own.
 
     Args:
         geobox: The sample grid (a CRS with an EPSG code).
-        row0: First row of the band of rows (0: the whole grid).
+        row0: First row of the window (0: from the top).
         rows: Number of rows (default: all rows from ``row0``).
+        col0: First column of the window (0: from the left).
+        cols: Number of columns (default: all columns from ``col0``).
 
     Returns:
         ``{"dimensions": {"width", "height"}, "affineTransform": {...}, "crsCode": "EPSG:n"}``.
@@ -274,16 +300,17 @@ def compute_pixels_grid(geobox: GeoBox, row0: int = 0, rows: int | None = None) 
     epsg = _epsg(geobox)
     height, width = geobox.shape.yx
     rows = height - row0 if rows is None else rows
+    cols = width - col0 if cols is None else cols
     t = geobox.transform
     return {
-        "dimensions": {"width": int(width), "height": int(rows)},
+        "dimensions": {"width": int(cols), "height": int(rows)},
         "affineTransform": {
             "scaleX": float(t.a),
             "shearX": float(t.b),
-            "translateX": float(t.c + row0 * t.b),
+            "translateX": float(t.c + col0 * t.a + row0 * t.b),
             "shearY": float(t.d),
             "scaleY": float(t.e),
-            "translateY": float(t.f + row0 * t.e),
+            "translateY": float(t.f + col0 * t.d + row0 * t.e),
         },
         "crsCode": f"EPSG:{epsg}",
     }
@@ -429,9 +456,19 @@ class EarthEngineSource:
         self._compute_pixels = compute_pixels
         self._compute_value = compute_value
         limits = catalog()["compute_pixels"]
-        self.max_request_bytes = int(max_request_bytes or limits["max_bytes"])
+        self.max_request_bytes = min(
+            int(max_request_bytes or limits["max_bytes"]), int(limits["max_bytes"])
+        )
+        if self.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes {max_request_bytes}: use a positive size")
         for product, year in self.labels:
-            self._label_spec(product, year)  # fail early on products EE does not serve
+            # Fail early on products EE does not serve, and on per-scene products without
+            # the Sentinel-2 scene they are matched to (they would be all nodata).
+            if self._label_spec(product, year)["match"] == "s2-scene" and not sentinel_2:
+                raise ValueError(
+                    f"{product} is matched to the chosen Sentinel-2 scene, so it needs "
+                    "Sentinel-2 in the recipe (imagery.sentinel-2)"
+                )
 
     @classmethod
     def from_config(
@@ -519,13 +556,17 @@ class EarthEngineSource:
         """One Sentinel-2 scene by ``system:index``: 12 LAS bands (bilinear) then SCL (nearest).
 
         Every band is uint16 with 0 where EE masks it (SCL fits in uint16; it is cast back to
-        uint8 after the fetch).
+        uint8 after the fetch). Unmasked reflectance is at least 1, as on the STAC path
+        (``harmonize_s2``): 0 means nodata in LAS, and the harmonised collection can serve 0 for
+        a dark pixel whose negative reflectance it clamped.
         """
         spec = self.s2_spec
         image = ee.Image(f"{spec['asset']}/{scene_id}")
-        bands = image.select(
-            [b["ee"] for b in spec["bands"]], [b["las"] for b in spec["bands"]]
-        ).resample(spec["resampling"]["bands"])
+        bands = (
+            image.select([b["ee"] for b in spec["bands"]], [b["las"] for b in spec["bands"]])
+            .resample(spec["resampling"]["bands"])
+            .max(int(spec["min_valid_dn"]))  # keeps the mask: masked pixels stay masked
+        )
         scl = image.select([spec["scl"]["ee"]], [spec["scl"]["las"]])
         out: ee.Image = bands.addBands(scl).unmask(spec["nodata"]).toUint16()
         return out
@@ -633,42 +674,98 @@ class EarthEngineSource:
         call = self._compute_value or ee.data.computeValue
         try:
             return call(obj)
+        except google.auth.exceptions.GoogleAuthError as err:  # the token could not be renewed
+            raise _auth_failed(err, f"value:compute of {what}") from None
         except (ee.EEException, OSError) as err:  # OSError: the connection, after retries
-            raise EarthEngineError(f"Earth Engine value:compute of {what}: {err}") from None
+            raise EarthEngineError(
+                f"Earth Engine value:compute of {what}: {_first_line(err)}{_hint(err)}"
+            ) from None
+
+    def _scene_lists(self, info: Any, keys: Sequence[str], what: str) -> list[list[Any]]:
+        """The property lists of a scene listing, checked to describe the same scenes.
+
+        ``aggregate_array`` leaves out scenes that lack the property, so lists of unequal
+        length no longer pair ids with times: the sample fails rather than mix up scenes.
+        """
+        lists = [info.get(k) if isinstance(info, Mapping) else None for k in keys]
+        if any(not isinstance(v, list) for v in lists):
+            got = sorted(info) if isinstance(info, Mapping) else type(info).__name__
+            raise EarthEngineError(
+                f"Earth Engine value:compute of {what}: expected lists {list(keys)}, got {got}"
+            )
+        lengths = {k: len(v) for k, v in zip(keys, cast(list[list[Any]], lists), strict=True)}
+        if len(set(lengths.values())) > 1:
+            raise EarthEngineError(
+                f"Earth Engine value:compute of {what}: property lists of unequal length "
+                f"{lengths} (a scene lacks a property), so scenes cannot be matched to their "
+                "properties; check the catalog's property names (catalog/sources/earthengine.yaml)"
+            )
+        return cast(list[list[Any]], lists)
+
+    def windows(
+        self, height: int, width: int, n_bands: int, itemsize: int
+    ) -> list[tuple[int, int, int, int]]:
+        """The ``(row0, rows, col0, cols)`` windows a grid is fetched in.
+
+        Each window is within EE's computePixels limits (``max_request_bytes`` of pixels and
+        ``max_dimension`` pixels per axis): whole rows when they fit, else also split by
+        columns.
+
+        Raises:
+            ValueError: More bands than one request may hold.
+        """
+        limits = catalog()["compute_pixels"]
+        if n_bands > int(limits["max_bands"]):
+            raise ValueError(f"{n_bands} bands: one computePixels holds {limits['max_bands']}")
+        max_dim = int(limits["max_dimension"])
+        pixel = n_bands * itemsize
+        cols_per = max(1, min(width, max_dim, self.max_request_bytes // pixel))
+        rows_per = max(1, min(height, max_dim, self.max_request_bytes // (cols_per * pixel)))
+        return [
+            (row0, min(rows_per, height - row0), col0, min(cols_per, width - col0))
+            for row0 in range(0, height, rows_per)
+            for col0 in range(0, width, cols_per)
+        ]
 
     def pixels(
         self, image: ee.Image, geobox: GeoBox, bands: Sequence[str], dtype: str, what: str
     ) -> np.ndarray:
         """Fetch an image on the GeoBox's grid as (bands, rows, cols), in ``bands`` order.
 
-        Grids over the request size limit are fetched in bands of rows, each with its own
-        ``translateY``.
+        Grids over the request limits are fetched in windows (:meth:`windows`), each with its
+        own corner. Each answer is checked: its shape, its bands, and that its values fit
+        ``dtype`` unchanged (a lossy cast would give a silently wrong sample).
+
+        Raises:
+            EarthEngineError: A request failed or its answer is not the array asked for.
+            EarthEngineAuthError: The credentials were refused mid-build.
         """
         call = self._compute_pixels or ee.data.computePixels
         height, width = geobox.shape.yx
-        itemsize = np.dtype(dtype).itemsize
-        rows_per = max(1, self.max_request_bytes // (width * len(bands) * itemsize))
         out = np.empty((len(bands), height, width), dtype=dtype)
-        for row0 in range(0, height, rows_per):
-            rows = min(rows_per, height - row0)
+        for row0, rows, col0, cols in self.windows(
+            height, width, len(bands), np.dtype(dtype).itemsize
+        ):
             request = {
                 "expression": image,
                 "fileFormat": catalog()["compute_pixels"]["file_format"],
-                "grid": compute_pixels_grid(geobox, row0, rows),
+                "grid": compute_pixels_grid(geobox, row0, rows, col0, cols),
             }
             try:
                 data = call(request)
-            except (ee.EEException, OSError) as err:
-                raise EarthEngineError(f"Earth Engine computePixels of {what}: {err}") from None
-            names = getattr(getattr(data, "dtype", None), "names", None) or ()
-            if getattr(data, "shape", None) != (rows, width) or not set(bands) <= set(names):
+            except google.auth.exceptions.GoogleAuthError as err:
+                raise _auth_failed(err, f"computePixels of {what}") from None
+            except (ee.EEException, OSError) as err:  # OSError: the connection, after retries
                 raise EarthEngineError(
-                    f"Earth Engine computePixels of {what}: expected a {rows}x{width} array with "
-                    f"bands {list(bands)}, got shape {getattr(data, 'shape', None)} with "
-                    f"fields {list(names)}"
-                )
-            for i, name in enumerate(bands):
-                out[i, row0 : row0 + rows] = data[name]
+                    f"Earth Engine computePixels of {what}: {_first_line(err)}{_hint(err)}"
+                ) from None
+            except (ValueError, EOFError) as err:  # the client's NPY decoding
+                raise EarthEngineError(
+                    f"Earth Engine computePixels of {what}: the answer is not a complete NPY "
+                    f"array ({type(err).__name__}: {_first_line(err)}); retry the sample"
+                ) from None
+            window = out[:, row0 : row0 + rows, col0 : col0 + cols]
+            window[...] = _checked_answer(data, (rows, cols), bands, dtype, what)
         return out
 
     # ----------------------------------------------------------------- one sample
@@ -713,7 +810,9 @@ class EarthEngineSource:
             self.scene_info(self.s2_collection(geobox), [id_prop, "system:time_start", prop]),
             "the Sentinel-2 scenes",
         )
-        ids, times, clouds = info[id_prop], info["system:time_start"], info[prop]
+        ids, times, clouds = self._scene_lists(
+            info, [id_prop, "system:time_start", prop], "the Sentinel-2 scenes"
+        )
         if not ids:
             raise EarthEngineNoData(
                 f"no {spec['asset']} scene between {self.start:%Y-%m-%d} and {self.end:%Y-%m-%d}"
@@ -732,7 +831,10 @@ class EarthEngineSource:
             nodata_fracs.append(1.0 - float(valid.mean()))
             if nodata_fracs[-1] > self.max_nodata:
                 continue
-            cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean())
+            # No valid pixel (max_nodata 1): all cloud, as the STAC path counts it.
+            cloud_pct = (
+                100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
+            )
             if self.composite is None and cloud_pct > self.max_cloud:
                 cloudy.append((cloud_pct, scene))
                 continue
@@ -805,7 +907,10 @@ class EarthEngineSource:
         id_prop, orbit = spec["id_property"], spec["orbit_property"]
         names = [b["las"] for b in spec["bands"]]
         fill = float(spec["fill"])
-        for i, scene in enumerate(info[id_prop]):
+        ids, times, orbits = self._scene_lists(
+            info, [id_prop, "system:time_start", orbit], "the Sentinel-1 scenes"
+        )
+        for i, scene in enumerate(ids):
             db = self.pixels(self.s1_image(scene), geobox, names, "float32", f"S1 {scene}")
             db[db == fill] = np.nan
             if float(np.isnan(db[0]).mean()) <= self.max_nodata:
@@ -816,8 +921,8 @@ class EarthEngineSource:
                 sample.arrays["sentinel-1"] = out
                 sample.record.update(
                     s1_item=scene,
-                    s1_datetime=_iso_ms(info["system:time_start"][i]),
-                    s1_orbit_state=str(info[orbit][i]).lower(),
+                    s1_datetime=_iso_ms(times[i]),
+                    s1_orbit_state=str(orbits[i]).lower(),
                 )
                 return
         raise EarthEngineNoData(f"no {spec['asset']} scene covers the sample")
@@ -856,6 +961,78 @@ class EarthEngineSource:
             data = self.pixels(cast, geobox, names, dtype, f"labels {', '.join(names)}")
             for i, product in enumerate(names):
                 sample.arrays[f"labels/{product}/native"] = data[i]
+
+
+def _auth_failed(err: BaseException, what: str) -> EarthEngineAuthError:
+    """The error of credentials refused mid-build (google-auth could not renew the token)."""
+    return EarthEngineAuthError(
+        f"Earth Engine {what}: the credentials were refused ({type(err).__name__}: "
+        f"{_first_line(err)}); {_AUTH_HINT}"
+    )
+
+
+def _hint(err: BaseException) -> str:
+    """What to do about a failed request, for the errors whose cause is known."""
+    text = str(err).lower()
+    if isinstance(err, TimeoutError) or "timed out" in text:
+        return (
+            f" (timed out: the client waits {catalog()['compute_pixels']['timeout_s']} s, EE "
+            "computes for 5 minutes at most; retry the sample, or use smaller samples)"
+        )
+    if isinstance(err, ConnectionError) or "connection broken" in text:
+        return " (the connection broke, also on the client's retries; retry the sample)"
+    if "too many" in text or "quota" in text or "rate limit" in text:
+        return (
+            " (Earth Engine quota, still refused after the client's retries: lower workers x "
+            "threads or the request rate, then retry; see docs/earth-engine.md section 4)"
+        )
+    if "permission" in text or "authentication" in text or "unauthenticated" in text:
+        return f" ({_AUTH_HINT})"
+    return ""
+
+
+def _checked_answer(
+    data: Any, shape: tuple[int, int], bands: Sequence[str], dtype: str, what: str
+) -> np.ndarray:
+    """A computePixels answer as (bands, rows, cols) of ``dtype``, or the reason it is wrong.
+
+    The answer must be a structured array of ``shape`` with a scalar field per band (any
+    order; extra fields are ignored), whose values ``dtype`` holds exactly: a safe cast, a
+    float narrowed to float32, or integers within ``dtype``'s range.
+
+    Raises:
+        EarthEngineError: The answer is not that; the message says what came instead.
+    """
+    names = getattr(getattr(data, "dtype", None), "names", None) or ()
+    if getattr(data, "shape", None) != shape or not set(bands) <= set(names):
+        raise EarthEngineError(
+            f"Earth Engine computePixels of {what}: expected a {shape[0]}x{shape[1]} array "
+            f"with bands {list(bands)}, got shape {getattr(data, 'shape', None)} with "
+            f"fields {list(names)}"
+        )
+    target = np.dtype(dtype)
+    out = np.empty((len(bands), *shape), dtype=target)
+    for i, name in enumerate(bands):
+        field_type = data.dtype[name]
+        values = data[name]
+        if field_type.shape != ():
+            fits = False
+        elif np.can_cast(field_type, target, casting="safe"):
+            fits = True
+        elif field_type.kind == "f" and target.kind == "f":
+            fits = True  # float64 for float32: a narrower float is what was asked
+        elif field_type.kind in "iu" and target.kind in "iu":
+            info = np.iinfo(target)
+            fits = values.size == 0 or (info.min <= values.min() and values.max() <= info.max)
+        else:
+            fits = False
+        if not fits:
+            raise EarthEngineError(
+                f"Earth Engine computePixels of {what}: band {name} came as {field_type}, "
+                f"which {dtype} cannot hold unchanged (the expression's cast was not applied)"
+            )
+        out[i] = values
+    return out
 
 
 _EE_CAST = {

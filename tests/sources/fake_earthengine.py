@@ -11,7 +11,10 @@ value:compute, NPY decoding) runs unchanged against ``http://127.0.0.1:PORT``. T
 * records every request body, checks that each expression only calls listed algorithms, and
   answers ``image:computePixels`` with an ``.npy`` structured array of the requested grid size
   whose fields are the expression's output bands, and ``value:compute`` with what a test's
-  responder returns.
+  responder returns;
+* misbehaves on demand, as the real service and the network can: queued HTTP errors (429, 5xx,
+  403), a refused token exchange, projects the credentials may not use, slow answers, answers
+  cut off mid-body and answers whose bytes a test writes itself.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import base64
 import io
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +44,42 @@ _CASTS = {
     "Image.toFloat": "float32",
     "Image.toDouble": "float64",
 }
-_IMAGE_ARGS = ("input", "image", "value", "collection", "images", "dstImg")
+_IMAGE_ARGS = ("input", "image", "image1", "value", "collection", "images", "dstImg")
+
+EXTRA_ALGORITHMS: list[dict[str, Any]] = [
+    {
+        "name": "algorithms/Image.max",
+        "description": "Selects the maximum of the first and second values for each matched "
+        "pair of bands in image1 and image2. If either image1 or image2 has only 1 band, then "
+        "it is used against all the bands in the other image. If the images have the same "
+        "number of bands, but not the same names, they're used pairwise in the natural order. "
+        "The output bands are named for the longer of the two inputs, or if they're equal in "
+        "length, in image1's order. The type of the output pixels is the union of the input "
+        "types.",
+        "returnType": "Image<unknown bands>",
+        "arguments": [
+            {
+                "argumentName": "image1",
+                "type": "Image<unknown bands>",
+                "description": "The image from which the left operand bands are taken.",
+            },
+            {
+                "argumentName": "image2",
+                "type": "Image<unknown bands>",
+                "description": "The image from which the right operand bands are taken.",
+            },
+        ],
+    },
+]
+"""Signatures served besides ``algorithms.json``, copied unchanged from the recorded list of
+earthengine-api 1.7.50 (``ee/tests/algorithms.json``), as the entries of that file are."""
+
+
+def algorithm_list() -> dict[str, Any]:
+    """The answer to ``algorithms.list``: ``algorithms.json`` and :data:`EXTRA_ALGORITHMS`."""
+    listed = json.loads((DATA / "algorithms.json").read_text())
+    listed["algorithms"] = listed["algorithms"] + EXTRA_ALGORITHMS
+    return listed
 
 
 def resolve(expression: dict[str, Any]) -> Any:
@@ -122,14 +161,32 @@ class FakeEarthEngine:
     values: dict[str, Any] = field(default_factory=dict)
     pixels: Callable[[dict[str, Any], list[str], str], np.ndarray] | None = None
     value: Callable[[Any], Any] | None = None
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    """(status, message, reason) answers for the next API calls, one each, before any other."""
+    raw_pixels: Callable[[dict[str, Any], list[str], str], bytes] | None = None
+    """The bytes of a computePixels answer in place of the NPY of ``pixels``."""
+    cut_after: int | None = None
+    """Announce the whole body but close the connection after this many bytes."""
+    delay_s: float = 0.0
+    """Wait this long before answering an API call."""
+    token_error: tuple[int, dict[str, Any]] | None = None
+    """Refuse the token exchange with this status and JSON body."""
+    projects: set[str] | None = None
+    """The projects the credentials may use (``None``: all); others get 403."""
 
     def reset(self) -> None:
-        """Forget the requests and the test's answers."""
+        """Forget the requests and the test's answers and misbehaviours."""
         self.requests.clear()
         self.token_requests.clear()
         self.values = {"SCL": 4}
         self.pixels = None
         self.value = None
+        self.errors = []
+        self.raw_pixels = None
+        self.cut_after = None
+        self.delay_s = 0.0
+        self.token_error = None
+        self.projects = None
 
     def calls(self, kind: str) -> list[dict[str, Any]]:
         """Recorded bodies of ``computePixels`` or ``compute`` (value:compute) requests."""
@@ -148,7 +205,7 @@ class FakeEarthEngine:
 
 def _handler(fake: FakeEarthEngine) -> type[BaseHTTPRequestHandler]:
     discovery = (DATA / "discovery.json").read_bytes()
-    algorithms = (DATA / "algorithms.json").read_bytes()
+    algorithms = json.dumps(algorithm_list()).encode()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -161,6 +218,11 @@ def _handler(fake: FakeEarthEngine) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if fake.cut_after is not None and status == 200:
+                self.wfile.write(body[: fake.cut_after])  # the rest never comes
+                self.wfile.flush()
+                self.close_connection = True
+                return
             self.wfile.write(body)
 
         def _error(self, status: int, message: str, reason: str = "INVALID_ARGUMENT") -> None:
@@ -171,6 +233,15 @@ def _handler(fake: FakeEarthEngine) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 self._error(
                     401, "Request had invalid authentication credentials.", "UNAUTHENTICATED"
+                )
+                return False
+            path = urllib.parse.urlsplit(self.path).path
+            project = path.split("/")[3] if path.startswith("/v1/projects/") else None
+            if fake.projects is not None and project not in fake.projects:
+                self._error(
+                    403,
+                    f"Caller does not have required permission to use project {project}.",
+                    "PERMISSION_DENIED",
                 )
                 return False
             return True
@@ -188,6 +259,8 @@ def _handler(fake: FakeEarthEngine) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - http.server API
             try:
                 self._post()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout) or the answer was cut on purpose
             except Exception as err:  # noqa: BLE001 - a 400 tells the client, no retries
                 self._error(400, f"fake Earth Engine could not answer: {err!r}")
 
@@ -197,6 +270,10 @@ def _handler(fake: FakeEarthEngine) -> type[BaseHTTPRequestHandler]:
             if path == "/token":
                 form = dict(urllib.parse.parse_qsl(raw.decode()))
                 fake.token_requests.append(form)
+                if fake.token_error is not None:
+                    status, refusal = fake.token_error
+                    self._send(status, json.dumps(refusal).encode())
+                    return
                 body = {"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}
                 self._send(200, json.dumps(body).encode())
                 return
@@ -204,6 +281,11 @@ def _handler(fake: FakeEarthEngine) -> type[BaseHTTPRequestHandler]:
                 return
             body = json.loads(raw)
             fake.requests.append({"path": path, "body": body, "headers": dict(self.headers)})
+            if fake.delay_s:
+                time.sleep(fake.delay_s)
+            if fake.errors:
+                self._error(*fake.errors.pop(0))
+                return
             tree = resolve(body["expression"])
             unknown = {c["functionName"] for c in invocations(tree)} - fake.algorithms
             if unknown:
@@ -214,10 +296,14 @@ def _handler(fake: FakeEarthEngine) -> type[BaseHTTPRequestHandler]:
                     self._error(400, f"fileFormat {body.get('fileFormat')!r}: this fake serves NPY")
                     return
                 bands, dtype = output_bands(tree), output_dtype(tree)
-                array = (fake.pixels or fake.default_pixels)(body, bands, dtype)
-                buffer = io.BytesIO()
-                np.save(buffer, array, allow_pickle=False)
-                self._send(200, buffer.getvalue(), "application/octet-stream")
+                if fake.raw_pixels is not None:
+                    answer = fake.raw_pixels(body, bands, dtype)
+                else:
+                    array = (fake.pixels or fake.default_pixels)(body, bands, dtype)
+                    buffer = io.BytesIO()
+                    np.save(buffer, array, allow_pickle=False)
+                    answer = buffer.getvalue()
+                self._send(200, answer, "application/octet-stream")
             elif path.endswith("/value:compute"):
                 if fake.value is None:
                     self._error(500, "the test set no value responder", "INTERNAL")
@@ -237,7 +323,7 @@ def jwt_claims(assertion: str) -> dict[str, Any]:
 
 def start_fake_earthengine() -> tuple[FakeEarthEngine, ThreadingHTTPServer]:
     """Start the fake on a free port of 127.0.0.1 in a daemon thread."""
-    listed = json.loads((DATA / "algorithms.json").read_text())["algorithms"]
+    listed = algorithm_list()["algorithms"]
     fake = FakeEarthEngine(algorithms={a["name"].removeprefix("algorithms/") for a in listed})
     fake.reset()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
