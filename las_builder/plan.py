@@ -22,8 +22,9 @@
    logged and the plan's ``attrs["plan_note"]`` says so.
 
 The same recipe and seed give the same plan. Columns of the plan are listed in
-:data:`PLAN_COLUMNS`; rows are sorted north to south (grid row), then west to east (grid
-column); ``plan_index`` is the row number and ``shard`` is ``plan_index // samples_per_shard``.
+:data:`PLAN_COLUMNS`; rows follow a Hilbert curve over longitude and latitude
+(:func:`hilbert_order`), so that each shard's samples lie close together; ``plan_index`` is
+the row number and ``shard`` is ``plan_index // samples_per_shard``.
 ``sample_geobox(lon, lat, size_px, resolution_m)`` of a row gives back its exact pixel grid.
 """
 
@@ -74,6 +75,7 @@ __all__ = [
     "PLAN_COLUMNS",
     "PLAN_FILE",
     "PlanError",
+    "hilbert_order",
     "make_plan",
     "plan_path",
     "prepare_plan_target",
@@ -613,9 +615,57 @@ def make_plan(
     return gdf
 
 
+_HILBERT_BITS = 16  # a 65,536 x 65,536 lattice over lon/lat: cells of ~600 m at the equator
+
+
+def hilbert_order(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Position of each point along a Hilbert curve over the lon/lat plane.
+
+    Sorting samples by it makes each run of consecutive samples (a shard) a compact patch:
+    in a global plan of 150,000 samples, 64 consecutive ones in grid-row order span the whole
+    world (one ESA WorldCover tile per sample, ~49 per shard), along the curve ~7 degrees of
+    longitude (~6 tiles), so a shard's samples share scenes, label tiles, open files and
+    searches.
+
+    Args:
+        lon: Longitudes in degrees, [-180, 180].
+        lat: Latitudes in degrees, [-90, 90].
+
+    Returns:
+        int64 curve positions (equal only for points in the same lattice cell).
+    """
+    side = (1 << _HILBERT_BITS) - 1
+    x = np.clip(np.floor((np.asarray(lon, float) + 180.0) / 360.0 * side), 0, side)
+    y = np.clip(np.floor((np.asarray(lat, float) + 90.0) / 180.0 * side), 0, side)
+    return _hilbert_d(x.astype(np.int64), y.astype(np.int64), _HILBERT_BITS)
+
+
+def _hilbert_d(x: np.ndarray, y: np.ndarray, bits: int) -> np.ndarray:
+    """Distance along the Hilbert curve of a ``2**bits`` square lattice of cells ``(x, y)``."""
+    side = (1 << bits) - 1
+    d = np.zeros_like(x)
+    s = 1 << (bits - 1)
+    while s > 0:  # one bit of each coordinate per step, rotating the quadrant as it goes
+        rx, ry = (x & s) > 0, (y & s) > 0
+        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
+        turn = ~ry
+        flip = turn & rx
+        x = np.where(flip, side - x, x)
+        y = np.where(flip, side - y, y)
+        x, y = np.where(turn, y, x), np.where(turn, x, y)
+        s >>= 1
+    return d
+
+
 def _to_frame(recipe: Recipe, chosen: list[_Candidate]) -> gpd.GeoDataFrame:
     spec = recipe.sample
-    chosen = sorted(chosen, key=lambda c: (-c.row, c.col))
+    # Along a Hilbert curve, so that each shard is a compact patch (see hilbert_order); the
+    # grid cell breaks ties between samples in one lattice cell.
+    curve = hilbert_order(
+        np.array([c.lon for c in chosen], float), np.array([c.lat for c in chosen], float)
+    )
+    order = sorted(range(len(chosen)), key=lambda i: (int(curve[i]), -chosen[i].row, chosen[i].col))
+    chosen = [chosen[i] for i in order]
     stratified = recipe.sampling.stratify is not None
     records = []
     for index, cand in enumerate(chosen):

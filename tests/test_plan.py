@@ -92,6 +92,41 @@ def test_plan_columns_and_order(plan20: gpd.GeoDataFrame) -> None:
         assert row.geometry.covers(Point(row.lon, row.lat))
 
 
+def test_plan_rows_follow_the_hilbert_curve(plan_all: gpd.GeoDataFrame) -> None:
+    curve = plan_mod.hilbert_order(plan_all["lon"].to_numpy(), plan_all["lat"].to_numpy())
+    assert (np.diff(curve) >= 0).all()
+
+
+def test_the_hilbert_curve_visits_every_cell_once_stepping_to_a_neighbour() -> None:
+    bits = 5
+    xs, ys = np.meshgrid(np.arange(1 << bits), np.arange(1 << bits))
+    x, y = xs.ravel().astype(np.int64), ys.ravel().astype(np.int64)
+    d = plan_mod._hilbert_d(x, y, bits)
+    assert sorted(d.tolist()) == list(range(1 << (2 * bits)))
+    order = np.argsort(d)
+    assert (np.abs(np.diff(x[order])) + np.abs(np.diff(y[order])) == 1).all()
+
+
+def test_shards_of_a_global_plan_are_compact_along_the_curve() -> None:
+    """150,000 points spread over the globe in runs of 64 (a LAS v1 shard): along grid rows a
+    run spans the world, along the curve a few degrees, so it shares label tiles."""
+    rng = np.random.default_rng(0)
+    lat = np.degrees(
+        np.arcsin(rng.uniform(np.sin(np.radians(-60)), np.sin(np.radians(75)), 150_000))
+    )
+    lon = rng.uniform(-180, 180, lat.size)
+    rows = np.floor(lat * 111_195 / 3200).astype(int)  # Major TOM rows of 3.2 km
+
+    def tiles_per_run(order: np.ndarray) -> float:  # ESA WorldCover's 3 x 3 degree tiles
+        tiles = (np.floor(lat / 3) * 1000 + np.floor(lon / 3))[order].reshape(-1, 64)
+        return float(np.mean([len(set(run)) for run in tiles]))
+
+    by_row = np.lexsort((lon, -rows))[: 150_000 // 64 * 64]
+    by_curve = np.argsort(plan_mod.hilbert_order(lon, lat), kind="stable")[: 150_000 // 64 * 64]
+    assert tiles_per_run(by_row) > 40  # nearly one tile per sample
+    assert tiles_per_run(by_curve) < 10
+
+
 def test_plan_is_deterministic_for_a_seed(stac_url: str, tmp_path: Path) -> None:
     first = make_plan(_recipe(stac_url, tmp_path, "sample.seed=11", "sample.count=12"))
     again = make_plan(_recipe(stac_url, tmp_path, "sample.seed=11", "sample.count=12"))

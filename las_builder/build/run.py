@@ -1525,7 +1525,8 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with exactly ``schema``'s columns, in its order (missing ones null)."""
     columns = []
     for field in schema:
-        if field.name in table.column_names:
+        # A null type is a column null in every part (arrow casts nothing else to null).
+        if field.name in table.column_names and not pa.types.is_null(field.type):
             columns.append(table.column(field.name).cast(field.type))
         else:
             columns.append(pa.nulls(len(table), field.type))

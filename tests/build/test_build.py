@@ -800,6 +800,24 @@ def _plan_table(built: Path) -> Any:  # a pyarrow Table (pyarrow is untyped)
     return pq.read_table(built / "plan.parquet")
 
 
+def test_an_index_column_null_in_every_part_is_written(built: Path, tmp_path: Path) -> None:
+    """No NAIP image under any sample, the column written as float by pandas in some parts
+    and as null in others: the index holds it as nulls (arrow casts nothing to null)."""
+    import pandas as pd
+
+    from las_builder.build import run
+
+    out = tmp_path / "las"
+    shutil.copytree(built, out)
+    for i, part in enumerate(sorted((out / "index-parts").glob("shard-*.parquet"))):
+        frame = pd.read_parquet(part)
+        frame["naip_item"] = np.nan if i % 2 else None
+        frame.to_parquet(part, index=False)
+    summary = run.write_index(str(out))
+    got = gpd.read_parquet(out / "index.parquet")
+    assert got["naip_item"].isna().all() and summary["samples"] == len(got)
+
+
 def test_index_is_streamed_from_the_parts_in_plan_order(built: Path, tmp_path: Path) -> None:
     """``write_index`` writes the parts one batch at a time, each part in ``plan_index``
     order, under one schema: a part whose aerial column is all null (pandas writes it as
@@ -814,12 +832,14 @@ def test_index_is_streamed_from_the_parts_in_plan_order(built: Path, tmp_path: P
     out = tmp_path / "las"
     shutil.copytree(built, out)
     parts = sorted((out / "index-parts").glob("shard-*.parquet"))
-    assert len(parts) >= 3
-    first = pd.read_parquet(parts[0]).iloc[::-1]  # rows out of plan order
+    aerial = [p for p in parts if pd.read_parquet(p)["naip_item"].notna().any()]
+    assert aerial, "a US sample with a NAIP image: its part holds the column as strings"
+    nulled, dropped = [p for p in parts if p != aerial[0]][:2]
+    first = pd.read_parquet(nulled).iloc[::-1]  # rows out of plan order
     first["naip_item"] = np.nan  # all null, as a float column
-    first.to_parquet(parts[0], index=False)
-    pd.read_parquet(parts[1]).drop(columns=["naip_item"]).to_parquet(parts[1], index=False)
-    assert pq.read_schema(parts[0]).field("naip_item").type == "double"
+    first.to_parquet(nulled, index=False)
+    pd.read_parquet(dropped).drop(columns=["naip_item"]).to_parquet(dropped, index=False)
+    assert pq.read_schema(nulled).field("naip_item").type == "double"
 
     frames = [pd.read_parquet(p) for p in parts]
     want = pd.concat(frames, ignore_index=True).sort_values("plan_index", ignore_index=True)
