@@ -155,9 +155,9 @@ def test_eval_options_choose_products_inputs_and_fusion_not_the_scores(
     """--products and --inputs choose what is scored; the batch size does not change a score;
     --fusion-gamma reaches the fusion; unknown names fail with what is known."""
     from las_builder.model import evaluate
+    from las_builder.model.fusion import fuse as real_fuse
 
     gammas: list[float] = []
-    real_fuse = evaluate.fuse
 
     def fuse(seg: Any, presence: Any, gamma: float = 1.0) -> Any:
         gammas.append(gamma)  # recorded, then the real fusion
