@@ -54,7 +54,10 @@ class CliError(typer.Exit):
     """Exit with a one-line message on stderr."""
 
     def __init__(self, message: str) -> None:
-        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+        from las_builder.security import redact
+
+        # The last guard: a message naming a URL may carry ?token= or user:password@.
+        typer.secho(f"error: {redact(message)}", err=True, fg=typer.colors.RED)
         super().__init__(code=2)
 
 

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from las_builder.security import redact
+
 catalog_app = typer.Typer(
     no_args_is_help=True, help="Check and extend the catalog of plain YAML data."
 )
@@ -44,7 +46,7 @@ def check(
     try:
         catalog_dir()
     except FileNotFoundError as err:  # LAS_CATALOG names no folder
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {redact(str(err))}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
     console = Console(soft_wrap=True)
     table = Table(title="LAS catalog: label products mapped onto the LAS taxonomy")
@@ -176,7 +178,7 @@ def add(
             encoder=encoder,
         )
     except (AddError, EncoderUnavailable) as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {redact(str(err))}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
 
     product = result.product

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from las_builder.security import redact
+
 __all__ = ["inspect"]
 
 
@@ -51,7 +53,7 @@ def inspect(
         ) as progress:
             result = inspect_dataset(dataset, out, samples=samples, progress=progress)
     except InspectError as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {redact(str(err))}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
     summary = result.summary
     for note in notes(summary):

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from las_builder.security import redact
+
 __all__ = ["stats"]
 
 
@@ -40,7 +42,7 @@ def stats(
         result = compute_stats(dataset)
         written = write_stats(result, dataset, out)
     except StatsError as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {redact(str(err))}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
     console = Console(soft_wrap=True, quiet=quiet)
     if result.partial is not None:

@@ -23,7 +23,10 @@ DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    from las_builder.security import redact
+
+    # The last guard: a raster URL or dataset path may carry ?token= or user:password@.
+    typer.secho(f"error: {redact(message)}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
 
 

@@ -100,8 +100,9 @@ _STOP = r"\s'\"<>,;)\]}"
 # It ends at whitespace, a quote, a bracket, ',', ';' or ': ' (a message's own separators).
 _Q = rf"(?:(?!: )[^{_STOP}])"
 _QUERY = re.compile(rf"(?<=[^\s?])\?{_Q}*={_Q}*")
-# ``scheme://user:password@host``
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@")
+# ``scheme://user:password@host``; also ``scheme:/user...`` (a URL passed through a Path,
+# which folds ``//``)
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://?)[^/\s@'\"]+@")
 MASK = "***"
 
 _registered: set[str] = set()

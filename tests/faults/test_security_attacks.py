@@ -473,3 +473,15 @@ def test_planning_does_not_follow_a_served_vrt(
     assert "cannot read asset 'lccs_class' of esa-cci-lc item" in planned.output
     assert "not a GeoTIFF or JPEG 2000" in planned.output
     assert not (out / "plan.parquet").exists()
+
+
+def test_every_command_s_error_line_is_redacted(tmp_path: Path) -> None:
+    """A dataset given as a URL with credentials: a Path folds ``//`` to ``/``, and the
+    error line of ``las stats`` / ``las inspect`` named the password."""
+    secret = "Passw0rdXYZ42"
+    runner = CliRunner()
+    for command in ("stats", "inspect"):
+        result = runner.invoke(app, [command, f"https://user:{secret}@127.0.0.1:9/ds"])
+        assert result.exit_code == 2, result.output
+        assert "is not a built LAS dataset" in result.output
+        assert secret not in result.output
