@@ -1331,7 +1331,9 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
 
         def send_head(self) -> BinaryIO | None:
             self.range = None
-            url_path = urlsplit(self.path).path
+            # The path as translate_path() will read it: urlsplit() takes "//.serve/x" for a
+            # host and path "/x", which would slip a hidden file past the checks below.
+            url_path = self.path.split("?", 1)[0].split("#", 1)[0]
             if url_path == STATS_PATH:
                 with stats_lock:
                     body = json.dumps(stats).encode()
@@ -1351,6 +1353,10 @@ def _range_main(port: int, directory: str, latency_ms: float = 0.0) -> None:
                 return None
             parts = decoded.split("/")
             if any(part.startswith(".") for part in parts if part):  # .serve/ holds pg data
+                self.send_error(404, "File not found")
+                return None
+            if posixpath.normpath("/" + decoded).strip("/") == SERVE_JSON:
+                # pids and local paths, for `las world stop`: not the clients' business
                 self.send_error(404, "File not found")
                 return None
             path = self.translate_path(self.path)

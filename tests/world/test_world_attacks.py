@@ -62,15 +62,19 @@ def served(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     world = _copy(tiny_world, tmp_path_factory.mktemp("attacks") / "world")
     (world / "truth" / "empty.txt").write_bytes(b"")
     info = serve_world(world, detach=True)
+    _SERVED[info.assets_url] = world
     try:
         yield info
     finally:
         stop_world(world)
 
 
+_SERVED: dict[str, Path] = {}
+
+
 def _world(info: ServeInfo) -> Path:
-    """The world folder a served world answers from (its serve.json says)."""
-    return Path(requests.get(info.assets_url + "serve.json", timeout=10).json()["world"])
+    """The world folder a served world answers from."""
+    return _SERVED[info.assets_url]
 
 
 def _victim(cwd: Path) -> int:
@@ -159,11 +163,13 @@ def test_head_answers_headers_only(served: ServeInfo) -> None:
     assert part.content == b""
 
 
-def _raw(info: ServeInfo, target: str) -> tuple[int, bytes]:
+def _raw(info: ServeInfo, target: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Send ``GET target`` exactly as written (no client normalisation); status and body."""
     host, port = info.assets_url[len("http://") : -1].split(":")
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+        sock.sendall(request.encode())
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
@@ -182,17 +188,33 @@ def _raw(info: ServeInfo, target: str) -> tuple[int, bytes]:
         "/..%5c..%5c..%5cetc%5cpasswd",
         "/.serve/stac.log",
         "/%2eserve/stac.log",
+        "//.serve/stac.log",
+        "///.serve/stac.log",
+        "//x/../.serve/stac.log",
         "/world.json%00",
         "/world.json%00.txt",
         "/%0d%0aX-Injected:%20yes",
     ],
 )
 def test_no_path_leaves_the_world(served: ServeInfo, target: str) -> None:
+    if "serve/stac.log" in target:  # the hidden file is there: only the server keeps it out
+        assert (_world(served) / ".serve" / "stac.log").is_file()
     status, body = _raw(served, target)
     assert status in (400, 404)
     assert b"root:" not in body
     # the server is still there (a NUL used to kill the connection with a traceback)
     assert requests.get(served.assets_url + "world.json", timeout=10).status_code == 200
+
+
+def test_serve_json_is_not_served(served: ServeInfo) -> None:
+    # it names the servers' pids and the world's local path: for `las world stop`, not clients
+    assert (_world(served) / "serve.json").is_file()
+    paths = ("/serve.json", "/%73erve.json", "//serve.json", "/./serve.json", "/x/../serve.json")
+    for path in paths:
+        for headers in ({}, {"Range": "bytes=0-3"}):
+            status, body = _raw(served, path, headers)
+            assert status == 404, path
+            assert b"pid" not in body
 
 
 def test_symlinks_out_of_the_world_are_not_followed(served: ServeInfo, tmp_path: Path) -> None:
