@@ -81,13 +81,23 @@ def s2_offset_dn(item: SceneItem, band: str = "B04") -> int:
     return 0
 
 
+S2_SATURATED = 65535
+"""L2A's special value for a saturated pixel: the BOA offset does not move it (nor 0, nodata)."""
+
+
 def harmonize_s2(dn: np.ndarray, item: SceneItem) -> np.ndarray:
-    """Remove the BOA offset so DN/10000 is reflectance for every baseline; 0 stays nodata."""
+    """Remove the BOA offset so DN/10000 is reflectance for every baseline.
+
+    0 stays nodata and 65535 stays saturated: a 04.00 product writes both special values
+    without the offset, so subtracting it from 65535 would make a plausible reflectance.
+    """
     offset = s2_offset_dn(item)
     out = dn.astype(np.int32)
     valid = (out > 0).all(axis=0)
     if offset:
+        saturated = out == S2_SATURATED
         out = np.clip(out - offset, 1, 65535)
+        out[saturated] = S2_SATURATED
     out[:, ~valid] = 0
     return out.astype(np.uint16)
 

@@ -928,12 +928,16 @@ class _StackRead:
         resampling: Resampling,
         fill: float,
         dtype: str,
+        src_nodata: float | None = None,
     ) -> None:
         self.layers = layers
         self.geobox = geobox
         self.resampling = resampling
         self.fill = fill
         ref = layers[0][0]
+        # The file's own nodata wins; the sensor's (given) stands in where a file declares
+        # none, so its empty pixels are neither interpolated nor averaged into values.
+        self.src_nodata: float | None = ref.nodata if ref.nodata is not None else src_nodata
         n_bands = sum(len(bands) for _, bands in layers)
         self.out = np.full((n_bands, *geobox.shape.yx), fill, dtype=dtype)
         self.calls: list[Callable[[], np.ndarray]] = []
@@ -998,8 +1002,9 @@ class _StackRead:
         data = _stacked(self.layers, results)
         ref = self.layers[0][0]
         if self._copy_to is not None:
-            if ref.nodata is not None:  # source nodata becomes the target's fill, as a warp does
-                missing = np.isnan(data) if np.isnan(ref.nodata) else data == ref.nodata
+            nodata = self.src_nodata
+            if nodata is not None:  # source nodata becomes the target's fill, as a warp does
+                missing = np.isnan(data) if np.isnan(nodata) else data == nodata
                 data = np.where(missing, self.fill, data)
             if self._take is not None:
                 data = data[:, self._take[0][:, None], self._take[1]]
@@ -1007,7 +1012,7 @@ class _StackRead:
             return self.out
         # Calls outside a plain copy exist only once the window, hence its transform, is known.
         assert self._src_transform is not None
-        parts = self._parts_by_nodata(data, ref.nodata)
+        parts = self._parts_by_nodata(data, self.src_nodata)
         for first, stop in parts:
             self._place(data[first:stop], self.out[first:stop], ref)
         return self.out
@@ -1037,15 +1042,15 @@ class _StackRead:
         """Place ``data`` (bands of the window) onto ``out`` (the same bands on the GeoBox)."""
         assert self._src_transform is not None
         if self._zoomed_at is not None and place_bilinear_zoom(
-            data, *self._zoomed_at, ref.nodata, out
+            data, *self._zoomed_at, self.src_nodata, out
         ):
             return
         if self.resampling == Resampling.nearest and place_nearest(
-            data, self._src_transform, ref.crs, ref.nodata, self.geobox, out
+            data, self._src_transform, ref.crs, self.src_nodata, self.geobox, out
         ):
             return
         if self.resampling == Resampling.average and place_average(
-            data, self._src_transform, ref.crs, ref.nodata, self.geobox, out, self.fill
+            data, self._src_transform, ref.crs, self.src_nodata, self.geobox, out, self.fill
         ):
             return
         try:
@@ -1054,7 +1059,7 @@ class _StackRead:
                 out,
                 src_transform=self._src_transform,
                 src_crs=ref.crs,
-                src_nodata=ref.nodata,
+                src_nodata=self.src_nodata,
                 dst_transform=self.geobox.transform,
                 dst_crs=_rio_crs(self.geobox.crs),
                 dst_nodata=self.fill,
@@ -1108,6 +1113,7 @@ def read_onto(
     resampling: Resampling = Resampling.nearest,
     nodata: float | None = None,
     dtype: str | None = None,
+    src_nodata: float | None = None,
 ) -> np.ndarray:
     """Read the part of ``ds`` under ``geobox`` and reproject it onto ``geobox``.
 
@@ -1120,13 +1126,15 @@ def read_onto(
         resampling: Resampling for the reprojection.
         nodata: Value for pixels without data (default: the dataset's nodata, else 0).
         dtype: Output dtype (default: the dataset's).
+        src_nodata: The source's nodata where the file declares none (its sensor's).
 
     Returns:
         Array (bands, rows, cols) on ``geobox``.
     """
     bands = bands or list(range(1, ds.count + 1))
     dtype = dtype or ds.dtypes[bands[0] - 1]
-    stack = _StackRead([(ds, bands)], geobox, resampling, _fill_of(ds, nodata), dtype)
+    fill = _fill_of(ds, nodata)
+    stack = _StackRead([(ds, bands)], geobox, resampling, fill, dtype, src_nodata)
     return _read_stacks([stack])[0]
 
 
@@ -1137,6 +1145,7 @@ def read_stack_onto(
     resampling: Resampling = Resampling.nearest,
     nodata: float | None = None,
     dtype: str | None = None,
+    src_nodata: float | None = None,
 ) -> np.ndarray:
     """The first band of each dataset on ``geobox``, stacked (one layer per dataset).
 
@@ -1149,6 +1158,7 @@ def read_stack_onto(
         resampling: Resampling for the reprojection.
         nodata: Value for pixels without data (default: each dataset's nodata, else 0).
         dtype: Output dtype (default: the first dataset's).
+        src_nodata: The sources' nodata where a file declares none (their sensor's).
 
     Returns:
         Array (len(datasets), rows, cols) on ``geobox``.
@@ -1164,6 +1174,7 @@ def read_stack_onto(
             resampling,
             _fill_of(datasets[members[0]], nodata),
             dtype,
+            src_nodata,
         )
         for members in groups.values()
     ]

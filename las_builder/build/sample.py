@@ -28,7 +28,14 @@ from las_builder.build.read import (
 from las_builder.catalog import LAS_IGNORE, LAS_NODATA, UnknownCodeError, load_mapping
 from las_builder.catalog.labels import load_label_product
 from las_builder.consensus import agreement_fraction, consensus
-from las_builder.imagery import S2_BANDS, asset_key, harmonize_s2, s1_to_units, s2_nodata
+from las_builder.imagery import (
+    S2_BANDS,
+    asset_key,
+    harmonize_s2,
+    s1_to_units,
+    s2_nodata,
+    sensor,
+)
 from las_builder.stac import SceneItem
 
 log = logging.getLogger(__name__)
@@ -106,7 +113,13 @@ def _rank_s2(
 def _read_s2(item: SceneItem, geobox: GeoBox, cache: DatasetCache) -> np.ndarray:
     keys = [asset_key(item, "sentinel-2-l2a", name) for name in S2_BANDS]
     with cache.assets(item, *keys) as datasets:
-        stack = read_stack_onto(datasets, geobox, resampling=Resampling.bilinear, nodata=0)
+        stack = read_stack_onto(
+            datasets,
+            geobox,
+            resampling=Resampling.bilinear,
+            nodata=0,
+            src_nodata=sensor("sentinel-2-l2a")["nodata"],
+        )
     return harmonize_s2(stack, item)
 
 
@@ -305,13 +318,25 @@ def build_sample_earthengine(row: dict[str, Any], source: Any, cfg: BuildConfig)
 def _read_s1(
     items: list[SceneItem], geobox: GeoBox, cache: DatasetCache, cfg: BuildConfig
 ) -> tuple[SceneItem, np.ndarray] | None:
-    """The first Sentinel-1 scene (in the given order) that covers the sample, in its units."""
+    """The first Sentinel-1 scene (in the given order) with VV and VH over the sample, in its units.
+
+    Scenes of other polarisations (HH/HV, over ice) are passed over rather than failing the
+    sample, and a pixel lacks data where either band does.
+    """
+    nodata = sensor("sentinel-1-rtc")["nodata"]
     for item in items:
+        if not {"vv", "vh"} <= item.assets.keys():
+            continue
         with cache.assets(item, "vv", "vh") as datasets:
             vv_vh = read_stack_onto(
-                datasets, geobox, resampling=Resampling.bilinear, nodata=np.nan, dtype="float32"
+                datasets,
+                geobox,
+                resampling=Resampling.bilinear,
+                nodata=np.nan,
+                dtype="float32",
+                src_nodata=nodata,
             )
-        if float(np.isnan(vv_vh[0]).mean()) <= cfg.max_nodata:
+        if float(np.isnan(vv_vh).any(axis=0).mean()) <= cfg.max_nodata:
             return item, s1_to_units(vv_vh, cfg.s1_units)
     return None
 
@@ -467,7 +492,10 @@ def build_sample(
             if s1 is not None:
                 found = s1.result()
                 if found is None:
-                    raise SampleSkipped(f"no {cfg.s1_collection} scene covers the sample")
+                    raise SampleSkipped(
+                        f"no {cfg.s1_collection} scene covers the sample with VV and VH "
+                        f"(at most {100 * cfg.max_nodata:.0f}% nodata)"
+                    )
                 s1_item, arrays["sentinel-1"] = found
                 record.update(
                     s1_item=s1_item.id,
