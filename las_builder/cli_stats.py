@@ -47,6 +47,16 @@ def stats(
     console = Console(soft_wrap=True, quiet=quiet)
     if result.partial is not None:
         typer.secho(_partial_note(result.partial), err=True, fg=typer.colors.YELLOW)
+    for layer in result.counts:
+        unknown = result.unknown(layer)
+        if unknown:
+            typer.secho(
+                f"{layer}: {sum(unknown.values())} pixels hold values of no LAS class "
+                f"{sorted(unknown)}, left out of the frequencies and matrices (the store is "
+                "damaged or of another taxonomy)",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
 
     layers = list(result.counts)
     table = Table(

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,24 @@ def hex_to_rgb(color: str) -> tuple[int, int, int]:
     return int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16)
 
 
+_HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def _legend_color(color: Any, where: str) -> str:
+    """``color`` lower-cased if it is ``#rrggbb``; else an :class:`InspectError` naming it.
+
+    Anything else would crash the plots, and it lands in the report's ``style`` attributes,
+    where text such as ``#000000;background:url(...)`` would make the offline page fetch a URL.
+    """
+    text = str(color)
+    if not _HEX_COLOR.fullmatch(text):
+        raise InspectError(
+            f"{where} has colour {text!r}, not #rrggbb: the store's attributes are damaged or "
+            "from another tool; rebuild the dataset with `las build RECIPE`"
+        )
+    return text.lower()
+
+
 def las_legend(taxonomy: Sequence[dict[str, Any]]) -> Legend:
     """The LAS legend from the store's ``taxonomy`` attribute, plus nodata (0) and ignore (255).
 
@@ -161,11 +180,22 @@ def las_legend(taxonomy: Sequence[dict[str, Any]]) -> Legend:
     Returns:
         The legend, classes in code order, then nodata and ignore.
 
+    Raises:
+        InspectError: A class lacks a ``code``, ``name`` or ``color``, its code is not a LAS
+            class code (1-254), or its colour is not ``#rrggbb``.
+
     """
-    entries = [
-        LegendEntry(int(c["code"]), str(c["name"]), str(c["color"]).lower())
-        for c in sorted(taxonomy, key=lambda c: int(c["code"]))
-    ]
+    entries = []
+    for c in taxonomy:
+        where = f"LAS taxonomy class {c.get('key', c.get('code', '?'))!r} (las.zarr attribute)"
+        code = c.get("code")
+        if not isinstance(code, int) or not LAS_NODATA < code < LAS_IGNORE or "name" not in c:
+            raise InspectError(
+                f"{where} needs an integer code between 1 and 254 and a name (code {code!r}, "
+                f"name {c.get('name')!r}); rebuild the dataset with `las build RECIPE`"
+            )
+        entries.append(LegendEntry(code, str(c["name"]), _legend_color(c.get("color"), where)))
+    entries.sort(key=lambda e: e.value)
     entries.append(LegendEntry(LAS_NODATA, "nodata", NODATA_COLOR, special=True))
     entries.append(LegendEntry(LAS_IGNORE, "ignore", IGNORE_COLOR, special=True))
     return Legend("las", "LAS", tuple(entries))
@@ -189,8 +219,9 @@ def native_legend(product: str, attrs: dict[str, Any]) -> Legend:
     for c in attrs.get("classes", []):
         value = int(c["value"])
         is_nodata = nodata is not None and value == int(nodata)
-        color = c.get("color") or NODATA_COLOR
-        entries.append(LegendEntry(value, str(c["name"]), str(color).lower(), special=is_nodata))
+        where = f"labels/{product}/native class {value}"
+        color = _legend_color(c.get("color") or NODATA_COLOR, where)
+        entries.append(LegendEntry(value, str(c["name"]), color, special=is_nodata))
     if nodata is not None and all(e.value != int(nodata) for e in entries):
         entries.append(LegendEntry(int(nodata), "nodata", NODATA_COLOR, special=True))
     return Legend(product, product, tuple(entries))
@@ -252,11 +283,12 @@ def s2_true_colour(s2: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     """
     index = {b: i for i, b in enumerate(bands)}
     rgb = np.stack([s2[index[b]] for b in ("B04", "B03", "B02")], axis=-1).astype(np.float64)
-    valid = np.asarray((rgb > 0).all(axis=-1))
+    # a float array's NaN or inf (not the format's uint16, but seen) is nodata as 0 is
+    valid = np.asarray(((rgb > 0) & np.isfinite(rgb)).all(axis=-1))
     bounds = _stretch(rgb, np.repeat(valid[..., None], 3, axis=-1))
     if bounds is None:
         return np.zeros(rgb.shape, dtype=np.uint8)
-    out = _to_uint8(rgb, *bounds)
+    out = _to_uint8(np.where(valid[..., None], rgb, bounds[0]), *bounds)
     out[~valid] = 0
     return out
 
@@ -273,17 +305,20 @@ def s1_false_colour(s1: np.ndarray, units: str) -> np.ndarray:
 
     """
     vv, vh = s1[0].astype(np.float64), s1[1].astype(np.float64)
-    if units.strip().lower() != "db":
-        with np.errstate(divide="ignore", invalid="ignore"):
+    # log10(0), inf - inf: such pixels are not finite, hence nodata below; no warning
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if units.strip().lower() != "db":
             vv = 10 * np.log10(np.where(vv > 0, vv, np.nan))
             vh = 10 * np.log10(np.where(vh > 0, vh, np.nan))
-    channels = np.stack([vv, vh, vv - vh], axis=-1)
+        channels = np.stack([vv, vh, vv - vh], axis=-1)
     valid = np.isfinite(channels).all(axis=-1)
     out = np.zeros(channels.shape, dtype=np.uint8)
     for k in range(3):
         bounds = _stretch(channels[..., k], valid)
         if bounds is not None:
-            out[..., k] = _to_uint8(np.nan_to_num(channels[..., k]), *bounds)
+            # nodata as the low bound (black anyway): nan_to_num makes inf the float maximum,
+            # which overflows in the stretch
+            out[..., k] = _to_uint8(np.where(valid, channels[..., k], bounds[0]), *bounds)
     out[~valid] = 0
     return out
 
@@ -360,6 +395,7 @@ def _open(dataset: Path) -> _Dataset:
     else:
         raise InspectError(f"{store}: the taxonomy attribute is not a list of classes")
     _check_index(index, root, dataset)
+    _check_arrays(root, index, products, store)
     return _Dataset(dataset, root, index, taxonomy, products, loaded.partial, loaded.stale_shards)
 
 
@@ -390,6 +426,39 @@ def _check_index(index: Any, root: Any, dataset: Path) -> None:
                 f"but {_STORE} holds {n} samples: index and store are of different builds; "
                 "rebuild the dataset or use its own index"
             )
+
+
+def _check_arrays(root: Any, index: Any, products: list[str], store: Path) -> None:
+    """Refuse arrays that lack an indexed sample's slot, and label rasters of another size.
+
+    Either would end in an IndexError or a broadcasting error half-way through the figures
+    (or counts that miss the samples beyond a short array).
+    """
+    names = ["sentinel-2", "sentinel-1", "naip", "consensus"]
+    names += [f"labels/{p}/{kind}" for p in products for kind in ("native", "las")]
+    need = int(index["zarr_index"].max()) + 1 if len(index) else 0
+    grid: tuple[str, tuple[int, ...]] | None = None
+    for name in names:
+        try:
+            node = root[name]
+        except KeyError:
+            continue
+        shape = tuple(getattr(node, "shape", ()))
+        if len(shape) < 3 or shape[0] < need:
+            raise InspectError(
+                f"{store}: {name} has shape {shape or 'none (a group)'}, but the index has "
+                f"samples up to zarr_index {need - 1}: the store is damaged or mixes builds; "
+                "rebuild the dataset with `las build RECIPE`"
+            )
+        if name == "consensus" or name.endswith("/las"):
+            if grid is None:
+                grid = (name, shape[1:])
+            elif shape[1:] != grid[1]:
+                raise InspectError(
+                    f"{store}: {name} has {shape[1:]} pixels a sample, {grid[0]} {grid[1]}: "
+                    "label rasters of one dataset share the sample grid; the store is damaged "
+                    "or mixes builds, rebuild the dataset with `las build RECIPE`"
+                )
 
 
 def choose_samples(index: Any, n: int) -> list[int]:
@@ -473,11 +542,28 @@ def _facts(row: Any) -> dict[str, str]:
     return facts
 
 
+_SAFE_NAME = re.compile(r"[\w.-]+")
+
+
+def _panel_folder(sample_id: str, zarr_index: int) -> str:
+    """The sample's folder under ``panels/``: its id, or a safe name where the id is not one.
+
+    An id is written as it is only when it is one plain path component: ``..``, ``/`` or
+    an absolute path in an id from a damaged or foreign index would write the PNGs outside
+    the output folder. Other ids get their odd characters replaced and the sample's
+    ``zarr_index`` appended, so two of them never share a folder.
+    """
+    if _SAFE_NAME.fullmatch(sample_id) and sample_id.strip("."):
+        return sample_id
+    safe = re.sub(r"[^\w.-]", "_", sample_id).strip(".")
+    return f"{safe}-{zarr_index}"
+
+
 def _render_sample(ds: _Dataset, row: Any, out: Path, legends: dict[str, Legend]) -> SampleView:
     i = int(row["zarr_index"])
     sid = str(row["sample_id"])
     view = SampleView(sid, i, _facts(row))
-    rel = Path("panels") / sid
+    rel = Path("panels") / _panel_folder(sid, i)
 
     def add(
         key: str, title: str, rgb: np.ndarray | None, legend: str | None = None, note: str = ""

@@ -284,6 +284,15 @@ class DatasetStats:
         """Pixels of one layer with a LAS class (nodata and ignore excluded)."""
         return sum(self.class_counts(layer).values())
 
+    def unknown(self, layer: str) -> dict[int, int]:
+        """Pixels of one layer whose value is no LAS class, nodata or ignore, by value.
+
+        A valid store has none; they are in no class count, frequency or confusion matrix.
+        """
+        counts = self.counts[layer]
+        known = {*self.codes, LAS_NODATA, LAS_IGNORE}
+        return {v: int(n) for v, n in enumerate(counts.tolist()) if n and v not in known}
+
     def frequencies(self, layer: str) -> dict[int, float]:
         """Fraction of each LAS class among one layer's classified pixels (nodata, ignore out).
 
@@ -309,6 +318,8 @@ class DatasetStats:
                 "pixels": int(counts.sum()),
                 "nodata": int(counts[LAS_NODATA]),
                 "ignore": int(counts[LAS_IGNORE]),
+                # values of no class (a damaged store): counted, so pixels add up
+                "unknown": {str(v): n for v, n in self.unknown(layer).items()},
                 "classes": {self._key(c): n for c, n in classified.items()},
                 # null, not 0.0, where no pixel is classified: shares of nothing
                 "frequencies": {
@@ -375,7 +386,7 @@ def compute_stats(dataset: str | Path) -> DatasetStats:
     ok = index[index["status"] == "ok"]
     ok_rows = ok["zarr_index"].to_numpy(dtype=np.int64)  # ascending: read_index sorts
     root = zarr.open_group(store, mode="r")
-    classes = _classes(root.attrs.get("taxonomy"))
+    classes = _classes(root.attrs.get("taxonomy"), store)
     products: list[str] = []
     if "labels" in root:
         labels = root["labels"]
@@ -388,6 +399,7 @@ def compute_stats(dataset: str | Path) -> DatasetStats:
     if CONSENSUS in root:
         arrays[CONSENSUS] = _array(root, CONSENSUS, store)
     first = arrays[products[0]]
+    _check_shapes(arrays, store)
     n_total, height, width = first.shape
     if ok_rows.size and ok_rows[-1] >= n_total:
         beyond = ok.iloc[-1]
@@ -442,20 +454,52 @@ def _array(root: zarr.Group, path: str, store: Path) -> zarr.Array[Any]:
     return node
 
 
+def _check_shapes(arrays: dict[str, zarr.Array[Any]], store: Path) -> None:
+    """Refuse label arrays whose shape differs from the first product's (samples, H, W)."""
+    (first, reference), *others = arrays.items()
+    for name, array in [(first, reference), *others]:
+        if len(array.shape) != 3 or array.shape != reference.shape:
+            path = name if name == CONSENSUS else f"labels/{name}/las"
+            raise StatsError(
+                f"{store}: {path} has shape {array.shape}, labels/{first}/las "
+                f"{reference.shape}: label arrays of one dataset are (samples, H, W) alike; the "
+                "store is damaged or mixes builds, rebuild the dataset with `las build RECIPE`"
+            )
+
+
 def _block_rows(array: zarr.Array[Any]) -> int:
     shards = getattr(array, "shards", None)
     rows = int(shards[0]) if shards else int(array.chunks[0])
     return max(rows, 1)
 
 
-def _classes(attr: Any) -> list[LasClass]:
+def _classes(attr: Any, store: Path) -> list[LasClass]:
+    """The classes of the store's ``taxonomy`` attribute (the catalog's when it has none)."""
     if isinstance(attr, list) and attr:
-        return [
-            LasClass(
-                code=int(c["code"]), key=str(c["key"]), name=str(c["name"]), color=str(c["color"])
+        classes = []
+        for c in attr:
+            fields = c if isinstance(c, dict) else {}
+            code = fields.get("code")
+            if (
+                not isinstance(code, int)
+                or not LAS_NODATA < code < LAS_IGNORE
+                or not all(isinstance(fields.get(k), str) for k in ("key", "name", "color"))
+            ):
+                name = fields.get("key", code)
+                raise StatsError(
+                    f"{store}: taxonomy class {name!r} (code {code!r}) needs an integer code "
+                    "between 1 and 254, a key, a name and a color; the store's attributes are "
+                    "damaged or from another tool, rebuild the dataset with `las build RECIPE`"
+                )
+            classes.append(LasClass(code, fields["key"], fields["name"], fields["color"]))
+        codes = [c.code for c in classes]
+        if len(set(codes)) < len(codes):
+            twice = sorted({c for c in codes if codes.count(c) > 1})
+            raise StatsError(
+                f"{store}: taxonomy codes {twice} are given to two classes; the store's "
+                "attributes are damaged, rebuild the dataset with `las build RECIPE`"
             )
-            for c in sorted(attr, key=lambda c: c["code"])
-        ]
+        return sorted(classes, key=lambda c: c.code)
     from las_builder.catalog.taxonomy import load_taxonomy
 
     return [LasClass(c.code, c.key, c.name, c.color) for c in load_taxonomy().classes]

@@ -34,7 +34,7 @@ from las_builder.model.fusion import fuse
 from las_builder.model.train import load_checkpoint, resolve_device
 from las_builder.security import redact
 
-__all__ = ["confusion", "evaluate", "iou_report", "miou", "predict"]
+__all__ = ["best_product", "confusion", "evaluate", "iou_report", "json_ready", "miou", "predict"]
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -207,7 +207,7 @@ def evaluate(
     }
     if items is not None:
         labels = {p: iou_report(tlabels[p], names) for p in products}
-        best = max(labels, key=lambda p: labels[p]["miou"]) if labels else None
+        best = best_product(labels)
         metrics["truth"] = {
             "model": iou_report(tconf["model"], names),
             "model_fused": iou_report(tconf["fused"], names),
@@ -217,8 +217,32 @@ def evaluate(
         }
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(metrics, indent=1))
+        Path(out).write_text(json.dumps(json_ready(metrics), indent=1, allow_nan=False))
     return metrics
+
+
+def best_product(reports: dict[str, dict[str, Any]]) -> str | None:
+    """The product of the highest mIoU; ``None`` when none has one (every mIoU NaN).
+
+    A product with no scored pixel has a NaN mIoU, which compares false with everything, so a
+    plain ``max`` would return it whenever it came first.
+    """
+    scored = {p: r["miou"] for p, r in reports.items() if np.isfinite(r["miou"])}
+    return max(scored, key=lambda p: scored[p]) if scored else None
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as ``None``: the JSON standard has no NaN.
+
+    ``json.dumps`` writes ``NaN``, which strict readers (``jq``, browsers) refuse.
+    """
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 _TruthKey = tuple[tuple[str, ...], int, tuple[float, ...], tuple[int, ...]]

@@ -33,6 +33,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -68,7 +70,13 @@ def fuse(
     Returns:
         ``(fused scores (B, K, H, W), weights w (B, K))``.
 
+    Raises:
+        ValueError: ``gamma`` is negative or not finite (``0 ** gamma`` of an omitted class
+            would be infinite, and every fused score of that class NaN).
+
     """
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"fusion gamma must be a finite number of 0 or more, got {gamma}")
     p = seg_logits.float().softmax(1)
     w = class_confidence(p).pow(gamma)
     factor = w + (1.0 - w) * 2.0 * presence_logits.float().sigmoid()
