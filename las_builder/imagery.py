@@ -59,14 +59,24 @@ def s2_offset_dn(item: SceneItem, band: str = "B04") -> int:
 
     1. Items flagged ``earthsearch:boa_offset_applied: true`` (Earth Search's older
        ``sentinel-2-l2a``, whose COGs it harmonised) need nothing.
-    2. A ``raster:bands`` offset on the band, when a catalog declares one (``-0.1`` in
+    2. A processing baseline before 04.00 needs nothing: its pixels never had the offset,
+       whatever ``raster:bands`` says (Earth Search's older items repeat ``-0.1`` on items
+       of every baseline).
+    3. A ``raster:bands`` offset on the band, when a catalog declares one (``-0.1`` in
        reflectance with scale ``0.0001`` is 1000 DN): Earth Search collection 1
        (``sentinel-2-c1-l2a``) keeps the offset in its pixels and says so there.
-    3. Otherwise ``s2:processing_baseline``: 1000 DN from 04.00 on.
+    4. Otherwise ``s2:processing_baseline``: 1000 DN from 04.00 on.
+
+    Earth Search's older ``sentinel-2-l2a`` has 04.00+ items flagged ``false`` whose COGs
+    were harmonised all the same (Element84/earth-search#66, #71): metadata cannot tell them
+    apart, so they get 1000 DN subtracted; its collection 1 has no such flag.
     """
     spec = sensor("sentinel-2-l2a")["boa_offset"]
     # Only a true flag: "false" or 0 from a catalog must not read as applied.
     if item.properties.get("earthsearch:boa_offset_applied") is True:
+        return 0
+    baseline = item.processing_baseline
+    if baseline is not None and baseline < spec["from_baseline"]:
         return 0
     try:
         bands = item.asset(asset_key(item, "sentinel-2-l2a", band)).bands
@@ -75,7 +85,6 @@ def s2_offset_dn(item: SceneItem, band: str = "B04") -> int:
     for b in bands:
         if b.offset and b.scale:
             return int(round(-b.offset / b.scale))
-    baseline = item.processing_baseline
     if baseline is not None and baseline >= spec["from_baseline"]:
         return int(spec["dn"])
     return 0

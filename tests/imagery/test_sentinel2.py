@@ -49,6 +49,13 @@ def test_offset_from_raster_bands_when_no_baseline() -> None:
     assert s2_offset_dn(parse_item(_item(None))) == 0
 
 
+@pytest.mark.parametrize("baseline", ["02.12", "03.01"])
+def test_a_baseline_before_0400_has_no_offset_whatever_raster_bands_says(baseline: str) -> None:
+    # Earth Search's older items repeat raster:bands offset -0.1 on items of every baseline
+    assert s2_offset_dn(parse_item(_item(baseline, offset=-0.1))) == 0
+    assert s2_offset_dn(parse_item(_item("04.00", offset=-0.1))) == 1000
+
+
 def test_earth_search_collection_1_follows_its_raster_bands_offset() -> None:
     """Collection 1 keeps the BOA offset in its pixels and declares it (-0.1 at 0.0001)."""
     c1 = parse_item(_item("05.11", collection="sentinel-2-c1-l2a", offset=-0.1))
