@@ -416,6 +416,14 @@ def _check_index(index: Any, root: Any, dataset: Path) -> None:
                 f"{int(bad.sum())} row(s) so): the index is damaged; run `las build RECIPE` "
                 "again, it rewrites index.parquet from index-parts/"
             )
+    twice = ids.duplicated(keep=False).to_numpy()
+    if twice.any():
+        i = int(np.flatnonzero(twice)[0])
+        raise InspectError(
+            f"{dataset}: sample id {ids.iloc[i]} appears {int((ids == ids.iloc[i]).sum())} times "
+            "in the index (its panels would overwrite each other): rows of two builds are mixed; "
+            "run `las build RECIPE` again, it rewrites index.parquet from index-parts/"
+        )
     n = root.attrs.get("n_samples")
     if isinstance(n, int):
         beyond = index["zarr_index"].to_numpy() >= n
@@ -1136,15 +1144,21 @@ class InspectResult:
 
 
 def _pairwise_stats(
-    dataset: Path, out: Path
+    dataset: Path, out: Path, has_products: bool
 ) -> tuple[list[Confusion], dict[str, float | None], DatasetStats | None]:
-    """Pairwise confusion matrices by :func:`las_builder.stats.compute_stats`; ``stats.json``."""
+    """Pairwise confusion matrices by :func:`las_builder.stats.compute_stats`; ``stats.json``.
+
+    A dataset without label products has none; any other refusal of ``las stats`` is the
+    report's too, not a report that silently lacks its matrices.
+    """
     from las_builder.stats import StatsError, compute_stats
 
     try:
         stats = compute_stats(dataset)
-    except StatsError:
-        return [], {}, None
+    except StatsError as err:
+        if not has_products:
+            return [], {}, None
+        raise InspectError(str(err)) from None
     (out / "stats.json").write_text(json.dumps(stats.to_dict(), indent=1) + "\n", "utf-8")
     confusion = [
         Confusion(a, b, matrix, stats.agreement(a, b)) for (a, b), matrix in stats.confusion.items()
@@ -1299,7 +1313,7 @@ def _inspect(
         f"Native classes per product, {len(ok_rows)} ok samples, in each product's colours",
     )
     step("confusion matrices")
-    confusion, pairwise, _ = _pairwise_stats(dataset, out_dir)
+    confusion, pairwise, _ = _pairwise_stats(dataset, out_dir, bool(ds.products))
     if confusion:
         figures["confusion"] = _plot_confusion(confusion, legends["las"], out_dir / "confusion.png")
     step("report")

@@ -146,9 +146,23 @@ def test_taxonomy_code_given_twice_is_refused_by_stats(las: Path) -> None:
     taxonomy = cast(list[dict[str, Any]], root.attrs["taxonomy"])
     taxonomy[1]["code"] = taxonomy[0]["code"]
     root.attrs["taxonomy"] = taxonomy
-    result = CliRunner().invoke(_app(stats_command), [str(las), "-q"])
+    for command in (stats_command, inspect_command):
+        result = CliRunner().invoke(_app(command), [str(las), "-q"])
+        # inspect too: a report without its confusion matrices, silently, was the old answer
+        assert result.exit_code == 2, result.output
+        assert f"taxonomy codes [{taxonomy[0]['code']}]" in _one_line_error(result.output)
+    assert not (las / "inspect" / "report.html").exists()
+
+
+def test_a_sample_id_twice_in_the_index_is_refused_by_inspect(las: Path) -> None:
+    index = gpd.read_parquet(las / "index.parquet")
+    ok = index.index[index["status"] == "ok"]
+    index.loc[ok[1], "sample_id"] = index.loc[ok[0], "sample_id"]
+    index.to_parquet(las / "index.parquet")
+    result = CliRunner().invoke(_app(inspect_command), [str(las), "-q"])
     assert result.exit_code == 2, result.output
-    assert f"taxonomy codes [{taxonomy[0]['code']}]" in _one_line_error(result.output)
+    line = _one_line_error(result.output)
+    assert f"sample id {index.loc[ok[0], 'sample_id']} appears 2 times" in line
 
 
 # --- damaged arrays ----------------------------------------------------------------------------
