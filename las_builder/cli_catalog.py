@@ -61,7 +61,7 @@ def check(
         try:
             mapping = load_mapping(product_id)
         except CatalogError:
-            table.add_row(product_id, "-", "-", "-", "-", "-", "[red]invalid[/red]")
+            table.add_row(escape(product_id), "-", "-", "-", "-", "-", "[red]invalid[/red]")
             continue
         unmapped = mapping.unmapped
         if unmapped:
@@ -71,7 +71,7 @@ def check(
         else:
             state = "[green]ok[/green]"
         table.add_row(
-            product_id,
+            escape(product_id),  # a file name, not markup: `[/x].yaml` would stop the command
             str(len(mapping.product.codes)),
             str(len(mapping.mapped)),
             str(len(mapping.ignored)),
@@ -182,7 +182,7 @@ def add(
         raise typer.Exit(code=2) from None
 
     product = result.product
-    table = Table(title=f"{product.id}: suggested mapping onto LAS (every rule to review)")
+    table = Table(title=f"{escape(product.id)}: suggested mapping onto LAS (every rule to review)")
     table.add_column("code", justify="right")
     table.add_column("native class")
     table.add_column("suggested")
@@ -202,12 +202,15 @@ def add(
         similarity = f"{s.similarity:.2f}" if s.similarity is not None else "-"
         table.add_row(str(code), name, target, similarity, runner)
     console.print(table)
-    console.print(f"asset: {result.asset}", highlight=False)
+    # Asset keys come from the collection and paths from the user: text, not Rich markup
+    # (`[/x]` raised a MarkupError after the files were written).
+    console.print(f"asset: {escape(result.asset)}", highlight=False)
     if result.other_assets:
-        others = ", ".join(result.other_assets)
+        others = escape(", ".join(result.other_assets))
         console.print(f"other assets with a legend (--asset): {others}", highlight=False)
-    console.print(f"wrote {result.label_path} ({result.todos} TODO line(s))", highlight=False)
-    console.print(f"wrote {result.mapping_path}", highlight=False)
+    label = escape(str(result.label_path))
+    console.print(f"wrote {label} ({result.todos} TODO line(s))", highlight=False)
+    console.print(f"wrote {escape(str(result.mapping_path))}", highlight=False)
     console.print(
         "next: review both files (docs/adding-a-source.md), then run `las catalog check`",
         highlight=False,

@@ -56,6 +56,7 @@ __all__ = [
     "label_products",
     "labels_dir",
     "load_label_product",
+    "read_catalog_text",
 ]
 
 DType = Literal["uint8", "int8", "uint16", "int16", "uint32", "int32"]
@@ -408,6 +409,14 @@ class LabelProduct(_Strict):
                 )
         if all(c.is_nodata for c in value):
             raise ValueError("the legend has no class besides the nodata entry")
+        if nodata is None and dtype is not None:
+            low, high = _DTYPE_RANGE[dtype]
+            if len(value) > high - low:  # (values are unique and fit the dtype)
+                # Builds fill pixels no file covers with a value no class uses (`fill`).
+                raise ValueError(
+                    f"the legend uses every value of {dtype}, so none is left for pixels "
+                    "without data: give the product's `nodata` value, or a wider dtype"
+                )
         return value
 
     @property
@@ -451,10 +460,15 @@ class LabelProduct(_Strict):
             KeyError: ``value`` is not in the legend.
 
         """
-        for c in self.classes:
-            if c.value == value:
-                return c
-        raise KeyError(f"{self.id}: no class with value {value}; valid codes: {self.codes}")
+        # Checks and drafts look every code up: a scan per code took minutes for 20,000 codes.
+        classes, index = self.__dict__.get("_by_value", ((), {}))
+        if classes is not self.classes:  # first use, or a model_copy with other classes
+            index = {c.value: c for c in self.classes}
+            self.__dict__["_by_value"] = (self.classes, index)  # a cache, not a field
+        found: LabelClass | None = index.get(value)
+        if found is None:
+            raise KeyError(f"{self.id}: no class with value {value}; valid codes: {self.codes}")
+        return found
 
     def class_by_key(self, key: str) -> LabelClass:
         """Return the legend entry with machine name ``key``.
@@ -587,11 +601,28 @@ def label_products() -> dict[str, LabelProduct]:
     return {p.stem: _load_file(p) for p in sorted(labels_dir().glob("*.yaml"))}
 
 
-def _load_file(path: Path) -> LabelProduct:
+def read_catalog_text(path: Path) -> str:
+    """The text of a catalog file.
+
+    Raises:
+        CatalogError: It cannot be read, or is not UTF-8 (an editor's Latin-1 ``é``).
+
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as err:
         raise CatalogError(path, [("", f"cannot be read: {err}")]) from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        problem = (
+            f"is not UTF-8 text (byte 0x{err.object[err.start]:02x} at line {line}): save the "
+            "file as UTF-8"
+        )
+        raise CatalogError(path, [("", problem)]) from None
+
+
+def _load_file(path: Path) -> LabelProduct:
+    text = read_catalog_text(path)
     try:
         data = load_yaml(text)
     except yaml.YAMLError as err:

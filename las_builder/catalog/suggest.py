@@ -33,6 +33,7 @@ from __future__ import annotations
 import colorsys
 import importlib.util
 import json
+import math
 import re
 import textwrap
 from collections import Counter
@@ -53,6 +54,7 @@ from las_builder.catalog.labels import (
     DType,
     LabelClass,
     LabelProduct,
+    read_catalog_text,
 )
 from las_builder.catalog.taxonomy import (
     IGNORE,
@@ -106,6 +108,10 @@ _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _METRES_PER_DEGREE = 111_320.0
 _COMMENT_COLUMN = 30
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
+"""Characters a YAML file may not hold (PyYAML refuses them even escaped, or they are lone
+surrogates that UTF-8 cannot write)."""
+_YAML_BREAKS = re.compile("[\x85\u2028\u2029]")
 
 
 class AddError(ValueError):
@@ -311,6 +317,12 @@ def read_collection(source: str | Path) -> dict[str, Any]:
             raise AddError(f"{path} is not JSON: {err}") from None
     if not isinstance(data, dict) or data.get("type") != "Collection" or "id" not in data:
         raise AddError(f"{shown} is not a STAC collection (no type: Collection and id)")
+    for name in ("item_assets", "assets", "summaries"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise AddError(
+                f"{shown}: `{name}` must be a JSON object (STAC), not {_json_type(value)}"
+            )
     return data
 
 
@@ -362,15 +374,19 @@ def collection_legends(collection: Mapping[str, Any]) -> dict[str, Legend]:
 
 
 def _asset_legend(key: str, asset: Mapping[str, Any]) -> Legend | None:
-    bands = [b for b in (asset.get("raster:bands") or asset.get("bands") or []) if b]
-    band = bands[0] if bands else {}
-    raw: list[Any] | None = None
+    listed = asset.get("raster:bands") or asset.get("bands") or []
+    # Entries that are not objects (hostile or broken JSON) describe no band.
+    bands = dict(enumerate(listed)) if isinstance(listed, list) else {}
+    bands = {i: b for i, b in bands.items() if isinstance(b, Mapping) and b}
+    band: Mapping[str, Any] = next(iter(bands.values()), {})
+    roles = _strings(asset.get("roles"))
+    raw: Any = None
     source = ""
     if asset.get("classification:classes"):
         raw, source = asset["classification:classes"], "classification:classes"
     else:
-        for i, b in enumerate(bands):
-            if isinstance(b, Mapping) and b.get("classification:classes"):
+        for i, b in bands.items():
+            if b.get("classification:classes"):
                 which = "raster:bands" if asset.get("raster:bands") else "bands"
                 raw = b["classification:classes"]
                 source = f"{which}[{i}].classification:classes"
@@ -385,7 +401,7 @@ def _asset_legend(key: str, asset: Mapping[str, Any]) -> Legend | None:
         classes = _parse_classes(raw, asset.get("file:values"), where)
     except AddError as err:
         # Kept, not raised: only the legend that is picked must be readable.
-        return Legend(key, source, (), problem=str(err), roles=tuple(asset.get("roles") or ()))
+        return Legend(key, source, (), problem=str(err), roles=roles)
     if not classes:
         return None
     nodata = _integral(band.get("nodata", asset.get("nodata")))
@@ -394,28 +410,26 @@ def _asset_legend(key: str, asset: Mapping[str, Any]) -> Legend | None:
         asset=key,
         source=source,
         classes=tuple(classes),
-        dtype=band.get("data_type", asset.get("data_type")),
+        dtype=_string(band.get("data_type", asset.get("data_type"))),
         nodata=nodata,
-        resolution_m=float(resolution) if isinstance(resolution, int | float) else None,
-        roles=tuple(asset.get("roles") or ()),
+        resolution_m=_size(resolution),
+        roles=roles,
     )
 
 
-def _parse_classes(
-    classification: list[Any] | None, file_values: Any, where: str
-) -> list[dict[str, Any]]:
+def _parse_classes(classification: Any, file_values: Any, where: str) -> list[dict[str, Any]]:
     """Normalised classes of ``classification:classes`` (when given) or ``file:values``.
 
     Raises:
-        AddError: A value is not an integer, or a value is listed twice.
+        AddError: The legend is not a list of objects, a value is not an integer, or a value
+            is listed twice.
 
     """
     parsed: Sequence[dict[str, Any]]
     if classification is not None:
         parsed = [
-            _from_classification(c, f"{where}[{i}].value")
-            for i, c in enumerate(classification)
-            if isinstance(c, Mapping)
+            _from_classification(c, f"{where}[{i}]")
+            for i, c in enumerate(_objects(classification, where))
         ]
     else:
         parsed = _from_file_values(file_values, where)
@@ -427,6 +441,45 @@ def _parse_classes(
             "raster value has one class: fix the collection, or pass --asset for another asset"
         )
     return classes
+
+
+def _objects(raw: Any, where: str) -> list[Mapping[str, Any]]:
+    """The entries of a legend list, each an object; anything else is an error naming it."""
+    if not isinstance(raw, list):
+        raise AddError(
+            f"{where} must be a list of class objects, not {_json_type(raw)}: fix the "
+            "collection, or pass --asset for another asset"
+        )
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise AddError(
+                f"{where}[{i}] = {json.dumps(entry)[:80]} is not a class object: skipping it "
+                "could drop a class; fix the collection, or pass --asset for another asset"
+            )
+    return raw
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "null")
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A STAC list of strings (``roles``); a lone string counts as a list of one."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _size(value: Any) -> float | None:
+    """A pixel size: a finite number above 0 (NaN, infinity, 0 or text give ``None``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
 
 
 def _integral(value: Any) -> int | None:
@@ -451,7 +504,7 @@ def _code(value: Any, where: str) -> int:
 
 
 def _from_classification(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-    value = _code(raw.get("value"), where)
+    value = _code(raw.get("value"), f"{where}.value")
     stac_name = _one_line(str(raw.get("name") or ""))
     title = _one_line(str(raw.get("title") or ""))
     description = _one_line(str(raw.get("description") or ""))
@@ -481,9 +534,7 @@ def _from_classification(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _from_file_values(raw: Any, where: str) -> list[dict[str, Any]]:
     classes = []
-    for i, entry in enumerate(raw if isinstance(raw, list) else []):
-        if not isinstance(entry, Mapping):
-            continue
+    for i, entry in enumerate(_objects(raw, where)):
         summary = _one_line(str(entry.get("summary") or ""))
         values = entry.get("values") or []
         # One entry may list several values (a range spelt out): each becomes a class.
@@ -536,13 +587,15 @@ class _Draft:
     def add(self, text: str, todo: str | None = None) -> None:
         if todo is not None:
             self.todos += 1
-            text = f"{text}  # {TODO_MARK}: {todo}"
+            text = f"{text}  # {TODO_MARK}: {_one_line(todo)}"
         self.lines.append(text)
 
     def block(self, name: str, text: str, todo: str | None = None) -> None:
         """Add ``name: >-`` and ``text`` wrapped below it; a TODO goes on the key line."""
         self.add(f"{name}: >-", todo)
-        wrapped = textwrap.wrap(text, width=94, break_on_hyphens=False) or [text]
+        # Long words (URLs) stay whole: folding would join their pieces with a space.
+        wrapped = textwrap.wrap(text, width=94, break_on_hyphens=False, break_long_words=False)
+        wrapped = wrapped or [text]
         self.lines += [f"  {line}" for line in wrapped]
 
 
@@ -621,8 +674,17 @@ def draft_label_yaml(
     dtype, dtype_todo = _dtype(legend)
     d.add(f"dtype: {dtype}", dtype_todo)
     nodata = _nodata(legend, summaries)
+    named = next((k for k in legend.classes if k["value"] == nodata and not k["nodata"]), None)
     if nodata is None:
         d.add("nodata: null", "the collection gives no nodata value; is there none?")
+    elif named is not None:
+        # The band's nodata is also a class of the legend: as nodata it becomes LAS 0 and no
+        # rule maps it, so a real land-cover class would vanish unless a person confirms.
+        d.add(
+            f"nodata: {nodata}",
+            f"the collection gives nodata {nodata}, which its legend also lists as the class "
+            f"{named['name']!r}: is it no data, or that class?",
+        )
     else:
         d.add(f"nodata: {nodata}")
 
@@ -658,7 +720,7 @@ def draft_label_yaml(
     d.add(stac + "}")
     d.add("earth_engine: null  # or {asset: ..., band: ...} where Earth Engine serves it")
 
-    start, end, known = _years(c)
+    start, end, years_todo = _years(c)
     d.add("versions:")
     version_name = _one_line(str(c.get("version") or "")) or (
         f"{start}" if start == end else f"{start}-{end if end is not None else 'ongoing'}"
@@ -669,9 +731,10 @@ def draft_label_yaml(
     hint = "one version over the collection's temporal extent"
     if releases:
         listed = "; ".join(f"{k} = {', '.join(map(str, v))}" for k, v in releases.items())
+        listed = listed if len(listed) <= 300 else listed[:300].rsplit(" ", 1)[0] + " ..."
         hint += f"; the summaries list {listed}: give each release a version with stac_query"
     d.add(f"  - name: {_q(version_name)}", hint)
-    d.add(f"    start_year: {start}", None if known else "the collection has no temporal extent")
+    d.add(f"    start_year: {start}", years_todo)
     d.add(f"    end_year: {'null' if end is None else end}")
     note = f"Drafted by las catalog add from the {legend.asset} asset of {c['id']}."
     d.lines += ["notes:", f"  - {_q(note)}"]
@@ -706,6 +769,8 @@ def draft_label_yaml(
 
 
 _PLACEHOLDER_YEAR = 2020
+_VERSION_YEARS = (1970, 2100)
+"""The years :class:`~las_builder.catalog.labels.LabelVersion` accepts."""
 
 
 def _summary_text(c: Mapping[str, Any]) -> str:
@@ -810,30 +875,51 @@ def _summary_number(summaries: Mapping[str, Any], name: str) -> float | None:
         value = value[0]
     if isinstance(value, Mapping):
         value = value.get("minimum")
-    return float(value) if isinstance(value, int | float) else None
+    return _size(value)
 
 
 def _summary_band_resolution(summaries: Mapping[str, Any]) -> float | None:
     bands = summaries.get("raster:bands")
     if isinstance(bands, list) and bands and isinstance(bands[0], Mapping):
         value = bands[0].get("spatial_resolution")
-        return float(value) if isinstance(value, int | float) else None
+        return _size(value)
     return None
 
 
-def _years(c: Mapping[str, Any]) -> tuple[int, int | None, bool]:
-    """First and last year of the temporal extent (``None``: open), and whether it is known."""
+def _years(c: Mapping[str, Any]) -> tuple[int, int | None, str | None]:
+    """First and last year of the temporal extent (``None``: open), and what to check.
+
+    The third item is ``None`` when both years come from the collection, else the TODO text:
+    the extent is missing, is not a date, or lies outside the years a version may have.
+    """
     try:
         start, end = c["extent"]["temporal"]["interval"][0]
     except (KeyError, IndexError, TypeError, ValueError):
-        return _PLACEHOLDER_YEAR, _PLACEHOLDER_YEAR, False
-    first = int(str(start)[:4]) if start else _PLACEHOLDER_YEAR
-    last = int(str(end)[:4]) if end else None
-    if end and str(end)[5:10] == "01-01" and str(end)[11:19] in ("", "00:00:00") and last:
+        return _PLACEHOLDER_YEAR, _PLACEHOLDER_YEAR, "the collection has no temporal extent"
+    first, last = _year(start), _year(end)
+    problems = []
+    if start is None:
+        problems.append("the temporal extent has no start")
+    elif first is None:
+        problems.append(f"the temporal extent starts at {json.dumps(start)}, not a date")
+    if end is not None and last is None:
+        problems.append(f"the temporal extent ends at {json.dumps(end)}, not a date")
+    if last is not None and str(end)[5:10] == "01-01" and str(end)[11:19] in ("", "00:00:00"):
         last -= 1  # an open-ended "until 1 January" interval covers the year before
-    if last is not None and last < first:
-        last = first
-    return first, last, bool(start)
+    low, high = _VERSION_YEARS
+    for year in (first, last):
+        if year is not None and not low <= year <= high:
+            problems.append(f"the collection says {year}; a version's years lie in {low}..{high}")
+    first = min(max(first if first is not None else _PLACEHOLDER_YEAR, low), high)
+    if last is not None:
+        last = min(max(last, first), high)
+    return first, last, "; ".join(problems) or None
+
+
+def _year(value: Any) -> int | None:
+    """The year of an RFC 3339 datetime (``2020-01-01T00:00:00Z``); ``None`` if it is not one."""
+    match = re.match(r"^([0-9]{4})-", value) if isinstance(value, str) else None
+    return int(match.group(1)) if match else None
 
 
 def _palette(n: int, taken: set[str]) -> Any:
@@ -1022,25 +1108,34 @@ def _taxonomy_for(root: Path) -> Taxonomy:
         except (CatalogError, FileNotFoundError) as err:
             raise AddError(f"no taxonomy to map onto ({path} is absent): {err}") from None
     try:
-        return Taxonomy.model_validate(load_yaml(path.read_text(encoding="utf-8")))
-    except (ValidationError, yaml.YAMLError) as err:
+        return Taxonomy.model_validate(load_yaml(read_catalog_text(path)))
+    except (ValidationError, yaml.YAMLError, CatalogError) as err:
         raise AddError(f"{path} does not load: {err}") from None
 
 
-def _validate_product(text: str, path: Path) -> LabelProduct:
+def _draft_data(text: str, path: Path) -> Any:
+    """Parse a drafted file as the catalog will (repeated keys refused); errors are AddErrors."""
     try:
-        return LabelProduct.model_validate(yaml.safe_load(text))
+        return load_yaml(text)
+    except yaml.YAMLError as err:
+        raise AddError(f"{path}: the draft is not valid YAML, nothing was written: {err}") from None
+
+
+def _validate_product(text: str, path: Path) -> LabelProduct:
+    data = _draft_data(text, path)
+    try:
+        return LabelProduct.model_validate(data)
     except ValidationError as err:
         from las_builder.catalog.labels import _problems
 
-        problem = CatalogError(path, _problems(err, yaml.safe_load(text)))
+        problem = CatalogError(path, _problems(err, data))
         raise AddError(f"the drafted label file does not validate: {problem}") from None
 
 
 def _validate_mapping(
     text: str, path: Path, product: LabelProduct, taxonomy: Taxonomy
 ) -> dict[int, MappingRule]:
-    data = yaml.safe_load(text)
+    data = _draft_data(text, path)
     try:
         rules = {int(k): MappingRule.model_validate(v) for k, v in data["map"].items()}
     except ValidationError as err:
@@ -1055,11 +1150,18 @@ def _validate_mapping(
 
 
 def _comment(text: str) -> list[str]:
-    return [f"# {line}" for line in textwrap.wrap(text, width=96, break_on_hyphens=False)]
+    wrapped = textwrap.wrap(_one_line(text), width=96, break_on_hyphens=False)
+    return [f"# {line}" for line in wrapped]
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    r"""``text`` on one line, safe in a YAML comment or scalar.
+
+    Any line break ends a YAML comment, YAML 1.1's ``\x85``, ``\u2028`` and ``\u2029`` too
+    (``str.split`` splits on them all), and the rest of a collection's text would become
+    YAML; characters YAML refuses (C0/C1 controls, lone surrogates) become U+FFFD.
+    """
+    return _UNPRINTABLE.sub("\ufffd", " ".join(str(text).split()))
 
 
 def _slug(text: str, value: int) -> str:
@@ -1081,4 +1183,7 @@ def _q(value: Any) -> str:
         if "." not in mantissa:  # YAML 1.1 (PyYAML) reads 1e-05 as a string, 1.0e-05 as a float
             mantissa += ".0"
         return mantissa + (f"e{exponent}" if exponent else "")
-    return json.dumps(str(value), ensure_ascii=False)
+    text = _UNPRINTABLE.sub("\ufffd", str(value))
+    # JSON escapes C0 controls, quotes and backslashes; YAML folds its other line breaks.
+    quoted = json.dumps(text, ensure_ascii=False)
+    return _YAML_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)

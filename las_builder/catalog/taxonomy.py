@@ -50,6 +50,7 @@ from las_builder.catalog.labels import (
     label_product_ids,
     labels_dir,
     load_label_product,
+    read_catalog_text,
 )
 from las_builder.catalog.yamlio import load_yaml, yaml_error_text
 
@@ -95,6 +96,8 @@ TODO_MARK = "TODO(las catalog add)"
 """Marker of the lines of a drafted label file that a person must fill in or confirm."""
 
 _MAX_CLASSES = LUT_UNMAPPED - 1
+_BUILD_TAXONOMY = "las"
+"""The taxonomy whose codes builds write (:func:`load_taxonomy`'s default)."""
 _DENSE_TABLE_MAX = 2**16 - 1
 """Largest dtype maximum whose whole range :meth:`ProductMapping.lut` tables by default."""
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -381,22 +384,30 @@ class ProductMapping(_Strict):
         Args:
             dtype_max: Largest native value the table must index; defaults to the maximum of
                 the product's dtype for 8- and 16-bit types (255 for uint8, 65535 for uint16)
-                and to the largest legend code or nodata value for 32-bit types, whose whole
-                range would take a table of 2-4 GiB.
+                and to the largest legend code (or nodata value, when below 65536) for 32-bit
+                types, whose whole range would take a table of 2-4 GiB.
 
         Returns:
             A uint8 array of length ``dtype_max + 1``.
 
         Raises:
             ValueError: ``dtype_max`` is below a legend code, or the legend has negative codes
-                (:meth:`map` handles those).
+                or codes above 65535 and no ``dtype_max`` is given (:meth:`map` handles
+                those without a table).
 
         """
+        top = max(self.product.codes)
         if dtype_max is None:
             dtype_max = _DTYPE_RANGE[self.product.dtype][1]
             if dtype_max > _DENSE_TABLE_MAX:
-                dtype_max = max([*self.product.codes, self.product.nodata or 0])
-        top = max(self.product.codes)
+                if top > _DENSE_TABLE_MAX:
+                    raise ValueError(
+                        f"{self.product_id}: legend code {top} would need a table of "
+                        f"{top + 1:,} entries; pass dtype_max, or use map()"
+                    )
+                nodata = self.product.nodata  # a larger one is left to map()
+                small = nodata if nodata is not None and 0 <= nodata <= _DENSE_TABLE_MAX else 0
+                dtype_max = max(top, small)
         if dtype_max < top:
             raise ValueError(f"{self.product_id}: dtype_max {dtype_max} is below legend code {top}")
         if min(self.product.codes) < 0:
@@ -429,7 +440,10 @@ class ProductMapping(_Strict):
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{self.product_id}: expected an integer array, got {arr.dtype}")
         out: np.ndarray
-        if min(self.product.codes) < 0:
+        legend = self.product.codes
+        if min(legend) < 0 or max(legend) > _DENSE_TABLE_MAX:
+            # A table indexed by code would take one byte per value up to the largest code:
+            # 3 GB (and seconds) per sample for a 32-bit legend with a code of 3e9.
             out = self._map_sparse(arr)
         else:
             table = self.lut()
@@ -559,7 +573,7 @@ def mapping_ids() -> list[str]:
     return sorted(p.stem for p in mappings_dir().glob("*.yaml"))
 
 
-def load_taxonomy(taxonomy_id: str = "las") -> Taxonomy:
+def load_taxonomy(taxonomy_id: str = _BUILD_TAXONOMY) -> Taxonomy:
     """Load and validate ``catalog/taxonomy/<taxonomy_id>.yaml``.
 
     Raises:
@@ -592,7 +606,8 @@ def load_mapping(product_id: str) -> ProductMapping:
     Raises:
         CatalogError: The mapping file, the product or the taxonomy is missing or invalid, a
             key is repeated, a rule maps a code that is not in the legend (or the nodata
-            value), or a target is not a taxonomy class.
+            value), a target is not a taxonomy class, or the mapping is onto another
+            taxonomy than ``las`` (the one builds label with).
 
     """
     path = mappings_dir() / f"{product_id}.yaml"
@@ -622,6 +637,14 @@ def _load_mapping_cached(
         known = ", ".join(sorted(p.stem for p in taxonomy_dir().glob("*.yaml"))) or "none"
         problem = f"no taxonomy {spec.taxonomy!r} in {taxonomy_dir()}; known: {known}"
         raise CatalogError(path, [("taxonomy", problem)])
+    if spec.taxonomy != _BUILD_TAXONOMY:
+        # Builds, stores and stats label with the codes of catalog/taxonomy/las.yaml: rules
+        # onto another taxonomy would write its codes as if they were LAS classes.
+        problem = (
+            f"{spec.taxonomy!r}: LAS labels use the classes of taxonomy {_BUILD_TAXONOMY!r} "
+            f"(taxonomy/{_BUILD_TAXONOMY}.yaml); map onto it (taxonomy: {_BUILD_TAXONOMY})"
+        )
+        raise CatalogError(path, [("taxonomy", problem)])
     taxonomy = load_taxonomy(spec.taxonomy)
     problems = mapping_problems(product, taxonomy, spec.map)
     if problems:
@@ -636,8 +659,9 @@ def check_catalog() -> list[str]:
     product without a mapping file or a mapping file without a product, a legend code that is
     neither mapped nor ignored, a rule for a code that is not in the legend, a target that is
     not a taxonomy class. Warnings (prefixed :data:`WARNING`): a taxonomy class no product
-    maps to, mapping rules still marked ``review: true`` and label files that still hold a
-    ``TODO(las catalog add)`` left by ``las catalog add``.
+    maps to, mapping rules still marked ``review: true``, label files that still hold a
+    ``TODO(las catalog add)`` left by ``las catalog add``, and ``.yml`` files, which are not
+    read.
 
     Returns:
         One line per problem, errors first; empty when the catalog is consistent.
@@ -685,6 +709,10 @@ def check_catalog() -> list[str]:
             f"{_rel(mappings_dir() / f'{extra}.yaml')}: no label product {extra!r} "
             f"(catalog/labels/{extra}.yaml is missing)"
         )
+    for folder in (labels_dir(), mappings_dir()):
+        for path in sorted(folder.glob("*")):
+            if path.suffix.lower() in (".yml", ".yaml") and path.suffix != ".yaml":
+                warnings.append(f"{WARNING}{_rel(path)} is not read: catalog files end in .yaml")
     for c in taxonomy.classes:
         if c.key not in used:
             warnings.append(f"{WARNING}LAS class {c.code} {c.key!r} is the target of no product")
@@ -694,7 +722,7 @@ def check_catalog() -> list[str]:
 def _todo_count(path: Path) -> int:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # reported when the file is loaded
         return 0
     return sum(TODO_MARK in line for line in text.splitlines())
 
@@ -712,10 +740,7 @@ def _lines(err: CatalogError) -> list[str]:
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise CatalogError(path, [("", f"cannot be read: {err}")]) from None
+    text = read_catalog_text(path)
     try:
         data = load_yaml(text)
     except yaml.YAMLError as err:

@@ -7,11 +7,15 @@ turns two quiet surprises of plain YAML into errors with a line number:
   section or a copy-pasted ``10: trees`` would replace the first without a word. Keys merged in
   with ``<<: *anchor`` may still be overridden, as YAML intends;
 * an impossible date such as ``2021-02-30``: PyYAML's date constructor raises a bare
-  ``ValueError`` that callers expecting ``yaml.YAMLError`` let escape as a traceback.
+  ``ValueError`` that callers expecting ``yaml.YAMLError`` let escape as a traceback;
+* an integer that YAML 1.1 (PyYAML) and YAML 1.2 read differently: ``010`` is octal 8 to one
+  and 10 to the other, ``1:30`` is 90 (base 60) to one and text to the other. A zero-padded
+  legend code or mapping key would silently become another class.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -23,6 +27,8 @@ __all__ = ["StrictLoader", "load_yaml", "yaml_error_text"]
 
 _MERGE = "tag:yaml.org,2002:merge"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_INT = "tag:yaml.org,2002:int"
+_OCTAL = re.compile(r"^[-+]?0[0-7_]+$")
 
 
 class StrictLoader(SafeLoader):
@@ -69,7 +75,26 @@ def _construct_timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
         ) from None
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    value = yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    text = str(node.value)
+    digits = text.replace("_", "")
+    if ":" in text:
+        problem = "YAML 1.1 reads it in base 60, YAML 1.2 as text: quote it, or write"
+    elif _OCTAL.match(text) and int(digits, 10) != value:
+        problem = f"YAML 1.1 reads a leading 0 as octal, YAML 1.2 as {int(digits, 10)}: write"
+    else:
+        return value
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"{text!r} is ambiguous ({problem} the number in base 10 without leading zeros)",
+        node.start_mark,
+    )
+
+
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
+StrictLoader.add_constructor(_INT, _construct_int)
 StrictLoader.add_constructor(_TIMESTAMP, _construct_timestamp)
 
 
