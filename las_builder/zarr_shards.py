@@ -165,6 +165,8 @@ class ShardedArray:
     """
 
     def __init__(self, array: Any) -> None:
+        from zarr.codecs import BloscCodec
+
         sharding = array.metadata.codecs[0]
         self.array = array
         self.path = str(array.path).strip("/")
@@ -174,10 +176,12 @@ class ShardedArray:
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill_value = array.fill_value
         self.chunks_per_shard = self.shard_shape[0] // self.chunk_shape[0]
+        self.chunk_nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize
         self.index_bytes = 16 * self.chunks_per_shard + 4
         config = getattr(array.async_array, "config", None)
         self.write_empty_chunks = bool(getattr(config, "write_empty_chunks", False))
         self._codec = chunk_codec(sharding.codecs[1], self.dtype.itemsize)
+        self._blosc = isinstance(sharding.codecs[1], BloscCodec)
         # A crc32c after the compressor (stores since the chunk checksum): a flipped bit in a
         # compressed chunk would otherwise decode, silently, into wrong values.
         self.checksum = len(sharding.codecs) == 3
@@ -251,10 +255,19 @@ class ShardedArray:
 
     def _chunk_table(self, blob: memoryview, shard: int) -> np.ndarray:
         """The shard's ``(offset, nbytes)`` per inner chunk, checked against its CRC32C."""
-        return self._index_table(blob[max(len(blob) - self.index_bytes, 0) :], len(blob), shard)
+        raw = blob[max(len(blob) - self.index_bytes, 0) :]
+        return self._index_table(raw, len(blob), shard, len(blob) - self.index_bytes)
 
-    def _index_table(self, raw: memoryview | bytes, size: int, shard: int) -> np.ndarray:
-        """The chunk table from a shard's index bytes (``size``: the whole object's bytes)."""
+    def _index_table(
+        self, raw: memoryview | bytes, size: int, shard: int, data_end: int | None = None
+    ) -> np.ndarray:
+        """The chunk table from a shard's index bytes (``size``: the whole object's bytes).
+
+        Every entry is checked to be either "not stored" or a range inside the object's data
+        (``data_end``: its length; ``None``, unknown, still refuses ranges past 2**63): a
+        table of a valid CRC may still be wrong (written by another tool), and its uint64
+        sums would wrap, its offsets overflow the reads.
+        """
         import google_crc32c
 
         if size < self.index_bytes or len(raw) != self.index_bytes:
@@ -268,7 +281,18 @@ class ShardedArray:
                 f"{self._where(shard)} fails its index checksum: the store is damaged; "
                 "rebuild that shard (las build)"
             )
-        return np.frombuffer(raw[:-4], dtype="<u8").reshape(self.chunks_per_shard, 2)
+        table = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.chunks_per_shard, 2)
+        offsets, lengths = table[:, 0], table[:, 1]
+        empty = (offsets == _EMPTY) & (lengths == _EMPTY)
+        limit = np.uint64(2**63 - 1 if data_end is None else max(data_end, 0))
+        # compared without a sum: offset + nbytes may wrap around 2**64
+        bad = ~empty & ((offsets > limit) | (lengths > limit - np.minimum(offsets, limit)))
+        if bad.any():
+            raise ShardCorruptError(
+                f"{self._where(shard)}, chunk {int(np.argmax(bad))} points past the data: the "
+                "store is damaged; rebuild that shard (las build)"
+            )
+        return table
 
     def decode_jobs(
         self, shard: int, blob: memoryview | None
@@ -285,10 +309,9 @@ class ShardedArray:
         if blob is None:  # no shard object: nothing of it was ever stored
             out.fill(self.fill_value)
             return out, []
-        table = self._chunk_table(blob, shard)
+        table = self._chunk_table(blob, shard)  # every range inside the data
         jobs = []
         rows_per_chunk = self.chunk_shape[0]
-        data_end = len(blob) - self.index_bytes
         for k, (offset, nbytes) in enumerate(table):
             first = k * rows_per_chunk
             if first >= stop - start:
@@ -298,11 +321,6 @@ class ShardedArray:
                 slot.fill(self.fill_value)
                 continue
             end = int(offset) + int(nbytes)
-            if end > data_end:
-                raise ShardCorruptError(
-                    f"{self._where(shard)}, chunk {k} points past the data: the store is "
-                    "damaged; rebuild that shard (las build)"
-                )
             jobs.append((blob[int(offset) : end], slot, f"{self._where(shard)}, chunk {k}"))
         return out, jobs
 
@@ -310,17 +328,53 @@ class ShardedArray:
         """Decompress one inner chunk into ``slot`` (a full-chunk slice of the output)."""
         if self.checksum:
             compressed = self._checked(compressed, where)
+        expected = self.chunk_nbytes
+        # Into ``slot`` only where the header promises exactly its size: Blosc and zstd fill
+        # a larger buffer only in part, and leave the rest as it was (np.empty's garbage).
+        direct = (
+            len(slot) == self.chunk_shape[0]
+            and slot.flags.c_contiguous
+            and self._decoded_size(compressed) == expected
+        )
         try:
-            if len(slot) == self.chunk_shape[0] and slot.flags.c_contiguous:
+            if direct:
                 self._codec.decode(compressed, out=slot.reshape(-1).view(np.uint8))
-            else:  # the array's last chunk may be cut short by the array's end
-                whole = np.frombuffer(self._codec.decode(compressed), dtype=self.dtype)
-                slot[...] = whole.reshape(self.chunk_shape)[: len(slot)]
+                return
+            decoded = np.frombuffer(self._codec.decode(compressed), dtype=np.uint8)
         except (RuntimeError, ValueError) as err:
             raise ShardCorruptError(
                 f"{where}: a chunk does not decompress ({err}): the store is damaged; "
                 "rebuild that shard (las build)"
             ) from err
+        if decoded.nbytes != expected:  # zarr refuses such a chunk too
+            raise ShardCorruptError(
+                f"{where}: the chunk decompresses to {decoded.nbytes} bytes, but the array's "
+                f"zarr.json gives chunks of {self.chunk_shape} {self.dtype.name} ({expected} "
+                "bytes): zarr.json does not describe the data (edited, or of another build); "
+                "rebuild the dataset (las build) or copy it again"
+            )
+        # the array's last chunk may be cut short by the array's end
+        slot[...] = decoded.view(self.dtype).reshape(self.chunk_shape)[: len(slot)]
+
+    def _decoded_size(self, compressed: memoryview) -> int | None:
+        """The bytes a chunk decompresses to, as its compressor's header states them.
+
+        Blosc: bytes 4-8 of its 16-byte header. Zstd: the frame's content size (RFC 8878,
+        3.1.1.1), when the frame gives one. ``None``: not stated, or no header at all.
+        """
+        head = bytes(compressed[:18])
+        if self._blosc:
+            return int.from_bytes(head[4:8], "little") if len(head) >= 16 else None
+        if len(head) < 5 or head[:4] != b"\x28\xb5\x2f\xfd":  # zstd's magic number
+            return None
+        descriptor = head[4]
+        single = (descriptor >> 5) & 1
+        width = (single, 2, 4, 8)[descriptor >> 6]  # bytes of the content size field
+        at = 5 + (1 - single) + (0, 1, 2, 4)[descriptor & 3]  # after window and dictionary
+        if not width or len(head) < at + width:
+            return None
+        value = int.from_bytes(head[at : at + width], "little")
+        return value + 256 if width == 2 else value
 
     def _checked(self, stored: memoryview, where: str) -> memoryview:
         """A chunk's compressed bytes, its trailing CRC32C (zarr's ``crc32c`` codec) checked."""
@@ -561,15 +615,7 @@ def _fetch_tables(needed: set[tuple[ShardedArray, int]]) -> None:
         except FileNotFoundError:
             sharded._tables[shard] = None
             continue
-        table = sharded._index_table(raw, size, shard)
-        if int(np.max(np.where(table[:, 0] == _EMPTY, 0, table[:, 0] + table[:, 1]))) > (
-            size - sharded.index_bytes
-        ):
-            raise ShardCorruptError(
-                f"{sharded._where(shard)}: a chunk points past the data: the store is damaged; "
-                "rebuild that shard (las build)"
-            )
-        sharded._tables[shard] = table
+        sharded._tables[shard] = sharded._index_table(raw, size, shard, size - sharded.index_bytes)
     if not remote:
         return
     prototype = default_buffer_prototype()

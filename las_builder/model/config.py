@@ -223,11 +223,13 @@ class TrainConfig(_Strict):
     @field_validator("products")
     @classmethod
     def _products(cls, value: list[str]) -> list[str]:
-        for p in value:
-            ProductSpec.parse(p)
-        if len(set(value)) != len(value):
-            raise ValueError("a product is listed twice")
-        return value
+        # the name training keys labels and prompts by: ``x:las`` is ``x``, which failed at
+        # the first step with a bare KeyError (and ``[x, x:las]`` listed one product twice)
+        keys = [ProductSpec.parse(p).key for p in value]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"a product is listed twice: {', '.join(twice)}")
+        return keys
 
     @field_validator("inputs")
     @classmethod

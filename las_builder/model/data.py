@@ -319,6 +319,8 @@ class ProductSpec:
     def parse(cls, text: str) -> ProductSpec:
         """Parse ``esa-worldcover``, ``esa-worldcover:native`` or ``consensus``."""
         name, _, space = text.partition(":")
+        if not name.strip():
+            raise ValueError(f"label product {text!r}: no product name")
         if space not in ("", "las", "native"):
             raise ValueError(f"label product {text!r}: space must be las or native")
         if name == "consensus" and space == "native":
@@ -522,6 +524,8 @@ class LASDataset(Dataset[dict[str, Any]]):
         self.bands = {m: band_info(m, self.attrs[m]) for m in self.modalities}
         self.class_names: dict[str, list[str]] = {}
         self._luts: dict[str, np.ndarray] = {}
+        # per label array, the codes a valid store may hold there (checked by _verify)
+        self._valid: dict[str, np.ndarray] = {}
         taxonomy = root.attrs.get("taxonomy")
         self.las_keys = [
             str(c["key"]) for c in sorted(taxonomy or [], key=lambda c: int(c["code"]))
@@ -536,16 +540,29 @@ class LASDataset(Dataset[dict[str, Any]]):
                 )
             arr = root[spec.array]
             size = int(np.iinfo(arr.dtype).max) + 1  # a table entry for every storable code
+            valid = np.zeros(max(size, 256), dtype=bool)
             if spec.native:
-                classes = arr.attrs["classes"]
+                legend = arr.attrs["classes"]
+                nodata = arr.attrs.get("nodata", arr.fill_value)
+                # the legend lists the nodata value too (and may flag codes to ignore): such
+                # pixels are IGNORE_INDEX, not a class to learn ("No Data", "Unclassified")
+                classes = [
+                    c
+                    for c in legend
+                    if int(c["value"]) != nodata and not c.get("is_nodata") and not c.get("ignore")
+                ]
                 self.class_names[spec.key] = [str(c["name"]) for c in classes]
                 self._luts[spec.key] = _lut([c["value"] for c in classes], size)
+                valid[[int(c["value"]) for c in legend] + [int(nodata)]] = True
             else:
                 if not taxonomy:
                     raise KeyError("the store has no LAS taxonomy in its root attributes")
                 ordered = sorted(taxonomy, key=lambda c: int(c["code"]))
                 self.class_names[spec.key] = [str(c["key"]) for c in ordered]
                 self._luts[spec.key] = _lut([int(c["code"]) for c in ordered], max(size, 256))
+                special = [int(arr.attrs.get(k, d)) for k, d in (("nodata", 0), ("ignore", 255))]
+                valid[[int(c["code"]) for c in ordered] + special] = True
+            self._valid[spec.array] = valid
         self._expect = self._expectations(index, root)
         self._root = None  # reopened lazily in each worker
 
@@ -649,27 +666,46 @@ class LASDataset(Dataset[dict[str, Any]]):
         """Check a sample's whole chunk of one array against the index, once per process.
 
         Raises:
-            ValueError: The chunk holds nothing where the index says there is data, or its
-                class counts are not the index's (names the sample, the array, the shard).
+            ValueError: The chunk holds nothing where the index says there is data, its
+                class counts are not the index's, or a label array holds a code that neither
+                a class nor nodata / ignore stands for (names the sample, the array, the shard).
 
         """
         done = self._verified.get(name)
         expect = self._expect.get(name)
-        if expect is None or (done is not None and done[zarr_index]):
+        valid = self._valid.get(name)
+        if (expect is None and valid is None) or (done is not None and done[zarr_index]):
             return
-        need, prints = expect
         if done is None:
-            done = self._verified[name] = np.zeros(len(need), dtype=bool)
+            n = int(self._arrays()[name].shape[0])
+            done = self._verified[name] = np.zeros(n, dtype=bool)
         problem = None
-        if need[zarr_index]:
+        counts = None
+        damaged = (
+            "the store and its index disagree (a lost shard object, or an index.parquet from "
+            "another build)"
+        )
+        if valid is not None:  # sized to the dtype: every stored code has its entry
+            counts = np.bincount(whole.ravel(), minlength=len(valid))
+            unknown = np.flatnonzero((counts > 0) & ~valid).tolist()
+            if unknown:
+                # a code no class stands for would be served as IGNORE_INDEX: a lost label
+                problem = (
+                    f"holds codes {unknown[:5]} that its classes (the store's taxonomy, or the "
+                    "product's legend) do not list"
+                )
+                damaged = "the labels and the class list in zarr.json disagree"
+        need, prints = expect if expect is not None else (None, None)
+        if problem is None and need is not None and need[zarr_index]:
             if isinstance(fill, float) and np.isnan(fill):
                 stored = not np.isnan(whole).all()
             else:
                 stored = bool(whole.any()) if fill == 0 else bool((whole != fill).any())
             if not stored:
                 problem = "holds nothing for it (its chunk or shard object is missing)"
-        if problem is None and prints[zarr_index] >= 0:
-            counts = np.bincount(whole.ravel(), minlength=256)
+        if problem is None and prints is not None and prints[zarr_index] >= 0:
+            if counts is None:
+                counts = np.bincount(whole.ravel(), minlength=256)
             got = _fingerprint({str(k): int(v) for k, v in enumerate(counts) if v})
             if got != prints[zarr_index]:
                 problem = "does not hold the class counts the index gives for it"
@@ -678,8 +714,7 @@ class LASDataset(Dataset[dict[str, Any]]):
             shard = zarr_index // self.samples_per_shard
             raise ValueError(
                 f"{self.path}: sample {sample} (zarr_index {zarr_index}, shard {shard}) is ok "
-                f"in index.parquet, but las.zarr's {name} {problem}: the store and its index "
-                "disagree (a lost shard object, or an index.parquet from another build); "
+                f"in index.parquet, but las.zarr's {name} {problem}: {damaged}; "
                 "rebuild that shard with `las build` or copy the dataset again"
             )
         done[zarr_index] = True

@@ -10,7 +10,8 @@ Outputs under ``out_dir``: ``checkpoints/last.pt`` (+ the last ``keep_checkpoint
 checkpoints), ``metrics.csv`` (one row per ``log_every`` steps and per validation),
 ``tb/`` (TensorBoard, when the ``tensorboard`` package is installed) and ``config.yaml``.
 ``--resume`` continues from ``last.pt`` at its step, with optimiser, scheduler, data order and
-RNG states restored.
+RNG states restored (random crops are seeded per batch: the same with any ``num_workers``); it
+refuses a config whose settings differ from the checkpoint's, except :data:`RESUMABLE` ones.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from las_builder.model.config import TrainConfig
 from las_builder.model.data import IGNORE_INDEX, LASDataset, augment_batch, compose_input
@@ -253,6 +254,50 @@ def load_checkpoint(
     return model, TextPrompter.from_state(ckpt["text"]), ckpt
 
 
+RESUMABLE = frozenset(
+    {
+        "name", "dataset", "storage_options", "eval_inputs", "device", "threads", "num_workers",
+        "log_every", "val_every", "checkpoint_every", "keep_checkpoints", "max_minutes",
+        "out_dir", "optim.steps", "optim.epochs", "model.sam2_checkpoint",
+    }
+)  # fmt: skip
+"""Settings a ``--resume`` may change: where and how long it runs, not what it trains on."""
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "storage_options":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a run whose settings the config changed (besides :data:`RESUMABLE`).
+
+    The optimiser's state brings back the saved learning rate and weight decay, whatever the
+    config says; other products, inputs, seed, batch size or split would continue the saved
+    step with other data: either way the run would silently not be the one configured.
+
+    Raises:
+        ValueError: Names each changed setting with its saved and its new value.
+
+    """
+    now, then = _flat(cfg.model_dump()), _flat(saved)
+    changed = [
+        f"{key} {then.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(now.keys() | then.keys())
+        if key not in RESUMABLE and now.get(key) != then.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume: checkpoint {path} was trained with other settings ({'; '.join(changed)}): "
+            "set them back to resume it, or train anew in another out_dir"
+        )
+
+
 # --- data ------------------------------------------------------------------------------------
 
 
@@ -273,21 +318,46 @@ class _EpochBatches:
         ]
 
 
+class _SeededBatches(Dataset[dict[str, Any]]):
+    """A dataset's batches, each read under torch's RNG seeded for that batch alone.
+
+    Random crops are drawn from torch's RNG while a batch is read: in the main process that
+    RNG also draws the augmentations, and in a ``DataLoader`` worker it is the worker's own,
+    which a resumed run starts afresh. Seeded per batch (and restored after it), a batch's
+    crops depend on the run's seed, the epoch and the batch's place in it only: the same
+    whatever ``num_workers``, and the same after ``--resume`` as without it.
+    """
+
+    def __init__(self, dataset: LASDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, list[int]]) -> dict[str, Any]:
+        seed, positions = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset.batch(positions)
+
+
 def _batches(
     dataset: LASDataset, sched: _EpochBatches, start_step: int, num_workers: int
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(epoch, batch)`` forever, starting at global step ``start_step``."""
     epoch, skip = divmod(start_step, sched.per_epoch)
     while True:
-        order = sched.epoch(epoch)[skip:]
+        batches = sched.epoch(epoch)
+        seeds = [(sched.seed * 100_003 + epoch) * 1_000_003 + k for k in range(len(batches))]
         # Each element of ``order`` is a whole batch: the dataset builds it in one piece
         # (LASDataset.batch, equal to default_collate of its items), no per-sample collate.
+        order = list(zip(seeds, batches, strict=True))[skip:]
         loader = DataLoader(
-            dataset,
+            _SeededBatches(dataset),
             sampler=order,
             batch_size=None,
             num_workers=num_workers,
             persistent_workers=False,
+            # its base seed is drawn from this, not from torch's global RNG: the global RNG
+            # (saved in checkpoints) then advances alike whether an epoch starts here or not
+            generator=torch.Generator().manual_seed(seeds[0]),
         )
         for batch in loader:
             yield epoch, batch
@@ -488,6 +558,13 @@ def train(
     train_ds = LASDataset(
         cfg.dataset, split="train", crop_px=cfg.crop_px, random_crop=True, **common
     )
+    usable = train_ds.status_counts.get("ok", 0)
+    if len(train_ds) == 0 and usable:
+        raise ValueError(
+            f"{cfg.dataset}: all {usable} usable samples are held out for validation "
+            f"(val_fraction {cfg.val_fraction}, split_by {cfg.split_by}): lower val_fraction, "
+            "or split by epsg, which keeps training samples in every region"
+        )
     if len(train_ds) == 0:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(train_ds.status_counts.items()))
         raise ValueError(
@@ -525,6 +602,7 @@ def train(
     if resume:
         state = read_checkpoint(last)
         _load_weights(model, state["model"], last)
+        _check_resumable(cfg, state["train_config"], last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
