@@ -346,12 +346,31 @@ def _fingerprint(counts: dict[str, int]) -> int:
     return zlib.crc32(repr(pairs).encode())
 
 
-def _lut(values: Iterable[int], size: int) -> np.ndarray:
-    """Lookup table: stored code -> index in the class list; everything else ignore."""
+def _lut(values: Iterable[int], size: int, low: int = 0) -> np.ndarray:
+    """Lookup table: stored code - ``low`` -> index in the class list; everything else ignore."""
     lut = np.full(size, IGNORE_INDEX, dtype=np.int64)
     for i, v in enumerate(values):
-        lut[int(v)] = i
+        lut[int(v) - low] = i
     return lut
+
+
+_TABLE_MAX = 2**16
+"""Largest table indexed by every value of a label array's dtype (uint8, uint16)."""
+
+
+def _code_range(dtype: np.dtype[Any], codes: Sequence[int]) -> tuple[int, int]:
+    """``(low, size)`` of the table of one label array: codes ``low .. low + size - 1``.
+
+    Every value of an unsigned 8- or 16-bit dtype (a stored code always indexes the table);
+    for wider or signed dtypes (a 32-bit legend's table of every value would take 32 GiB, a
+    negative code would index from the end) the span of the legend's codes, outside which a
+    stored code is unknown (:meth:`LASDataset._verify` refuses it before any look-up).
+    """
+    info = np.iinfo(dtype)
+    if info.min == 0 and info.max < _TABLE_MAX:
+        return 0, max(int(info.max) + 1, 256)
+    low = min(0, *codes)
+    return low, max(*codes, 255) - low + 1
 
 
 class SampleRow(TypedDict):
@@ -526,6 +545,9 @@ class LASDataset(Dataset[dict[str, Any]]):
         self._luts: dict[str, np.ndarray] = {}
         # per label array, the codes a valid store may hold there (checked by _verify)
         self._valid: dict[str, np.ndarray] = {}
+        # per product key and label array, the code at each table's first entry (0 but for
+        # signed or 32-bit native legends)
+        self._lows: dict[str, int] = {}
         taxonomy = root.attrs.get("taxonomy")
         self.las_keys = [
             str(c["key"]) for c in sorted(taxonomy or [], key=lambda c: int(c["code"]))
@@ -539,11 +561,11 @@ class LASDataset(Dataset[dict[str, Any]]):
                     f"{self.path} (its label products: {have})"
                 )
             arr = root[spec.array]
-            size = int(np.iinfo(arr.dtype).max) + 1  # a table entry for every storable code
-            valid = np.zeros(max(size, 256), dtype=bool)
             if spec.native:
                 legend = arr.attrs["classes"]
                 nodata = arr.attrs.get("nodata", arr.fill_value)
+                low, size = _code_range(arr.dtype, [int(c["value"]) for c in legend] + [nodata])
+                valid = np.zeros(size, dtype=bool)
                 # the legend lists the nodata value too (and may flag codes to ignore): such
                 # pixels are IGNORE_INDEX, not a class to learn ("No Data", "Unclassified")
                 classes = [
@@ -552,17 +574,20 @@ class LASDataset(Dataset[dict[str, Any]]):
                     if int(c["value"]) != nodata and not c.get("is_nodata") and not c.get("ignore")
                 ]
                 self.class_names[spec.key] = [str(c["name"]) for c in classes]
-                self._luts[spec.key] = _lut([c["value"] for c in classes], size)
-                valid[[int(c["value"]) for c in legend] + [int(nodata)]] = True
+                self._luts[spec.key] = _lut([c["value"] for c in classes], size, low)
+                valid[[int(c["value"]) - low for c in legend] + [int(nodata) - low]] = True
             else:
                 if not taxonomy:
                     raise KeyError("the store has no LAS taxonomy in its root attributes")
                 ordered = sorted(taxonomy, key=lambda c: int(c["code"]))
                 self.class_names[spec.key] = [str(c["key"]) for c in ordered]
-                self._luts[spec.key] = _lut([int(c["code"]) for c in ordered], max(size, 256))
+                low, size = _code_range(arr.dtype, [int(c["code"]) for c in ordered])
+                valid = np.zeros(size, dtype=bool)
+                self._luts[spec.key] = _lut([int(c["code"]) for c in ordered], size, low)
                 special = [int(arr.attrs.get(k, d)) for k, d in (("nodata", 0), ("ignore", 255))]
-                valid[[int(c["code"]) for c in ordered] + special] = True
+                valid[[int(c["code"]) - low for c in ordered] + [v - low for v in special]] = True
             self._valid[spec.array] = valid
+            self._lows[spec.key] = self._lows[spec.array] = low
         self._expect = self._expectations(index, root)
         self._root = None  # reopened lazily in each worker
 
@@ -685,9 +710,18 @@ class LASDataset(Dataset[dict[str, Any]]):
             "the store and its index disagree (a lost shard object, or an index.parquet from "
             "another build)"
         )
-        if valid is not None:  # sized to the dtype: every stored code has its entry
-            counts = np.bincount(whole.ravel(), minlength=len(valid))
-            unknown = np.flatnonzero((counts > 0) & ~valid).tolist()
+        if valid is not None:
+            low = self._lows.get(name, 0)
+            codes = whole.ravel()
+            if low or len(valid) > np.iinfo(codes.dtype).max:  # a table over the legend's span
+                shifted = codes.astype(np.int64) - low
+                outside = (shifted < 0) | (shifted >= len(valid))
+                unknown = (np.unique(codes[outside])[:5]).tolist()
+                seen = np.bincount(shifted[~outside], minlength=len(valid))
+                unknown += (np.flatnonzero((seen > 0) & ~valid)[:5] + low).tolist()
+            else:  # sized to the dtype: every stored code has its entry
+                counts = np.bincount(codes, minlength=len(valid))
+                unknown = np.flatnonzero((counts > 0) & ~valid).tolist()
             if unknown:
                 # a code no class stands for would be served as IGNORE_INDEX: a lost label
                 problem = (
@@ -956,9 +990,13 @@ class LASDataset(Dataset[dict[str, Any]]):
             labels[spec.key] = _empty((n, *views[0].shape), torch.int64, arena)
             out = labels[spec.key].numpy()
             lut = self._luts[spec.key]
+            low = self._lows[spec.key]
             for k, v in enumerate(views):
-                # every stored code indexes the table (sized to the dtype): "clip" never clips,
-                # and unlike "raise" it writes straight into ``out``
+                # every stored code indexes the table (sized to the dtype, or checked by _verify
+                # to lie in the legend's span): "clip" never clips, and unlike "raise" it
+                # writes straight into ``out``
+                if low:
+                    v = v.astype(np.int64) - low
                 np.take(lut, v, out=out[k], mode="clip")
         return rows, windows, images, available, labels
 

@@ -265,3 +265,65 @@ def test_native_nodata_is_ignored_not_a_class(las_tiny: Path) -> None:
         [IGNORE_INDEX if c == 255 else names.index(legend[int(c)]) for c in codes.ravel()]
     ).reshape(codes.shape)
     np.testing.assert_array_equal(got, want)
+
+
+def _as_wide_codes(store: Path, name: str, code: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Rewrite a native label array as int32 with every code ``code(old)``, legend alike."""
+    group = zarr.open_group(str(store), mode="r+")
+    old = _open(store, name)
+    data, attrs = np.asarray(old[:]), cast(dict[str, Any], dict(old.attrs))
+    shards, chunks = old.shards, old.chunks
+    new = np.vectorize(code, otypes=[np.int32])(data)
+    classes = [dict(c, value=int(code(int(c["value"])))) for c in attrs["classes"]]
+    attrs.update(classes=classes, nodata=int(code(int(attrs["nodata"]))))
+    del group[name]
+    array = group.create_array(
+        name,
+        shape=new.shape,
+        dtype="int32",
+        chunks=chunks,
+        shards=shards,
+        compressors=zarr.codecs.ZstdCodec(),
+        fill_value=attrs["nodata"],
+        attributes=attrs,
+    )
+    array[:] = new
+    return new, classes
+
+
+def test_a_32_bit_legend_with_negative_codes_is_served_without_a_table_of_every_value(
+    las_copy: Path,
+) -> None:
+    """A signed 32-bit native legend: a table of every int32 value would take 32 GiB, and a
+    negative code indexed the table from its end. Checked against zarr-python's read."""
+    store = las_copy / "las.zarr"
+    name = "labels/esa-worldcover/native"
+    codes, classes = _as_wide_codes(store, name, lambda v: v * 1_000_000 - 40_000_000)
+    assert codes.min() < 0 and codes.max() > 2**16
+    ds = LASDataset(las_copy, modalities=["sentinel-2"], products=["esa-worldcover:native"])
+    nodata = int(cast(int, _open(store, name).attrs["nodata"]))
+    names = ds.class_names["esa-worldcover:native"]
+    by_value = {int(c["value"]): str(c["name"]) for c in classes}
+    got = ds.batch(list(range(len(ds))))["labels"]["esa-worldcover:native"].numpy()
+    rows = np.stack([codes[row["zarr_index"]] for row in ds.rows])
+    want = np.array(
+        [IGNORE_INDEX if c == nodata else names.index(by_value[int(c)]) for c in rows.ravel()]
+    ).reshape(rows.shape)
+    np.testing.assert_array_equal(got, want)
+    assert (want != IGNORE_INDEX).any()
+
+
+def test_a_32_bit_code_outside_the_legend_is_named(las_copy: Path) -> None:
+    store = las_copy / "las.zarr"
+    name = "labels/esa-worldcover/native"
+    codes, _ = _as_wide_codes(store, name, lambda v: v * 1_000_000 - 40_000_000)
+    row = LASDataset(las_copy, products=["esa-worldcover:native"]).rows[0]["zarr_index"]
+    damaged = codes.copy()
+    damaged[row, 0, 0] = 2_000_000_000  # beyond every legend code
+    damaged[row, 0, 1] = -2_000_000_000  # below them all
+    writable = zarr.open_group(str(store), mode="r+")[name]
+    assert isinstance(writable, zarr.Array)
+    writable[:] = damaged
+    ds = LASDataset(las_copy, products=["esa-worldcover:native"])
+    with pytest.raises(ValueError, match=r"holds codes \[-2000000000, 2000000000\]"):
+        ds.batch([0])
