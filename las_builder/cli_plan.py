@@ -36,6 +36,26 @@ def _class_names(collection: str) -> dict[int, str]:
         return {}
 
 
+def _built_digest(output: str) -> str | None:
+    """The plan digest kept by ``OUTPUT/las.zarr`` (``None``: no store, or none kept).
+
+    Raises:
+        PlanError: The store cannot be read (damaged metadata, no access).
+
+    """
+    from las_builder.build.store import stored_plan_digest
+    from las_builder.plan import PlanError
+
+    try:
+        return stored_plan_digest(output)
+    except Exception as err:  # damaged metadata raises JSON, zarr or type errors alike
+        raise PlanError(
+            f"{output.rstrip('/')}/las.zarr cannot be read ({type(err).__name__}: "
+            f"{err}), so whether it was built from this plan is unknown; the plan was not "
+            "written: delete the output or choose another output.path"
+        ) from None
+
+
 def plan(
     recipe: Annotated[Path, typer.Argument(help="The recipe YAML file.")],
     set_: Annotated[
@@ -53,7 +73,7 @@ def plan(
     from rich.console import Console
     from rich.table import Table
 
-    from las_builder.build.store import plan_digest, stored_plan_digest
+    from las_builder.build.store import plan_digest
     from las_builder.plan import (
         PlanError,
         make_plan,
@@ -76,11 +96,12 @@ def plan(
     console = Console(stderr=True, quiet=quiet)
     try:
         prepare_plan_target(plan_path(spec))  # before the planning's minutes, not after
+        _built_digest(spec.output.path)  # likewise: a damaged store fails now
         with console.status(f"planning {spec.name}") as status:
             gdf = make_plan(
                 spec, progress=lambda msg: status.update(f"planning {spec.name}: {msg}")
             )
-            built = stored_plan_digest(spec.output.path)
+            built = _built_digest(spec.output.path)  # again: a build may have begun meanwhile
             if built is not None and built != plan_digest(gdf["sample_id"].astype(str)):
                 raise PlanError(
                     f"{spec.output.path.rstrip('/')}/las.zarr was built from another plan (this "

@@ -244,13 +244,23 @@ def _listed_cells(frame: BaseGeometry, spacing_m: float, seed: int) -> Iterator[
 def _drawn_cells(
     frame: BaseGeometry, spacing_m: float, seed: int, limit: int
 ) -> Iterator[tuple[int, int]]:
-    """Cells drawn at random, uniformly by area, whose centre lies in the frame."""
+    """Cells drawn at random, uniformly by area, whose centre lies in the frame.
+
+    Drawing ends after ``limit`` draws in a row bring no new cell, or sooner once the frame's
+    cells are surely all drawn: a large sample count must not keep a small frame drawing on.
+    """
     rng = np.random.default_rng(seed)
     pieces = _pieces(frame)
     bounds = np.array([p.bounds for p in pieces])
     sin_s, sin_n = np.sin(np.radians(bounds[:, 1])), np.sin(np.radians(bounds[:, 3]))
     weights = (bounds[:, 2] - bounds[:, 0]) * (sin_n - sin_s)
     weights = weights / weights.sum()
+    areas = np.radians(bounds[:, 2] - bounds[:, 0]) * (sin_n - sin_s)  # steradians
+    # A draw lands in a given cell about once per `cells` draws (a piece smaller than a cell
+    # counts as one), so 100 times that many misses in a row leave a cell unseen with odds of
+    # about e^-100.
+    cells = float(areas.sum() / min((spacing_m / EARTH_RADIUS_M) ** 2, float(areas.min())))
+    limit = min(limit, 100 * math.ceil(cells))
     dlat, first_row, last_row = grid_rows(spacing_m)
     seen: set[tuple[int, int]] = set()
     misses = 0

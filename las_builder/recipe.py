@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import types
@@ -47,6 +48,7 @@ from pydantic import (
 
 from las_builder.catalog import CatalogError, LabelVersion, label_product_ids, load_mapping
 from las_builder.catalog.yamlio import load_yaml, yaml_error_text
+from las_builder.security import redact
 
 __all__ = [
     "EarthEngineSpec",
@@ -81,6 +83,27 @@ def _not_bool(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_not_bool)]
 """An integer; a YAML boolean is refused rather than read as 1 or 0."""
+
+
+def _not_bool_number(value: Any) -> Any:
+    # `max_nodata: yes` would otherwise keep samples of any nodata (1.0), `resolution_m: true`
+    # plan 1 m pixels.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_not_bool_number), Field(allow_inf_nan=False)]
+"""A finite number; a YAML boolean, ``.inf`` and ``.nan`` are refused."""
+
+_MIN_RESOLUTION_M = 0.001
+"""Finest pixel: 1 mm. Below ~1e-9 m footprints fall under the precision of longitudes."""
+_MAX_EDGE_M = 1_000_000.0
+"""Largest sample edge: 1,000 km. A sample is one UTM grid; far larger ones project to outlines
+GEOS cannot intersect (a 10,000 km edge failed planning)."""
+_MAX_SPACING_M = math.pi * 6_378_137.0 / 2
+"""Largest grid spacing: a quarter meridian of the grid's sphere (:mod:`las_builder.geobox`),
+so that each hemisphere keeps a row of cells; beyond it the grid arithmetic overflows."""
 
 
 class RecipeError(ValueError):
@@ -161,19 +184,31 @@ class SampleSpec(_Strict):
 
     Attributes:
         count: Number of samples to plan.
-        size_px: Sample edge in pixels at ``resolution_m``.
-        resolution_m: Pixel size in metres.
-        seed: Random seed of the plan; the same seed gives the same plan.
+        size_px: Sample edge in pixels at ``resolution_m``; the edge is at most 1,000 km.
+        resolution_m: Pixel size in metres (at least 1 mm).
+        seed: Random seed of the plan (>= 0); the same seed gives the same plan.
         spacing_m: Grid cell size (distance between sample centres); ``None`` means
-            1.25 sample edges. Must be at least one sample edge, so samples cannot overlap.
+            1.25 sample edges. Must be at least one sample edge, so samples cannot overlap,
+            and at most a quarter meridian (~10,019 km).
 
     """
 
     count: Int = Field(gt=0)
     size_px: Int = Field(default=256, gt=0)
-    resolution_m: float = Field(default=10.0, gt=0)
-    seed: Int = 0
-    spacing_m: float | None = Field(default=None, gt=0)
+    resolution_m: Float = Field(default=10.0, ge=_MIN_RESOLUTION_M)
+    seed: Int = Field(default=0, ge=0)  # numpy's generators take no negative seed
+    spacing_m: Float | None = Field(default=None, gt=0, le=_MAX_SPACING_M)
+
+    @field_validator("resolution_m")
+    @classmethod
+    def _edge_fits(cls, value: float, info: ValidationInfo) -> float:
+        size = info.data.get("size_px")
+        if size is not None and size * value > _MAX_EDGE_M:
+            raise ValueError(
+                f"a sample edge of size_px * resolution_m = {size * value:g} m is more than "
+                f"{_MAX_EDGE_M:g} m: use fewer pixels (size_px) or smaller ones"
+            )
+        return value
 
     @field_validator("spacing_m")
     @classmethod
@@ -233,7 +268,7 @@ class Sentinel2Spec(_Strict):
     """
 
     collection: Name = "sentinel-2-l2a"
-    max_cloud: float = Field(default=60.0, ge=0, le=100)
+    max_cloud: Float = Field(default=60.0, ge=0, le=100)
     composite: Literal["median"] | None = None
 
 
@@ -365,6 +400,19 @@ class OutputSpec(_Strict):
     # smaller than zstd level 3, ~4x faster to decompress, ~7x to compress) or zstd level 3.
     compressor: Literal["blosc-lz4", "zstd"] = "blosc-lz4"
 
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        # s3fs reads `KEY:SECRET@` as part of the bucket name, which every message about the
+        # bucket (a botocore error, "no bucket ...") would then print.
+        scheme, sep, rest = value.partition("://")
+        if sep and "@" in rest.split("/", 1)[0]:
+            raise ValueError(
+                f"must not carry credentials ({scheme}://user:password@...): give them by the "
+                "environment or a profile (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE)"
+            )
+        return value
+
 
 class EarthEngineSpec(_Strict):
     """Earth Engine access, used when ``backend: earthengine``."""
@@ -384,7 +432,7 @@ class Recipe(_Strict):
     sampling: SamplingSpec
     imagery: Imagery = Field(default_factory=Imagery)
     labels: list[LabelSpec] = Field(min_length=1)
-    max_nodata: float = Field(default=0.2, ge=0, le=1)
+    max_nodata: Float = Field(default=0.2, ge=0, le=1)
     output: OutputSpec
     backend: Literal["stac", "earthengine"] = "stac"  # where pixels come from
     earthengine: EarthEngineSpec = Field(default_factory=EarthEngineSpec)
@@ -541,6 +589,10 @@ def load_recipe(path: Path | str, overrides: Sequence[str] = ()) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise RecipeError(path, [("", f"cannot be read: {err.strerror or err}")]) from None
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        problem = f"is not UTF-8 text (byte {byte:#04x} at offset {err.start}): save it as UTF-8"
+        raise RecipeError(path, [("", problem)]) from None
     try:
         data = load_yaml(text)  # a repeated key (a second `labels:`) is an error, not ignored
     except yaml.YAMLError as err:
@@ -650,6 +702,8 @@ def _what(error: Mapping[str, Any]) -> str:
         return "must be an integer"
     if kind in ("float_parsing", "float_type"):
         return "must be a number"
+    if kind == "finite_number":
+        return "must be a finite number"
     if kind in ("string_type",):
         return "must be a string"
     if kind in ("bool_parsing", "bool_type"):
@@ -706,7 +760,7 @@ def _problems(
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return repr(value)
+        return repr(redact(value))  # a URL's token or user:password@ is never shown
     if isinstance(value, dict | list):
         text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
         return text if len(text) <= 80 else text[:77] + "..."
