@@ -116,11 +116,12 @@ def build(
     from las_builder.build.run import (
         StatusError,
         build_status,
+        finished_shards,
         plan_shards,
         reopen_failed_shards,
         run_build,
     )
-    from las_builder.build.store import build_lock, done_shards
+    from las_builder.build.store import build_lock
     from las_builder.recipe import RecipeError, load_recipe
 
     try:
@@ -166,11 +167,11 @@ def build(
             stack.enter_context(build_lock(output))
         except ValueError as err:
             raise _fail(str(err)) from None
-        if retry_failed:  # first, so the bar counts their samples as still to do
-            reopen_failed_shards(output, done_shards(output))
-        try:
+        try:  # an unreadable part: name it rather than a traceback
+            if retry_failed:  # first, so the bar counts their samples as still to do
+                reopen_failed_shards(output, finished_shards(output))
             already = build_status(output, shards)
-        except StatusError as err:  # an unreadable part: name it rather than a traceback
+        except StatusError as err:
             raise _fail(str(err)) from None
         bar.advance(task, already["ok"] + already["skipped"] + already["failed"])
 

@@ -55,11 +55,13 @@ from las_builder.build.store import (
     create_store,
     describe_storage_error,
     direct_arrays,
+    discard_index,
     done_shards,
     index_part_path,
     normalize_output,
     plan_digest,
     storage_access,
+    store_complete,
     whole_or_absent,
     write_index_part,
     write_shard,
@@ -723,6 +725,18 @@ class StatusError(ValueError):
     """The output's finished shards do not match its plan (the CLI prints it as one line)."""
 
 
+def finished_shards(output: str) -> set[int]:
+    """The shards that finished: their index part is there, beside a finished store.
+
+    Parts beside a store that is missing or unfinished (``las.zarr`` deleted by hand, as the
+    errors about another recipe or plan advise) mark no shard finished: their arrays are gone
+    (the build deletes them: :func:`~las_builder.build.store.discard_index`).
+    """
+    if not store_complete(f"{output.rstrip('/')}/las.zarr"):
+        return set()
+    return done_shards(output)
+
+
 def build_status(output: str, shards: Iterable[int], *, check_plan: bool = False) -> dict[str, int]:
     """Done / remaining shards and samples, and ok / skipped / failed samples of finished shards.
 
@@ -744,7 +758,10 @@ def build_status(output: str, shards: Iterable[int], *, check_plan: bool = False
     """
     shards = [int(s) for s in shards]
     planned = sorted(set(shards))
-    finished = done_shards(output)
+    try:
+        finished = finished_shards(output)
+    except ValueError as err:  # the store's metadata is not JSON
+        raise StatusError(str(err)) from None
     done = [s for s in planned if s in finished]
     per_shard = collections.Counter(shards)
     base = output.rstrip("/")
@@ -759,15 +776,7 @@ def build_status(output: str, shards: Iterable[int], *, check_plan: bool = False
     statuses: dict[str, int] = {"ok": 0, "skipped": 0, "failed": 0}
     for s in done:
         path = index_part_path(output, s)
-        columns = ["status", "plan_index", "sample_id"] if check_plan else ["status"]
-        try:
-            with fsspec.open(path, "rb") as f:
-                part = pd.read_parquet(f, columns=columns)
-        except (OSError, pa.ArrowException, ValueError) as err:
-            raise StatusError(
-                f"{path} is unreadable ({type(err).__name__}: {err}); delete it and run "
-                f"`las build` again to rebuild shard {s}"
-            ) from None
+        part = _read_part(output, s, ["status", "plan_index", "sample_id"] if check_plan else None)
         if check_plan:
             _check_part(path, part, expected.get(s, {}), per_shard[s])
         for status, n in part["status"].value_counts(dropna=False).items():
@@ -787,6 +796,23 @@ def build_status(output: str, shards: Iterable[int], *, check_plan: bool = False
         "samples_remaining": len(shards) - samples_done,
         **statuses,
     }
+
+
+def _read_part(output: str, shard: int, columns: list[str] | None = None) -> pd.DataFrame:
+    """The ``status`` column (and ``columns``) of a finished shard's index part.
+
+    Raises:
+        StatusError: The part cannot be read, or lacks a column; naming it and what to do.
+    """
+    path = index_part_path(output, shard)
+    try:
+        with fsspec.open(path, "rb") as f:
+            return pd.read_parquet(f, columns=columns or ["status"])
+    except (OSError, pa.ArrowException, ValueError, KeyError) as err:
+        raise StatusError(
+            f"{path} is unreadable ({type(err).__name__}: {err}); delete it and run "
+            f"`las build` again to rebuild shard {shard}"
+        ) from None
 
 
 _CHANGED_PLAN = (
@@ -836,14 +862,14 @@ def reopen_failed_shards(output: str, finished: set[int]) -> set[int]:
     the shard unfinished, never indexed with arrays of another attempt. ``index.parquet`` goes
     first: it lists those shards' old rows, which would not describe the arrays of the shards a
     killed retry rebuilt (until a build of the output ends, it reads as a partial build).
+
+    Raises:
+        StatusError: A part cannot be read (named); nothing was deleted.
     """
     failing: dict[int, str] = {}
-    for shard in sorted(finished):
-        path = index_part_path(output, shard)
-        with fsspec.open(path, "rb") as f:
-            statuses = pd.read_parquet(f, columns=["status"])["status"]
-        if (statuses == "failed").any():
-            failing[shard] = path
+    for shard in sorted(finished):  # every part read before any is deleted
+        if (_read_part(output, shard)["status"] == "failed").any():
+            failing[shard] = index_part_path(output, shard)
     if failing:
         fs, index_path = fsspec.core.url_to_fs(f"{output.rstrip('/')}/index.parquet")
         if fs.exists(index_path):
@@ -916,7 +942,7 @@ def run_build(
         )
     with storage_access(output, "read"):
         check_output_paths(output)
-        unbuilt = set(shards) - done_shards(output)
+        unbuilt = set(shards) - finished_shards(output)
     if unbuilt:
         if cfg.backend == "stac":
             check_sources(cfg)
@@ -954,6 +980,8 @@ def _build_planned(
     store = f"{output}/las.zarr"
     digest = _plan_digest(output)
     with storage_access(store, "write"):
+        if not store_complete(store):  # before the store is marked finished: a kill repeats it
+            discard_index(output)
         create_store(
             store,
             n,
@@ -986,6 +1014,7 @@ def _build_planned(
             on_shard(result["shard"], result["rows"])
 
     indexed: Future[dict[str, Any]] | None = None
+    lost: str | None = None  # why the cluster stopped answering, if it did
     if client is not None or scheduler or workers:
         from dask.distributed import Client
 
@@ -1025,6 +1054,10 @@ def _build_planned(
             interrupted = False
             try:
                 _run_submitted(client, todo, submit, finished_task, queued)
+            except _SchedulerLost as err:
+                lost = str(err)
+                # The error says it; dask's client would go on logging its reconnect tries.
+                dask_log.setLevel(logging.CRITICAL)
             except KeyboardInterrupt:
                 interrupted = cluster is not None
                 if interrupted:
@@ -1034,7 +1067,7 @@ def _build_planned(
                 if not interrupted:
                     _run_on_workers(client, close_pooled_datasets, "close the pooled datasets")
                     _run_on_workers(client, gc.unfreeze, "unfreeze the objects")
-            if not errors:
+            if not errors and lost is None:
                 # Both are the driver's alone, after the last shard (~50 ms each on the demo
                 # plan): the index needs only the shards' parts, the cluster's close waits on
                 # its processes.
@@ -1059,7 +1092,7 @@ def _build_planned(
                 compute(*tasks, scheduler="threads")
         finally:
             close_pooled_datasets()
-    if not errors:
+    if not errors and lost is None:
         return {
             **(
                 indexed.result()
@@ -1070,8 +1103,16 @@ def _build_planned(
             # [I/O, source] threads per process that built shards, as its storage set them.
             "read_threads": [pools[key] for key in sorted(pools)],
         }
-    if done_shards(output):
+    built = done_shards(output)
+    if built:
         write_index(output, cfg.record_columns())  # what is built so far
+    if lost is not None:
+        planned = set(shards)
+        raise BuildIncomplete(
+            f"{lost}; {len(built & planned)} of {len(planned)} shards are built and kept: run "
+            "`las build` again once the cluster is back (or without --scheduler, on this "
+            "machine) to build the rest"
+        )
     shown = "; ".join(f"shard {s}: {errors[s]}" for s in sorted(errors)[:_SHARD_ERRORS_SHOWN])
     more = len(errors) - _SHARD_ERRORS_SHOWN
     raise BuildIncomplete(
@@ -1198,6 +1239,10 @@ _QUEUED_PER_THREAD_MIN = 256
 (dask-gateway, Coiled, dask-kubernetes) scales with the work it sees waiting."""
 
 
+class _SchedulerLost(Exception):  # noqa: N818 - a state, raised to leave the loop
+    """The client lost its scheduler: the tasks submitted are cancelled, no new one runs."""
+
+
 def _run_submitted(
     client: Any,
     todo: list[int],
@@ -1213,20 +1258,50 @@ def _run_submitted(
         submit: Submits one shard's task; returns its future.
         finished: Called with each task's result as it arrives.
         at_least: The fewest tasks to keep submitted, whatever the cluster's size now.
+
+    A task that ends in an error of the cluster's (``KilledWorker``: each worker that ran it
+    died) is reported as that shard's error, as a shard's own failure is.
+
+    Raises:
+        _SchedulerLost: The client lost the scheduler (its tasks were cancelled).
     """
+    from concurrent.futures import CancelledError
+
     from dask.distributed import as_completed
 
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
     window = max(_QUEUED_PER_THREAD * max(threads, 1), at_least)
     waiting = iter(todo)
-    futures = as_completed([submit(s) for s in itertools.islice(waiting, window)])
+    shard_of: dict[Any, int] = {}
+
+    def start(shard: int) -> Any:
+        future = submit(shard)
+        shard_of[future.key] = shard
+        return future
+
+    futures = as_completed([start(s) for s in itertools.islice(waiting, window)])
     for future in futures:
-        result = future.result()
+        shard = shard_of.pop(future.key)
+        try:
+            result = future.result()
+        except CancelledError as err:
+            reason = getattr(err, "reason", None) or "cancelled"
+            address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+            raise _SchedulerLost(
+                f"lost the dask scheduler at {address} while shards were building ({reason})"
+            ) from None
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            result = {
+                "shard": shard,
+                "rows": None,
+                "error": redact(f"{type(err).__name__}: {first}"),
+            }
         future.release()  # the scheduler forgets the task and its result
         finished(result)
-        shard = next(waiting, None)
-        if shard is not None:
-            futures.add(submit(shard))
+        following = next(waiting, None)
+        if following is not None:
+            futures.add(start(following))
 
 
 def usable_cores() -> int:

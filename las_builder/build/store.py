@@ -478,7 +478,15 @@ def create_store(
     """
     root = _open_group(url, mode="a")
     specs = array_specs(cfg)
-    if root.attrs.get("las_store_version") == STORE_VERSION:
+    version = root.attrs.get("las_store_version")
+    if version is not None and version != STORE_VERSION:
+        # Made again below, it would lose every shard of a store this version cannot read.
+        raise ValueError(
+            f"{url} is a store of version {version!r}, this las-builder writes version "
+            f"{STORE_VERSION}: build it with the las-builder that made it, or choose another "
+            "output.path"
+        )
+    if version == STORE_VERSION:
         if root.attrs.get("n_samples") != n_samples:
             raise ValueError(
                 f"{url} holds {root.attrs.get('n_samples')} samples, the plan has {n_samples}: "
@@ -552,6 +560,58 @@ def create_store(
         }
     )
     root.attrs.update({"las_store_version": STORE_VERSION})  # last: the store is complete
+
+
+def store_complete(url: str) -> bool:
+    """Whether ``url`` holds a store :func:`create_store` finished (its version mark is there).
+
+    Shards are written only into a finished store, so index parts beside a store that is
+    missing or unfinished describe arrays that are gone (``las.zarr`` deleted by hand).
+
+    Raises:
+        ValueError: The store's ``zarr.json`` is there but is not JSON (named, with what to do).
+    """
+    path = f"{url.rstrip('/')}/zarr.json"
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    try:
+        meta = json.loads(fs.cat_file(fs_path))
+    except (FileNotFoundError, NotADirectoryError):  # las.zarr a file: check_output_paths says
+        return False
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is not a Zarr store's metadata ({type(err).__name__}: {err}): delete "
+            f"{url} (and the output's index-parts/) or choose another output.path"
+        ) from None
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    # Of any version: one this las-builder does not write is refused by create_store.
+    return isinstance(attrs, dict) and attrs.get("las_store_version") is not None
+
+
+def discard_index(output: str) -> int:
+    """Delete ``index.parquet`` and every shard's index part under ``output``.
+
+    For an output whose store is missing or unfinished (:func:`store_complete`): its parts
+    would mark shards finished whose arrays are not there, and the build would skip them and
+    index their samples as built. The index goes first, as in ``--retry-failed``. Other files
+    in ``index-parts/`` are left alone.
+
+    Returns:
+        How many index parts were deleted.
+    """
+    fs, index = fsspec.core.url_to_fs(f"{output.rstrip('/')}/index.parquet")
+    if fs.exists(index):
+        fs.rm_file(index)
+    parts = sorted(done_shards(output))
+    for shard in parts:
+        fs.rm_file(fsspec.core.url_to_fs(index_part_path(output, shard))[1])
+    if parts:
+        log.warning(
+            "deleted %d index parts under %s: its store is missing or unfinished, so the "
+            "shards they marked finished are built again",
+            len(parts),
+            redact(output),
+        )
+    return len(parts)
 
 
 _opened: dict[tuple[str, str], dict[str, tuple[ArrayV3, ShardedArray | None]]] = {}
@@ -937,6 +997,8 @@ def build_lock(output: str) -> Iterator[None]:
 
     Raises:
         BuildLocked: Another process holds the lock (the error names it and what to do).
+        OutputUnreachable: The lock file cannot be created (a folder in its place, the
+            output not writable).
     """
     fs, root = fsspec.core.url_to_fs(output)
     if not _is_local(fs) or fcntl is None:
@@ -969,7 +1031,10 @@ def build_lock(output: str) -> Iterator[None]:
         yield
     finally:
         _release_nested(key)
-        os.unlink(path)  # still holding it, so no other build is between its open and lock
+        # Still holding it, so no other build is between its open and lock. Already gone
+        # (removed by hand, or with the output) is no error of the build's.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         _held_fds.discard(fd)
         os.close(fd)
 
@@ -1007,10 +1072,25 @@ def _release_nested(key: tuple[str, int]) -> None:
 
 
 def _locked_fd(output: str, path: str) -> int:
-    """An open descriptor of ``path`` that holds its ``flock`` (raises BuildLocked)."""
+    """An open descriptor of ``path`` that holds its ``flock``.
+
+    Raises:
+        BuildLocked: Another process holds it.
+        OutputUnreachable: The lock file cannot be created or opened.
+    """
     assert fcntl is not None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a folder in its place, a read-only output, a full disk
+            hint = (
+                "a folder is in its place: remove it (the lock is a file)"
+                if isinstance(err, IsADirectoryError)
+                else storage_hint(output, err)
+            )
+            raise OutputUnreachable(
+                f"cannot create the build lock {path} ({describe_storage_error(err)}): {hint}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
