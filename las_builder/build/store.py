@@ -293,7 +293,9 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
         )
     for spec in cfg.labels:
         legend = load_label_product(spec.product)
-        nodata = legend.nodata if legend.nodata is not None else 0
+        # what a build writes where the product has no data: for a product without a nodata
+        # value, one no class uses (0 may be a class, which readers would then drop as nodata)
+        nodata = legend.fill
         specs[f"labels/{spec.product}/native"] = ArraySpec(
             (n, n),
             legend.dtype,
@@ -310,6 +312,9 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
                         "name": c.name,
                         "description": c.description,
                         "color": c.color,
+                        # readers serve neither as a class to learn (LASDataset, inspect)
+                        "is_nodata": c.is_nodata,
+                        "ignore": c.ignore,
                     }
                     for c in legend.classes
                 ],

@@ -581,3 +581,31 @@ def test_dynamic_world_takes_the_chosen_scenes_labels_only(
     native, chosen = sample_mod._read_labels(spec, unlinked, GRID, s2, files)
     assert [it.id for it in chosen] == ["dw-b-chosen", "dw-a-other-pass"]  # nearest in time
     assert (native == 2).all()
+
+
+def test_the_store_names_the_fill_of_a_product_without_nodata(catalog_copy: Path) -> None:
+    """A product with ``nodata: null`` and a class at 0: the build fills pixels without data
+    with a value no class uses, but the store said ``nodata: 0`` (and filled with 0), so
+    readers dropped class 0 as nodata. The store must name the fill the build writes."""
+    from las_builder.build.store import array_specs
+
+    path = catalog_copy / "labels" / "dynamic-world-v1.yaml"  # class 0 is water
+    path.write_text(path.read_text().replace("\nnodata: 255\n", "\nnodata: null\n"))
+    product = load_label_product("dynamic-world-v1")
+    assert product.nodata is None and 0 in product.codes
+    cfg = BuildConfig(
+        stac_url="http://127.0.0.1:1/",
+        start=dt.datetime(YEAR, 1, 1, tzinfo=dt.UTC),
+        end=dt.datetime(YEAR, 12, 31, tzinfo=dt.UTC),
+        size_px=8,
+        resolution_m=10.0,
+        max_nodata=1.0,
+        s2_collection=None,
+        s1_collection=None,
+        labels=(LabelSpec("dynamic-world-v1", "dynamic-world", "data", None),),
+    )
+    native = array_specs(cfg)["labels/dynamic-world-v1/native"]
+    assert native.fill == native.attrs["nodata"] == product.fill
+    assert product.fill not in product.codes  # 255: no class of the legend
+    flags = {c["value"]: (c["is_nodata"], c["ignore"]) for c in native.attrs["classes"]}
+    assert flags[0] == (False, False)  # water stays a class
