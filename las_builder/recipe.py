@@ -405,6 +405,12 @@ class OutputSpec(_Strict):
     def _no_credentials(cls, value: str) -> str:
         # s3fs reads `KEY:SECRET@` as part of the bucket name, which every message about the
         # bucket (a botocore error, "no bucket ...") would then print.
+        if "::" in value:
+            # fsspec reads "a::b" as URL chaining: `loc::x` wrote the plan to `loc`
+            raise ValueError(
+                "must not contain '::' (fsspec reads it as chained URLs and would write "
+                "elsewhere): rename the folder"
+            )
         scheme, sep, rest = value.partition("://")
         if sep and "@" in rest.split("/", 1)[0]:
             raise ValueError(

@@ -188,6 +188,20 @@ def test_credentials_in_output_path_are_refused_and_never_shown(
     assert load_recipe(DEMO, [f"output.path={tmp_path}/u@h"]).output.path == f"{tmp_path}/u@h"
 
 
+@pytest.mark.parametrize("path", ["{tmp}/loc::x", "s3://bucket/a::b", "memory://x::file://y"])
+def test_an_output_path_with_fsspec_chaining_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """`output.path: /x/loc::x`: fsspec reads `::` as chained URLs, so `las plan` said it
+    wrote `loc::x/plan.parquet` and wrote a file at `/x/loc`."""
+    monkeypatch.setenv("LAS_STAC_URL", "http://127.0.0.1:1/")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(DEMO, [f"output.path={path.format(tmp=tmp_path)}"])
+    assert err.value.keys == ["output.path"]
+    assert "must not contain '::'" in str(err.value)
+    assert not (tmp_path / "loc").exists()
+
+
 def test_a_recipe_error_does_not_show_a_token(offline_env: None) -> None:
     with pytest.raises(RecipeError) as err:
         load_recipe(DEMO, ["stac.url=ftp://user:topsecretvalue@host/stac?token=topsecrettoken"])
