@@ -501,7 +501,11 @@ def read_plan(output: str) -> gpd.GeoDataFrame:
     """The plan written by ``las plan`` (``OUTPUT/plan.parquet``)."""
     fs, fs_path = _plan_file(output)
     with storage_access(_plan_url(output), "read"), fs.open(fs_path, "rb") as f:
-        return gpd.read_parquet(f)
+        # Every parquet file read through a Python file object here is read with
+        # use_threads=False: pyarrow's threads reading one could abort the process at exit
+        # ("terminate called without an active exception", ~1 run in 10 beside GDAL); the
+        # plan, index and its parts are small.
+        return gpd.read_parquet(f, use_threads=False)
 
 
 def _plan_url(output: str) -> str:
@@ -527,7 +531,7 @@ def _plan_columns(output: str, columns: list[str]) -> pa.Table:
     """Columns of the plan (a storage error raises :class:`OutputUnreachable`)."""
     fs, fs_path = _plan_file(output)
     with storage_access(_plan_url(output), "read"), fs.open(fs_path, "rb") as f:
-        return pq.read_table(f, columns=columns)
+        return pq.read_table(f, columns=columns, use_threads=False)
 
 
 def plan_shards(output: str) -> list[int]:
@@ -699,7 +703,7 @@ def _plan_by_shard(output: str) -> tuple[int, dict[int, pa.Table]]:
     """
     fs, fs_path = _plan_file(output)
     with storage_access(_plan_url(output), "read"), fs.open(fs_path, "rb") as f:
-        table = pq.read_table(f)
+        table = pq.read_table(f, use_threads=False)
     order = np.argsort(table.column("plan_index").to_numpy(), kind="stable")
     shards = table.column("shard").to_numpy()[order]
     starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
@@ -770,7 +774,8 @@ def build_status(output: str, shards: Iterable[int], *, check_plan: bool = False
         _check_store_length(base, len(shards))
         fs, fs_path = _plan_file(output)
         with fs.open(fs_path, "rb") as f:
-            plan = pq.read_table(f, columns=["shard", "plan_index", "sample_id"]).to_pydict()
+            columns = ["shard", "plan_index", "sample_id"]
+            plan = pq.read_table(f, columns=columns, use_threads=False).to_pydict()
         for shard, i, sid in zip(plan["shard"], plan["plan_index"], plan["sample_id"], strict=True):
             expected.setdefault(int(shard), {})[int(i)] = str(sid)
     statuses: dict[str, int] = {"ok": 0, "skipped": 0, "failed": 0}
@@ -807,7 +812,7 @@ def _read_part(output: str, shard: int, columns: list[str] | None = None) -> pd.
     path = index_part_path(output, shard)
     try:
         with fsspec.open(path, "rb") as f:
-            return pd.read_parquet(f, columns=columns or ["status"])
+            return pd.read_parquet(f, columns=columns or ["status"], use_threads=False)
     except (OSError, pa.ArrowException, ValueError, KeyError) as err:
         raise StatusError(
             f"{path} is unreadable ({type(err).__name__}: {err}); delete it and run "

@@ -158,9 +158,11 @@ def read_index(path: str | Path, storage_options: dict[str, Any] | None = None) 
         raise FileNotFoundError(f"{index} not found: build the dataset first (`las build`)")
     try:
         if _is_url(index):
-            table = pd.read_parquet(str(index), storage_options=storage_options or {})
+            table = pd.read_parquet(
+                str(index), storage_options=storage_options or {}, use_threads=False
+            )
         else:
-            table = pd.read_parquet(index)
+            table = pd.read_parquet(index, use_threads=False)
     except FileNotFoundError:
         # s3fs's message is the bare key: say what is missing and what to do
         raise FileNotFoundError(
