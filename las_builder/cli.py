@@ -26,7 +26,18 @@ def _main(
     if log_json is not None:
         from las_builder.logs import log_json_to
 
-        log_json_to(log_json)
+        try:  # before the command runs: a batch run that cannot log should not start
+            log_json_to(log_json)
+        except OSError as err:
+            raise CliError(
+                f"--log-json {log_json}: cannot write the log ({_os_reason(err)}): give "
+                "a file in a folder you can write"
+            ) from None
+
+
+def _os_reason(err: OSError) -> str:
+    """An OS error as ``reason: file`` (the file named when it is not the one given)."""
+    return f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
 
 
 def _register() -> None:
@@ -82,6 +93,17 @@ def world_create(
         manifest = create_world(directory, seed=seed, preset=preset, progress=not quiet)
     except (ValueError, FileExistsError) as err:
         raise CliError(str(err)) from None
+    except FileNotFoundError as err:  # LAS_CATALOG names no folder (the presets live there)
+        raise CliError(str(err)) from None
+    except KeyboardInterrupt:
+        # create_world removes what it wrote, so the same command starts again cleanly.
+        typer.secho(
+            f"interrupted: the unfinished world in {directory} was removed; run the same "
+            "command again to create it",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(code=130) from None
     typer.echo(f"world written to {directory} ({len(manifest['regions'])} regions)")
 
 

@@ -41,7 +41,9 @@ def inspect(
 
     from las_builder.inspect import InspectError, inspect_dataset, notes
 
-    console = Console(stderr=True, quiet=quiet)
+    # Paths, product names and skip reasons are text: as Rich markup, `[/x]` in a folder name
+    # stopped the command after the report was written, and `[red]` vanished from the output.
+    console = Console(stderr=True, quiet=quiet, markup=False)
     try:
         with Progress(
             TextColumn("{task.description}"),
@@ -49,7 +51,8 @@ def inspect(
             MofNCompleteColumn(),
             console=console,
             transient=True,
-            disable=quiet,
+            # Not a terminal (CI logs, a pipe): a transient bar shows nothing but a blank line.
+            disable=quiet or not console.is_terminal,
         ) as progress:
             result = inspect_dataset(dataset, out, samples=samples, progress=progress)
     except InspectError as err:

@@ -70,8 +70,16 @@ def plan(
     ] = False,
 ) -> None:
     """Plan the samples of a recipe and write OUTPUT/plan.parquet."""
+    from las_builder._paths import catalog_dir
+
+    try:  # first: the modules below read the catalog when imported
+        catalog_dir()
+    except FileNotFoundError as err:  # LAS_CATALOG names no folder
+        raise _fail(str(err)) from None
+
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from las_builder.build.store import plan_digest
     from las_builder.plan import (
@@ -93,13 +101,15 @@ def plan(
     logger = logging.getLogger("las_builder.plan")
     if not logger.handlers and not logging.getLogger().handlers:
         logger.addHandler(logging.NullHandler())
-    console = Console(stderr=True, quiet=quiet)
+    # Legend names and progress messages are text, not Rich markup: a class named
+    # `Tree cover [closed]` lost its `[closed]`, and `[/x]` stopped the command.
+    console = Console(stderr=True, quiet=quiet, markup=False)
     try:
         prepare_plan_target(plan_path(spec))  # before the planning's minutes, not after
         _built_digest(spec.output.path)  # likewise: a damaged store fails now
-        with console.status(f"planning {spec.name}") as status:
+        with console.status(Text(f"planning {spec.name}")) as status:
             gdf = make_plan(
-                spec, progress=lambda msg: status.update(f"planning {spec.name}: {msg}")
+                spec, progress=lambda msg: status.update(Text(f"planning {spec.name}: {msg}"))
             )
             built = _built_digest(spec.output.path)  # again: a build may have begun meanwhile
             if built is not None and built != plan_digest(gdf["sample_id"].astype(str)):
@@ -108,7 +118,7 @@ def plan(
                     "recipe's samples differ); the plan was not written, so the store keeps its "
                     "own: delete the output or choose another output.path"
                 )
-            status.update(f"planning {spec.name}: writing the plan")
+            status.update(Text(f"planning {spec.name}: writing the plan"))
             path = write_plan(gdf, plan_path(spec))
     except PlanError as err:
         raise _fail(str(err)) from None
@@ -136,7 +146,7 @@ def plan(
                 str(counts[value]),
                 str(candidates.get(value, "")),
             )
-        Console().print(table)
+        Console(markup=False).print(table)
     strata = f", {len(counts)} strata" if counts else ""
     shards = int(gdf["shard"].max()) + 1 if len(gdf) else 0
     typer.echo(f"planned {len(gdf)} samples ({shards} shards{strata}) -> {path}")

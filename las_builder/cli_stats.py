@@ -35,6 +35,7 @@ def stats(
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from las_builder.stats import CONSENSUS, StatsError, compute_stats, write_stats
 
@@ -44,7 +45,8 @@ def stats(
     except StatsError as err:
         typer.secho(f"error: {redact(str(err))}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
-    console = Console(soft_wrap=True, quiet=quiet)
+    # Product and class names are text, not Rich markup (`[/x]` stopped the command).
+    console = Console(soft_wrap=True, quiet=quiet, markup=False)
     if result.partial is not None:
         typer.secho(_partial_note(result.partial), err=True, fg=typer.colors.YELLOW)
     for layer in result.counts:
@@ -66,7 +68,7 @@ def stats(
     table.add_column("code", justify="right")
     table.add_column("class")
     for layer in layers:
-        table.add_column(layer if layer != CONSENSUS else f"[i]{layer}[/i]", justify="right")
+        table.add_column(Text(layer, style="italic" if layer == CONSENSUS else ""), justify="right")
     frequencies = {layer: result.frequencies(layer) for layer in layers}
     # "-" where a layer classifies no pixel (no ok sample): 0.0 would claim a share of nothing
     empty = {layer: not result.classified(layer) for layer in layers}

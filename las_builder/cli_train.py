@@ -39,11 +39,55 @@ def _reason(err: Exception) -> str:
     return _one_line(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
 
 
-def _split_list(text: str | None) -> list[str] | None:
+def _split_list(text: str | None, option: str) -> list[str] | None:
+    """The names of a comma-separated option (``None``: not given).
+
+    Raises:
+        typer.Exit: The option names nothing (``","``) or a name twice: its default, or one
+            class map with two classes of one name, would be a silently wrong answer.
+
+    """
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
-    return items or None
+    if not items:
+        raise _fail(f"{option} {text!r} names nothing: give comma-separated names")
+    twice = sorted({t for t in items if items.count(t) > 1})
+    if twice:
+        raise _fail(f"{option} names {', '.join(twice)} more than once: give each name once")
+    return items
+
+
+def _interrupted(err: BaseException | None) -> bool:
+    """Whether ``err`` is a KeyboardInterrupt or was raised while handling one."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _os_reason(err: OSError) -> str:
+    """An OS error as ``reason: file``."""
+    return f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+
+
+def _check_out(out: Path, option: str) -> None:
+    """Fail now, not after the minutes of work, where ``out`` cannot be a file.
+
+    Raises:
+        typer.Exit: ``out`` is a folder, or one of its folders is a file.
+
+    """
+    if out.is_dir():
+        raise _fail(f"{option} {out} is a folder: give a file path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise _fail(f"{option} {out}: {parent} is a file, not a folder")
+            break
 
 
 def train(
@@ -65,14 +109,36 @@ def train(
     overrides = list(set_ or [])
     if device:
         overrides.append(f"device={device}")
+    if config.is_dir():
+        raise _fail(f"training config {config} is a folder: give its YAML file")
     try:
         cfg = load_train_config(config, overrides)
     except TrainConfigError as err:
         raise _fail(str(err)) from None
+    except UnicodeDecodeError as err:  # a binary or UTF-16 file
+        raise _fail(
+            f"{config}: is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+            f"{err.start}): save it as UTF-8"
+        ) from None
+    except OSError as err:  # no permission, a FIFO that cannot be read ...
+        raise _fail(f"{config}: cannot be read: {err.strerror or err}") from None
     try:
         summary = run_train(cfg, resume=resume, progress=not quiet)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise _fail(_reason(err)) from None
+    except BaseException as err:
+        # Ctrl-C while a checkpoint is written surfaces as torch's RuntimeError about the
+        # unfinished file, the KeyboardInterrupt only its context.
+        if not _interrupted(err):
+            if isinstance(err, FileNotFoundError | KeyError | ValueError):
+                raise _fail(_reason(err)) from None
+            raise
+        # Checkpoints are written whole (a rename), so the last one is good to go on from.
+        typer.secho(
+            f"interrupted: the checkpoints written so far are kept in {cfg.out_dir}/checkpoints; "
+            f"continue with `las train {config} --resume` (same --set options)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(code=130) from None
     if summary.get("sam2"):
         report = summary["sam2"]
         out = Path(cfg.out_dir) / "sam2_load.json"
@@ -132,14 +198,15 @@ def eval_(
         if base.name == "checkpoints":
             base = base.parent
         out = base / "metrics.json"
+    _check_out(out, "--out")
     try:
         metrics = evaluate(
             checkpoint,
             dataset,
-            products=_split_list(products),
+            products=_split_list(products, "--products"),
             truth=truth,
             split=split,
-            inputs=_split_list(inputs),
+            inputs=_split_list(inputs, "--inputs"),
             batch_size=batch_size,
             device=device,
             fusion_gamma=fusion_gamma,
@@ -148,6 +215,8 @@ def eval_(
         )
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise _fail(_reason(err)) from None
+    except OSError as err:  # unreadable input, or metrics.json: read-only folder, disk full
+        raise _fail(f"{_os_reason(err)} (output: {out}): check the files and --out") from None
     _print_scores(metrics)
     typer.echo(f"metrics written to {out}")
 
@@ -169,7 +238,7 @@ def _print_scores(metrics: dict[str, Any]) -> None:
         scored.append(("truth", "model", truth["model"]))
         scored.append(("truth", "model+fusion", truth["model_fused"]))
         scored.extend(("truth", f"label {p}", report) for p, report in truth["labels"].items())
-    console = Console()
+    console = Console(markup=False)  # product and class names are text, not markup
     summary = Table(
         title=f"{metrics['split']} split, {metrics['samples']} samples, "
         f"inputs {'+'.join(metrics['inputs'])}"
@@ -259,6 +328,7 @@ def predict(
 
     if sar_units not in ("linear", "db"):
         raise _fail(f"--sar-units must be linear or db, got {sar_units!r}")
+    _check_out(out, "--out")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -266,12 +336,12 @@ def predict(
                 checkpoint,
                 source,
                 out,
-                classes=_split_list(classes),
+                classes=_split_list(classes, "--classes"),
                 scores=scores,
                 wavelengths=wavelengths,
                 scale=scale,
                 sar_units=sar_units,
-                inputs=_split_list(inputs),
+                inputs=_split_list(inputs, "--inputs"),
                 use_fusion=fusion,
                 tile=tile,
                 halo=halo,
@@ -280,6 +350,8 @@ def predict(
             )
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise _fail(_reason(err)) from None
+    except OSError as err:  # unreadable input, or the GeoTIFF: read-only folder, disk full
+        raise _fail(f"{_os_reason(err)} (output: {out}): check the files and --out") from None
     # e.g. an input without a CRS: said once, on one line, not as Python's file:line report
     said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     for message in dict.fromkeys(said):

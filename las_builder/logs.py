@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 from pathlib import Path
@@ -25,11 +26,24 @@ class JsonLinesFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # already formatted (and redacted) by install_log_redaction
+            entry["exception"] = record.exc_text
         return json.dumps(entry, default=str)
 
 
 def log_json_to(path: Path, level: int = logging.INFO) -> logging.Handler:
-    """Send the ``las_builder`` loggers' records to ``path`` as JSON lines (appending)."""
+    """Send the ``las_builder`` loggers' records to ``path`` as JSON lines (appending).
+
+    Raises:
+        OSError: ``path`` cannot be opened for appending (a folder, a file in the way of its
+            folder, no permission).
+
+    """
+    for parent in path.parents:  # mkdir says "File exists" of a file in the way: say which
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(parent))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(JsonLinesFormatter())
