@@ -104,6 +104,35 @@ class ProductGrid(_Strict):
     tile_px: int | None = None
 
 
+ClassField = Literal[
+    "value", "name", "description", "color-hint", "color_hint", "nodata", "no_data", "regional"
+]
+
+
+class ProductStac(_Strict):
+    """How the product's real STAC collection writes its legend and its band.
+
+    Attributes:
+        legend: ``classification:classes`` (one object per class) or ``file:values``.
+        extension: The classification extension's schema path (``classification/v1.1.0``).
+        class_fields: Fields each class object has, in the extension's spelling: ``name`` is
+            the legend's ``key``, ``description`` its ``name``, ``color-hint``/``color_hint``
+            its colour, ``nodata``/``no_data``/``regional`` its flags (written when true).
+        band: ``raster:bands`` fields besides ``data_type`` and ``nodata``.
+        band_in: Where ``raster:bands`` is written: on each item's asset, or only in the
+            collection's ``summaries`` (with ``nodata`` and ``band``, as Planetary Computer's
+            io-lulc-annual-v02 does).
+        description: The data asset's ``description``, if the real catalog gives one.
+    """
+
+    legend: Literal["classification:classes", "file:values"] = "classification:classes"
+    extension: str = "classification/v1.0.0"
+    class_fields: tuple[ClassField, ...] = ("value", "description", "name", "color-hint", "nodata")
+    band: dict[str, Any] = Field(default_factory=lambda: {"sampling": "area"})
+    band_in: Literal["asset", "summaries"] = "asset"
+    description: str | None = None
+
+
 class WorldProduct(_Strict):
     """How the world derives a label product from its truth."""
 
@@ -112,6 +141,7 @@ class WorldProduct(_Strict):
     nodata: int
     patch_m: float
     per_scene: bool = False
+    stac: ProductStac = Field(default_factory=ProductStac)
     confusion: dict[str, dict[int, float]]
 
 
@@ -172,6 +202,13 @@ def load_preset(name: str) -> Preset:
                 f"known biomes: {', '.join(sorted(biomes))}"
             )
     return preset
+
+
+@cache
+def load_collection_texts() -> dict[str, dict[str, Any]]:
+    """Load ``catalog/world/collections.yaml``: each collection's texts, by collection id."""
+    texts: dict[str, dict[str, Any]] = _load_yaml(catalog_dir() / "world" / "collections.yaml")
+    return texts
 
 
 def load_sensor(sensor_id: str) -> dict[str, Any]:

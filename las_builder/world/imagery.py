@@ -15,7 +15,13 @@ from pyproj import Transformer
 from rasterio.warp import Resampling
 
 from las_builder.world.cog import write_cog
-from las_builder.world.config import Preset, Region, Truth, load_sensor
+from las_builder.world.config import (
+    Preset,
+    Region,
+    Truth,
+    load_collection_texts,
+    load_sensor,
+)
 from las_builder.world.grids import mgrs_tile, snapped_geobox, utm_geobox, utm_zones
 from las_builder.world.noise import rng_for, smooth_field, uniform_field
 from las_builder.world.render import block_mean, class_fractions, resample
@@ -34,6 +40,9 @@ class Scene:
     properties: dict[str, Any]
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
     cloud_mask: np.ndarray | None = None  # 10 m cloud/shadow mask (Sentinel-2), not published
+    # Extension schema paths other than the defaults of world.stac, by prefix (the real
+    # catalog's version, e.g. "classification": "classification/v1.1.0").
+    extensions: dict[str, str] = field(default_factory=dict)
 
 
 def _grid_fields(geobox: GeoBox) -> dict[str, Any]:
@@ -261,6 +270,7 @@ def render_sentinel1(
     """Render Sentinel-1 RTC VV/VH scenes (float32 linear gamma0), ascending and descending."""
     sensor = load_sensor("sentinel-1-rtc")
     nodata = float(sensor["nodata"])
+    descriptions = load_collection_texts()["sentinel-1-rtc"]["asset_descriptions"]
     linear = state.mix(10 ** (state.class_table("backscatter", 2) / 10))
     scenes = []
     for tile_geobox in state.tiles:
@@ -328,9 +338,15 @@ def render_sentinel1(
                     "href": str(folder / name),
                     "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                     "title": band["description"],
+                    "description": descriptions[band["name"]],
                     "roles": ["data"],
+                    # An integral nodata is a JSON integer there (-32768), not -32768.0.
                     "raster:bands": [
-                        {"data_type": "float32", "nodata": nodata, "spatial_resolution": 10}
+                        {
+                            "data_type": "float32",
+                            "nodata": int(nodata) if nodata.is_integer() else nodata,
+                            "spatial_resolution": 10,
+                        }
                     ],
                     **_grid_fields(tile_geobox),
                 }
@@ -361,17 +377,18 @@ def render_naip(state: RegionImagery, preset: Preset, world_dir: Path, seed: int
     image[:, classes == 0] = 0
     year = 2021
     lat, lon = int(abs(state.region.lat)), int(abs(state.region.lon))
-    quad = f"{lat:02d}{lon:03d}{hash_small(state.region.id) % 64:02d}"
+    # A 1 degree block's 64 quarter quads are numbered 01..64, as in NAIP file names.
+    quad = f"{lat:02d}{lon:03d}{hash_small(state.region.id) % 64 + 1:02d}"
     state_code = {"iowa-us": "ia", "california-us": "ca"}.get(state.region.id, "us")
-    item_id = f"{state_code}_m_{quad}_ne_{zone}_060_{year}0718"
+    name = f"m_{quad}_ne_{zone}_060_{year}0718"
+    item_id = f"{state_code}_{name}_{year}1019"  # Planetary Computer adds the publication date
     href = (
-        Path("assets/naip")
+        Path("assets/naip/v002")
         / state_code
         / str(year)
-        / "60cm"
-        / "rgbir_cog"
+        / f"{state_code}_060cm_{year}"
         / quad[:5]
-        / f"m_{quad}_ne_{zone}_060_{year}0718.tif"
+        / f"{name}.tif"
     )
     write_cog(
         world_dir / href,
@@ -394,16 +411,21 @@ def render_naip(state: RegionImagery, preset: Preset, world_dir: Path, seed: int
             "proj:epsg": epsg,
             "proj:shape": list(grid.shape.yx),
             "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f, 0.0, 0.0, 1.0],
+            "proj:bbox": list(grid.boundingbox),
         },
     )
+    descriptions = load_collection_texts()["naip"]["band_descriptions"]
+    bands = []
+    for b in sensor["bands"]:
+        band = {"name": b["name"], "common_name": b["common_name"]}
+        if b["name"] in descriptions:
+            band["description"] = descriptions[b["name"]]
+        bands.append(band)
     scene.assets["image"] = {
         "href": str(href),
         "type": "image/tiff; application=geotiff; profile=cloud-optimized",
         "title": "RGBIR COG tile",
         "roles": ["data"],
-        "eo:bands": [
-            {k: b[k] for k in ("name", "common_name", "center_wavelength", "full_width_half_max")}
-            for b in sensor["bands"]
-        ],
+        "eo:bands": bands,
     }
     return [scene]

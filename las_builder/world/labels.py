@@ -65,17 +65,22 @@ def apply_confusion(
     return out
 
 
-def _classification(legend: LabelProduct) -> list[dict[str, Any]]:
+def _classification(legend: LabelProduct, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The legend as ``classification:classes``, with only the fields the real catalog writes."""
     classes = []
     for c in legend.classes:
-        entry: dict[str, Any] = {"value": c.value, "description": c.name}
-        if c.key:
-            entry["name"] = c.key
-        if c.color:
-            entry["color-hint"] = c.color[1:].upper()
-        if c.is_nodata:
-            entry["nodata"] = True
-        classes.append(entry)
+        values: dict[str, Any] = {
+            "value": c.value,
+            "name": c.key,
+            "description": c.name,
+            "color-hint": c.color[1:].upper() if c.color else None,
+            "color_hint": c.color[1:].upper() if c.color else None,
+            # Flags are written only where true, as the real collections do.
+            "nodata": c.is_nodata or None,
+            "no_data": c.is_nodata or None,
+            "regional": c.regional or None,
+        }
+        classes.append({f: values[f] for f in fields if values[f] is not None})
     return classes
 
 
@@ -94,21 +99,33 @@ def _year_span(year: int) -> dict[str, Any]:
 def _label_asset(
     href: Path, grid: GeoBox, legend: LabelProduct, product: WorldProduct, title: str
 ) -> dict[str, Any]:
-    asset: dict[str, Any] = {
-        "href": str(href),
-        "type": _COG,
-        "title": title,
-        "roles": ["data"],
-        "raster:bands": [
-            {"data_type": product.dtype, "nodata": product.nodata, "sampling": "area"}
-        ],
-        **_grid_fields(grid),
-    }
-    if legend.id == "io-lulc-annual-v02":
+    stac = product.stac
+    asset: dict[str, Any] = {"href": str(href), "type": _COG, "title": title, "roles": ["data"]}
+    if stac.description:
+        asset["description"] = stac.description
+    if stac.band_in == "asset":
+        band = {"data_type": product.dtype, "nodata": product.nodata, **stac.band}
+        asset["raster:bands"] = [band]
+    asset.update(_grid_fields(grid))
+    if stac.legend == "file:values":
         asset["file:values"] = _file_values(legend)
     else:
-        asset["classification:classes"] = _classification(legend)
+        asset["classification:classes"] = _classification(legend, stac.class_fields)
     return asset
+
+
+def _label_scene(
+    product: WorldProduct,
+    collection: str,
+    item_id: str,
+    when: dt.datetime,
+    grid: GeoBox,
+    properties: dict[str, Any],
+) -> Scene:
+    """A label product's scene, declaring the classification extension version it writes."""
+    scene = Scene(collection, item_id, when, grid, properties)
+    scene.extensions["classification"] = product.stac.extension
+    return scene
 
 
 def render_labels(
@@ -173,7 +190,8 @@ def render_labels(
                         nodata=product.nodata,
                         categorical=True,
                     )
-                    scene = Scene(
+                    scene = _label_scene(
+                        product,
                         pid,
                         item_id,
                         dt.datetime(year, 1, 1, tzinfo=dt.UTC),
@@ -212,8 +230,13 @@ def render_labels(
                     "instruments": ["modis"],
                     "proj:wkt2": MODIS_SINUSOIDAL.to_wkt(),
                 }
-                scene = Scene(
-                    pid, item_id, dt.datetime(year, 1, 1, tzinfo=dt.UTC), tile.geobox, props
+                scene = _label_scene(
+                    product,
+                    pid,
+                    item_id,
+                    dt.datetime(year, 1, 1, tzinfo=dt.UTC),
+                    tile.geobox,
+                    props,
                 )
                 scene.assets["LC_Type1"] = _label_asset(
                     href,
@@ -248,7 +271,9 @@ def render_labels(
                 "io:supercell_id": tile_name,
                 "proj:epsg": grid.crs.epsg,
             }
-            scene = Scene(pid, item_id, dt.datetime(year, 1, 1, tzinfo=dt.UTC), grid, props)
+            scene = _label_scene(
+                product, pid, item_id, dt.datetime(year, 1, 1, tzinfo=dt.UTC), grid, props
+            )
             scene.assets["data"] = _label_asset(
                 href, grid, legend, product, "Global land cover data"
             )
@@ -275,7 +300,7 @@ def render_labels(
             "dynamicworld:s2_item": s2.item_id,
             "proj:epsg": grid.crs.epsg,
         }
-        scene = Scene(pid, item_id, s2.datetime, grid, props)
+        scene = _label_scene(product, pid, item_id, s2.datetime, grid, props)
         scene.assets["label"] = _label_asset(
             href, grid, legend, product, "Dynamic World label (class of highest probability)"
         )

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from odc.geo.geobox import GeoBox
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from shapely.ops import unary_union
 
-from las_builder._paths import catalog_dir
-from las_builder.catalog import load_label_product
+from las_builder.world.config import load_collection_texts, load_products
 from las_builder.world.grids import boundary_lonlat
 from las_builder.world.imagery import Scene
 
@@ -29,13 +26,6 @@ _EXTENSIONS = {
     "classification": "classification/v1.0.0",
     "file": "file/v2.1.0",
 }
-
-
-@cache
-def _collection_texts() -> dict[str, dict[str, str]]:
-    with (catalog_dir() / "world" / "collections.yaml").open() as f:
-        texts: dict[str, dict[str, str]] = yaml.safe_load(f)
-    return texts
 
 
 def footprint(geobox: GeoBox) -> Polygon | MultiPolygon:
@@ -57,8 +47,9 @@ def _round_geometry(geom: Any) -> dict[str, Any]:
     return rounded
 
 
-def _extensions(fields: set[str]) -> list[str]:
-    return sorted(_EXT.format(path) for prefix, path in _EXTENSIONS.items() if prefix in fields)
+def _extensions(fields: set[str], versions: dict[str, str]) -> list[str]:
+    paths = _EXTENSIONS | versions
+    return sorted(_EXT.format(path) for prefix, path in paths.items() if prefix in fields)
 
 
 def _prefixes(obj: dict[str, Any]) -> set[str]:
@@ -79,7 +70,7 @@ def scene_item(scene: Scene) -> dict[str, Any]:
     return {
         "type": "Feature",
         "stac_version": STAC_VERSION,
-        "stac_extensions": _extensions(prefixes),
+        "stac_extensions": _extensions(prefixes, scene.extensions),
         "id": scene.item_id,
         "collection": scene.collection,
         "geometry": _round_geometry(geom),
@@ -92,7 +83,7 @@ def scene_item(scene: Scene) -> dict[str, Any]:
 
 def collection(collection_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     """A STAC collection for ``items``, with ``item_assets`` and extents taken from them."""
-    text = _collection_texts()[collection_id]
+    text = load_collection_texts()[collection_id]
     geoms = [Polygon(box(*it["bbox"])) for it in items]
     bounds = unary_union(geoms).bounds
     times = sorted(
@@ -107,6 +98,11 @@ def collection(collection_id: str, items: list[dict[str, Any]]) -> dict[str, Any
                 }
     extensions = set().union(*(set(it["stac_extensions"]) for it in items))
     extensions.add("https://stac-extensions.github.io/item-assets/v1.0.0/schema.json")
+    summaries: dict[str, Any] = {}
+    product = load_products().get(collection_id)
+    if product is not None and product.stac.band_in == "summaries":
+        summaries["raster:bands"] = [{"nodata": product.nodata, **product.stac.band}]
+        extensions.add(_EXT.format(_EXTENSIONS["raster"]))
     out: dict[str, Any] = {
         "type": "Collection",
         "stac_version": STAC_VERSION,
@@ -124,12 +120,8 @@ def collection(collection_id: str, items: list[dict[str, Any]]) -> dict[str, Any
         "item_assets": item_assets,
         "links": [],
     }
-    try:
-        legend = load_label_product(collection_id)
-    except (KeyError, FileNotFoundError, ValueError):
-        legend = None
-    if legend is not None:
-        out["summaries"] = {"las:label_product": [legend.id]}
+    if summaries:
+        out["summaries"] = summaries
     return out
 
 
