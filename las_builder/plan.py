@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import posixpath
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,7 @@ import fsspec
 import geopandas as gpd
 import numpy as np
 import shapely
+from fsspec.implementations.local import LocalFileSystem
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from shapely.geometry.base import BaseGeometry
@@ -768,6 +770,18 @@ def write_plan(gdf: gpd.GeoDataFrame, path: str | Path) -> str:
     target = str(path)
     prepare_plan_target(target)
     fs, fs_path = fsspec.core.url_to_fs(target)
-    with fs.open(fs_path, "wb") as out:
-        gdf.to_parquet(out, index=False)
+    if not isinstance(fs, LocalFileSystem):
+        with fs.open(fs_path, "wb") as out:  # an object appears whole, once written
+            gdf.to_parquet(out, index=False)
+        return target
+    # Written beside and renamed: a plan killed half-written (Ctrl-C, a full disk) would
+    # otherwise leave a truncated plan.parquet in place of the previous one.
+    partial = f"{fs_path}.partial"
+    try:
+        with open(partial, "wb") as out:
+            gdf.to_parquet(out, index=False)
+        os.replace(partial, fs_path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return target

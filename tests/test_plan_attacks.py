@@ -316,3 +316,18 @@ def test_touching_samples_at_poles_and_antimeridian_are_disjoint_and_in_the_fram
         assert one.intersection(other).area < 1e-6 * one.area
     curve = plan_mod.hilbert_order(gdf["lon"].to_numpy(), gdf["lat"].to_numpy())
     assert (np.diff(curve) >= 0).all()
+
+
+def test_a_plan_write_that_fails_leaves_the_previous_plan_whole(tmp_path: Path) -> None:
+    """The plan was written in place: a write that failed half-way (Ctrl-C, a full disk, a
+    value Parquet cannot hold) left a truncated plan.parquet instead of the previous one."""
+    target = tmp_path / "out" / "plan.parquet"
+    good = gpd.GeoDataFrame({"sample_id": ["a", "b"]}, geometry=[box(0, 0, 1, 1)] * 2, crs=4326)
+    plan_mod.write_plan(good, target)
+    before = target.read_bytes()
+    bad = good.assign(broken=[object(), object()])  # Parquet has no type for these
+    with pytest.raises(Exception, match="object"):
+        plan_mod.write_plan(bad, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["plan.parquet"]
+    assert gpd.read_parquet(target)["sample_id"].tolist() == ["a", "b"]

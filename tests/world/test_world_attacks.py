@@ -515,3 +515,27 @@ def test_failed_create_leaves_no_half_world(
     assert world.exists() == existed
     if existed:
         assert list(world.iterdir()) == []
+
+
+def _first_region_fails(world_dir: Path, preset: str, index: int, seed: int) -> list[object]:
+    """Stands in for a region's rendering (module level: the pool pickles it by name)."""
+    if index == 0:
+        time.sleep(0.5)  # the others are queued by now
+        raise OSError(28, "No space left on device")
+    (world_dir.parent / f"rendered-{index}").touch()
+    time.sleep(1)
+    return []
+
+
+def test_a_failed_region_stops_the_regions_still_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A region's error (or Ctrl-C) waited for the pool to render every queued region first:
+    23 s for the demo world, minutes for bench, for a create that had already failed."""
+    monkeypatch.setattr(create_mod, "_build_region", _first_region_fails)
+    with pytest.raises(ValueError, match="No space left"):
+        create_world(tmp_path / "w", preset="demo", progress=False, workers=1)
+    rendered = sorted(p.name for p in tmp_path.glob("rendered-*"))
+    # regions already in the pool's call queue (workers + 1) still run; the demo has 7
+    assert len(rendered) <= 2, rendered
+    assert not (tmp_path / "w").exists()
