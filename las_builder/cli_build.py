@@ -132,7 +132,9 @@ def build(
             raise _fail(str(err)) from None
         spec = lenient
     output = spec.output.path.rstrip("/") or "/"  # as the build names it (no `//las.zarr`)
-    console = Console(stderr=True, quiet=quiet)
+    # Paths and skip reasons are text, not Rich markup (a `[/x]` in one would stop the
+    # command at its summary), and a summary line is not wrapped at 80 columns in a log.
+    console = Console(stderr=True, quiet=quiet, soft_wrap=True, markup=False, highlight=False)
     try:
         shards = plan_shards(output)
     except FileNotFoundError as err:

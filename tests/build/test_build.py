@@ -404,6 +404,8 @@ def test_build_on_a_scheduler_started_apart_matches_the_default_build(
     result = runner.invoke(app, ["build", *_args(served_world, out), "--scheduler", scheduler])
     assert result.exit_code == 0, result.output
     assert "built 24 of 24 samples" in result.output
+    # one line, not wrapped at 80 columns where the output is no terminal (CI logs)
+    assert f"-> {out}/las.zarr, {out}/index.parquet\n" in result.output
     assert "in the largest of 2 workers" in result.output
     assert _zarr_digest(out / "las.zarr") == _zarr_digest(built / "las.zarr")
     pd.testing.assert_frame_equal(
