@@ -259,14 +259,15 @@ def test_eval_products_that_name_nothing(tmp_path: Path) -> None:
     assert "--products ',' names nothing" in _one_line_error(result.output)
 
 
-@pytest.mark.parametrize("command", ["plan", "world create"])
+@pytest.mark.parametrize("command", ["plan", "build", "build --status", "world create"])
 def test_las_catalog_naming_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    """LAS_CATALOG naming no folder: `las plan` and `las world create` ended with a
-    FileNotFoundError traceback (exit 1), unlike `las catalog check`."""
+    """LAS_CATALOG naming no folder: `las plan`, `las build` and `las world create` ended with
+    a FileNotFoundError traceback (exit 1), unlike `las catalog check`."""
     monkeypatch.setenv("LAS_CATALOG", str(tmp_path / "nowhere"))
-    args = [str(DEMO_RECIPE)] if command == "plan" else [str(tmp_path / "w"), "--preset", "tiny"]
+    world = command == "world create"
+    args = [str(tmp_path / "w"), "--preset", "tiny"] if world else [str(DEMO_RECIPE)]
     result = CliRunner().invoke(app, [*command.split(), *args])
     assert result.exit_code == 2, result.output
     line = _one_line_error(result.output)
