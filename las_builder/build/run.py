@@ -1026,6 +1026,11 @@ def _build_planned(
         with contextlib.ExitStack() as stack:
             dask_log = logging.getLogger("distributed")
             stack.callback(dask_log.setLevel, dask_log.level)  # quieted after a Ctrl-C
+            # A scheduler that goes away makes the client log "Batched Comm Closed" at INFO,
+            # with a traceback, before the build can tell; the build says it in one line.
+            batched_log = logging.getLogger("distributed.batched")
+            stack.callback(batched_log.setLevel, batched_log.level)
+            batched_log.setLevel(logging.WARNING)
             # Entered first, left last: the index is written while the cluster closes.
             index_writer = stack.enter_context(ThreadPoolExecutor(1, "las-index"))
             stack.enter_context(dask.config.set(CLUSTER_CONFIG))

@@ -536,6 +536,7 @@ def test_a_failed_region_stops_the_regions_still_queued(
     with pytest.raises(ValueError, match="No space left"):
         create_world(tmp_path / "w", preset="demo", progress=False, workers=1)
     rendered = sorted(p.name for p in tmp_path.glob("rendered-*"))
-    # regions already in the pool's call queue (workers + 1) still run; the demo has 7
-    assert len(rendered) <= 2, rendered
+    # the region running and those already in the pool's call queue (workers + 1) still
+    # run; the demo has 7, all rendered before
+    assert len(rendered) <= 3, rendered
     assert not (tmp_path / "w").exists()
