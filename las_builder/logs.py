@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from las_builder.security import redact
+
 _STANDARD = set(vars(logging.makeLogRecord({})))
 
 
@@ -23,12 +25,27 @@ class JsonLinesFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        # ``extra`` fields are set on the record after the record factory ran, so
+        # install_log_redaction never saw them: redact them here (a skip reason or an href).
+        entry.update({k: _redacted(v) for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:  # already formatted (and redacted) by install_log_redaction
             entry["exception"] = record.exc_text
-        return json.dumps(entry, default=str)
+        return json.dumps(entry)
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it redacted; what JSON cannot hold becomes its text."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {redact(str(k)): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(v) for v in value]
+    return redact(str(value))
 
 
 def log_json_to(path: Path, level: int = logging.INFO) -> logging.Handler:

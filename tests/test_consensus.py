@@ -125,3 +125,121 @@ def test_large_stack_is_vectorised() -> None:
     # the consensus class really has `agreement` votes
     votes = (layers == labels[np.newaxis]).sum(axis=0)
     np.testing.assert_array_equal(votes[decided], agreement[decided])
+
+
+# --- lumped classes (a mapping rule's `also`) -------------------------------------------------
+
+TREES, MANGROVES, WETLAND, FLOODED = 2, 10, 9, 12
+LUMPS = {TREES: (MANGROVES,), FLOODED: (WETLAND, MANGROVES)}  # as Dynamic World's rules
+
+
+def lumped(layers: np.ndarray, lumping: list[bool]) -> list[dict[int, np.ndarray]]:
+    """``also`` for ``layers``: a lumping layer's trees and flooded votes support LUMPS."""
+    out = []
+    for layer, lumps in zip(layers, lumping, strict=True):
+        masks: dict[int, np.ndarray] = {}
+        if lumps:
+            for cls, extra in LUMPS.items():
+                for e in extra:
+                    masks[e] = masks.get(e, np.zeros(layer.shape, bool)) | (layer == cls)
+        out.append(masks)
+    return out
+
+
+LUMPED_CASES = [
+    # (votes, which products lump, consensus, agreement)
+    ([MANGROVES, TREES, TREES], [False, True, True], MANGROVES, 3),  # WC decides for DW+Esri
+    ([TREES, TREES, TREES], [False, True, True], TREES, 3),  # ... and against mangroves
+    ([MANGROVES, TREES, TREES], [False, False, False], TREES, 2),  # without `also`: majority
+    ([TREES, TREES], [True, True], TREES, 2),  # mangroves only lumped in: never win alone
+    ([FLOODED, TREES], [True, True], IG, 0),  # their only common class is no candidate
+    ([WETLAND, FLOODED, FLOODED, FLOODED], [False, True, True, True], WETLAND, 4),
+    ([FLOODED, FLOODED], [True, True], FLOODED, 2),  # nobody tells the life form: flooded
+    ([MANGROVES, TREES, TREES, TREES], [False, True, True, False], TREES, 3),  # 3:3, own 1:3
+]
+
+
+@pytest.mark.parametrize(("votes", "lumping", "label", "agree"), LUMPED_CASES)
+def test_lumped_votes_support_what_they_lump_in(
+    votes: list[int], lumping: list[bool], label: int, agree: int
+) -> None:
+    layers = stack(votes)
+    labels, agreement = consensus(layers, also=lumped(layers, lumping))
+    assert (int(labels[0, 0]), int(agreement[0, 0])) == (label, agree)
+
+
+def test_equal_support_goes_to_more_votes_of_its_own() -> None:
+    # WorldCover says mangroves, a lumping product trees, a specific one trees: support 2 : 2,
+    # own votes 1 : 2 -> trees. With one more lumping product mangroves lead on support.
+    layers = stack([MANGROVES, TREES, TREES])
+    labels, agreement = consensus(layers, also=lumped(layers, [False, True, False]))
+    assert (int(labels[0, 0]), int(agreement[0, 0])) == (TREES, 2)
+    layers = stack([MANGROVES, TREES])
+    labels, _ = consensus(layers, also=lumped(layers, [False, True]))  # 2 : 1 support
+    assert int(labels[0, 0]) == MANGROVES
+    layers = stack([MANGROVES, TREES])
+    labels, _ = consensus(layers, also=lumped(layers, [False, False]))  # 1 : 1 and 1 : 1
+    assert int(labels[0, 0]) == IG
+
+
+def _brute_lumped(votes: list[int], supports: list[set[int]]) -> tuple[int, int]:
+    """Support = votes for a class or lumping it in; candidates have a vote of their own."""
+    own = Counter(v for v in votes if v not in (NO, IG))
+    if not own:
+        return (IG if IG in votes else NO), 0
+    ranked = sorted(((sum(c in s for s in supports), own[c], c) for c in own), reverse=True)
+    if len(ranked) > 1 and ranked[0][:2] == ranked[1][:2]:
+        return IG, 0
+    return ranked[0][2], ranked[0][0]
+
+
+def test_lumped_votes_match_brute_force() -> None:
+    rng = np.random.default_rng(11)
+    values = np.array([NO, IG, TREES, MANGROVES, WETLAND, FLOODED, 4], dtype=np.uint8)
+    layers = rng.choice(values, size=(5, 23, 29)).astype(np.uint8)
+    lumping = [True, False, True, False, True]
+    also = lumped(layers, lumping)
+    labels, agreement = consensus(layers, also=also)
+    for y in range(layers.shape[1]):
+        for x in range(layers.shape[2]):
+            votes = layers[:, y, x].tolist()
+            supports = [
+                ({v} | {c for c, m in masks.items() if m[y, x]}) if v not in (NO, IG) else set()
+                for v, masks in zip(votes, also, strict=True)
+            ]
+            assert (labels[y, x], agreement[y, x]) == _brute_lumped(votes, supports), votes
+    plain, plain_agreement = consensus(layers, also=[{} for _ in layers])
+    np.testing.assert_array_equal(plain, consensus(layers)[0])  # no lumps: the plain vote
+    np.testing.assert_array_equal(plain_agreement, consensus(layers)[1])
+
+
+def test_agreement_fraction_counts_lumped_support_as_agreeing() -> None:
+    # pixel 0: WC mangroves, DW trees (lumping): both support mangroves -> unanimous
+    # pixel 1: WC trees, DW flooded (lumping): tie -> not unanimous
+    layers = stack([MANGROVES, TREES], [TREES, FLOODED])
+    also = lumped(layers, [False, True])
+    labels, _ = consensus(layers, also=also)
+    assert labels[0].tolist() == [MANGROVES, IG]
+    assert agreement_fraction(layers, labels, also=also) == pytest.approx(1 / 2)
+    assert agreement_fraction(layers, labels) == 0.0  # without it: DW said trees
+
+
+def test_rejects_bad_also() -> None:
+    layers = stack([TREES, TREES])
+    with pytest.raises(ValueError, match="also has 1 entries for 2 layers"):
+        consensus(layers, also=[{}])
+    with pytest.raises(ValueError, match=r"also\[1\]\[10\] must be a bool mask of shape \(1, 1\)"):
+        consensus(layers, also=[{}, {MANGROVES: np.ones((2, 2), bool)}])
+    with pytest.raises(ValueError, match=r"also\[0\]\[10\] must be a bool mask"):
+        consensus(layers, also=[{MANGROVES: np.ones((1, 1), np.uint8)}, {}])
+    with pytest.raises(ValueError, match=r"also\[0\] names 255, which is not a class code"):
+        consensus(layers, also=[{IG: np.ones((1, 1), bool)}, {}])
+
+
+def test_a_lump_mask_where_the_layer_casts_no_vote_is_no_support() -> None:
+    # A mask set on nodata/ignore pixels (a careless caller) must not invent votes.
+    layers = stack([MANGROVES, NO, TREES], [MANGROVES, IG, TREES])
+    also = [{}, {MANGROVES: np.ones((1, 2), bool)}, {}]
+    labels, agreement = consensus(layers, also=also)
+    assert labels[0].tolist() == [IG, IG]  # 1 : 1 either way, the mask added nothing
+    assert agreement[0].tolist() == [0, 0]

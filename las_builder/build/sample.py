@@ -258,16 +258,19 @@ def harmonise_labels(
                 f"{record.get('s2_item') or 'its scenes'} > {100 * cfg.max_nodata:.0f}%"
             )
     las_layers = []
+    lumped = []
     counts: dict[str, dict[str, int]] = {}
     for product, native in natives.items():
-        las = _from_catalog(cfg.run_id, "mapping", product).map(native)
+        mapping = _from_catalog(cfg.run_id, "mapping", product)
+        las = mapping.map(native)
         arrays[f"labels/{product}/native"] = native
         arrays[f"labels/{product}/las"] = las
         las_layers.append(las)
+        lumped.append(mapping.also_masks(native))
         counts[product] = _class_counts(las)
     if las_layers:
         stack = np.stack(las_layers)
-        cons, agree = consensus(stack)
+        cons, agree = consensus(stack, also=lumped)
         arrays["consensus"] = cons
         arrays["agreement"] = agree
         counts["consensus"] = _class_counts(cons)
@@ -277,7 +280,7 @@ def harmonise_labels(
                 f"too much label nodata: {100 * label_nodata:.1f}% of the consensus "
                 f"> {100 * cfg.max_nodata:.0f}%"
             )
-        record["agreement"] = round(agreement_fraction(stack, cons), 6)
+        record["agreement"] = round(agreement_fraction(stack, cons, also=lumped), 6)
         record["ignore_pct"] = round(100 * float((cons == LAS_IGNORE).mean()), 3)
     record["class_counts"] = json.dumps(counts, sort_keys=True)
     record.setdefault("nodata_pct", 0.0)  # no Sentinel-2 in the recipe

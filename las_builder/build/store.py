@@ -32,7 +32,7 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
 from las_builder.build.config import BuildConfig
-from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_taxonomy
+from las_builder.catalog import LAS_IGNORE, LAS_NODATA, load_mapping, load_taxonomy
 from las_builder.catalog.labels import load_label_product
 from las_builder.imagery import s2_band_table, sensor
 from las_builder.security import redact
@@ -339,7 +339,7 @@ def array_specs(cfg: BuildConfig) -> dict[str, ArraySpec]:
             LAS_NODATA,
             ("sample", *yx),
             {
-                "rule": "majority over products; ties and all-ignore -> ignore",
+                "rule": CONSENSUS_RULE,
                 "nodata": LAS_NODATA,
                 "ignore": LAS_IGNORE,
             },
@@ -381,7 +381,25 @@ def build_fingerprint(cfg: BuildConfig) -> dict[str, Any]:
             {"product": s.product, "collection": s.collection, "asset": s.asset, "year": s.year}
             for s in cfg.labels
         ],
+        # The catalog's mappings decide every LAS label: a mapping edited between a build and
+        # its resumption would mix two labellings in one store.
+        "catalog.mappings": {s.product: _mapping_digest(s.product) for s in cfg.labels},
+        "consensus.rule": CONSENSUS_RULE,
     }
+
+
+CONSENSUS_RULE = (
+    "most support (own votes plus the votes of classes that lump it in), then most own votes; "
+    "ties and all-ignore -> ignore"
+)
+
+
+def _mapping_digest(product: str) -> str:
+    """A short digest of what a product's mapping decides: each code's target and lumps."""
+    mapping = load_mapping(product)
+    rules = {code: [r.to, sorted(r.also)] for code, r in sorted(mapping.rules.items())}
+    text = json.dumps({"fill": mapping.product.fill, "rules": rules}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def plan_digest(sample_ids: Iterable[str]) -> str:
@@ -446,7 +464,8 @@ def _check_same_build(
                 f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if changed[1:] else ""
             )
             raise ValueError(
-                f"{url} was built with another recipe: {first} is {stored.get(first)!r} there, "
+                f"{url} was built with another recipe or catalog: {first} is "
+                f"{stored.get(first)!r} there, "
                 f"{wanted.get(first)!r} in this one{more}: {fix}"
             )
     stored_digest = root.attrs.get("plan_digest")
@@ -481,6 +500,10 @@ def create_store(
     Raises:
         ValueError: The store exists but was made for another plan, recipe or layout.
     """
+    local = _local_path(url)
+    if local is not None and os.path.isdir(local) and not os.path.exists(f"{local}/zarr.json"):
+        # Before zarr writes a zarr.json in it; zarr's own half-written files are no one's.
+        _refuse_foreign(url, sorted(n for n in os.listdir(local) if not _ZARR_PARTIAL.fullmatch(n)))
     root = _open_group(url, mode="a")
     specs = array_specs(cfg)
     version = root.attrs.get("las_store_version")
@@ -512,6 +535,11 @@ def create_store(
             )
         _check_same_build(url, root, samples_per_shard, cfg, specs, plan)
         return
+    if root.attrs.get("las_store_creating") is None:
+        _refuse_foreign(url, sorted(root.keys()) or sorted(root.attrs.keys()))
+    # Marked first: a store this marks was begun by a build (killed before the version mark)
+    # and may be made again; a group without it is someone else's and is never overwritten.
+    root.attrs.update({"las_store_creating": STORE_VERSION})
     _remove_partials(url)  # a build killed while creating the store; it holds no shard yet
     for path, spec in specs.items():
         root.create_array(
@@ -565,6 +593,21 @@ def create_store(
         }
     )
     root.attrs.update({"las_store_version": STORE_VERSION})  # last: the store is complete
+
+
+def _refuse_foreign(url: str, found: list[str]) -> None:
+    """Refuse to create a store where something a build did not begin is (``found``).
+
+    Raises:
+        ValueError: ``found`` is not empty: a Zarr group's arrays or attributes, or the files
+            of a folder without ``zarr.json``.
+    """
+    if found:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ValueError(
+            f"{url} holds something las-builder did not write ({shown}): building here would "
+            "overwrite it; move it away or set another output.path"
+        )
 
 
 def store_complete(url: str) -> bool:

@@ -264,10 +264,15 @@ class MappingRule(_Strict):
         similarity: Cosine similarity between the native class text and the suggested LAS
             class text, as computed by the suggestion (informative only).
         alternative: The runner-up LAS class of a suggestion (informative only).
+        also: Further LAS classes the native class lumps in with ``to`` (Dynamic World's
+            trees include mangroves): in the consensus its vote supports them too, so a
+            product that tells them apart is not outvoted by products that cannot (see
+            :func:`las_builder.consensus.consensus`). The label layer is still ``to``.
 
     """
 
     to: str = Field(pattern=_KEY)
+    also: tuple[Annotated[str, Field(pattern=_KEY)], ...] = ()
     why: NonEmptyStr | None = None
     review: bool = False
     similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
@@ -363,6 +368,29 @@ class ProductMapping(_Strict):
     def to_review(self) -> list[int]:
         """Native codes whose rule is still marked ``review: true``, ascending."""
         return sorted(c for c, r in self.rules.items() if r.review)
+
+    @property
+    def also(self) -> dict[int, list[int]]:
+        """``{LAS code: native codes whose vote also supports it}`` (rules' ``also``), ascending."""
+        found: dict[int, list[int]] = {}
+        for code, rule in sorted(self.rules.items()):
+            for key in rule.also:
+                found.setdefault(self.taxonomy.code_of(key), []).append(code)
+        return dict(sorted(found.items()))
+
+    def also_masks(self, native: np.ndarray) -> dict[int, np.ndarray]:
+        """Where ``native`` also supports other LAS classes than its label (rules' ``also``).
+
+        Args:
+            native: Native codes, as given to :meth:`map`.
+
+        Returns:
+            ``{LAS code: bool mask of native's shape}``, one per class some rule lumps in,
+            for :func:`las_builder.consensus.consensus`'s ``also``.
+
+        """
+        arr = np.asarray(native)
+        return {las: np.isin(arr, codes) for las, codes in self.also.items()}
 
     def target(self, code: int) -> int:
         """Return the LAS label value of one native code (nodata gives :data:`LAS_NODATA`).
@@ -521,6 +549,28 @@ def mapping_problems(
                     f"of {', '.join(taxonomy.keys)} or {IGNORE}",
                 )
             )
+        if rule.also and rule.to == IGNORE:
+            problems.append(
+                (
+                    f"{field}.also",
+                    f"code {code} maps to {IGNORE}, which casts no vote to share; remove "
+                    "`also` or map the code to a class",
+                )
+            )
+        for key in rule.also:
+            if key not in keys:
+                problems.append(
+                    (
+                        f"{field}.also",
+                        f"{key!r} is not a class of taxonomy {taxonomy.id}; use some of "
+                        f"{', '.join(taxonomy.keys)}",
+                    )
+                )
+            elif key == rule.to:
+                problems.append((f"{field}.also", f"{key!r} is the rule's own target; remove it"))
+        repeated = sorted({k for k in rule.also if rule.also.count(k) > 1})
+        if repeated:
+            problems.append((f"{field}.also", f"{', '.join(repeated)} listed more than once"))
         native = product.class_by_value(code)
         if native.ignore and rule.to != IGNORE:
             problems.append(

@@ -446,36 +446,41 @@ def test_a_file_narrower_than_its_legend_reads_with_the_legends_fill(
 VOTERS = ["esa-worldcover", "esa-cci-lc", "modis-12Q1-061", "io-lulc-annual-v02"]
 
 
-def _las_tables() -> dict[str, dict[int, int]]:
-    """``{product: {native code: LAS value}}`` from the YAML files, without the catalog code."""
+def _las_tables() -> tuple[dict[str, dict[int, int]], dict[str, dict[int, set[int]]]]:
+    """``{product: {native code: LAS value}}`` and ``{product: {native code: LAS values its
+    vote also supports}}`` (rules' ``also``), from the YAML files, without the catalog code."""
     las = yaml.safe_load((catalog_dir() / "taxonomy" / "las.yaml").read_text())
     code_of = {c["key"]: c["code"] for c in las["classes"]}
-    tables = {}
+    tables, lumps = {}, {}
     for product in VOTERS:
         path = catalog_dir() / "taxonomy" / "mappings" / f"{product}.yaml"
         rules = yaml.safe_load(path.read_text())["map"]
-        table = {}
+        table, lump = {}, {}
         for code, rule in rules.items():
             to = rule if isinstance(rule, str) else rule["to"]
             table[int(code)] = 255 if to == "ignore" else code_of[to]
-        tables[product] = table
-    return tables
+            also = [] if isinstance(rule, str) else rule.get("also", [])
+            lump[int(code)] = {code_of[k] for k in also}
+        tables[product], lumps[product] = table, lump
+    return tables, lumps
 
 
-def _vote(values: list[int]) -> tuple[int, int]:
-    """One pixel's consensus and agreement, by counting."""
+def _vote(values: list[int], supports: list[set[int]]) -> tuple[int, int]:
+    """One pixel's consensus and agreement, by counting: most support (votes plus the votes
+    lumping a class in), then most votes of its own; only a voted class is a candidate."""
     votes = Counter(v for v in values if v not in (0, 255))
     if not votes:
         return (255 if 255 in values else 0), 0
-    (first, n), *rest = votes.most_common()
-    if rest and rest[0][1] == n:
+    ranked = sorted(((sum(c in s for s in supports), votes[c], c) for c in votes), reverse=True)
+    if len(ranked) > 1 and ranked[0][:2] == ranked[1][:2]:
         return 255, 0
-    return first, n
+    return ranked[0][2], ranked[0][0]
 
 
 def test_harmonised_labels_consensus_and_counts_equal_an_independent_vote() -> None:
     rng = np.random.default_rng(7)
-    tables = _las_tables()
+    tables, lumps = _las_tables()
+    assert any(any(v) for v in lumps["io-lulc-annual-v02"].values())  # Esri trees: mangroves
     shape = (12, 12)
     natives = {}
     for product in VOTERS:
@@ -511,10 +516,14 @@ def test_harmonised_labels_consensus_and_counts_equal_an_independent_vote() -> N
     for r in range(shape[0]):
         for c in range(shape[1]):
             values = [int(layers[p][r, c]) for p in VOTERS]
-            want[r, c], agree[r, c] = _vote(values)
-            votes = {v for v in values if v not in (0, 255)}
-            voted += bool(votes)
-            unanimous += len(votes) == 1
+            supports = [
+                {v} | lumps[p].get(int(natives[p][r, c]), set()) if v not in (0, 255) else set()
+                for p, v in zip(VOTERS, values, strict=True)
+            ]
+            want[r, c], agree[r, c] = _vote(values, supports)
+            voting = [s for s in supports if s]
+            voted += bool(voting)
+            unanimous += bool(voting) and all(int(want[r, c]) in s for s in voting)
     for product in VOTERS:
         np.testing.assert_array_equal(arrays[f"labels/{product}/las"], layers[product])
         np.testing.assert_array_equal(arrays[f"labels/{product}/native"], natives[product])

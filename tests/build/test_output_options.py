@@ -127,3 +127,79 @@ def test_a_store_of_another_layout_is_refused_even_without_a_fingerprint(
     bigger = BuildConfig(**{**cfg.__dict__, "size_px": 32})
     with pytest.raises(ValueError, match=r"sentinel-2 holds samples of shape \(12, 16, 16\)"):
         create_store(url, 8, 4, bigger, {})
+
+
+def _tiny_config() -> BuildConfig:
+    import datetime as dt
+
+    from las_builder.build.config import LabelSpec
+
+    when = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
+    return BuildConfig(
+        stac_url="http://x",
+        start=when,
+        end=when,
+        size_px=16,
+        resolution_m=10,
+        max_nodata=0.2,
+        s1_collection=None,
+        labels=(LabelSpec("esa-worldcover", "esa-worldcover", "map", 2021),),
+    )
+
+
+def test_a_zarr_group_las_builder_did_not_write_is_never_overwritten(tmp_path: Path) -> None:
+    """``output.path`` naming someone's Zarr group: its arrays were overwritten (the store's
+    arrays are created with ``overwrite=True`` when no version mark is found)."""
+    import numpy as np
+    import zarr
+
+    from las_builder.build.store import create_store
+
+    url = str(tmp_path / "las.zarr")
+    theirs = zarr.open_group(url, mode="w", zarr_format=3)
+    theirs.create_array("sentinel-2", shape=(4,), dtype="int16")[:] = np.arange(4)
+    with pytest.raises(
+        ValueError,
+        match=r"las.zarr holds something las-builder did not write "
+        r"\(sentinel-2\): .* set another output.path",
+    ):
+        create_store(url, 8, 4, _tiny_config(), {})
+    assert np.asarray(zarr.open_array(f"{url}/sentinel-2", mode="r")[:]).tolist() == [0, 1, 2, 3]
+
+    attrs_only = str(tmp_path / "attrs.zarr")
+    zarr.open_group(attrs_only, mode="w", zarr_format=3).attrs["owner"] = "someone"
+    with pytest.raises(ValueError, match=r"\(owner\)"):
+        create_store(attrs_only, 8, 4, _tiny_config(), {})
+
+
+def test_a_folder_of_files_is_not_made_a_store(tmp_path: Path) -> None:
+    """A folder without ``zarr.json`` but with files: refused before zarr writes into it."""
+    from las_builder.build.store import create_store
+
+    folder = tmp_path / "las.zarr"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"\(notes.txt\)"):
+        create_store(str(folder), 8, 4, _tiny_config(), {})
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_a_store_whose_creation_was_killed_is_made_again(tmp_path: Path) -> None:
+    """A build killed after marking the store as begun (before its version mark) may make it
+    again: that is the build's own half-made store, not someone else's group."""
+    import zarr
+
+    from las_builder.build.store import create_store, store_complete
+
+    url = str(tmp_path / "las.zarr")
+    cfg = _tiny_config()
+    create_store(url, 8, 4, cfg, {})
+    root = zarr.open_group(url, mode="r+")
+    del root.attrs["las_store_version"]  # killed before the last step
+    assert not store_complete(url)
+    create_store(url, 8, 4, cfg, {})
+    assert store_complete(url)
+    empty = str(tmp_path / "empty.zarr")
+    zarr.open_group(empty, mode="w", zarr_format=3)  # an empty group holds nothing to lose
+    create_store(empty, 8, 4, cfg, {})
+    assert store_complete(empty)

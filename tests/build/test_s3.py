@@ -445,7 +445,7 @@ def test_a_build_of_another_recipe_into_a_built_output_is_refused(
     before = _etags(remote)
     args = _args(served_world["stac_url"], remote)
     output = _refused("build", *args, "--set", "time.start=2020-01-01", "--quiet")
-    assert f"{remote}/las.zarr was built with another recipe: time.start is " in output
+    assert f"{remote}/las.zarr was built with another recipe or catalog: time.start is " in output
     assert "'2021-06-01' there, '2020-01-01' in this one" in output
     assert "delete it or choose another output.path" in output
     output = _refused("build", *args, "--set", "imagery.sentinel-2.max_cloud=20", "--quiet")

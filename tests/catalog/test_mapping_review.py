@@ -229,3 +229,74 @@ def test_world_truth_maps_like_the_products() -> None:
         key = tax.by_code(code).key
         words = name.replace("-", " ").replace("snow ice", "snow and ice").split()
         assert name == "road" or all(w in key.replace("_", " ") for w in words), (name, key)
+
+
+# --- classes that lump LAS classes together (a rule's `also`) --------------------------------
+
+# (product, native code): the LAS classes its vote supports besides its target. Only products
+# whose legend cannot tell them apart lump: WorldCover (95 mangroves, 90 herbaceous wetland)
+# and ESA CCI (170 mangroves) resolve them, and are not outvoted by the others.
+LUMPS = {
+    ("dynamic-world-v1", 1): {"mangroves"},
+    ("dynamic-world-v1", 3): {"herbaceous_wetland", "mangroves"},
+    ("io-lulc-annual-v02", 2): {"mangroves"},
+    ("io-lulc-annual-v02", 4): {"herbaceous_wetland", "mangroves"},
+    ("modis-12Q1-061", 2): {"mangroves"},
+    ("modis-12Q1-061", 11): {"herbaceous_wetland", "mangroves"},
+    ("esa-cci-lc", 180): {"herbaceous_wetland"},
+}
+
+
+def test_every_lump_is_pinned_and_says_why() -> None:
+    found = {
+        (p, c): set(r.also) for p in PRODUCTS for c, r in load_mapping(p).rules.items() if r.also
+    }
+    assert found == LUMPS
+    for (p, c), classes in LUMPS.items():
+        why = " ".join((load_mapping(p).rules[c].why or "").split()).lower()
+        for key in classes:
+            assert key.replace("_", " ") in why, f"{p} {c}: why does not name {key}"
+
+
+def test_no_product_lumps_a_class_its_own_legend_resolves() -> None:
+    # A product with a mangroves class says "not mangroves" with its trees: no lump there.
+    for p in PRODUCTS:
+        mapping = load_mapping(p)
+        targets = {r.to for r in mapping.rules.values()}
+        for c, rule in mapping.rules.items():
+            assert not set(rule.also) & targets, f"{p} {c}: lumps in a class it maps to itself"
+
+
+def _vote(codes: dict[str, int]) -> tuple[str, int]:
+    """The consensus (LAS key or 'ignore', agreement) of one pixel's native codes."""
+    tax = load_taxonomy()
+    layers, also = [], []
+    for product, code in codes.items():
+        mapping = load_mapping(product)
+        native = np.array([[code]], dtype=np.dtype(load_label_product(product).dtype))
+        layers.append(mapping.map(native))
+        also.append(mapping.also_masks(native))
+    labels, agreement = consensus(np.stack(layers), also=also)
+    value = int(labels[0, 0])
+    return (IGNORE if value == LAS_IGNORE else tax.by_code(value).key), int(agreement[0, 0])
+
+
+def test_mangroves_named_by_worldcover_win_over_the_products_that_lump_them() -> None:
+    lumpers = {"dynamic-world-v1": 1, "io-lulc-annual-v02": 2, "modis-12Q1-061": 2}
+    # Before: trees 3, mangroves 1. Now every vote supports mangroves; trees has 3.
+    assert _vote({"esa-worldcover": 95, **lumpers}) == ("mangroves", 4)
+    assert _vote({"esa-worldcover": 10, **lumpers}) == ("trees", 4)
+    assert _vote(lumpers) == ("trees", 3)  # nobody tells them apart: trees, as mapped
+    # ESA CCI's trees say "not mangroves" (CCI has 170): WorldCover and CCI disagree, and the
+    # lumping products support both: 4 : 4 support, 1 : 4 own votes -> trees.
+    assert _vote({"esa-worldcover": 95, "esa-cci-lc": 50, **lumpers}) == ("trees", 4)
+    assert _vote({"esa-worldcover": 95, "esa-cci-lc": 170, **lumpers}) == ("mangroves", 5)
+
+
+def test_herbaceous_wetland_named_by_worldcover_wins_over_flooded_vegetation() -> None:
+    flooded = {"dynamic-world-v1": 3, "io-lulc-annual-v02": 4, "modis-12Q1-061": 11}
+    assert _vote({"esa-worldcover": 90, **flooded}) == ("herbaceous_wetland", 4)
+    assert _vote(flooded) == ("flooded_vegetation", 3)
+    assert _vote({"esa-cci-lc": 180, **flooded}) == ("flooded_vegetation", 4)
+    # Swamp forest: WorldCover trees against flooded vegetation that does not lump trees in.
+    assert _vote({"esa-worldcover": 10, "dynamic-world-v1": 3}) == (IGNORE, 0)

@@ -259,6 +259,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 WC = "taxonomy/mappings/esa-worldcover.yaml"
+DW = "taxonomy/mappings/dynamic-world-v1.yaml"
 
 
 def _zero_without_nodata(catalog: Path, target: str) -> None:
@@ -317,6 +318,28 @@ BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "legend problem": (
         lambda c: _edit(c / "labels/esa-worldcover.yaml", 'color: "#006400"', 'color: "green"'),
         "labels/esa-worldcover.yaml: classes[0].color: 'green' is not a colour",
+    ),
+    # a rule's `also` (classes its vote supports besides its target)
+    "also naming no class": (
+        lambda c: _edit(c / DW, "also: [mangroves]", "also: [mangrove]"),
+        "dynamic-world-v1.yaml: map.1.also: 'mangrove' is not a class of taxonomy las",
+    ),
+    "also naming the rule's own target": (
+        lambda c: _edit(c / DW, "also: [mangroves]", "also: [trees]"),
+        "map.1.also: 'trees' is the rule's own target; remove it",
+    ),
+    "also on an ignored code": (
+        lambda c: _edit(
+            c / DW,
+            "  8:                          # Snow and ice\n    to: ignore",
+            "  8:                          # Snow and ice\n    to: ignore\n"
+            "    also: [snow_and_ice]",
+        ),
+        "map.8.also: code 8 maps to ignore, which casts no vote to share",
+    ),
+    "also listing a class twice": (
+        lambda c: _edit(c / DW, "also: [mangroves]", "also: [mangroves, mangroves]"),
+        "map.1.also: mangroves listed more than once",
     ),
     # pydantic read "20" as 20: with `20:` beside it one rule silently replaced the other
     "quoted code beside the same code": (
