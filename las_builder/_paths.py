@@ -21,6 +21,23 @@ def catalog_dir() -> Path:
     return path
 
 
+def require_catalog(*folders: str) -> Path:
+    """Return :func:`catalog_dir` after checking that it holds ``folders`` (``sensors`` ...).
+
+    Raises:
+        FileNotFoundError: The catalog folder does not exist, or lacks one of ``folders``
+            (``LAS_CATALOG`` naming some other folder); the message says which and what to do.
+    """
+    path = catalog_dir()
+    missing = [f"{name}/" for name in folders if not (path / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"catalog folder {path} has no {', '.join(missing)}: it is not a las-builder "
+            "catalog; set LAS_CATALOG to a copy of the project's catalog/ folder (or unset it)"
+        )
+    return path
+
+
 def file_state(*paths: Path) -> tuple[tuple[str, int, int], ...]:
     """(path, mtime, size) of each existing file: a cache key that changes when a file does."""
     state = []

@@ -87,6 +87,12 @@ def world_create(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Generate a deterministic offline world: truth, imagery, label products and STAC."""
+    from las_builder._paths import require_catalog
+
+    try:  # the presets, sensors and legends the world renders
+        require_catalog("world", "sensors", "labels")
+    except FileNotFoundError as err:
+        raise CliError(str(err)) from None
     from las_builder.world.create import create_world
 
     try:

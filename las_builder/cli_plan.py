@@ -70,11 +70,11 @@ def plan(
     ] = False,
 ) -> None:
     """Plan the samples of a recipe and write OUTPUT/plan.parquet."""
-    from las_builder._paths import catalog_dir
+    from las_builder._paths import require_catalog
 
     try:  # first: the modules below read the catalog when imported
-        catalog_dir()
-    except FileNotFoundError as err:  # LAS_CATALOG names no folder
+        require_catalog("sensors", "taxonomy", "labels")
+    except FileNotFoundError as err:  # LAS_CATALOG names no folder, or not a catalog
         raise _fail(str(err)) from None
 
     from rich.console import Console

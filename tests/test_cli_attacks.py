@@ -345,3 +345,23 @@ def test_ctrl_c_during_a_checkpoint_write_counts_as_ctrl_c() -> None:
     assert _interrupted(caught.value)
     assert not _interrupted(RuntimeError("a real failure"))
     assert not _interrupted(ValueError("bad config"))
+
+
+@pytest.mark.parametrize("command", ["plan", "build", "build --status", "world create"])
+def test_las_catalog_naming_a_folder_that_is_no_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """LAS_CATALOG naming an existing folder that is no catalog: `las plan` and `las build`
+    died at import with a traceback (sensors/sentinel-2-l2a.yaml not found), `las world
+    create` said "unknown preset 'tiny': choose one of " (an empty list)."""
+    other = tmp_path / "notes"
+    other.mkdir()
+    monkeypatch.setenv("LAS_CATALOG", str(other))
+    world = command == "world create"
+    args = [str(tmp_path / "w"), "--preset", "tiny"] if world else [str(DEMO_RECIPE)]
+    result = CliRunner().invoke(app, [*command.split(), *args])
+    assert result.exit_code == 2, result.output
+    line = _one_line_error(result.output)
+    assert f"catalog folder {other} has no " in line and "set LAS_CATALOG to a copy" in line
+    assert "sensors/" in line or "world/" in line
+    assert not (tmp_path / "w").exists()

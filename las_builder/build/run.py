@@ -1272,11 +1272,13 @@ def _run_submitted(
     A task that ends in an error of the cluster's (``KilledWorker``: each worker that ran it
     died) is reported as that shard's error, as a shard's own failure is.
 
+    A cluster without workers (all died, or an adaptive one scaled to none) would keep the
+    build waiting without a word: after :data:`NO_WORKERS_WARN_S` a warning says so, and
+    again each time as long again passes (an autoscaler may still bring workers: not an error).
+
     Raises:
         _SchedulerLost: The client lost the scheduler (its tasks were cancelled).
     """
-    from concurrent.futures import CancelledError
-
     from dask.distributed import as_completed
 
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
@@ -1290,6 +1292,31 @@ def _run_submitted(
         return future
 
     futures = as_completed([start(s) for s in itertools.islice(waiting, window)])
+    left = [len(todo)]
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_workers, args=(client, stop, left), name="las-workers", daemon=True
+    )
+    watcher.start()
+    try:
+        _collect(client, futures, shard_of, waiting, start, finished, left)
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _collect(
+    client: Any,
+    futures: Any,
+    shard_of: dict[Any, int],
+    waiting: Iterator[int],
+    start: Callable[[int], Any],
+    finished: Callable[[dict[str, Any]], None],
+    left: list[int],
+) -> None:
+    """Hand each finished shard task's result to ``finished``; submit the next shard."""
+    from concurrent.futures import CancelledError
+
     for future in futures:
         shard = shard_of.pop(future.key)
         try:
@@ -1308,10 +1335,43 @@ def _run_submitted(
                 "error": redact(f"{type(err).__name__}: {first}"),
             }
         future.release()  # the scheduler forgets the task and its result
+        left[0] -= 1
         finished(result)
         following = next(waiting, None)
         if following is not None:
             futures.add(start(following))
+
+
+NO_WORKERS_WARN_S = 60.0
+"""Seconds a cluster may have no worker, shards waiting, before the build warns (and again)."""
+_NO_WORKERS_CHECK_S = 5.0
+
+
+def _watch_workers(client: Any, stop: threading.Event, left: list[int]) -> None:
+    """Warn while the cluster has no worker and shards wait (see :func:`_run_submitted`)."""
+    idle_since: float | None = None
+    warned_at: float | None = None
+    address = getattr(getattr(client, "scheduler", None), "address", None) or "the scheduler"
+    while not stop.wait(min(_NO_WORKERS_CHECK_S, NO_WORKERS_WARN_S)):
+        try:
+            workers = len(client.scheduler_info()["workers"])
+        except Exception:  # a lost scheduler is the collecting loop's to report
+            continue
+        now = time.monotonic()
+        if workers:
+            if warned_at is not None:
+                log.warning("%d dask workers connected to %s: building again", workers, address)
+            idle_since = warned_at = None
+            continue
+        idle_since = now if idle_since is None else idle_since
+        due = warned_at is None or now - warned_at >= NO_WORKERS_WARN_S
+        if now - idle_since >= NO_WORKERS_WARN_S and due:
+            warned_at = now
+            log.warning(
+                "no dask worker connected to %s for %.0f s; %d shards wait: start workers "
+                "(`dask worker %s`) or press Ctrl-C (the same command resumes)",
+                *(address, now - idle_since, left[0], address),
+            )
 
 
 def usable_cores() -> int:
