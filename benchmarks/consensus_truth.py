@@ -2,9 +2,10 @@
 
 Recomputes, from a built store's native label layers, the consensus with the mapping rules'
 ``also`` (what ``las build`` writes) and without it (a plain per-pixel majority, the rule
-until 2026-12-08), and scores both against the world's truth, class by class (recall,
-precision, IoU over the truth's classes; consensus 0/255 count as no prediction). Both come
-from the same native pixels, so the comparison is of the rule alone. Writes
+until 2026-12-08), and scores both, and each product's own LAS layer, against the world's
+truth, class by class (recall, precision, IoU over the truth's classes; 0/255 count as no
+prediction). Both rules come from the same native pixels, so the comparison is of the rule
+alone. Writes
 ``benchmarks/results-consensus.json`` and prints a table.
 
 Prerequisite: a dataset built from a world (``make demo`` -> out/demo/las, out/demo/world).
@@ -35,7 +36,7 @@ RULES = ("majority", "lumped")
 
 
 def confusions(dataset: Path, world: Path) -> tuple[dict[str, np.ndarray], int]:
-    """``{rule: (K + 1, 256) counts of truth code x consensus value}`` and the samples used."""
+    """``{rule or product: (K + 1, 256) counts of truth code x label}`` and the samples used."""
     root = zarr.open_group(str(dataset / "las.zarr"), mode="r")
     index = pd.read_parquet(dataset / "index.parquet")
     built = index[index["status"] == "ok"] if "status" in index else index
@@ -43,7 +44,7 @@ def confusions(dataset: Path, world: Path) -> tuple[dict[str, np.ndarray], int]:
     mappings = {p: load_mapping(p) for p in products}
     items = truth_items(world)
     k = len(load_taxonomy())
-    counts = {rule: np.zeros((k + 1, 256), np.int64) for rule in RULES}
+    counts = {name: np.zeros((k + 1, 256), np.int64) for name in (*RULES, *products)}
     for row in built.itertuples():
         i = int(row.zarr_index)  # type: ignore[arg-type]
         layers, also = [], []
@@ -58,8 +59,9 @@ def confusions(dataset: Path, world: Path) -> tuple[dict[str, np.ndarray], int]:
             sys.exit(f"sample {row.sample_id}: the store's consensus is not this rule's: rebuild")
         majority, _ = consensus(stack)
         truth = truth_on_grid(items, int(row.epsg), list(row.transform), stored.shape)  # type: ignore[arg-type]
-        for rule, labels in (("majority", majority), ("lumped", lumped)):
-            np.add.at(counts[rule], (truth.ravel(), labels.ravel()), 1)
+        named = {"majority": majority, "lumped": lumped, **dict(zip(products, layers, strict=True))}
+        for name, labels in named.items():
+            np.add.at(counts[name], (truth.ravel(), labels.ravel()), 1)
     return counts, len(built)
 
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     counts, samples = confusions(args.dataset, args.world)
     results: dict[str, Any] = {"dataset": str(args.dataset), "samples": samples}
     results.update({rule: scores(counts[rule]) for rule in RULES})
+    results["products"] = {p: scores(c) for p, c in counts.items() if p not in RULES}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"consensus vs truth, {samples} samples (IoU; recall / precision in %)")
     print(f"{'class':24s} {'pixels':>8s}  {'majority':>20s}  {'lumped (las build)':>20s}")
@@ -124,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'ignore share':24s} {'':8s}  {results['majority']['ignore_share']:>20.3f}  "
         f"{results['lumped']['ignore_share']:>20.3f}"
+    )
+    print(
+        "each product's own LAS layer: "
+        + ", ".join(
+            f"{p} {r['miou']:.3f}"
+            for p, r in sorted(results["products"].items(), key=lambda pr: -pr[1]["miou"])
+        )
     )
     print(f"written to {args.out}")
     return 0

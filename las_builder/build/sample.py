@@ -41,6 +41,7 @@ from las_builder.stac import SceneItem
 log = logging.getLogger(__name__)
 
 SCL_CLOUD = (3, 8, 9, 10)  # cloud shadow, cloud medium/high probability, thin cirrus
+SCL_SNOW = 11  # ranked against (it hides the land cover), never skipped for (glaciers)
 
 
 class SampleSkipped(Exception):  # noqa: N818 - a skip is an outcome, not an error
@@ -71,17 +72,21 @@ class _S2Candidate:
     scl: np.ndarray
     cloud_pct: float
     nodata_frac: float
+    snow_pct: float = 0.0
 
     @property
     def perfect(self) -> bool:
-        return self.cloud_pct == 0 and self.nodata_frac == 0
+        return self.cloud_pct == 0 and self.nodata_frac == 0 and self.snow_pct == 0
 
     @property
-    def rank(self) -> tuple[float, float, float, str]:
-        # Least cloudy over the sample itself, then least empty, then least cloudy scene-wide
-        # (eo:cloud_cover); the id breaks ties stably.
-        over_sample = round(self.cloud_pct + 100 * self.nodata_frac, 6)
-        return (over_sample, self.nodata_frac, _scene_cloud(self.item), self.item.id)
+    def rank(self) -> tuple[float, float, float, float, str]:
+        # Least hidden over the sample itself (cloud, snow, no data), then least cloudy there,
+        # least empty, least cloudy scene-wide (eo:cloud_cover); the id breaks ties stably.
+        # Snow hides the land cover the annual label products map beneath it, as cloud does;
+        # where it lies all year (a glacier) cloud over it hides as much, and less cloud wins.
+        hidden = round(self.cloud_pct + self.snow_pct + 100 * self.nodata_frac, 6)
+        cloud = round(self.cloud_pct, 6)
+        return (hidden, cloud, self.nodata_frac, _scene_cloud(self.item), self.item.id)
 
 
 def _scene_cloud(item: SceneItem) -> float:
@@ -91,10 +96,10 @@ def _scene_cloud(item: SceneItem) -> float:
 def _rank_s2(
     items: list[SceneItem], geobox: GeoBox, cache: DatasetCache, *, all_scenes: bool = False
 ) -> list[_S2Candidate]:
-    """Sentinel-2 scenes ranked by cloud (from their SCL) over the sample's own footprint.
+    """Sentinel-2 scenes ranked by cloud and snow (from their SCL) over the sample's footprint.
 
     Scenes are examined from the least cloudy scene-wide; unless ``all_scenes``, the first
-    that is clear and complete over the sample ends the search, since no later scene can
+    that is clear, snow-free and complete over the sample ends the search, since no later scene can
     outrank it. That saves reading the SCL of every candidate (most samples stop at one).
     """
     ranked = []
@@ -104,7 +109,8 @@ def _rank_s2(
         valid = scl > 0
         nodata_frac = 1.0 - float(valid.mean())
         cloud_pct = 100.0 * float(np.isin(scl, SCL_CLOUD)[valid].mean()) if valid.any() else 100.0
-        ranked.append(_S2Candidate(item, scl, cloud_pct, nodata_frac))
+        snow_pct = 100.0 * float((scl == SCL_SNOW)[valid].mean()) if valid.any() else 0.0
+        ranked.append(_S2Candidate(item, scl, cloud_pct, nodata_frac, snow_pct))
         if ranked[-1].perfect and not all_scenes:
             break
     return sorted(ranked, key=lambda c: c.rank)

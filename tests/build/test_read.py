@@ -710,3 +710,36 @@ def test_samples_compressed_as_they_arrive_write_the_same_shard(tmp_path: Path) 
         }
     assert stores["sample by sample"] == stores["whole arrays"]
     assert "s2/c/1/0/0/0" in stores["whole arrays"] and "naip/c/1/0/0" not in stores["whole arrays"]
+
+
+def test_a_snowy_winter_scene_loses_to_a_less_clear_summer_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SCL 11 (snow) was not ranked against: a cloudless winter scene whose snow hid the
+    fields that the annual label products map beneath it was chosen over a summer scene with
+    a little cloud. Snow now counts like cloud in the ranking (never in the skip for cloud)."""
+    fields = np.full((4, 4), 4, "uint8")  # vegetation
+    winter = fields.copy()
+    winter[:3] = 11  # 75 % snow, no cloud
+    summer = fields.copy()
+    summer[0, :2] = 9  # 12.5 % cloud
+    scenes = [_scene("S2-winter", 1.0, winter), _scene("S2-summer", 20.0, summer)]
+    for all_scenes in (False, True):
+        ranked, opened = _ranked(monkeypatch, scenes, all_scenes)
+        assert ranked[0] == "S2-summer"
+        assert opened == ["S2-winter", "S2-summer"]  # a snowy scene does not end the search
+
+
+def test_on_a_glacier_every_scene_is_snow_and_the_cloud_decides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ice = np.full((4, 4), 11, "uint8")
+    cloudy = ice.copy()
+    cloudy[0] = 8
+    scenes = [_scene("S2-cloudy", 1.0, cloudy), _scene("S2-clear", 9.0, ice)]
+    ranked, _ = _ranked(monkeypatch, scenes, all_scenes=False)
+    assert ranked[0] == "S2-clear"
+    monkeypatch.setattr(sample_mod, "read_onto", lambda ds, geobox, **kw: ds.scl[None])
+    geobox = GeoBox((4, 4), Affine(10, 0, 0, 0, -10, 0), CRS)
+    (best, _) = sample_mod._rank_s2(scenes, geobox, _FakeCache())  # type: ignore[arg-type]
+    assert best.cloud_pct == 0.0 and best.snow_pct == 100.0  # snow is not cloud: not skipped
