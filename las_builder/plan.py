@@ -469,16 +469,22 @@ def _boxes_overlap(a: GeoBox, b: GeoBox) -> bool:
 # --------------------------------------------------------------------------- allocation
 
 
-def _allocate(pool: list[_Candidate], count: int, seed: int, edge_m: float) -> list[_Candidate]:
-    """Round-robin over strata, each stratum's candidates in a seeded shuffle."""
+def _allocate(pool: list[_Candidate], count: int, edge_m: float) -> list[_Candidate]:
+    """Round-robin over strata, each stratum's candidates in the order they were found.
+
+    The pool comes in the cells' seeded random order, and a larger count only looks further
+    along it: so each stratum's queue for a smaller count is the start of its queue for a
+    larger one, and a plan of N samples is the first N of a plan of more (unless a stratum
+    runs out of candidates sooner in the smaller pool). A shuffle of each stratum's members
+    (until 2026-12-08) mixed them anew for each pool size: a plan of 50 shared 2 of 25
+    samples with one of 25 over the same frame.
+    """
     strata: dict[int, list[_Candidate]] = defaultdict(list)
     for cand in pool:
         strata[cand.stratum if cand.stratum is not None else -1].append(cand)
-    queues: dict[int, Iterator[_Candidate]] = {}
-    for value in sorted(strata):
-        members = sorted(strata[value], key=lambda c: (c.row, c.col))
-        order = np.random.default_rng([seed, value & 0xFFFFFFFF]).permutation(len(members))
-        queues[value] = iter([members[i] for i in order])
+    queues: dict[int, Iterator[_Candidate]] = {
+        value: iter(strata[value]) for value in sorted(strata)
+    }
     placed = _Placed(edge_m)
     chosen: list[_Candidate] = []
     while queues and len(chosen) < count:
@@ -598,7 +604,7 @@ def make_plan(
         stats.per_stratum[key] = stats.per_stratum.get(key, 0) + 1
 
     report(f"allocating {spec.count} samples over {len(stats.per_stratum)} strata")
-    chosen = _allocate(pool, spec.count, spec.seed, spec.edge_m)
+    chosen = _allocate(pool, spec.count, spec.edge_m)
     if not chosen:
         raise PlanError(
             f"no sample of {spec.size_px} px x {spec.resolution_m:g} m fits in the frame "

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from las_builder import plan as plan_mod
 from las_builder.cli_plan import plan as plan_command
+from las_builder.geobox import cell_at
 from las_builder.plan import make_plan
 from las_builder.recipe import Recipe, RecipeError, load_recipe
 from las_builder.stac.item import parse_item
@@ -280,7 +281,7 @@ def _plan_over(frame: BaseGeometry, tmp_path: Path, *overrides: str) -> gpd.GeoD
     cells = plan_mod._listed_cells(frame, spec.spacing, spec.seed)
     stats = plan_mod._Stats()
     pool = plan_mod._gather(recipe, frame, cells, None, 10 * spec.count, stats, lambda _m: None)
-    chosen = plan_mod._allocate(pool, spec.count, spec.seed, spec.edge_m)
+    chosen = plan_mod._allocate(pool, spec.count, spec.edge_m)
     return plan_mod._to_frame(recipe, chosen)
 
 
@@ -331,3 +332,51 @@ def test_a_plan_write_that_fails_leaves_the_previous_plan_whole(tmp_path: Path) 
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["plan.parquet"]
     assert gpd.read_parquet(target)["sample_id"].tolist() == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- nested plans
+
+
+def test_a_plan_of_more_samples_holds_every_sample_of_a_plan_of_fewer(tmp_path: Path) -> None:
+    """Growing `sample.count` gave a new plan: each stratum's candidates were shuffled anew
+    for each pool size, so a plan of 50 samples shared 2 of a plan of 25 (over a frame larger
+    than the pool). Samples are now taken in the order the seeded cell order found them: a
+    bigger dataset holds the smaller one, which need not be built again."""
+    frame = box(0, 0, 3, 3)
+    shapely.prepare(frame)
+    plans = {
+        n: set(_plan_over(frame, tmp_path, f"sample.count={n}")["sample_id"]) for n in (25, 50, 200)
+    }
+    assert len(plans[25]) == 25 and len(plans[200]) == 200
+    assert plans[25] <= plans[50] <= plans[200]
+    other_seed = set(_plan_over(frame, tmp_path, "sample.count=25", "sample.seed=1")["sample_id"])
+    assert len(other_seed & plans[25]) < 5  # still another seed's samples
+
+
+def _candidate(i: int, stratum: int) -> plan_mod._Candidate:
+    """A candidate far from every other (no overlap), in a given stratum."""
+    cell = cell_at(2 * i, 0, 1600.0)
+    cand = plan_mod._candidate(cell.row, cell.col, _plan_recipe(), box(-180, -90, 180, 90))
+    assert cand is not None
+    cand.stratum = stratum
+    return cand
+
+
+def _plan_recipe() -> Recipe:
+    return load_recipe(DEMO, ["stac.url=http://127.0.0.1:9/"])
+
+
+def test_stratified_allocation_of_a_longer_pool_keeps_the_shorter_pools_choice() -> None:
+    """With strata: the pool for a larger count extends the smaller count's pool (the same
+    seeded cell order, read further); round-robin over each stratum's queue in found order
+    then chooses a superset, as long as no stratum runs dry in the shorter pool."""
+    rng = np.random.default_rng(4)
+    strata = rng.choice([10, 20, 30], size=240, p=[0.6, 0.3, 0.1]).tolist()
+    pool = [_candidate(i, s) for i, s in enumerate(strata)]
+    edge = _plan_recipe().sample.edge_m
+    small = plan_mod._allocate(pool[:120], 12, edge)
+    large = plan_mod._allocate(pool, 24, edge)
+    ids = {(c.row, c.col) for c in small}
+    assert len(small) == 12 and ids <= {(c.row, c.col) for c in large}
+    assert {c.stratum for c in small} == {10, 20, 30}  # still balanced: 4 of each
+    assert sorted(sum(c.stratum == s for c in small) for s in (10, 20, 30)) == [4, 4, 4]
