@@ -161,10 +161,14 @@ def evaluate(
     tconf = {"model": zero.clone(), "fused": zero.clone()}
     tlabels = {p: zero.clone() for p in products}
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=default_collate)
+    from rich.console import Console
     from rich.progress import track
 
     done = 0
-    for batch in track(loader, description="eval", disable=not progress):
+    # On stderr: stdout carries the metrics tables.
+    for batch in track(
+        loader, description="eval", disable=not progress, console=Console(stderr=True)
+    ):
         image, wl, pol = compose_input(batch, inputs)
         out_ = model(image.to(dev), wl.to(dev), text, pol.to(dev))
         logits = out_["logits"]

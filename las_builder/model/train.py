@@ -643,6 +643,7 @@ def train(
                 p.unlink()
         return last
 
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -666,6 +667,7 @@ def train(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         disable=not progress,
+        console=Console(stderr=True),  # stdout carries results (a summary, metrics tables)
     ) as bar:
         task = bar.add_task("train", total=total, completed=step, loss=float("nan"), lr=0.0)
         batches = _batches(train_ds, sched_batches, step, _loader_workers(cfg.num_workers))

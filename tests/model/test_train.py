@@ -493,3 +493,19 @@ def test_loader_workers_are_at_most_the_usable_cores() -> None:
     assert _loader_workers(cores) == cores
     with pytest.warns(UserWarning, match=f"num_workers: {cores + 7} DataLoader workers"):
         assert _loader_workers(cores + 7) == cores
+
+
+def test_progress_bars_go_to_stderr_not_with_the_results(
+    run: Path, las_tiny: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`las train` and `las eval` drew their progress bars on stdout, where their results
+    (the run summary, the metrics tables) go: a piped `las eval > scores.txt` held the bar."""
+    from las_builder.model.config import load_train_config
+    from las_builder.model.evaluate import evaluate
+    from las_builder.model.train import train
+
+    evaluate(run, las_tiny, split="all", progress=True, out=tmp_path / "m.json")
+    train(load_train_config(_config(las_tiny, tmp_path / "again", 2)), progress=True)
+    captured = capfd.readouterr()
+    assert "eval" in captured.err and "train" in captured.err  # the bars are drawn ...
+    assert "eval" not in captured.out and "train" not in captured.out  # ... not with results
