@@ -44,6 +44,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import math
 import operator
 import os
@@ -51,7 +53,7 @@ import secrets
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +205,7 @@ def val_ids(
     val_fraction: float,
     seed: int = 0,
     groups: Sequence[Any] | None = None,
+    classes: Sequence[Collection[str]] | None = None,
 ) -> set[str]:
     """Return the held-out sample ids.
 
@@ -210,29 +213,65 @@ def val_ids(
     samples' EPSG codes, i.e. UTM zones / regions) the split is stratified: in every group of
     two or more samples, the ``round(val_fraction * n)`` samples (at least 1, at most
     ``n - 1``) with the lowest hash are held out, so every group keeps training samples and
-    the held-out set covers every group (and the classes that only occur there).
+    the held-out set covers every group. With ``classes`` too, a sample is passed over (the
+    next by hash is held out instead) when holding it out would leave one of its classes in
+    no training sample: a class only the held-out samples show can be neither learned nor
+    fairly scored (the demo's only snowy sample was held out, and no model saw snow).
 
     Args:
         sample_ids: Candidate samples.
         val_fraction: Fraction to hold out.
         seed: Seed of the hash.
         groups: Group of each sample, or ``None``.
+        classes: The classes each sample shows (any labels), or ``None``; used with groups.
 
     """
     if val_fraction <= 0:
         return set()
     if groups is None:
         return {s for s in sample_ids if split_of(s, val_fraction, seed) == "val"}
+    shown = dict(zip(sample_ids, classes, strict=True)) if classes is not None else {}
+    in_training = collections.Counter(c for cs in shown.values() for c in set(cs))
     by_group: dict[Any, list[str]] = {}
     for s, g in zip(sample_ids, groups, strict=True):
         by_group.setdefault(g, []).append(s)
     out: set[str] = set()
-    for members in by_group.values():
+    for key in sorted(by_group, key=str):
+        members = by_group[key]
         if len(members) < 2:
             continue
         n = min(len(members) - 1, max(1, round(val_fraction * len(members))))
-        out.update(sorted(members, key=lambda s: _hash(s, seed))[:n])
+        for s in sorted(members, key=lambda s: _hash(s, seed)):
+            if len(out & set(members)) == n:
+                break
+            own = set(shown.get(s, ()))
+            if any(in_training[c] <= 1 for c in own):
+                continue  # its class would be in no training sample
+            in_training.subtract(own)
+            out.add(s)
     return out
+
+
+def sample_classes(class_counts: str | None, min_fraction: float = 0.01) -> set[str]:
+    """The LAS classes a sample shows, from its index ``class_counts`` (JSON).
+
+    A class counts where the consensus gives it at least ``min_fraction`` of the sample's
+    pixels (nodata 0 and ignore 255 are no classes); without a consensus, where any product
+    does. Not the products trained on: training and evaluation must split alike. (Any
+    product's few pixels would do too easily: MODIS's 2 % of snow beside a snowy sample
+    made a second "snowy" sample, and the only one WorldCover calls snowy was held out.)
+    """
+    found: set[str] = set()
+    if not isinstance(class_counts, str):  # a sample without labels
+        return found
+    by_product = json.loads(class_counts)
+    chosen = [by_product["consensus"]] if "consensus" in by_product else by_product.values()
+    for counts in chosen:
+        total = sum(counts.values())
+        found.update(
+            k for k, v in counts.items() if k not in ("0", "255") and v >= min_fraction * total
+        )
+    return found
 
 
 def normalise(
@@ -499,7 +538,9 @@ class LASDataset(Dataset[dict[str, Any]]):
                     "use epsg (regions) or null (a plain hash split)"
                 )
             groups = ok[split_by].tolist() if split_by else None
-            held = val_ids(ok["sample_id"].tolist(), val_fraction, split_seed, groups)
+            counted = groups is not None and "class_counts" in ok.columns
+            shown = [sample_classes(c) for c in ok["class_counts"]] if counted else None
+            held = val_ids(ok["sample_id"].tolist(), val_fraction, split_seed, groups, shown)
             ok = ok[[(s in held) == (split == "val") for s in ok["sample_id"]]]
         if sample_ids is not None:
             by_id = {s: r for s, r in zip(ok["sample_id"], ok.to_dict("records"), strict=True)}

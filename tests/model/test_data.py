@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import cast
@@ -19,6 +20,7 @@ from las_builder.model.data import (
     compose_input,
     open_store,
     read_index,
+    sample_classes,
     split_of,
     val_ids,
 )
@@ -108,6 +110,33 @@ def test_stratified_split_keeps_every_group_in_training() -> None:
     assert "s9" not in held  # a lone sample stays in training
     assert held == val_ids(ids, 0.25, seed=1, groups=groups)
     assert val_ids(ids, 0.0, groups=groups) == set()
+
+
+def test_stratified_split_keeps_every_class_in_training() -> None:
+    """The demo's only snowy sample was held out (its region's lowest hash): no model saw
+    snow, and the held-out score counted a class that could not be learned. A sample whose
+    class no other training sample shows is passed over; the next by hash goes instead."""
+    ids = [f"s{i}" for i in range(8)]
+    groups = ["lapland"] * 4 + ["iowa"] * 4
+    plain = val_ids(ids, 0.25, seed=3, groups=groups)
+    first = min(plain & set(ids[:4]))  # the Lapland sample held out without classes
+    shown = [{"2"}] * 8
+    shown[ids.index(first)] = {"2", "8"}  # ... is the only one with snow (8)
+    held = val_ids(ids, 0.25, seed=3, groups=groups, classes=shown)
+    assert first not in held and len(held) == len(plain) == 2
+    assert held & set(ids[4:]) == plain & set(ids[4:])  # other groups as before
+    assert held == val_ids(ids, 0.25, seed=3, groups=groups, classes=[set(c) for c in shown])
+    # every sample of a group the only one with its class: that group holds none out
+    lone = [{"2", str(10 + i)} for i in range(4)] + [{"2"}] * 4
+    assert val_ids(ids, 0.25, seed=3, groups=groups, classes=lone) <= set(ids[4:])
+
+
+def test_sample_classes_come_from_the_consensus() -> None:
+    counts = {"consensus": {"2": 900, "8": 100, "255": 24}, "modis-12Q1-061": {"11": 30, "2": 994}}
+    assert sample_classes(json.dumps(counts)) == {"2", "8"}  # MODIS's 3 % of 11: not shown
+    del counts["consensus"]
+    assert sample_classes(json.dumps(counts)) == {"2", "11"}  # no consensus: any product
+    assert sample_classes(None) == set()
 
 
 def test_a_folder_that_is_not_a_built_dataset_says_so(tmp_path: Path) -> None:
